@@ -1,0 +1,83 @@
+"""`ptft <command>`: one table of subcommands, each a module with add_arguments/run.
+
+Errors a user can fix (bad path, bad config key, missing backend) are printed as one
+line; `--debug` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# name -> (module, one-line help). A command's module is imported only when it runs,
+# so `ptft --help` stays fast and needs neither DeepSpeed nor Triton.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "env": ("ptft_engine.commands.env", "report versions and which kernel backends work here"),
+    "shard": ("ptft_engine.commands.shard", "write WebDataset tar shards from text, JSONL or image folders"),
+    "tokenizer": ("ptft_engine.commands.tokenizer", "train a BPE or WordPiece tokenizer on shards or files"),
+    "pretrain": ("ptft_engine.commands.pretrain", "pre-train a model with DeepSpeed (MLM, causal LM, SimCLR, CLIP)"),
+    "demo": ("ptft_engine.commands.demo", "run the whole workflow on bundled data"),
+}
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line without a traceback."""
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    lines = "\n".join(f"  {name:<11} {help_text}" for name, (_, help_text) in COMMANDS.items())
+    return argparse.ArgumentParser(
+        prog="ptft",
+        usage="ptft [--debug] COMMAND [options]",
+        description="ptft_engine: pre-train, export and fine-tune.",
+        epilog=f"commands:\n{lines}\n\n`ptft COMMAND --help` explains one. Example: ptft env",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _command_parser(name: str) -> argparse.ArgumentParser:
+    module, help_text = COMMANDS[name]
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        raise UserError(f"command {name!r} is not available in this version") from exc
+    p = argparse.ArgumentParser(
+        prog=f"ptft {name}",
+        description=mod.__doc__ or help_text,
+        epilog=getattr(mod, "EXAMPLE", None),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    mod.add_arguments(p)
+    p.set_defaults(_run=mod.run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    top = _top_parser()
+    names = [a for a in argv if not a.startswith("-")]
+    if not names:
+        top.print_help()
+        return 0 if ("-h" in argv or "--help" in argv) else 2
+    name = names[0]
+    if name not in COMMANDS:
+        top.error(f"unknown command {name!r}; choose one of: {', '.join(COMMANDS)}")
+    argv.remove(name)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args = _command_parser(name).parse_args(argv)
+        return int(args._run(args) or 0)
+    except (UserError, FileNotFoundError, ValueError) as exc:
+        if debug:
+            raise
+        print(f"ptft {name}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `ptft` subcommand (add_arguments + run)."""

@@ -1,0 +1,147 @@
+"""Backend choice for every op: cuda | triton | cpu | reference.
+
+Precedence for a call: its `backend=` argument, then the process default (set from
+config with `set_default_backend`), then `PTFT_KERNEL_BACKEND`, then automatic. An
+explicit choice that cannot run raises `BackendUnavailable` with the reason; the
+automatic choice falls back cuda -> triton -> cpu -> reference and logs once per op
+and device what it picked.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Callable, Iterator
+
+import torch
+
+from ptft_engine.ops import _native
+
+BACKENDS = ("cuda", "triton", "cpu", "reference")
+ENV_VAR = "PTFT_KERNEL_BACKEND"
+log = logging.getLogger("ptft_engine.ops")
+
+_default: str | None = None
+_logged: set[tuple[str, str, str]] = set()
+
+
+class BackendUnavailable(RuntimeError):
+    """An explicitly requested backend cannot run these inputs here."""
+
+
+def _check_name(name: str, source: str) -> str:
+    name = name.strip().lower()
+    if name not in BACKENDS and name != "auto":
+        raise ValueError(f"{source}: unknown kernel backend {name!r}; choose one of {', '.join(BACKENDS)} or auto")
+    return name
+
+
+def set_default_backend(name: str | None) -> None:
+    """Process-wide choice (from config); None or 'auto' restores automatic choice."""
+    global _default
+    _default = None if name is None else _check_name(name, "set_default_backend")
+
+
+@contextlib.contextmanager
+def use_backend(name: str | None) -> Iterator[None]:
+    global _default
+    old = _default
+    set_default_backend(name)
+    try:
+        yield
+    finally:
+        _default = old
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _triton_import_error() -> str | None:
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install raising at import
+        return f"triton is not importable ({exc.__class__.__name__}: {exc})"
+    return None
+
+
+def generic_reason(backend: str, device: torch.device) -> str | None:
+    """Why `backend` cannot run on `device` in this process (None: it can)."""
+    if backend == "reference":
+        return None
+    if backend == "cpu":
+        if device.type != "cpu":
+            return f"the cpu backend takes CPU tensors, got {device.type}"
+        return _native.LOAD_ERROR
+    if backend == "cuda":
+        if device.type != "cuda":
+            return f"the cuda backend takes CUDA tensors, got {device.type}"
+        if _native.LOAD_ERROR:
+            return _native.LOAD_ERROR
+        if not _native.cuda_built():
+            return "ptft_engine._C was built without CUDA kernels (rebuild with nvcc and a CUDA torch, PTFT_CUDA=1)"
+        return None
+    if backend == "triton":
+        err = _triton_import_error()
+        if err:
+            return err
+        if device.type == "cpu" and not triton_interpret():
+            return "triton on CPU tensors needs TRITON_INTERPRET=1 (set before triton is imported)"
+        if device.type not in ("cpu", "cuda"):
+            return f"triton backend does not run on {device.type}"
+        return None
+    raise ValueError(f"unknown kernel backend {backend!r}")
+
+
+def _requested(backend: str | None) -> str | None:
+    if backend is not None:
+        name = _check_name(backend, "backend argument")
+    elif _default is not None:
+        name = _default
+    elif os.environ.get(ENV_VAR):
+        name = _check_name(os.environ[ENV_VAR], ENV_VAR)
+    else:
+        return None
+    return None if name == "auto" else name
+
+
+def choose(
+    op: str,
+    device: torch.device,
+    backend: str | None = None,
+    op_reason: Callable[[str], str | None] | None = None,
+) -> str:
+    """Pick the backend for one call of `op`.
+
+    `op_reason(backend)` lets an op add its own limits (dtype, head dim ...): it
+    returns why this call cannot use that backend, or None.
+    """
+
+    def reason(name: str) -> str | None:
+        return generic_reason(name, device) or (op_reason(name) if op_reason else None)
+
+    want = _requested(backend)
+    if want is not None:
+        why = reason(want)
+        if why:
+            raise BackendUnavailable(f"{op}: backend {want!r} cannot run here: {why}")
+        return want
+    # Interpreted Triton is a test vehicle, far slower than C++: never pick it on CPU.
+    order = ("cuda", "triton", "reference") if device.type == "cuda" else ("cpu", "reference")
+    skipped = []
+    for name in order:
+        why = reason(name)
+        if why is None:
+            key = (op, device.type, name)
+            if key not in _logged:
+                _logged.add(key)
+                detail = "; ".join(skipped)
+                log.info("%s on %s: using the %s backend%s", op, device.type, name, f" ({detail})" if detail else "")
+            return name
+        skipped.append(f"{name}: {why}")
+    raise BackendUnavailable(f"{op}: no backend can run here ({'; '.join(skipped)})")
+
+
+def status(device: torch.device) -> dict[str, str | None]:
+    """Backend -> reason it cannot run on `device` (None when usable); for `ptft env`."""
+    return {name: generic_reason(name, device) for name in BACKENDS}

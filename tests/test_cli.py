@@ -1,0 +1,36 @@
+import json
+import subprocess
+import sys
+
+from ptft_engine import cli
+from ptft_engine.commands import env
+
+
+def test_env_reports_backends_truthfully():
+    report = env.collect()
+    cpu = report["backends"]["cpu"]
+    assert cpu["reference"] is None
+    assert (cpu["cpu"] is None) == (report["native_extension"] == "ok")
+    assert "CUDA tensors" in cpu["cuda"]  # a CPU tensor can never use the cuda backend
+    if not report["cuda_available"]:
+        assert report["backends"]["cuda"]["cuda"] == "no CUDA device visible to torch"
+
+
+def test_env_json_is_valid():
+    out = subprocess.run([sys.executable, "-m", "ptft_engine.cli", "env", "--json"], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["torch"]
+
+
+def test_unknown_command_is_one_line_error(capsys):
+    try:
+        cli.main(["frobnicate"])
+    except SystemExit as exc:
+        assert exc.code == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+def test_help_lists_every_command(capsys):
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in cli.COMMANDS:
+        assert name in out
