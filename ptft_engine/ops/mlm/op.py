@@ -1,0 +1,88 @@
+"""Public `mlm_mask`: validates once, builds (and caches) the id tables, picks a backend."""
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import torch
+
+from ptft_engine.ops import registry
+from ptft_engine.ops.mlm.reference import MaskPlan, make_plan, mlm_mask_reference
+
+OP_NAME = "mlm_mask"
+_IMPLEMENTED = {"reference"}
+
+
+@functools.lru_cache(maxsize=16)
+def _plan(seed, mask_token_id, vocab_size, special, mask_prob, replace_prob, random_prob) -> MaskPlan:
+    return make_plan(
+        seed=seed, mask_token_id=mask_token_id, vocab_size=vocab_size, special_token_ids=special,
+        mask_prob=mask_prob, replace_prob=replace_prob, random_prob=random_prob,
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _tables_on(plan: MaskPlan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(is_special, allowed) on `device`, copied once per plan and device."""
+    return plan.is_special.to(device), plan.allowed.to(device)
+
+
+def _check_tensors(input_ids: torch.Tensor, sample_ids: torch.Tensor, vocab_size: int) -> None:
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise ValueError(f"mlm_mask: input_ids must be a (batch, seq) tensor, got {getattr(input_ids, 'shape', type(input_ids))}")
+    if input_ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"mlm_mask: input_ids must be int64 or int32, got {input_ids.dtype}")
+    if not isinstance(sample_ids, torch.Tensor) or sample_ids.shape != (input_ids.shape[0],):
+        raise ValueError(
+            f"mlm_mask: sample_ids must be a ({input_ids.shape[0]},) tensor (one id per row), "
+            f"got {getattr(sample_ids, 'shape', type(sample_ids))}"
+        )
+    if sample_ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"mlm_mask: sample_ids must be int64 (or int32), got {sample_ids.dtype}")
+    if sample_ids.device != input_ids.device:
+        raise ValueError(f"mlm_mask: sample_ids is on {sample_ids.device} but input_ids on {input_ids.device}")
+    if input_ids.shape[1] >= 2**32:
+        raise ValueError(f"mlm_mask: sequence length {input_ids.shape[1]} does not fit the 32-bit position counter")
+    # On CUDA the range check would cost a device sync; kernels then never select such ids.
+    if input_ids.device.type == "cpu" and input_ids.numel():
+        lo, hi = torch.aminmax(input_ids)
+        if int(lo) < 0 or int(hi) >= vocab_size:
+            raise ValueError(f"mlm_mask: input_ids must lie in [0, vocab_size={vocab_size}), found values in [{int(lo)}, {int(hi)}]")
+
+
+def _op_reason(backend: str) -> str | None:
+    if backend not in _IMPLEMENTED:
+        return f"mlm_mask has no {backend} implementation yet"
+    return None
+
+
+def mlm_mask(
+    input_ids: torch.Tensor, *, seed: int, sample_ids: torch.Tensor, mask_token_id: int, vocab_size: int,
+    special_token_ids: Sequence[int], mask_prob: float = 0.15, replace_prob: float = 0.8,
+    random_prob: float = 0.1, backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking: returns (masked_ids, labels), labels -100 where a token was not selected.
+
+    Each token's decision is a pure function of (seed, sample_ids[row], position) through
+    Philox4x32-10, identical on every backend; reference.py states the exact contract.
+    """
+    if isinstance(special_token_ids, torch.Tensor):
+        special_token_ids = special_token_ids.flatten().tolist()
+    special = tuple(sorted({int(i) for i in special_token_ids}))
+    plan = _plan(seed, mask_token_id, vocab_size, special, float(mask_prob), float(replace_prob), float(random_prob))
+    _check_tensors(input_ids, sample_ids, vocab_size)
+    name = registry.choose(OP_NAME, input_ids.device, backend, _op_reason)
+    if input_ids.numel() == 0:
+        return input_ids.clone(), input_ids.clone()
+    if name == "reference":
+        return mlm_mask_reference(input_ids, sample_ids, plan)
+    is_special, allowed = _tables_on(plan, input_ids.device)
+    ids = input_ids.contiguous()
+    sids = sample_ids.to(torch.int64).contiguous()
+    if name == "triton":
+        from ptft_engine.ops.mlm.triton import mlm_mask_triton
+
+        return mlm_mask_triton(ids, sids, plan, is_special, allowed)
+    from ptft_engine.ops.mlm.native import mlm_mask_native
+
+    return mlm_mask_native(ids, sids, plan, is_special, allowed)
