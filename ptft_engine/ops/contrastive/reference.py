@@ -1,0 +1,54 @@
+"""Naive full-matrix contrastive losses: the specification every backend is tested against.
+
+These build the whole (N, N) logits matrix; use them for tests and small N only.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def contrastive_loss_reference(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor,
+                               symmetric: bool = True) -> torch.Tensor:
+    """CLIP / InfoNCE: cross-entropy of logit_scale * a @ b.T with targets on the diagonal."""
+    return local_contrastive_loss_reference(a, b, a, b, logit_scale, 0, symmetric)
+
+
+def local_contrastive_loss_reference(a_local: torch.Tensor, b_local: torch.Tensor,
+                                     a_all: torch.Tensor, b_all: torch.Tensor,
+                                     logit_scale: torch.Tensor, offset: int,
+                                     symmetric: bool = True) -> torch.Tensor:
+    """One rank's loss: its n local rows against all M columns; row i's target is offset + i."""
+    labels = torch.arange(a_local.shape[0], device=a_local.device) + offset
+    logits_ab = logit_scale * (a_local @ b_all.T)  # (n, M)
+    loss = F.cross_entropy(logits_ab.float(), labels)
+    if not symmetric:
+        return loss
+    logits_ba = logit_scale * (b_local @ a_all.T)  # (n, M)
+    return 0.5 * (loss + F.cross_entropy(logits_ba.float(), labels))
+
+
+def nt_xent_loss_reference(z1: torch.Tensor, z2: torch.Tensor, temperature) -> torch.Tensor:
+    """SimCLR NT-Xent over the 2N views [z1; z2]: self-similarity excluded, positive = other view."""
+    return local_nt_xent_loss_reference(z1, z2, z1, z2, temperature, 0)
+
+
+def local_nt_xent_loss_reference(z1_local: torch.Tensor, z2_local: torch.Tensor,
+                                 z1_all: torch.Tensor, z2_all: torch.Tensor,
+                                 temperature, offset: int) -> torch.Tensor:
+    """One rank's NT-Xent: local anchors [z1_local; z2_local] against all views [z1_all; z2_all].
+
+    Local row i of z1 is global view offset + i; its positive is view N_all + offset + i.
+    """
+    n, n_all = z1_local.shape[0], z1_all.shape[0]
+    anchors = torch.cat([z1_local, z2_local])  # (2n, D)
+    views = torch.cat([z1_all, z2_all])  # (2N_all, D)
+    sim = (anchors @ views.T).float() / temperature  # (2n, 2N_all)
+    idx = torch.arange(n, device=anchors.device) + offset
+    self_col = torch.cat([idx, idx + n_all])
+    pos_col = torch.cat([idx + n_all, idx])
+    rows = torch.arange(2 * n, device=anchors.device)
+    self_mask = torch.zeros_like(sim, dtype=torch.bool)
+    self_mask[rows, self_col] = True
+    sim = sim.masked_fill(self_mask, float("-inf"))
+    return F.cross_entropy(sim, pos_col)
