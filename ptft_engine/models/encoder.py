@@ -1,0 +1,93 @@
+"""BERT-like bidirectional encoder with a masked-LM head.
+
+Parameter layout (-> transformers BertForMaskedLM name, a pure renaming):
+  embeddings.word_embeddings / position_embeddings / token_type_embeddings
+                                    -> bert.embeddings.<same>
+  embeddings.norm                   -> bert.embeddings.LayerNorm
+  layers.{i}.attn.{q,k,v}_proj      -> bert.encoder.layer.{i}.attention.self.{query,key,value}
+  layers.{i}.attn.o_proj            -> bert.encoder.layer.{i}.attention.output.dense
+  layers.{i}.attn_norm              -> bert.encoder.layer.{i}.attention.output.LayerNorm
+  layers.{i}.mlp.fc_in              -> bert.encoder.layer.{i}.intermediate.dense
+  layers.{i}.mlp.fc_out             -> bert.encoder.layer.{i}.output.dense
+  layers.{i}.mlp_norm               -> bert.encoder.layer.{i}.output.LayerNorm
+  mlm_head.dense / mlm_head.norm    -> cls.predictions.transform.dense / .LayerNorm
+  mlm_head.bias                     -> cls.predictions.bias (= cls.predictions.decoder.bias)
+  (decoder weight is tied to embeddings.word_embeddings.weight)
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ptft_engine.models.base import PtftModel
+from ptft_engine.models.config import EncoderConfig
+from ptft_engine.nn import MLP, LayerStack, SelfAttention, TokenEmbeddings, TransformerBlock, activation, init_weights
+from ptft_engine.nn.embeddings import positions_from_segments
+
+
+class MaskedLMHead(nn.Module):
+    """dense -> act -> LayerNorm -> (tied) vocabulary projection + bias."""
+
+    def __init__(self, hidden_size: int, vocab_size: int, act: str, eps: float):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.act = activation(act)
+        self.norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, hidden: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.norm(self.act(self.dense(hidden))), word_embeddings, self.bias)
+
+
+class TransformerEncoder(PtftModel):
+    def __init__(self, config: EncoderConfig, with_mlm_head: bool = True):
+        super().__init__()
+        self.config = c = config
+        self.embeddings = TokenEmbeddings(
+            c.vocab_size, c.hidden_size, c.max_position_embeddings, c.type_vocab_size,
+            norm=nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps), dropout=c.hidden_dropout_prob,
+        )
+        self.layers = LayerStack(
+            TransformerBlock(
+                attn=SelfAttention(c.hidden_size, c.num_attention_heads, bias=True, dropout=c.hidden_dropout_prob),
+                mlp=MLP(c.hidden_size, c.intermediate_size, c.hidden_act, bias=True, dropout=c.hidden_dropout_prob),
+                attn_norm=nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps),
+                mlp_norm=nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps),
+                pre_norm=False,
+            )
+            for _ in range(c.num_hidden_layers)
+        )
+        self.mlm_head = MaskedLMHead(c.hidden_size, c.vocab_size, c.hidden_act, c.layer_norm_eps) if with_mlm_head else None
+        init_weights(self, c.initializer_range)
+        self.set_gradient_checkpointing(c.gradient_checkpointing)
+
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, S) ids -> (B, S, D) hidden states.
+
+        attention_mask: bool/int (B, S), True/1 = real token (HF convention).
+        segment_ids: (B, S) ids of packed documents; tokens attend within their own
+        document and positions restart at each document.
+        """
+        if position_ids is None and segment_ids is not None:
+            position_ids = positions_from_segments(segment_ids)
+        x = self.embeddings(input_ids, position_ids, token_type_ids)
+        pad = None if attention_mask is None else ~attention_mask.bool()  # ops want True = padding
+        return self.layers(x, key_padding_mask=pad, segment_ids=segment_ids)
+
+    def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., D) -> (..., vocab); apply to selected positions only to save the big matmul."""
+        if self.mlm_head is None:
+            raise RuntimeError("this encoder was built without an MLM head")
+        return self.mlm_head(hidden, self.embeddings.word_embeddings.weight)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, segment_ids=None, position_ids=None):
+        """Full MLM logits (B, S, vocab), as BertForMaskedLM returns them."""
+        return self.mlm_logits(self.encode(input_ids, attention_mask, token_type_ids, segment_ids, position_ids))

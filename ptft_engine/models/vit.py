@@ -1,0 +1,56 @@
+"""ViT image encoder: patches + [CLS] + learned positions, pre-LN blocks, final LayerNorm.
+
+Parameter layout (-> transformers ViTModel, a renaming):
+  embeddings.patch_proj            -> embeddings.patch_embeddings.projection (Conv2d)
+  embeddings.cls_token / position_embeddings -> embeddings.cls_token / position_embeddings
+  layers.{i}.attn_norm / mlp_norm  -> encoder.layer.{i}.layernorm_before / layernorm_after
+  layers.{i}.attn.{q,k,v}_proj     -> encoder.layer.{i}.attention.attention.{query,key,value}
+  layers.{i}.attn.o_proj           -> encoder.layer.{i}.attention.output.dense
+  layers.{i}.mlp.fc_in / fc_out    -> encoder.layer.{i}.intermediate.dense / output.dense
+  final_norm                       -> layernorm
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ptft_engine.models.base import PtftModel
+from ptft_engine.models.config import ViTConfig
+from ptft_engine.nn import MLP, LayerStack, PatchEmbedding, SelfAttention, TransformerBlock, init_weights
+
+
+class VisionTransformer(PtftModel):
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.config = c = config
+        self.embeddings = PatchEmbedding(c.image_size, c.patch_size, c.num_channels, c.hidden_size, c.hidden_dropout_prob)
+        self.layers = LayerStack(
+            TransformerBlock(
+                attn=SelfAttention(c.hidden_size, c.num_attention_heads, bias=True, dropout=c.hidden_dropout_prob),
+                mlp=MLP(c.hidden_size, c.intermediate_size, c.hidden_act, bias=True, dropout=c.hidden_dropout_prob),
+                attn_norm=nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps),
+                mlp_norm=nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps),
+                pre_norm=True,
+            )
+            for _ in range(c.num_hidden_layers)
+        )
+        self.final_norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        init_weights(self, c.initializer_range)
+        self.set_gradient_checkpointing(c.gradient_checkpointing)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def num_tokens(self) -> int:
+        return self.embeddings.num_patches + 1
+
+    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, 1 + num_patches, D); token 0 is [CLS]."""
+        return self.final_norm(self.layers(self.embeddings(pixel_values)))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> pooled image features (B, D)."""
+        h = self.encode(pixel_values)
+        return h[:, 0] if self.config.pooling == "cls" else h[:, 1:].mean(dim=1)

@@ -1,0 +1,19 @@
+"""Layers shared by the models: embeddings, attention (via ops.attention), MLPs, norms, blocks."""
+from ptft_engine.nn.attention import SelfAttention
+from ptft_engine.nn.block import LayerStack, TransformerBlock, set_gradient_checkpointing
+from ptft_engine.nn.embeddings import (
+    PatchEmbedding,
+    RotaryEmbedding,
+    TokenEmbeddings,
+    apply_rotary,
+    positions_from_segments,
+)
+from ptft_engine.nn.init import init_weights
+from ptft_engine.nn.mlp import ACTIVATIONS, MLP, SwiGLU, activation
+from ptft_engine.nn.norms import RMSNorm, make_norm
+
+__all__ = [
+    "ACTIVATIONS", "MLP", "LayerStack", "PatchEmbedding", "RMSNorm", "RotaryEmbedding", "SelfAttention",
+    "SwiGLU", "TokenEmbeddings", "TransformerBlock", "activation", "apply_rotary", "init_weights",
+    "make_norm", "positions_from_segments", "set_gradient_checkpointing",
+]
