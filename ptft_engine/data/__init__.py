@@ -1,0 +1,19 @@
+"""Streaming data: shard writer and index, tokenizer, resumable stream, packing, masking.
+
+    cfg = DataConfig(shards=["shards/wiki"], tokenizer="tok/tokenizer.json", seq_len=512)
+    loader = build_loader(cfg, objective="mlm", rank=rank, world_size=world)
+    for batch in loader: ...            # dict of CPU tensors
+    ckpt["data"] = loader.state_dict()  # JSON-serialisable; load_state_dict resumes mid-epoch
+"""
+from __future__ import annotations
+
+from ptft_engine.data.config import DataConfig
+from ptft_engine.data.errors import CorruptSampleError, DataError
+
+__all__ = ["DataConfig", "DataError", "CorruptSampleError", "build_loader"]
+
+
+def build_loader(cfg: DataConfig, *, objective: str, rank: int = 0, world_size: int = 1, epoch: int = 0):
+    from ptft_engine.data.loader import build_loader as _build
+
+    return _build(cfg, objective=objective, rank=rank, world_size=world_size, epoch=epoch)

@@ -1,0 +1,72 @@
+"""Typed configuration of the data stream; unknown keys are an error naming the key."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class DataConfig(BaseModel):
+    """Where the shards are and how the stream turns them into batches.
+
+    `shards`: paths, globs, directories or index files (`index.json` written by
+    `ptft shard`); each entry is one *source* for weighted mixing.
+    `batch_size` is per rank. For text objectives `docs_per_batch` documents (default:
+    `batch_size`) are packed into each (batch_size, seq_len) batch; the fill ratio is in
+    `loader.stats` so it can be tuned. `shuffle_buffer` is the size of the blocks whose
+    order is shuffled after the shard order is (bigger = better mixed, still local reads).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    shards: list[str] = Field(min_length=1)
+    eval_shards: list[str] | None = None
+    kind: Literal["text", "image", "image_text"] = "text"
+
+    # text
+    tokenizer: str | None = None
+    seq_len: int = Field(128, ge=4)
+    docs_per_batch: int | None = Field(None, ge=1)
+    mask_prob: float = Field(0.15, ge=0.0, le=1.0)
+    replace_prob: float = Field(0.8, ge=0.0, le=1.0)
+    random_prob: float = Field(0.1, ge=0.0, le=1.0)
+    mask_backend: str | None = None
+    add_bos: bool = False
+    text_field: str = "txt"
+
+    # images
+    image_size: int = Field(224, ge=8)
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    color_jitter: float = Field(0.4, ge=0.0, le=1.0)
+    flip_prob: float = Field(0.5, ge=0.0, le=1.0)
+
+    # stream
+    batch_size: int = Field(8, ge=1)
+    num_workers: int = Field(2, ge=0)
+    prefetch_factor: int = Field(2, ge=1)
+    seed: int = Field(0, ge=0)
+    shuffle: bool = True
+    shuffle_buffer: int = Field(10_000, ge=1)
+    resample: bool = False
+    samples_per_epoch: int | None = Field(None, ge=1)
+    weights: list[float] | None = None
+    strict: bool = False
+    emit_sample_index: bool = False  # add "sample_index": global positions of the batch (for checks)
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataConfig":
+        if self.weights is not None:
+            if len(self.weights) != len(self.shards):
+                raise ValueError(f"weights has {len(self.weights)} entries but shards has {len(self.shards)} sources")
+            if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+                raise ValueError("weights must be non-negative with a positive sum")
+        if self.replace_prob + self.random_prob > 1.0:
+            raise ValueError("replace_prob + random_prob must be <= 1")
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+        return self
+
+    @property
+    def docs(self) -> int:
+        return self.docs_per_batch or self.batch_size

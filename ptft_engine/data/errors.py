@@ -1,0 +1,40 @@
+"""Errors and the corrupt-data policy shared by the shard reader and the writer."""
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("ptft_engine.data")
+
+
+class DataError(ValueError):
+    """A data problem a user can fix (missing shard, bad index, bad config value)."""
+
+
+class CorruptSampleError(DataError):
+    """A shard or member that cannot be read or decoded; names the shard and key."""
+
+    def __init__(self, shard: str, key: str, reason: str):
+        super().__init__(f"corrupt data in shard {shard!r}, key {key!r}: {reason}")
+        self.shard, self.key, self.reason = shard, key, reason
+
+
+class BadSamples:
+    """Counts skipped samples and logs the first few by name; in strict mode raises instead.
+
+    Every skip is logged up to `log_limit` times so a badly broken shard cannot flood
+    the log; the count keeps going.
+    """
+
+    def __init__(self, strict: bool, log_limit: int = 20):
+        self.strict = strict
+        self.log_limit = log_limit
+        self.count = 0
+        self.names: list[str] = []
+
+    def skip(self, shard: str, key: str, reason: str) -> None:
+        if self.strict:
+            raise CorruptSampleError(shard, key, reason)
+        self.count += 1
+        if len(self.names) < self.log_limit:
+            self.names.append(f"{shard}:{key}")
+            log.warning("skipping corrupt sample: shard %s, key %s: %s", shard, key, reason)

@@ -1,0 +1,132 @@
+"""Train and load tokenizers (Hugging Face `tokenizers`): byte-level BPE or WordPiece.
+
+Every tokenizer we train carries the same special tokens at the same ids, so MLM and
+causal LM objectives both find what they need, and the saved tokenizer.json travels
+with checkpoints and exports. Byte-level BPE round-trips any UTF-8 text exactly
+(Chinese included); WordPiece splits CJK characters apart, as BERT does.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+from ptft_engine.data.errors import DataError
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<bos>", "<eos>"]
+# names other tokenizers use for the same roles, so a foreign tokenizer.json works too
+_ALIASES = {
+    "pad": ["[PAD]", "<pad>"], "unk": ["[UNK]", "<unk>"], "cls": ["[CLS]", "<s>", "<bos>"],
+    "sep": ["[SEP]", "</s>", "<eos>"], "mask": ["[MASK]", "<mask>"],
+    "bos": ["<bos>", "<s>", "[CLS]", "<|endoftext|>"], "eos": ["<eos>", "</s>", "<|endoftext|>", "[SEP]"],
+}
+
+
+def _build(kind: str, lowercase: bool):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    if kind == "bpe":
+        tok = Tokenizer(models.BPE())
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
+    elif kind == "wordpiece":
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                    strip_accents=None, lowercase=lowercase)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece(prefix="##")
+    else:
+        raise ValueError(f"unknown tokenizer kind {kind!r}; choose bpe or wordpiece")
+    return tok
+
+
+def _trainer(kind: str, vocab_size: int, min_frequency: int):
+    from tokenizers import pre_tokenizers, trainers
+
+    if kind == "bpe":
+        return trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
+                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    return trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                     special_tokens=SPECIAL_TOKENS, show_progress=False)
+
+
+def iter_texts(inputs: list[str], text_field: str = "txt") -> Iterator[str]:
+    """Texts from shards (index files, shard dirs, .tar) or raw text files (one text per line)."""
+    from ptft_engine.data.index import INDEX_NAME, read_members, resolve_source
+
+    for spec in inputs:
+        is_shards = spec.endswith((".tar", ".json")) or os.path.exists(os.path.join(spec, INDEX_NAME)) or (
+            os.path.isdir(spec) and any(p.endswith(".tar") for p in os.listdir(spec)))
+        if is_shards:
+            for shard in resolve_source(spec).shards:
+                with open(shard.path, "rb") as fh:
+                    for i in range(shard.samples):
+                        try:
+                            data = read_members(fh, shard, i).get(text_field)
+                        except ValueError:
+                            continue  # damaged sample: the tokenizer can do without it
+                        if data:
+                            yield data.decode("utf-8", errors="replace")
+            continue
+        paths = [spec] if os.path.isfile(spec) else sorted(
+            os.path.join(d, f) for d, _, fs in os.walk(spec) for f in fs) if os.path.isdir(spec) else []
+        if not paths:
+            raise FileNotFoundError(f"tokenizer input {spec!r} does not exist")
+        for path in paths:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    if line.strip():
+                        yield line.rstrip("\n")
+
+
+def train_tokenizer(texts: Iterable[str], *, kind: str = "bpe", vocab_size: int = 32000, min_frequency: int = 2,
+                    lowercase: bool = False):
+    tok = _build(kind, lowercase)
+    tok.train_from_iterator(texts, trainer=_trainer(kind, vocab_size, min_frequency))
+    return tok
+
+
+@dataclass
+class TokenizerInfo:
+    """A loaded tokenizer and the ids of the roles the objectives need."""
+
+    tokenizer: object
+    vocab_size: int
+    pad_id: int
+    cls_id: int
+    sep_id: int
+    mask_id: int
+    bos_id: int
+    eos_id: int
+    unk_id: int | None
+    special_ids: list[int]
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def load_tokenizer(path: str) -> TokenizerInfo:
+    from tokenizers import Tokenizer
+
+    if os.path.isdir(path):
+        path = os.path.join(path, "tokenizer.json")
+    if not os.path.exists(path):
+        raise DataError(f"tokenizer file {path!r} does not exist (train one with `ptft tokenizer train`)")
+    tok = Tokenizer.from_file(path)
+    vocab = tok.get_vocab(with_added_tokens=True)
+    ids: dict[str, int | None] = {}
+    for role, names in _ALIASES.items():
+        ids[role] = next((vocab[n] for n in names if n in vocab), None)
+    for role in ("pad", "cls", "sep", "mask", "eos"):
+        if ids[role] is None:
+            raise DataError(f"tokenizer {path!r} has no {role} token (looked for {_ALIASES[role]})")
+    added = tok.get_added_tokens_decoder()  # {id: AddedToken}
+    special = sorted({i for i in ids.values() if i is not None} | {i for i, t in added.items() if t.special})
+    return TokenizerInfo(tokenizer=tok, vocab_size=tok.get_vocab_size(with_added_tokens=True), pad_id=ids["pad"],
+                         cls_id=ids["cls"], sep_id=ids["sep"], mask_id=ids["mask"], bos_id=ids["bos"] or ids["cls"],
+                         eos_id=ids["eos"], unk_id=ids["unk"], special_ids=special)
+
