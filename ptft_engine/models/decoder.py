@@ -20,20 +20,25 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ptft_engine.models.base import PtftModel
 from ptft_engine.models.config import DecoderConfig
 from ptft_engine.nn import (
-    MLP, LayerStack, RotaryEmbedding, SelfAttention, SwiGLU, TokenEmbeddings, TransformerBlock, init_weights, make_norm,
+    MLP, LayerStack, RotaryEmbedding, SelfAttention, SwiGLU, TokenEmbeddings, TransformerBlock, init_std, make_norm,
 )
+from ptft_engine.nn.init import Linear
 from ptft_engine.nn.embeddings import default_positions
 
 
 class CausalDecoder(PtftModel):
     def __init__(self, config: DecoderConfig):
         super().__init__()
-        self.config = c = config
+        self.config = config
+        with init_std(config.initializer_range, num_layers=config.num_hidden_layers):
+            self._build(config)
+        self.set_gradient_checkpointing(config.gradient_checkpointing)
+
+    def _build(self, c: DecoderConfig) -> None:
         gpt2 = c.style == "gpt2"
         norm = "layernorm" if gpt2 else "rmsnorm"
         self.embeddings = TokenEmbeddings(
@@ -58,9 +63,7 @@ class CausalDecoder(PtftModel):
             for _ in range(c.num_hidden_layers)
         )
         self.final_norm = make_norm(norm, c.hidden_size, c.layer_norm_eps)
-        self.lm_head = None if c.tie_word_embeddings else nn.Linear(c.hidden_size, c.vocab_size, bias=False)
-        init_weights(self, c.initializer_range, num_layers=c.num_hidden_layers)
-        self.set_gradient_checkpointing(c.gradient_checkpointing)
+        self.lm_head = None if c.tie_word_embeddings else Linear(c.hidden_size, c.vocab_size, bias=False)
 
     def encode(
         self,

@@ -12,6 +12,7 @@ from ptft_engine.models.base import PtftModel
 from ptft_engine.models.config import DualEncoderConfig
 from ptft_engine.models.encoder import TransformerEncoder
 from ptft_engine.models.vit import VisionTransformer
+from ptft_engine.nn import Linear, init_std
 
 
 class DualEncoder(PtftModel):
@@ -20,12 +21,12 @@ class DualEncoder(PtftModel):
         self.config = c = config
         self.vision = VisionTransformer(c.vision)
         self.text = TransformerEncoder(c.text, with_mlm_head=False)
-        self.visual_projection = nn.Linear(c.vision.hidden_size, c.projection_dim, bias=False)
-        self.text_projection = nn.Linear(c.text.hidden_size, c.projection_dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(float(c.logit_scale_init)))
-        with torch.no_grad():  # CLIP's rule: std = width ** -0.5 keeps projected norms ~1
-            self.visual_projection.weight.normal_(0.0, c.vision.hidden_size ** -0.5)
-            self.text_projection.weight.normal_(0.0, c.text.hidden_size ** -0.5)
+        # CLIP's rule: std = width ** -0.5 keeps projected norms near 1
+        with init_std(c.vision.hidden_size ** -0.5):
+            self.visual_projection = Linear(c.vision.hidden_size, c.projection_dim, bias=False)
+        with init_std(c.text.hidden_size ** -0.5):
+            self.text_projection = Linear(c.text.hidden_size, c.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.full((), float(c.logit_scale_init)))
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         self.vision.set_gradient_checkpointing(enabled)

@@ -22,7 +22,8 @@ from torch import nn
 
 from ptft_engine.models.base import PtftModel
 from ptft_engine.models.config import EncoderConfig
-from ptft_engine.nn import MLP, LayerStack, SelfAttention, TokenEmbeddings, TransformerBlock, activation, init_weights
+from ptft_engine.nn import MLP, LayerStack, SelfAttention, TokenEmbeddings, TransformerBlock, activation, init_std
+from ptft_engine.nn.init import Linear
 from ptft_engine.nn.embeddings import positions_from_segments
 
 
@@ -31,7 +32,7 @@ class MaskedLMHead(nn.Module):
 
     def __init__(self, hidden_size: int, vocab_size: int, act: str, eps: float):
         super().__init__()
-        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.dense = Linear(hidden_size, hidden_size)
         self.act = activation(act)
         self.norm = nn.LayerNorm(hidden_size, eps=eps)
         self.bias = nn.Parameter(torch.zeros(vocab_size))
@@ -43,7 +44,12 @@ class MaskedLMHead(nn.Module):
 class TransformerEncoder(PtftModel):
     def __init__(self, config: EncoderConfig, with_mlm_head: bool = True):
         super().__init__()
-        self.config = c = config
+        self.config = config
+        with init_std(config.initializer_range):
+            self._build(config, with_mlm_head)
+        self.set_gradient_checkpointing(config.gradient_checkpointing)
+
+    def _build(self, c: EncoderConfig, with_mlm_head: bool) -> None:
         self.embeddings = TokenEmbeddings(
             c.vocab_size, c.hidden_size, c.max_position_embeddings, c.type_vocab_size,
             norm=nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps), dropout=c.hidden_dropout_prob,
@@ -59,8 +65,6 @@ class TransformerEncoder(PtftModel):
             for _ in range(c.num_hidden_layers)
         )
         self.mlm_head = MaskedLMHead(c.hidden_size, c.vocab_size, c.hidden_act, c.layer_norm_eps) if with_mlm_head else None
-        init_weights(self, c.initializer_range)
-        self.set_gradient_checkpointing(c.gradient_checkpointing)
 
     def encode(
         self,

@@ -16,13 +16,18 @@ from torch import nn
 
 from ptft_engine.models.base import PtftModel
 from ptft_engine.models.config import ViTConfig
-from ptft_engine.nn import MLP, LayerStack, PatchEmbedding, SelfAttention, TransformerBlock, init_weights
+from ptft_engine.nn import MLP, LayerStack, PatchEmbedding, SelfAttention, TransformerBlock, init_std
 
 
 class VisionTransformer(PtftModel):
     def __init__(self, config: ViTConfig):
         super().__init__()
-        self.config = c = config
+        self.config = config
+        with init_std(config.initializer_range):
+            self._build(config)
+        self.set_gradient_checkpointing(config.gradient_checkpointing)
+
+    def _build(self, c: ViTConfig) -> None:
         self.embeddings = PatchEmbedding(c.image_size, c.patch_size, c.num_channels, c.hidden_size, c.hidden_dropout_prob)
         self.layers = LayerStack(
             TransformerBlock(
@@ -35,8 +40,6 @@ class VisionTransformer(PtftModel):
             for _ in range(c.num_hidden_layers)
         )
         self.final_norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        init_weights(self, c.initializer_range)
-        self.set_gradient_checkpointing(c.gradient_checkpointing)
 
     @property
     def hidden_size(self) -> int:

@@ -8,12 +8,12 @@ from ptft_engine.nn.embeddings import (
     apply_rotary,
     positions_from_segments,
 )
-from ptft_engine.nn.init import init_weights
+from ptft_engine.nn.init import Conv2d, Embedding, Linear, ResidualLinear, init_std
 from ptft_engine.nn.mlp import ACTIVATIONS, MLP, SwiGLU, activation
 from ptft_engine.nn.norms import RMSNorm, make_norm
 
 __all__ = [
     "ACTIVATIONS", "MLP", "LayerStack", "PatchEmbedding", "RMSNorm", "RotaryEmbedding", "SelfAttention",
-    "SwiGLU", "TokenEmbeddings", "TransformerBlock", "activation", "apply_rotary", "init_weights",
+    "SwiGLU", "TokenEmbeddings", "TransformerBlock", "activation", "apply_rotary", "init_std", "Conv2d", "Embedding", "Linear", "ResidualLinear",
     "make_norm", "positions_from_segments", "set_gradient_checkpointing",
 ]

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ptft_engine.nn.embeddings import apply_rotary
+from ptft_engine.nn.init import Linear, ResidualLinear
 
 
 class SelfAttention(nn.Module):
@@ -38,12 +39,12 @@ class SelfAttention(nn.Module):
         kv_size = num_kv_heads * self.head_dim
         self.fused_qkv = fused_qkv
         if fused_qkv:
-            self.qkv_proj = nn.Linear(hidden_size, 3 * hidden_size, bias=bias)
+            self.qkv_proj = Linear(hidden_size, 3 * hidden_size, bias=bias)
         else:
-            self.q_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
-            self.k_proj = nn.Linear(hidden_size, kv_size, bias=bias)
-            self.v_proj = nn.Linear(hidden_size, kv_size, bias=bias)
-        self.o_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
+            self.q_proj = Linear(hidden_size, hidden_size, bias=bias)
+            self.k_proj = Linear(hidden_size, kv_size, bias=bias)
+            self.v_proj = Linear(hidden_size, kv_size, bias=bias)
+        self.o_proj = ResidualLinear(hidden_size, hidden_size, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ptft_engine.nn.init import Conv2d, Embedding, current_std
+
 
 def positions_from_segments(segment_ids: torch.Tensor) -> torch.Tensor:
     """Position of each token inside its own document of a packed row.
@@ -40,9 +42,9 @@ class TokenEmbeddings(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        self.word_embeddings = nn.Embedding(vocab_size, hidden_size)
-        self.position_embeddings = nn.Embedding(max_position_embeddings, hidden_size) if max_position_embeddings else None
-        self.token_type_embeddings = nn.Embedding(type_vocab_size, hidden_size) if type_vocab_size else None
+        self.word_embeddings = Embedding(vocab_size, hidden_size)
+        self.position_embeddings = Embedding(max_position_embeddings, hidden_size) if max_position_embeddings else None
+        self.token_type_embeddings = Embedding(type_vocab_size, hidden_size) if type_vocab_size else None
         self.norm = norm
         self.dropout = nn.Dropout(dropout)
 
@@ -80,9 +82,12 @@ class PatchEmbedding(nn.Module):
         self.patch_size = patch_size
         self.num_channels = num_channels
         self.num_patches = (image_size // patch_size) ** 2
-        self.patch_proj = nn.Conv2d(num_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+        self.patch_proj = Conv2d(num_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
         self.position_embeddings = nn.Parameter(torch.zeros(1, self.num_patches + 1, hidden_size))
+        with torch.no_grad():
+            self.cls_token.normal_(0.0, current_std())
+            self.position_embeddings.normal_(0.0, current_std())
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -1,42 +1,68 @@
-"""GPT-2 / BERT style initialisation: normal(0, std) weights, zero biases, unit norms."""
+"""GPT-2 / BERT style initialisation done by each layer as it is built.
+
+Layers draw normal(0, std) weights (zero biases, unit norms) inside their own
+constructor, from the std set by the enclosing `init_std(...)` block. Initialising at
+construction (not in a later pass over the model) matters for DeepSpeed's
+zero.Init, which partitions each module's parameters as soon as its constructor
+returns: a later pass would only see empty shards. Deterministic given torch's seed
+(construction order is fixed); on the meta device it allocates nothing.
+"""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from typing import Iterator
 
 import torch
 from torch import nn
 
-from ptft_engine.nn.embeddings import PatchEmbedding
-from ptft_engine.nn.norms import RMSNorm
-
-# Projections that write into the residual stream (GPT-2 scales their init by 1/sqrt(2L)).
-RESIDUAL_OUT = ("o_proj", "fc_out", "down_proj")
+_STD: contextvars.ContextVar[tuple[float, float]] = contextvars.ContextVar("ptft_init_std", default=(0.02, 0.02))
 
 
-@torch.no_grad()
-def init_weights(model: nn.Module, std: float, num_layers: int = 0) -> None:
-    """Re-initialise every parameter of `model` in a fixed (module-tree) order.
+@contextlib.contextmanager
+def init_std(std: float, num_layers: int = 0) -> Iterator[None]:
+    """Layers built inside draw weights with `std`; with num_layers > 0, projections
+    that write into the residual stream use std / sqrt(2 * num_layers) (GPT-2), which
+    keeps the residual stream's variance flat in depth."""
+    residual = std / math.sqrt(2 * num_layers) if num_layers else std
+    token = _STD.set((std, residual))
+    try:
+        yield
+    finally:
+        _STD.reset(token)
 
-    With num_layers > 0, residual-output projections get std / sqrt(2 * num_layers)
-    (GPT-2), which keeps the residual stream's variance flat in depth. Deterministic
-    given torch's seed; on the meta device it allocates nothing.
-    """
-    out_std = std / math.sqrt(2 * num_layers) if num_layers else std
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
-            leaf = name.rsplit(".", 1)[-1]
-            m.weight.normal_(0.0, out_std if leaf in RESIDUAL_OUT else std)
-            if m.bias is not None:
-                m.bias.zero_()
-        elif isinstance(m, nn.Embedding):
-            m.weight.normal_(0.0, std)
-        elif isinstance(m, nn.LayerNorm):
-            if m.weight is not None:
-                m.weight.fill_(1.0)
-            if m.bias is not None:
-                m.bias.zero_()
-        elif isinstance(m, RMSNorm):
-            m.weight.fill_(1.0)
-        elif isinstance(m, PatchEmbedding):
-            m.cls_token.normal_(0.0, std)
-            m.position_embeddings.normal_(0.0, std)
+
+def current_std(residual: bool = False) -> float:
+    std, res = _STD.get()
+    return res if residual else std
+
+
+class Linear(nn.Linear):
+    residual = False
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        self.weight.normal_(0.0, current_std(self.residual))
+        if self.bias is not None:
+            self.bias.zero_()
+
+
+class ResidualLinear(Linear):
+    """A projection whose output is added to the residual stream (scaled init)."""
+
+    residual = True
+
+
+class Embedding(nn.Embedding):
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        self.weight.normal_(0.0, current_std())
+
+
+class Conv2d(nn.Conv2d):
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        self.weight.normal_(0.0, current_std())
+        if self.bias is not None:
+            self.bias.zero_()

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ptft_engine.nn.init import Linear, ResidualLinear
+
 
 def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(1.702 * x)
@@ -35,8 +37,8 @@ class MLP(nn.Module):
 
     def __init__(self, hidden_size: int, intermediate_size: int, act: str, bias: bool = True, dropout: float = 0.0):
         super().__init__()
-        self.fc_in = nn.Linear(hidden_size, intermediate_size, bias=bias)
-        self.fc_out = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.fc_in = Linear(hidden_size, intermediate_size, bias=bias)
+        self.fc_out = ResidualLinear(intermediate_size, hidden_size, bias=bias)
         self.act = activation(act)
         self.dropout = nn.Dropout(dropout)
 
@@ -49,9 +51,9 @@ class SwiGLU(nn.Module):
 
     def __init__(self, hidden_size: int, intermediate_size: int, act: str = "silu", bias: bool = False, dropout: float = 0.0):
         super().__init__()
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.gate_proj = Linear(hidden_size, intermediate_size, bias=bias)
+        self.up_proj = Linear(hidden_size, intermediate_size, bias=bias)
+        self.down_proj = ResidualLinear(intermediate_size, hidden_size, bias=bias)
         self.act = activation(act)
         self.dropout = nn.Dropout(dropout)
 

@@ -1,0 +1,51 @@
+"""SimCLR: two augmented views -> ViT features -> projection MLP -> NT-Xent (ops.nt_xent_loss).
+
+The projection MLP belongs to the objective, not the model: downstream tasks use the
+encoder's features, as in the SimCLR paper."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ptft_engine.nn import Linear, init_std
+from ptft_engine.objectives.base import Objective, default_group, need, transformer_flops_per_token
+from ptft_engine.objectives.config import SimCLRObjectiveConfig
+
+
+class SimCLRObjective(Objective):
+    name = "simclr"
+
+    def __init__(self, model: nn.Module, cfg: SimCLRObjectiveConfig):
+        super().__init__(model)
+        self.cfg = cfg
+        d = model.config.hidden_size
+        hidden = cfg.projection_hidden_dim or d
+        with init_std(model.config.initializer_range):
+            self.projector = nn.Sequential(Linear(d, hidden), nn.ReLU(), Linear(hidden, cfg.projection_dim))
+
+    def forward(self, batch: dict) -> dict:
+        view1, view2 = need(batch, "view1", "view2", objective="simclr")
+        n = view1.shape[0]
+        feats = self.model(torch.cat([view1, view2]))  # (2N, D): one pass over both views
+        z = F.normalize(self.projector(feats), dim=-1)  # (2N, P)
+        z1, z2 = z[:n], z[n:]
+        from ptft_engine.ops import nt_xent_loss
+
+        loss = nt_xent_loss(z1, z2, self.cfg.temperature, chunk_size=self.cfg.chunk_size,
+                            group=default_group(self.cfg.gather))
+        with torch.no_grad():  # local top-1: is the other view the nearest of the 2N-1 candidates?
+            sim = z.float() @ z.float().T
+            sim.fill_diagonal_(float("-inf"))
+            target = torch.arange(2 * n, device=z.device).roll(n)
+            accuracy = (sim.argmax(-1) == target).float().mean()
+        return {"loss": loss, "num_samples": n, "accuracy": accuracy}
+
+    def flops_per_sample(self) -> int:
+        """Both views through the encoder (+ the small projector), forward and backward."""
+        c = self.model.config
+        t = self.model.num_tokens
+        n = self.model.num_parameters(exclude_position_embeddings=True)
+        proj = sum(p.numel() for p in self.projector.parameters())
+        per_view = transformer_flops_per_token(n, c.num_hidden_layers, c.hidden_size, t) * t + 6 * proj
+        return 2 * per_view
