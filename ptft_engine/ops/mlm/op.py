@@ -10,7 +10,7 @@ from ptft_engine.ops import registry
 from ptft_engine.ops.mlm.reference import MaskPlan, make_plan, mlm_mask_reference
 
 OP_NAME = "mlm_mask"
-_IMPLEMENTED = {"reference", "cpu", "cuda"}
+_IMPLEMENTED = {"reference", "cpu", "cuda", "triton"}
 
 
 @functools.lru_cache(maxsize=16)
