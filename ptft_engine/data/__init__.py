@@ -13,7 +13,8 @@ from ptft_engine.data.errors import CorruptSampleError, DataError
 __all__ = ["DataConfig", "DataError", "CorruptSampleError", "build_loader"]
 
 
-def build_loader(cfg: DataConfig, *, objective: str, rank: int = 0, world_size: int = 1, epoch: int = 0):
+def build_loader(cfg: DataConfig, *, objective: str, rank: int = 0, world_size: int = 1, epoch: int = 0,
+                 split: str = "train"):
     from ptft_engine.data.loader import build_loader as _build
 
-    return _build(cfg, objective=objective, rank=rank, world_size=world_size, epoch=epoch)
+    return _build(cfg, objective=objective, rank=rank, world_size=world_size, epoch=epoch, split=split)

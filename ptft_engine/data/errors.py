@@ -13,9 +13,10 @@ class DataError(ValueError):
 class CorruptSampleError(DataError):
     """A shard or member that cannot be read or decoded; names the shard and key."""
 
-    def __init__(self, shard: str, key: str, reason: str):
-        super().__init__(f"corrupt data in shard {shard!r}, key {key!r}: {reason}")
-        self.shard, self.key, self.reason = shard, key, reason
+    # one message argument, so DataLoader can re-raise it in the main process as this type
+    @classmethod
+    def of(cls, shard: str, key: str, reason: str) -> "CorruptSampleError":
+        return cls(f"corrupt data in shard {shard!r}, key {key!r}: {reason} (strict mode)")
 
 
 class BadSamples:
@@ -33,7 +34,7 @@ class BadSamples:
 
     def skip(self, shard: str, key: str, reason: str) -> None:
         if self.strict:
-            raise CorruptSampleError(shard, key, reason)
+            raise CorruptSampleError.of(shard, key, reason)
         self.count += 1
         if len(self.names) < self.log_limit:
             self.names.append(f"{shard}:{key}")

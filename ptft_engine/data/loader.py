@@ -1,0 +1,125 @@
+"""The loader the engine iterates: epochs, DataLoader workers, and resumable state.
+
+The state is only (epoch, position): position counts the global samples that all ranks
+together have consumed in this epoch. Every rank yields the same number of batches,
+so the state is the same on every rank, and a resume — on any world size or worker
+count — continues the epoch order at that position.
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader
+
+from ptft_engine.data.config import DataConfig
+from ptft_engine.data.errors import DataError
+from ptft_engine.data.index import ShardIndex, resolve_source
+from ptft_engine.data.order import EpochOrder
+from ptft_engine.data.stream import ShardStream, steps_left
+
+OBJECTIVE_KIND = {"mlm": "text", "clm": "text", "simclr": "image", "clip": "image_text"}
+STATE_VERSION = 1
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # workers are many; the step owns the cores
+
+
+class Loader:
+    def __init__(self, cfg: DataConfig, *, objective: str, rank: int, world_size: int, epoch: int = 0,
+                 split: str = "train"):
+        if objective not in OBJECTIVE_KIND:
+            raise DataError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVE_KIND)}")
+        if OBJECTIVE_KIND[objective] != cfg.kind:
+            raise DataError(f"objective {objective!r} needs data kind {OBJECTIVE_KIND[objective]!r}, "
+                            f"but the data config says kind {cfg.kind!r}")
+        if not (world_size >= 1 and 0 <= rank < world_size):
+            raise DataError(f"rank {rank} is outside world size {world_size}")
+        if split not in ("train", "eval"):
+            raise DataError(f"split must be 'train' or 'eval', not {split!r}")
+        specs = cfg.shards if split == "train" else cfg.eval_shards
+        if not specs:
+            raise DataError("no eval_shards in the data config")
+        self.cfg, self.objective, self.rank, self.world_size = cfg, objective, rank, world_size
+        self.split = split
+        self.sources: list[ShardIndex] = [resolve_source(s) for s in specs]  # a missing shard fails here
+        self.builder = self._builder()
+        self.epoch, self.position = epoch, 0
+        self.stats: dict[str, int] = {}
+        if len(self) == 0:
+            raise DataError(f"{self.epoch_length()} samples cannot fill one step of {world_size} ranks x "
+                            f"{cfg.docs} samples per batch")
+
+    def _builder(self):
+        from ptft_engine.data.tokenizer import load_tokenizer
+
+        cfg = self.cfg
+        tok = None
+        if self.objective in ("mlm", "clm", "clip"):
+            if not cfg.tokenizer:
+                raise DataError(f"objective {self.objective!r} needs `tokenizer` (a tokenizer.json) in the data config")
+            tok = load_tokenizer(cfg.tokenizer)
+        if cfg.kind == "text":
+            from ptft_engine.data.text import TextBuilder
+
+            return TextBuilder(cfg, self.objective, tok)
+        from ptft_engine.data.images import ImageBuilder
+
+        return ImageBuilder(cfg, self.objective, tok)
+
+    def _order(self, epoch: int) -> EpochOrder:
+        cfg = self.cfg
+        train = self.split == "train"
+        return EpochOrder(self.sources, seed=cfg.seed, epoch=epoch, shuffle=cfg.shuffle and train,
+                          block=cfg.shuffle_buffer, resample=cfg.resample and train,
+                          weights=cfg.weights if train else None,
+                          length=cfg.samples_per_epoch if train else None)
+
+    def epoch_length(self) -> int:
+        if self.split == "train" and self.cfg.samples_per_epoch:
+            return self.cfg.samples_per_epoch
+        return sum(src.total for src in self.sources)
+
+    def __len__(self) -> int:
+        """Batches per rank in a whole epoch."""
+        return steps_left(self.epoch_length(), 0, self.world_size, self.cfg.docs)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.position = epoch, 0
+
+    def __iter__(self):
+        cfg = self.cfg
+        step_samples = self.world_size * cfg.docs
+        stream = ShardStream(self._order(self.epoch), self.builder, rank=self.rank, world_size=self.world_size,
+                             docs=cfg.docs, start=self.position, strict=cfg.strict,
+                             emit_sample_index=cfg.emit_sample_index)
+        kw = {}
+        if cfg.num_workers > 0:
+            kw = dict(num_workers=cfg.num_workers, prefetch_factor=cfg.prefetch_factor, worker_init_fn=_worker_init)
+        for batch in DataLoader(stream, batch_size=None, **kw):
+            for key, value in batch.pop("_stats").items():
+                self.stats[key] = self.stats.get(key, 0) + int(value)
+            self.stats["batches"] = self.stats.get("batches", 0) + 1
+            self.position += step_samples  # counted as consumed once handed out
+            yield batch
+        self.epoch, self.position = self.epoch + 1, 0
+
+    def state_dict(self) -> dict:
+        return {"version": STATE_VERSION, "epoch": self.epoch, "position": self.position, "seed": self.cfg.seed,
+                "epoch_length": self.epoch_length(), "world_size": self.world_size, "split": self.split}
+
+    def load_state_dict(self, sd: dict) -> None:
+        if sd.get("version") != STATE_VERSION:
+            raise DataError(f"data state version {sd.get('version')!r} is not {STATE_VERSION}")
+        if sd["seed"] != self.cfg.seed:
+            raise DataError(f"data state was saved with seed {sd['seed']}, but the config has seed {self.cfg.seed}")
+        if sd["epoch_length"] != self.epoch_length():
+            raise DataError(f"data state was saved for an epoch of {sd['epoch_length']} samples, but these shards "
+                            f"give {self.epoch_length()}: the shards changed")
+        if not 0 <= sd["position"] <= sd["epoch_length"]:
+            raise DataError(f"data state position {sd['position']} is outside the epoch")
+        self.epoch, self.position = int(sd["epoch"]), int(sd["position"])
+
+
+def build_loader(cfg: DataConfig, *, objective: str, rank: int = 0, world_size: int = 1, epoch: int = 0,
+                 split: str = "train") -> Loader:
+    return Loader(cfg, objective=objective, rank=rank, world_size=world_size, epoch=epoch, split=split)

@@ -1,0 +1,60 @@
+"""Text batches: decode -> tokenise -> pack -> (MLM) mask, all inside a loader worker."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ptft_engine.data.config import DataConfig
+from ptft_engine.data.errors import BadSamples
+from ptft_engine.data.packing import pack_causal, pack_segments
+from ptft_engine.data.tokenizer import TokenizerInfo
+
+
+def mask_seed(seed: int, epoch: int) -> int:
+    """A 64-bit mask seed per (seed, epoch): each epoch masks the same text differently."""
+    words = np.random.SeedSequence([seed, epoch, 0x6D6C6D]).generate_state(2, dtype=np.uint32)
+    return int(words[0]) | (int(words[1]) << 32)
+
+
+class TextBuilder:
+    def __init__(self, cfg: DataConfig, objective: str, tok: TokenizerInfo):
+        self.cfg, self.objective, self.tok = cfg, objective, tok
+
+    def texts(self, records, bad: BadSamples) -> tuple[list[str], list[int]]:
+        field = self.cfg.text_field
+        texts, kept = [], []
+        for pos, shard, key, members in records:
+            data = members.get(field)
+            if data is None:
+                bad.skip(shard, key, f"no .{field} member")
+                continue
+            try:
+                texts.append(data.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                bad.skip(shard, key, f".{field} is not UTF-8 ({exc.reason})")
+                continue
+            kept.append(pos)
+        return texts, kept
+
+    def build(self, records, *, epoch: int, first_pos: int, bad: BadSamples) -> tuple[dict, dict, list[int]]:
+        cfg, tok = self.cfg, self.tok
+        texts, kept = self.texts(records, bad)
+        docs = tok.encode_batch(texts) if texts else []
+        rows, seq = cfg.batch_size, cfg.seq_len
+        if self.objective == "clm":
+            batch, stats = pack_causal(docs, rows, seq, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                                       bos_id=tok.bos_id if cfg.add_bos else None)
+            return batch, stats.as_dict(), kept
+        batch, stats = pack_segments(docs, rows, seq, cls_id=tok.cls_id, sep_id=tok.sep_id, pad_id=tok.pad_id)
+        from ptft_engine.ops import mlm_mask
+
+        # Row ids are unique per (batch start, row), so the mask depends only on the
+        # stream position: a resumed run masks exactly as an uninterrupted one.
+        sample_ids = first_pos * rows + torch.arange(rows, dtype=torch.int64)
+        masked, labels = mlm_mask(batch["input_ids"], seed=mask_seed(cfg.seed, epoch), sample_ids=sample_ids,
+                                  mask_token_id=tok.mask_id, vocab_size=tok.vocab_size,
+                                  special_token_ids=tok.special_ids, mask_prob=cfg.mask_prob,
+                                  replace_prob=cfg.replace_prob, random_prob=cfg.random_prob,
+                                  backend=cfg.mask_backend)
+        return {"input_ids": masked, "labels": labels, "segment_ids": batch["segment_ids"],
+                "attention_mask": batch["attention_mask"]}, stats.as_dict(), kept
