@@ -1,0 +1,119 @@
+"""`ptft shard`: shard contents, index (counts, sha256, offsets), bad inputs, formats."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import webdataset as wds
+
+from ptft_engine import cli
+from ptft_engine.data.index import load_index, read_members, sha256_file
+
+from data_helpers import doc_text, png_bytes
+
+
+def _index(out) -> dict:
+    with open(os.path.join(out, "index.json")) as f:
+        return json.load(f)
+
+
+def test_text_dir_shards_index_and_bad_inputs(tmp_path, capsys):
+    src = tmp_path / "corpus"
+    (src / "sub").mkdir(parents=True)
+    for i in range(25):
+        (src / "sub" / f"{i:02d}.txt").write_text(doc_text(i))
+    (src / "empty.txt").write_text("  \n")
+    (src / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    out = tmp_path / "out"
+    rc = cli.main(["shard", str(src), "--output", str(out), "--shard-size", "2KB", "--workers", "2", "--no-progress"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "wrote 25 samples" in text and "skipped 2 bad inputs" in text
+    assert "empty.txt: empty text" in text and "latin1.txt: not UTF-8" in text
+    doc = _index(out)
+    assert doc["total_samples"] == 25 and len(doc["shards"]) > 1
+    index = load_index(str(out / "index.json"))
+    seen = []
+    for shard in index.shards:
+        assert shard.sha256 == sha256_file(shard.path)
+        assert len(shard.offsets) == shard.samples + 1
+        with open(shard.path, "rb") as fh:  # random access through the offsets, back to front
+            seen += [read_members(fh, shard, i)["txt"].decode() for i in reversed(range(shard.samples))]
+    assert sorted(seen) == sorted(doc_text(i) for i in range(25))
+    # the shards are plain webdataset: its reader sees the same samples
+    urls = [s.path for s in index.shards]
+    wds_texts = [s["txt"].decode() for s in wds.WebDataset(urls, shardshuffle=False)]
+    assert sorted(wds_texts) == sorted(seen)
+
+
+def test_strict_stops_at_bad_input_naming_it(tmp_path, capsys):
+    (tmp_path / "a.txt").write_text("fine text")
+    (tmp_path / "b.txt").write_text("")
+    rc = cli.main(["shard", str(tmp_path / "a.txt"), str(tmp_path / "b.txt"), "--output", str(tmp_path / "o"),
+                   "--strict", "--workers", "1", "--no-progress"])
+    assert rc == 1
+    assert "b.txt: empty text (--strict)" in capsys.readouterr().err
+
+
+def test_missing_input_and_existing_output_are_one_line_errors(tmp_path, capsys):
+    assert cli.main(["shard", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "a.txt").write_text("x y z")
+    args = ["shard", str(tmp_path / "a.txt"), "--output", str(tmp_path / "o"), "--workers", "1", "--no-progress"]
+    assert cli.main(args) == 0
+    assert cli.main(args) == 1
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_jsonl_lines_split_over_chunks(tmp_path, monkeypatch, capsys):
+    from ptft_engine.data import sources
+
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 200)  # many byte-range work items per file
+    src = tmp_path / "d.jsonl"
+    lines = [json.dumps({"content": doc_text(i)}) for i in range(40)] + ["{broken", json.dumps({"other": 1})]
+    src.write_text("\n".join(lines) + "\n")
+    rc = cli.main(["shard", str(src), "--format", "jsonl", "--text-field", "content", "--output", str(tmp_path / "o"),
+                   "--workers", "2", "--no-progress"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "wrote 40 samples" in out and "skipped 2 bad inputs" in out and "'content'" in out
+    index = load_index(str(tmp_path / "o" / "index.json"))
+    texts = []
+    for shard in index.shards:
+        with open(shard.path, "rb") as fh:
+            texts += [read_members(fh, shard, i)["txt"].decode() for i in range(shard.samples)]
+    assert texts == [doc_text(i) for i in range(40)]  # every line exactly once, in input order
+
+
+def test_image_folder_and_image_text(tmp_path, image_folder, capsys):
+    out = tmp_path / "img"
+    assert cli.main(["shard", image_folder, "--format", "images", "--output", str(out), "--workers", "1",
+                     "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "wrote 12 samples" in text and "broken.png: undecodable image" in text
+    doc = _index(out)
+    assert doc["kind"] == "image" and doc["classes"] == ["cat", "dog"]
+    samples = list(wds.WebDataset(str(out / "shard-000000.tar"), shardshuffle=False))
+    assert sorted(int(s["cls"]) for s in samples) == [0] * 6 + [1] * 6 and all("png" in s for s in samples)
+
+    (tmp_path / "pics").mkdir()
+    recs = []
+    for i in range(5):
+        (tmp_path / "pics" / f"{i}.png").write_bytes(png_bytes(i))
+        recs.append({"image": f"pics/{i}.png", "caption": f"picture number {i}"})
+    recs.append({"image": "pics/missing.png", "caption": "gone"})
+    (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
+    assert cli.main(["shard", str(tmp_path / "pairs.jsonl"), "--format", "image_text", "--output",
+                     str(tmp_path / "it"), "--workers", "1", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "wrote 5 samples" in text and "missing.png" in text
+    samples = list(wds.WebDataset(str(tmp_path / "it" / "shard-000000.tar"), shardshuffle=False))
+    assert [s["txt"].decode() for s in samples] == [f"picture number {i}" for i in range(5)]
+
+
+@pytest.mark.parametrize("size,expected", [("256MB", 256_000_000), ("1GiB", 1 << 30), ("512", 512)])
+def test_parse_size(size, expected):
+    from ptft_engine.commands.shard import parse_size
+
+    assert parse_size(size) == expected

@@ -1,0 +1,62 @@
+"""Tokenizer training: round trips on English and Chinese, special tokens, the CLI."""
+from __future__ import annotations
+
+import pytest
+from data_helpers import EN, ZH
+
+from ptft_engine import cli
+from ptft_engine.data.tokenizer import SPECIAL_TOKENS, load_tokenizer, train_tokenizer
+
+MIXED = ["混合 text: 预训练 needs data, 数据!", "Ünïcödé and emoji 🙂 survive", "未登录的字：龘"]
+
+
+@pytest.fixture(scope="module", params=["bpe", "wordpiece"])
+def trained(request, tmp_path_factory):
+    tok = train_tokenizer((EN + ZH) * 20, kind=request.param, vocab_size=300, min_frequency=1)
+    path = tmp_path_factory.mktemp(request.param) / "tokenizer.json"
+    tok.save(str(path))
+    return request.param, load_tokenizer(str(path))
+
+
+def test_special_tokens_have_fixed_ids(trained):
+    _, info = trained
+    vocab = info.tokenizer.get_vocab()
+    assert [vocab[t] for t in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
+    assert (info.pad_id, info.cls_id, info.sep_id, info.mask_id) == (0, 2, 3, 4)
+    assert (info.bos_id, info.eos_id) == (5, 6) and info.special_ids == list(range(7))
+    # special tokens never appear from plain text, even if it spells them out
+    ids = info.encode_batch(["plain words only"])[0]
+    assert not set(ids) & set(info.special_ids)
+
+
+def test_round_trip_english_and_chinese(trained):
+    kind, info = trained
+    texts = EN + ZH
+    for text, ids in zip(texts, info.encode_batch(texts)):
+        assert all(0 <= i < info.vocab_size for i in ids)
+        out = info.decode(ids)
+        if kind == "bpe":
+            assert out == text  # byte-level: exact
+        else:  # WordPiece puts spaces around CJK characters, as BERT does
+            assert out.replace(" ", "") == text.replace(" ", "")
+    if kind == "bpe":  # unseen characters still round-trip through bytes
+        assert [info.decode(ids) for ids in info.encode_batch(MIXED)] == MIXED
+    zh_ids = info.encode_batch([ZH[0]])[0]
+    assert info.unk_id not in zh_ids and len(zh_ids) <= len(ZH[0]) * 3
+
+
+def test_cli_train_on_shards_and_encode(tmp_path, text_shards, capsys):
+    out = tmp_path / "tok"
+    assert cli.main(["tokenizer", "train", text_shards, "--kind", "wordpiece", "--vocab-size", "200",
+                     "--min-frequency", "1", "--output", str(out)]) == 0
+    assert "trained wordpiece tokenizer on 61 texts" in capsys.readouterr().out
+    assert cli.main(["tokenizer", "encode", "--tokenizer", str(out), "深度 data"]) == 0
+    tokens = capsys.readouterr().out.splitlines()[0].split()
+    assert tokens[:2] == ["深", "度"]
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert cli.main(["tokenizer", "train", str(tmp_path / "missing"), "--output", str(tmp_path / "t")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert cli.main(["tokenizer", "encode", "--tokenizer", str(tmp_path / "none.json"), "x"]) == 1
+    assert "ptft tokenizer train" in capsys.readouterr().err
