@@ -1,0 +1,1 @@
+from export_fixtures import batch  # noqa: F401  (fixture)
