@@ -4,7 +4,8 @@ Depends only on (seed, epoch, g) and the shard index — never on ranks or worke
 any process can compute any slice of it, and a resume is just a position.
 
 Without resampling: each source's shards are put in a seeded order and their samples
-concatenated; weighted mixing interleaves sources with seeded per-block draws; then
+concatenated (sources without weights pool into one); weighted mixing interleaves
+sources with seeded per-block draws, cycling a source that runs out; then
 the stream is cut into blocks of `shuffle_buffer` positions and each block is
 permuted. That is a bounded shuffle like webdataset's buffer, but reproducible, and
 reads stay local (a block spans a few shards). With resampling every position draws
@@ -45,6 +46,9 @@ class EpochOrder:
     def __init__(self, sources: list[ShardIndex], *, seed: int, epoch: int, shuffle: bool = True,
                  block: int = 10_000, resample: bool = False, weights: list[float] | None = None,
                  length: int | None = None):
+        if weights is None and not resample and len(sources) > 1:
+            # no weights: the sources simply pool, so each sample comes exactly once
+            sources = [ShardIndex(shards=[s for src in sources for s in src.shards])]
         self.shards = [s for src in sources for s in src.shards]
         counts_all = np.array([s.samples for s in self.shards], dtype=np.int64)
         self.seed, self.epoch, self.shuffle, self.resample = seed, epoch, shuffle, resample
