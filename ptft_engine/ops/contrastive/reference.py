@@ -8,6 +8,11 @@ import torch
 import torch.nn.functional as F
 
 
+def _acc(x: torch.Tensor) -> torch.Tensor:
+    # Half-precision logits are upcast (as the kernels accumulate in fp32); float64 stays.
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def contrastive_loss_reference(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor,
                                symmetric: bool = True) -> torch.Tensor:
     """CLIP / InfoNCE: cross-entropy of logit_scale * a @ b.T with targets on the diagonal."""
@@ -21,11 +26,11 @@ def local_contrastive_loss_reference(a_local: torch.Tensor, b_local: torch.Tenso
     """One rank's loss: its n local rows against all M columns; row i's target is offset + i."""
     labels = torch.arange(a_local.shape[0], device=a_local.device) + offset
     logits_ab = logit_scale * (a_local @ b_all.T)  # (n, M)
-    loss = F.cross_entropy(logits_ab.float(), labels)
+    loss = F.cross_entropy(_acc(logits_ab), labels)
     if not symmetric:
         return loss
     logits_ba = logit_scale * (b_local @ a_all.T)  # (n, M)
-    return 0.5 * (loss + F.cross_entropy(logits_ba.float(), labels))
+    return 0.5 * (loss + F.cross_entropy(_acc(logits_ba), labels))
 
 
 def nt_xent_loss_reference(z1: torch.Tensor, z2: torch.Tensor, temperature) -> torch.Tensor:
@@ -43,7 +48,7 @@ def local_nt_xent_loss_reference(z1_local: torch.Tensor, z2_local: torch.Tensor,
     n, n_all = z1_local.shape[0], z1_all.shape[0]
     anchors = torch.cat([z1_local, z2_local])  # (2n, D)
     views = torch.cat([z1_all, z2_all])  # (2N_all, D)
-    sim = (anchors @ views.T).float() / temperature  # (2n, 2N_all)
+    sim = _acc(anchors @ views.T) / temperature  # (2n, 2N_all)
     idx = torch.arange(n, device=anchors.device) + offset
     self_col = torch.cat([idx, idx + n_all])
     pos_col = torch.cat([idx + n_all, idx])

@@ -1,0 +1,187 @@
+"""Triton kernels for the chunked contrastive log-sum-exps (forward) and their backward.
+
+Forward: one program per BLOCK_M rows of S = scale * a @ b.T sweeps all columns in
+BLOCK_N tiles (tl.dot over D in BLOCK_K slices) keeping an online row max / sum. The
+column lse is the same kernel on (b, a): the column lse of S is the row lse of S.T.
+Backward: one program per (BLOCK_M rows, BLOCK_D feature slice) recomputes each S tile,
+forms dS = g_row * exp(S - row_lse) + g_col * exp(S - col_lse) and accumulates
+da = scale * dS @ b; db is the same kernel with the roles of a and b swapped.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ptft_engine.ops.registry import triton_interpret
+
+
+@triton.jit
+def _scaled_tile(a_ptr, b_ptr, rows, cols, n, m, D, stride_a, stride_b,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """Raw (BLOCK_M, BLOCK_N) tile a[rows] @ b[cols].T in float32."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, D, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        a = tl.load(a_ptr + rows[:, None] * stride_a + ks[None, :], mask=(rows < n)[:, None] & (ks < D)[None, :], other=0.0)
+        b = tl.load(b_ptr + cols[:, None] * stride_b + ks[None, :], mask=(cols < m)[:, None] & (ks < D)[None, :], other=0.0)
+        acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _contrastive_row_lse_kernel(a_ptr, b_ptr, scale_ptr, excl_ptr, out_ptr, n, m, D, stride_a, stride_b,
+                                HAS_EXCL: tl.constexpr, PRECISION: tl.constexpr,
+                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    scale = tl.load(scale_ptr).to(tl.float32)
+    row_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    row_sum = tl.zeros((BLOCK_M,), tl.float32)
+    if HAS_EXCL:
+        excl = tl.load(excl_ptr + rows, mask=rows < n, other=-1)
+    for j0 in range(0, m, BLOCK_N):
+        cols = j0 + tl.arange(0, BLOCK_N)
+        t = _scaled_tile(a_ptr, b_ptr, rows, cols, n, m, D, stride_a, stride_b,
+                         BLOCK_M, BLOCK_N, BLOCK_K, PRECISION) * scale
+        valid = (cols < m)[None, :] & (rows >= 0)[:, None]
+        if HAS_EXCL:
+            valid = valid & (cols[None, :] != excl[:, None])
+        t = tl.where(valid, t, float("-inf"))
+        new_max = tl.maximum(row_max, tl.max(t, 1))
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # rows with every entry excluded so far
+        row_sum = row_sum * tl.exp(row_max - shift) + tl.sum(tl.exp(t - shift[:, None]), 1)
+        row_max = new_max
+    tl.store(out_ptr + rows, row_max + tl.log(row_sum), mask=rows < n)
+
+
+@triton.jit
+def _contrastive_bwd_kernel(a_ptr, b_ptr, scale_ptr, excl_ptr, rlse_ptr, grow_ptr, clse_ptr, gcol_ptr,
+                            da_ptr, ds_ptr, n, m, D, stride_a, stride_b, stride_da,
+                            HAS_EXCL: tl.constexpr, HAS_ROW: tl.constexpr, HAS_COL: tl.constexpr,
+                            WANT_DS: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_m, pid_d = tl.program_id(0), tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    dcols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    rmask = rows < n
+    scale = tl.load(scale_ptr).to(tl.float32)
+    if HAS_EXCL:
+        excl = tl.load(excl_ptr + rows, mask=rmask, other=-1)
+    if HAS_ROW:
+        rlse = tl.load(rlse_ptr + rows, mask=rmask, other=0.0)
+        grow = tl.load(grow_ptr + rows, mask=rmask, other=0.0)
+    da = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    ds = tl.zeros((BLOCK_M,), tl.float32)
+    for j0 in range(0, m, BLOCK_N):
+        cols = j0 + tl.arange(0, BLOCK_N)
+        cmask = cols < m
+        raw = _scaled_tile(a_ptr, b_ptr, rows, cols, n, m, D, stride_a, stride_b,
+                           BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
+        valid = cmask[None, :] & rmask[:, None]
+        if HAS_EXCL:
+            valid = valid & (cols[None, :] != excl[:, None])
+        t = tl.where(valid, raw * scale, float("-inf"))  # excluded / padding entries get dS = 0
+        d = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        if HAS_ROW:
+            d += grow[:, None] * tl.exp(t - rlse[:, None])
+        if HAS_COL:
+            clse = tl.load(clse_ptr + cols, mask=cmask, other=0.0)
+            gcol = tl.load(gcol_ptr + cols, mask=cmask, other=0.0)
+            d += gcol[None, :] * tl.exp(t - clse[None, :])
+        if WANT_DS:
+            ds += tl.sum(d * raw, 1)
+        b = tl.load(b_ptr + cols[:, None] * stride_b + dcols[None, :], mask=cmask[:, None] & (dcols < D)[None, :], other=0.0)
+        da = tl.dot((d * scale).to(b.dtype), b, da, input_precision=PRECISION)
+    tl.store(da_ptr + rows[:, None] * stride_da + dcols[None, :], da, mask=rmask[:, None] & (dcols < D)[None, :])
+    if WANT_DS:
+        tl.store(ds_ptr + pid_m, tl.sum(ds, 0))
+
+
+def _config(x: torch.Tensor) -> dict:
+    if triton_interpret():  # small tiles: the interpreter's cost grows with the tile size
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, BLOCK_D=32, num_warps=1)
+    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, BLOCK_D=128, num_warps=4)
+
+
+def _precision(x: torch.Tensor) -> str:
+    return "ieee" if x.dtype == torch.float32 else "tf32"
+
+
+def transpose_exclude(exclude: torch.Tensor | None, m: int) -> torch.Tensor | None:
+    """Row i excludes column exclude[i] -> column j excludes row t[j] (exclude is one-to-one)."""
+    if exclude is None:
+        return None
+    t = torch.full((m,), -1, dtype=torch.int64, device=exclude.device)
+    rows = torch.nonzero(exclude >= 0).squeeze(1)
+    t[exclude[rows]] = rows
+    return t
+
+
+def row_lse(a, b, scale, exclude) -> torch.Tensor:
+    """logsumexp over j of scale * a_i . b_j (j != exclude[i]), float32 (n,)."""
+    n, d = a.shape
+    m = b.shape[0]
+    out = torch.empty(n, dtype=torch.float32, device=a.device)
+    cfg = _config(a)
+    grid = (triton.cdiv(n, cfg["BLOCK_M"]),)
+    _contrastive_row_lse_kernel[grid](
+        a, b, scale, exclude if exclude is not None else out, out, n, m, d, a.stride(0), b.stride(0),
+        HAS_EXCL=exclude is not None, PRECISION=_precision(a), BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+        BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"])
+    return out
+
+
+def grad_rows(a, b, scale, exclude, rlse, grow, clse, gcol, want_ds: bool):
+    """(dLoss/da in float32, dLoss/dscale or None) for dS = grow*exp(S-rlse) + gcol*exp(S-clse)."""
+    n, d = a.shape
+    m = b.shape[0]
+    cfg = _config(a)
+    block_d = min(cfg["BLOCK_D"], max(16, triton.next_power_of_2(d)))
+    da = torch.empty(n, d, dtype=torch.float32, device=a.device)
+    grid = (triton.cdiv(n, cfg["BLOCK_M"]), triton.cdiv(d, block_d))
+    ds = torch.zeros(grid[0], dtype=torch.float32, device=a.device)
+    dummy = ds
+    _contrastive_bwd_kernel[grid](
+        a, b, scale, exclude if exclude is not None else dummy,
+        rlse if grow is not None else dummy, grow if grow is not None else dummy,
+        clse if gcol is not None else dummy, gcol if gcol is not None else dummy,
+        da, ds, n, m, d, a.stride(0), b.stride(0), da.stride(0),
+        HAS_EXCL=exclude is not None, HAS_ROW=grow is not None, HAS_COL=gcol is not None, WANT_DS=want_ds,
+        PRECISION=_precision(a), BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+        BLOCK_D=block_d, num_warps=cfg["num_warps"])
+    return da, (ds.sum() if want_ds else None)
+
+
+class TritonScaledLSE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b, scale, exclude, want_cols, chunk):
+        a, b = a.contiguous(), b.contiguous()
+        sc = scale.detach().reshape(1).to(torch.float32)
+        rl = row_lse(a, b, sc, exclude)
+        ex_t = transpose_exclude(exclude, b.shape[0])
+        cl = row_lse(b, a, sc, ex_t) if want_cols else rl.new_empty(0)
+        ctx.save_for_backward(a, b, scale, exclude, ex_t, rl, cl)
+        ctx.want_cols = want_cols
+        ctx.set_materialize_grads(False)
+        return rl, cl
+
+    @staticmethod
+    def backward(ctx, g_row, g_col):
+        a, b, scale, exclude, ex_t, rl, cl = ctx.saved_tensors
+        if not ctx.want_cols:
+            g_col = None
+        if g_row is None and g_col is None:
+            return None, None, None, None, None, None
+        sc = scale.detach().reshape(1).to(torch.float32)
+        g_row = g_row.float().contiguous() if g_row is not None else None
+        g_col = g_col.float().contiguous() if g_col is not None else None
+        da, ds = grad_rows(a, b, sc, exclude, rl, g_row, cl, g_col, True)
+        # dS.T has the same form with rows and columns swapped.
+        db, _ = grad_rows(b, a, sc, ex_t, cl, g_col, rl, g_row, False)
+        return da.to(a.dtype), db.to(b.dtype), ds.to(scale.dtype).reshape(scale.shape), None, None, None
+
+
+def scaled_lse(a, b, scale, exclude, want_cols, chunk):
+    """chunk is unused: the kernels' BLOCK_M x BLOCK_N tiles are the chunks."""
+    row, col = TritonScaledLSE.apply(a, b, scale, exclude, want_cols, chunk)
+    return row, (col if want_cols else None)
