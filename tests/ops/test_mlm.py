@@ -1,0 +1,211 @@
+"""mlm_mask: bit-identical backends, batch-composition independence, statistics, errors."""
+import math
+
+import pytest
+import torch
+
+from ptft_engine.ops import BackendUnavailable, mlm_mask
+from ptft_engine.ops import _native
+from ptft_engine.ops.mlm.philox import philox4x32
+
+HAS_CUDA = torch.cuda.is_available()
+VOCAB = 1000
+SPECIAL = [0, 1, 2, 3, 4]  # 0 is padding, 4 is [MASK]
+MASK_ID = 4
+
+
+def _batch(rows, seq, seed=0, vocab=VOCAB, pad=3):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (rows, seq), generator=g)
+    ids[:, 0] = 2  # [CLS]
+    if seq > pad + 1:
+        ids[:, -pad:] = 0  # padding tail
+    sids = torch.randint(0, 2**62, (rows,), generator=g)
+    return ids, sids
+
+
+def _run(ids, sids, backend, seed=0, **kw):
+    args = dict(seed=seed, sample_ids=sids, mask_token_id=MASK_ID, vocab_size=VOCAB, special_token_ids=SPECIAL)
+    args.update(kw)
+    return mlm_mask(ids, backend=backend, **args)
+
+
+def _same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_philox_known_answer():
+    # Random123 known-answer vectors for Philox4x32-10
+    t = lambda v: torch.tensor([v], dtype=torch.int64)  # noqa: E731
+    out = philox4x32(t(0x243F6A88), t(0x85A308D3), t(0x13198A2E), t(0x03707344), 0xA4093822, 0x299F31D0)
+    assert [int(v) for v in out] == [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]
+    out = philox4x32(*(t(0xFFFFFFFF),) * 4, 0xFFFFFFFF, 0xFFFFFFFF)
+    assert [int(v) for v in out] == [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2**32 + 17, 2**64 - 1])
+@pytest.mark.parametrize("shape", [(4, 33), (1, 1), (3, 257), (7, 512)])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
+def test_cpu_bit_identical_to_reference(seed, shape, dtype):
+    ids, sids = _batch(*shape, seed=seed % 1000)
+    ids = ids.to(dtype)
+    kw = dict(mask_prob=0.4, replace_prob=0.5, random_prob=0.3)  # all three outcomes frequent
+    ref = _run(ids, sids, "reference", seed, **kw)
+    cpu = _run(ids, sids, "cpu", seed, **kw)
+    assert ref[0].dtype == dtype and ref[1].dtype == dtype
+    assert _same(ref, cpu)
+    if ids.numel() > 100:  # the outcome mix is exercised, not vacuous
+        assert (ref[1] != -100).any() and (ref[0] == MASK_ID).any()
+
+
+@pytest.mark.parametrize("seed", [3, 2**63 + 5])
+@pytest.mark.parametrize("shape", [(3, 37), (2, 130), (1, 1)])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
+def test_triton_bit_identical_to_reference(seed, shape, dtype):
+    ids, sids = _batch(*shape, seed=seed % 1000)
+    ids = ids.to(dtype)
+    kw = dict(mask_prob=0.5, replace_prob=0.4, random_prob=0.4)
+    assert _same(_run(ids, sids, "reference", seed, **kw), _run(ids, sids, "triton", seed, **kw))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_independent_of_batch_composition(backend):
+    ids, sids = _batch(8, 200, seed=5)
+    full = _run(ids, sids, backend, seed=11)
+    perm = torch.randperm(8)
+    permuted = _run(ids[perm], sids[perm], backend, seed=11)
+    assert _same((full[0][perm], full[1][perm]), permuted)
+    # a sample alone in its batch gets the masks it got among others
+    alone = _run(ids[5:6], sids[5:6], backend, seed=11)
+    assert _same((full[0][5:6], full[1][5:6]), alone)
+    # a different seed or sample id changes the masks
+    assert not torch.equal(_run(ids, sids, backend, seed=12)[1], full[1])
+    assert not torch.equal(_run(ids, sids + 1, backend, seed=11)[1], full[1])
+
+
+def test_triton_independent_of_batch_composition():
+    ids, sids = _batch(4, 40, seed=6)
+    full = _run(ids, sids, "triton", seed=9)
+    perm = torch.tensor([2, 0, 3, 1])
+    assert _same((full[0][perm], full[1][perm]), _run(ids[perm], sids[perm], "triton", seed=9))
+
+
+def _within(count, n, p, sigmas=5.0):
+    return abs(count - n * p) <= sigmas * math.sqrt(n * p * (1 - p))
+
+
+def test_selection_rate_and_80_10_10_split():
+    ids, sids = _batch(256, 1024, seed=1, pad=100)
+    masked, labels = _run(ids, sids, "cpu", seed=2024)
+    selectable = ~torch.isin(ids, torch.tensor(SPECIAL))
+    selected = labels != -100
+    n_sel, n_ok = int(selected.sum()), int(selectable.sum())
+    assert _within(n_sel, n_ok, 0.15), (n_sel, n_ok)
+    to_mask = selected & (masked == MASK_ID)
+    changed = selected & (masked != MASK_ID) & (masked != ids)
+    unchanged = selected & (masked == ids)
+    assert _within(int(to_mask.sum()), n_sel, 0.8)
+    # a random draw equals the original id with probability 1/995: account for it
+    p_random_changed = 0.1 * (1 - 1 / (VOCAB - len(SPECIAL)))
+    assert _within(int(changed.sum()), n_sel, p_random_changed)
+    assert _within(int(unchanged.sum()), n_sel, 1 - 0.8 - p_random_changed)
+    # random replacements are spread over the non-special vocabulary
+    drawn = masked[changed]
+    assert drawn.unique().numel() > 0.9 * (VOCAB - len(SPECIAL))
+    assert not (masked != ids)[~selected].any()
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_special_tokens_never_selected_nor_produced(backend):
+    special = [0, 1, 2, 3, 4, 500, 999]
+    ids, sids = _batch(32, 300, seed=3)
+    ids[:, 10:20] = 500
+    masked, labels = _run(ids, sids, backend, seed=4, special_token_ids=special, mask_prob=0.9, random_prob=0.5,
+                          replace_prob=0.1)
+    is_special = torch.isin(ids, torch.tensor(special))
+    assert (labels[is_special] == -100).all()
+    assert torch.equal(masked[is_special], ids[is_special])
+    produced = masked[(labels != -100) & (masked != ids)]
+    assert produced.numel() > 1000
+    assert not torch.isin(produced[produced != MASK_ID], torch.tensor(special)).any()
+    assert torch.equal(labels[labels != -100], ids[labels != -100])
+    assert ((labels == -100) | (labels == ids)).all()
+
+
+def test_probability_edges():
+    ids, sids = _batch(4, 50, seed=8)
+    selectable = ~torch.isin(ids, torch.tensor(SPECIAL))
+    for backend in ("reference", "cpu"):
+        _, labels = _run(ids, sids, backend, mask_prob=0.0)
+        assert (labels == -100).all()
+        masked, labels = _run(ids, sids, backend, mask_prob=1.0, replace_prob=1.0, random_prob=0.0)
+        assert torch.equal(labels != -100, selectable)
+        assert (masked[selectable] == MASK_ID).all()
+        masked, _ = _run(ids, sids, backend, mask_prob=1.0, replace_prob=0.0, random_prob=0.0)
+        assert torch.equal(masked, ids)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(mask_prob=1.5), "mask_prob"),
+        (dict(replace_prob=-0.1), "replace_prob"),
+        (dict(replace_prob=0.8, random_prob=0.3), "replace_prob \\+ random_prob"),
+        (dict(mask_token_id=VOCAB), "mask_token_id"),
+        (dict(special_token_ids=[VOCAB + 3]), "special_token_ids"),
+        (dict(seed=-1), "seed"),
+        (dict(vocab_size=0), "vocab_size"),
+        (dict(special_token_ids=list(range(VOCAB))), "every id"),
+        (dict(sample_ids=torch.arange(3)), "sample_ids"),
+        (dict(sample_ids=torch.zeros(4)), "sample_ids"),
+    ],
+)
+def test_argument_errors(kw, match):
+    ids, sids = _batch(4, 20)
+    args = dict(seed=0, sample_ids=sids, mask_token_id=MASK_ID, vocab_size=VOCAB, special_token_ids=SPECIAL)
+    args.update(kw)
+    with pytest.raises(ValueError, match=match):
+        mlm_mask(ids, backend="reference", **args)
+
+
+def test_tensor_errors():
+    ids, sids = _batch(2, 10)
+    with pytest.raises(ValueError, match="input_ids must be int64 or int32"):
+        _run(ids.float(), sids, "reference")
+    with pytest.raises(ValueError, match="input_ids must be a \\(batch, seq\\)"):
+        _run(ids[0], sids, "reference")
+    bad = ids.clone()
+    bad[0, 0] = VOCAB
+    with pytest.raises(ValueError, match="input_ids must lie in"):
+        _run(bad, sids, "reference")
+    with pytest.raises(BackendUnavailable):
+        _run(ids, sids, "cuda")
+
+
+def test_empty_batch():
+    ids = torch.zeros(0, 7, dtype=torch.int64)
+    masked, labels = _run(ids, torch.zeros(0, dtype=torch.int64), "reference")
+    assert masked.shape == labels.shape == (0, 7)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
+def test_gpu_bit_identical_to_cpu(backend, dtype):
+    ids, sids = _batch(70000 if backend == "cuda" else 300, 77, seed=10)  # > 65535 rows: grid-y striding
+    ids = ids.to(dtype)
+    kw = dict(mask_prob=0.4, replace_prob=0.5, random_prob=0.3)
+    cpu = _run(ids, sids, "cpu" if _native.LOAD_ERROR is None else "reference", 2**63 + 1, **kw)
+    gpu = _run(ids.cuda(), sids.cuda(), backend, 2**63 + 1, **kw)
+    assert _same(cpu, (gpu[0].cpu(), gpu[1].cpu()))
+
+
+@pytest.mark.gpu
+def test_gpu_out_of_range_ids_never_selected():
+    ids, sids = _batch(8, 64)
+    ids[:, 5] = -7
+    ids[:, 6] = VOCAB + 1
+    outs = [_run(ids.cuda(), sids.cuda(), b, mask_prob=1.0) for b in ("cuda", "triton", "reference")]
+    for masked, labels in outs:
+        assert (labels[:, 5:7] == -100).all() and torch.equal(masked[:, 5:7].cpu(), ids[:, 5:7])
+    assert _same(outs[0], outs[1]) and _same(outs[0], outs[2])
