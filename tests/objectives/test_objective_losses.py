@@ -1,0 +1,91 @@
+"""Objective losses against hand computations; configs and build errors."""
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ptft_engine.models import ConfigError, load_model_config
+from ptft_engine.objectives import build_objective, parse_objective_config
+from ptft_engine.objectives.clm import shifted_targets
+
+PRESETS = Path(__file__).resolve().parents[2] / "configs" / "models"
+
+
+def preset(name):
+    return load_model_config(PRESETS / f"{name}.yaml")
+
+
+def test_mlm_loss_is_mean_ce_over_selected_tokens():
+    task = build_objective(preset("bert-tiny"), {"name": "mlm"}).eval()
+    ids = torch.randint(4, 128, (2, 10))
+    labels = torch.full_like(ids, -100)
+    labels[0, 3], labels[1, 0], labels[1, 7] = 5, 9, 11
+    out = task({"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids, dtype=torch.bool)})
+    logits = task.model(ids)
+    sel = labels != -100
+    expect = F.cross_entropy(logits[sel], labels[sel])
+    torch.testing.assert_close(out["loss"], expect, rtol=1e-5, atol=1e-6)
+    assert out["num_tokens"] == 20 and int(out["num_targets"]) == 3
+    assert not out["accuracy"].requires_grad and out["loss"].requires_grad
+
+
+def test_mlm_batch_without_selected_tokens_gives_zero_not_nan():
+    task = build_objective(preset("bert-tiny"), "mlm")
+    ids = torch.randint(4, 128, (2, 6))
+    out = task({"input_ids": ids, "labels": torch.full_like(ids, -100)})
+    assert out["loss"].item() == 0.0
+
+
+def test_clm_targets_skip_document_boundaries_and_padding():
+    labels = torch.tensor([[10, 11, 12, 20, 21, 0]])
+    seg = torch.tensor([[0, 0, 0, 1, 1, 1]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0]], dtype=torch.bool)
+    assert shifted_targets(labels, seg, mask).tolist() == [[11, 12, -100, 21, -100]]
+
+
+def test_clm_loss_is_next_token_ce_and_packing_matches_separate_rows():
+    task = build_objective(preset("gpt2-tiny"), {"name": "clm"}).eval()
+    a, b = torch.randint(0, 128, (1, 7)), torch.randint(0, 128, (1, 5))
+    out_a, out_b = task({"input_ids": a, "labels": a}), task({"input_ids": b, "labels": b})
+    logits = task.model(a)
+    torch.testing.assert_close(out_a["loss"], F.cross_entropy(logits[0, :-1], a[0, 1:]), rtol=1e-5, atol=1e-6)
+    packed = task({"input_ids": torch.cat([a, b], 1), "segment_ids": torch.tensor([[0] * 7 + [1] * 5])})
+    expect = (out_a["loss"] * 6 + out_b["loss"] * 4) / 10  # token-weighted mean over both documents
+    torch.testing.assert_close(packed["loss"], expect, rtol=1e-5, atol=1e-6)
+    assert int(packed["num_targets"]) == 10
+
+
+def test_objective_and_model_must_match():
+    with pytest.raises(ConfigError, match=r"^objective.name: clm trains a model with arch: decoder, but model.arch is encoder$"):
+        build_objective(preset("bert-tiny"), {"name": "clm"})
+
+
+def test_objective_config_errors_are_one_line_naming_the_key():
+    for data, expect in [
+        ({"name": "simclr", "temprature": 0.1}, "objective.temprature: unknown key"),
+        ({"name": "mlm", "gather": True}, "objective.gather: unknown key"),
+        ({"name": "clip", "gather": "maybe"}, "objective.gather: "),
+        ({"name": "byol"}, "objective.name: must be one of mlm, clm, simclr, clip, got 'byol'"),
+        ({"name": "simclr", "temperature": -1}, "objective.temperature: "),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            parse_objective_config(data)
+        assert str(info.value).startswith(expect) and "\n" not in str(info.value)
+
+
+def test_missing_batch_key_is_named():
+    task = build_objective(preset("vit-tiny-digits"), {"name": "simclr"})
+    with pytest.raises(KeyError, match="simclr batch lacks view2"):
+        task({"view1": torch.rand(2, 1, 8, 8)})
+
+
+def test_flops_estimates():
+    cfg = preset("gpt2-tiny")
+    task = build_objective(cfg, "clm")
+    n = sum(p.numel() for p in task.model.parameters()) - 64 * 32  # without position table
+    assert task.flops_per_token(seq_len=64) == 6 * n + 12 * 2 * 32 * 64
+    simclr = build_objective(preset("vit-tiny-digits"), "simclr")
+    assert simclr.flops_per_sample() > 2 * 17 * 6 * sum(p.numel() for p in simclr.model.parameters()) * 0.9
+    clip = build_objective(preset("clip-tiny"), "clip")
+    assert clip.flops_per_sample() > 0
