@@ -50,6 +50,14 @@ int cuda_dtype_code(const at::Tensor& t) {
   return 0;
 }
 
+// Row i excludes column ex[i] -> column j excludes row t[j] (the exclusion is one-to-one).
+at::Tensor transpose_exclude(const at::Tensor& ex, int64_t m) {
+  at::Tensor t = at::full({m}, -1, ex.options());
+  at::Tensor rows = at::nonzero(ex >= 0).squeeze(1);
+  t.index_put_({ex.index_select(0, rows)}, rows);
+  return t;
+}
+
 std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& a0, const at::Tensor& b0, const at::Tensor& scale,
                                                 const at::Tensor& exclude, bool want_cols) {
   c10::cuda::CUDAGuard guard(a0.device());
@@ -73,6 +81,34 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& a0, const at::
                              col_lse.data_ptr<float>(), stream);
   }
   return {row_lse, col_lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& a0, const at::Tensor& b0,
+                                                             const at::Tensor& scale, const at::Tensor& exclude,
+                                                             const at::Tensor& row_lse, const at::Tensor& col_lse,
+                                                             const at::Tensor& g_row, const at::Tensor& g_col) {
+  c10::cuda::CUDAGuard guard(a0.device());
+  at::Tensor a = a0.contiguous(), b = b0.contiguous();
+  at::Tensor sc = scale.reshape({1}).to(at::kFloat).contiguous();
+  const int64_t n = a.size(0), m = b.size(0), d = a.size(1);
+  auto f32 = a.options().dtype(at::kFloat);
+  auto prep = [](const at::Tensor& t) { return t.defined() ? t.to(at::kFloat).contiguous() : t; };
+  auto ptr = [](const at::Tensor& t) -> const float* { return t.defined() ? t.data_ptr<float>() : nullptr; };
+  at::Tensor rl = prep(row_lse), cl = prep(col_lse), gr = prep(g_row), gc = prep(g_col);
+  at::Tensor ex = exclude.defined() ? exclude.contiguous() : exclude;
+  at::Tensor ex_t = ex.defined() ? transpose_exclude(ex, m) : ex;
+  const int dt = cuda_dtype_code(a);
+  auto stream = c10::cuda::getCurrentCUDAStream().stream();
+  at::Tensor da = at::empty({n, d}, f32), db = at::empty({m, d}, f32);
+  at::Tensor ds_partial = at::zeros({contrastive_cuda_row_blocks(n)}, f32);
+  contrastive_grad_rows_cuda(a.data_ptr(), b.data_ptr(), dt, sc.data_ptr<float>(),
+                             ex.defined() ? ex.data_ptr<int64_t>() : nullptr, ptr(rl), ptr(gr), ptr(cl), ptr(gc), n, m,
+                             d, da.data_ptr<float>(), ds_partial.data_ptr<float>(), stream);
+  // dS.T has the same form with the roles of rows and columns swapped.
+  contrastive_grad_rows_cuda(b.data_ptr(), a.data_ptr(), dt, sc.data_ptr<float>(),
+                             ex_t.defined() ? ex_t.data_ptr<int64_t>() : nullptr, ptr(cl), ptr(gc), ptr(rl), ptr(gr),
+                             m, n, d, db.data_ptr<float>(), nullptr, stream);
+  return {da, db, ds_partial.sum()};
 }
 #endif
 

@@ -1,0 +1,239 @@
+// CUDA kernels for the chunked contrastive log-sum-exps. One block owns 64 rows of
+// S = scale * a @ b.T and sweeps the columns in 64-wide tiles; each of its 256 threads
+// computes a 4x4 piece of the tile from shared-memory slices of a and b (fp32 FMA,
+// inputs fp32/fp16/bf16 converted on load). Rows keep an online max / sum; the backward
+// recomputes each tile, forms dS from the saved lses and accumulates scale * dS @ b.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "contrastive/contrastive_cuda.h"
+
+namespace ptft {
+namespace {
+
+constexpr int kBM = 64, kBN = 64, kBK = 16, kBD = 64, kThreads = 256;
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+// Stage rows [r0, r0 + 64) x features [k0, k0 + 16) of x (rows, d) transposed into s[k][r].
+template <typename T>
+__device__ __forceinline__ void stage_slice(const T* x, int64_t rows, int64_t d, int64_t r0, int64_t k0,
+                                            float (*s)[kBM]) {
+  for (int e = threadIdx.x; e < kBM * kBK; e += kThreads) {
+    const int r = e / kBK, k = e % kBK;
+    const int64_t gr = r0 + r, gk = k0 + k;
+    s[k][r] = (gr < rows && gk < d) ? to_f(x[gr * d + gk]) : 0.f;
+  }
+}
+
+// acc[r][c] = a[i0 + ty + 16 r] . b[j0 + tx + 16 c] over all d features.
+template <typename T>
+__device__ void raw_tile(const T* a, const T* b, int64_t n, int64_t m, int64_t d, int64_t i0, int64_t j0,
+                         float (*as)[kBM], float (*bs)[kBM], float acc[4][4]) {
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  for (int r = 0; r < 4; ++r)
+    for (int c = 0; c < 4; ++c) acc[r][c] = 0.f;
+  for (int64_t k0 = 0; k0 < d; k0 += kBK) {
+    __syncthreads();
+    stage_slice(a, n, d, i0, k0, as);
+    stage_slice(b, m, d, j0, k0, bs);
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kBK; ++k) {
+      float av[4], bv[4];
+      for (int q = 0; q < 4; ++q) {
+        av[q] = as[k][ty + 16 * q];
+        bv[q] = bs[k][tx + 16 * q];
+      }
+      for (int r = 0; r < 4; ++r)
+        for (int c = 0; c < 4; ++c) acc[r][c] = fmaf(av[r], bv[c], acc[r][c]);
+    }
+  }
+}
+
+// Reductions over the 16 threads (one half warp, same ty) that share a row.
+__device__ __forceinline__ float row_max16(float v) {
+  for (int off = 8; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+}
+__device__ __forceinline__ float row_sum16(float v) {
+  for (int off = 8; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) contrastive_row_lse_kernel(const T* a, const T* b, const float* scale_p,
+                                                                       const int64_t* excl, int64_t n, int64_t m,
+                                                                       int64_t d, float* out) {
+  __shared__ float as[kBK][kBM];
+  __shared__ float bs[kBK][kBM];
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * kBM;
+  const float scale = *scale_p;
+  float rmax[4], rsum[4];
+  int64_t ex[4];
+  for (int r = 0; r < 4; ++r) {
+    rmax[r] = -INFINITY;
+    rsum[r] = 0.f;
+    const int64_t row = i0 + ty + 16 * r;
+    ex[r] = (excl != nullptr && row < n) ? excl[row] : -1;
+  }
+  float acc[4][4];
+  for (int64_t j0 = 0; j0 < m; j0 += kBN) {
+    raw_tile(a, b, n, m, d, i0, j0, as, bs, acc);
+    for (int r = 0; r < 4; ++r) {
+      float t[4], mx = -INFINITY;
+      for (int c = 0; c < 4; ++c) {
+        const int64_t col = j0 + tx + 16 * c;
+        t[c] = (col < m && col != ex[r]) ? acc[r][c] * scale : -INFINITY;
+        mx = fmaxf(mx, t[c]);
+      }
+      const float new_max = fmaxf(rmax[r], row_max16(mx));
+      const float shift = new_max == -INFINITY ? 0.f : new_max;  // every entry so far excluded
+      float s = 0.f;
+      for (int c = 0; c < 4; ++c) s += __expf(t[c] - shift);
+      rsum[r] = rsum[r] * __expf(rmax[r] - shift) + row_sum16(s);
+      rmax[r] = new_max;
+    }
+  }
+  if (tx == 0) {
+    for (int r = 0; r < 4; ++r) {
+      const int64_t row = i0 + ty + 16 * r;
+      if (row < n) out[row] = rmax[r] + logf(rsum[r]);
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) contrastive_grad_rows_kernel(
+    const T* a, const T* b, const float* scale_p, const int64_t* excl, const float* rlse, const float* grow,
+    const float* clse, const float* gcol, int64_t n, int64_t m, int64_t d, float* da, float* ds_partial) {
+  __shared__ float as[kBK][kBM];
+  __shared__ float bs[kBK][kBM];
+  __shared__ float ds_tile[kBM][kBN + 1];  // scale * dS of the current tile
+  __shared__ float b_tile[kBN][kBD];       // b[cols, feature slice]
+  __shared__ float red[kThreads / 32];
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * kBM, f0 = static_cast<int64_t>(blockIdx.y) * kBD;
+  const bool want_ds = ds_partial != nullptr && blockIdx.y == 0;
+  const float scale = *scale_p;
+  float rl[4], gr[4], out[4][4];
+  int64_t ex[4];
+  for (int r = 0; r < 4; ++r) {
+    const int64_t row = i0 + ty + 16 * r;
+    const bool ok = row < n;
+    ex[r] = (excl != nullptr && ok) ? excl[row] : -1;
+    rl[r] = (grow != nullptr && ok) ? rlse[row] : 0.f;
+    gr[r] = (grow != nullptr && ok) ? grow[row] : 0.f;
+    for (int c = 0; c < 4; ++c) out[r][c] = 0.f;
+  }
+  float ds_local = 0.f;
+  float acc[4][4];
+  for (int64_t j0 = 0; j0 < m; j0 += kBN) {
+    raw_tile(a, b, n, m, d, i0, j0, as, bs, acc);
+    for (int c = 0; c < 4; ++c) {
+      const int64_t col = j0 + tx + 16 * c;
+      const bool col_ok = col < m;
+      const float cl = (gcol != nullptr && col_ok) ? clse[col] : 0.f;
+      const float gc = (gcol != nullptr && col_ok) ? gcol[col] : 0.f;
+      for (int r = 0; r < 4; ++r) {
+        const bool ok = col_ok && (i0 + ty + 16 * r) < n && col != ex[r];
+        const float t = acc[r][c] * scale;
+        float g = 0.f;
+        if (ok) {
+          if (grow != nullptr) g += gr[r] * __expf(t - rl[r]);
+          if (gcol != nullptr) g += gc * __expf(t - cl);
+        }
+        ds_local += g * acc[r][c];
+        ds_tile[ty + 16 * r][tx + 16 * c] = g * scale;
+      }
+    }
+    for (int e = threadIdx.x; e < kBN * kBD; e += kThreads) {
+      const int kk = e / kBD, f = e % kBD;
+      const int64_t col = j0 + kk, feat = f0 + f;
+      b_tile[kk][f] = (col < m && feat < d) ? to_f(b[col * d + feat]) : 0.f;
+    }
+    __syncthreads();
+    for (int kk = 0; kk < kBN; ++kk) {
+      float bv[4];
+      for (int c = 0; c < 4; ++c) bv[c] = b_tile[kk][tx + 16 * c];
+      for (int r = 0; r < 4; ++r) {
+        const float dv = ds_tile[ty + 16 * r][kk];
+        for (int c = 0; c < 4; ++c) out[r][c] = fmaf(dv, bv[c], out[r][c]);
+      }
+    }
+    __syncthreads();
+  }
+  for (int r = 0; r < 4; ++r) {
+    const int64_t row = i0 + ty + 16 * r;
+    for (int c = 0; c < 4; ++c) {
+      const int64_t feat = f0 + tx + 16 * c;
+      if (row < n && feat < d) da[row * d + feat] = out[r][c];
+    }
+  }
+  if (want_ds) {
+    for (int off = 16; off > 0; off >>= 1) ds_local += __shfl_xor_sync(0xffffffffu, ds_local, off);
+    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = ds_local;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      float s = 0.f;
+      for (int w = 0; w < kThreads / 32; ++w) s += red[w];
+      ds_partial[blockIdx.x] = s;
+    }
+  }
+}
+
+template <typename T>
+void launch_row_lse(const void* a, const void* b, const float* scale, const int64_t* exclude, int64_t n, int64_t m,
+                    int64_t d, float* out, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((n + kBM - 1) / kBM));
+  contrastive_row_lse_kernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(a), static_cast<const T*>(b),
+                                                               scale, exclude, n, m, d, out);
+}
+
+template <typename T>
+void launch_grad_rows(const void* a, const void* b, const float* scale, const int64_t* exclude, const float* rlse,
+                      const float* grow, const float* clse, const float* gcol, int64_t n, int64_t m, int64_t d,
+                      float* da, float* ds_partial, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((n + kBM - 1) / kBM), static_cast<unsigned>((d + kBD - 1) / kBD));
+  contrastive_grad_rows_kernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(a), static_cast<const T*>(b),
+                                                                 scale, exclude, rlse, grow, clse, gcol, n, m, d,
+                                                                 da, ds_partial);
+}
+
+}  // namespace
+
+int64_t contrastive_cuda_row_blocks(int64_t n) { return (n + kBM - 1) / kBM; }
+
+void contrastive_row_lse_cuda(const void* a, const void* b, int dtype, const float* scale, const int64_t* exclude,
+                              int64_t n, int64_t m, int64_t d, float* row_lse, cudaStream_t stream) {
+  switch (dtype) {
+    case kContrastiveF16: launch_row_lse<__half>(a, b, scale, exclude, n, m, d, row_lse, stream); break;
+    case kContrastiveBF16: launch_row_lse<__nv_bfloat16>(a, b, scale, exclude, n, m, d, row_lse, stream); break;
+    default: launch_row_lse<float>(a, b, scale, exclude, n, m, d, row_lse, stream); break;
+  }
+}
+
+void contrastive_grad_rows_cuda(const void* a, const void* b, int dtype, const float* scale, const int64_t* exclude,
+                                const float* row_lse, const float* g_row, const float* col_lse, const float* g_col,
+                                int64_t n, int64_t m, int64_t d, float* da, float* ds_partial, cudaStream_t stream) {
+  switch (dtype) {
+    case kContrastiveF16:
+      launch_grad_rows<__half>(a, b, scale, exclude, row_lse, g_row, col_lse, g_col, n, m, d, da, ds_partial, stream);
+      break;
+    case kContrastiveBF16:
+      launch_grad_rows<__nv_bfloat16>(a, b, scale, exclude, row_lse, g_row, col_lse, g_col, n, m, d, da, ds_partial,
+                                      stream);
+      break;
+    default:
+      launch_grad_rows<float>(a, b, scale, exclude, row_lse, g_row, col_lse, g_col, n, m, d, da, ds_partial, stream);
+      break;
+  }
+}
+
+}  // namespace ptft
