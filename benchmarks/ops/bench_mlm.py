@@ -1,0 +1,141 @@
+"""mlm_mask speed: ours vs the Hugging Face DataCollatorForLanguageModeling recipe.
+
+--device cpu (default): C++ CPU backend vs the recipe on a (64, 512) batch, tokens/s.
+--device cuda: CUDA and Triton backends on a large batch, GB/s against a big
+device-to-device copy (the memory-bandwidth ceiling), and tokens/s vs the recipe on GPU.
+Prints one JSON object per case; --json-out appends the same lines to a file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from ptft_engine.ops import mlm_mask
+
+VOCAB = 30522  # BERT-base
+SPECIAL = (0, 100, 101, 102, 103)  # [PAD] [UNK] [CLS] [SEP] [MASK]
+MASK_ID = 103
+
+
+def peer_recipe(inputs: torch.Tensor, special: torch.Tensor, mlm_probability: float = 0.15):
+    """The masking of DataCollatorForLanguageModeling.torch_mask_tokens (special-token mask via isin)."""
+    labels = inputs.clone()
+    inputs = inputs.clone()
+    probability_matrix = torch.full(labels.shape, mlm_probability, device=inputs.device)
+    probability_matrix.masked_fill_(torch.isin(labels, special), value=0.0)
+    masked_indices = torch.bernoulli(probability_matrix).bool()
+    labels[~masked_indices] = -100
+    indices_replaced = torch.bernoulli(torch.full(labels.shape, 0.8, device=inputs.device)).bool() & masked_indices
+    inputs[indices_replaced] = MASK_ID
+    indices_random = (
+        torch.bernoulli(torch.full(labels.shape, 0.5, device=inputs.device)).bool() & masked_indices & ~indices_replaced
+    )
+    random_words = torch.randint(VOCAB, labels.shape, dtype=torch.long, device=inputs.device)
+    inputs[indices_random] = random_words[indices_random]
+    return inputs, labels
+
+
+def make_batch(rows: int, seq: int, device: str):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, VOCAB, (rows, seq), generator=g)
+    ids[:, 0] = 101
+    lengths = torch.randint(seq // 2, seq + 1, (rows,), generator=g)
+    ids[torch.arange(seq).view(1, seq) >= lengths.view(rows, 1)] = 0  # padded tails
+    return ids.to(device), torch.arange(rows, dtype=torch.int64).to(device)
+
+
+def time_cpu(fn, repeats: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def time_cuda(fn, repeats: int) -> float:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3 / repeats
+
+
+def emit(case: str, ours: float, peer: float, unit: str, out, **extra) -> None:
+    line = json.dumps({"case": case, "ours": round(ours, 4), "peer": round(peer, 4),
+                       "ratio": round(ours / peer, 3), "unit": unit, **extra})
+    print(line, flush=True)
+    if out:
+        with open(out, "a") as f:
+            f.write(line + "\n")
+
+
+def ours_fn(ids, sids, backend):
+    return lambda: mlm_mask(ids, seed=1234, sample_ids=sids, mask_token_id=MASK_ID, vocab_size=VOCAB,
+                            special_token_ids=SPECIAL, backend=backend)
+
+
+def bench_cpu(args) -> None:
+    repeats = 20 if args.quick else 200
+    special = torch.tensor(SPECIAL)
+    shapes = [(64, 512)] if args.quick else [(64, 512), (256, 512)]
+    for rows, seq in shapes:
+        ids, sids = make_batch(rows, seq, "cpu")
+        ours = time_cpu(ours_fn(ids, sids, "cpu"), repeats)
+        peer = time_cpu(lambda: peer_recipe(ids, special), repeats)
+        tokens = rows * seq
+        emit(f"mlm_mask cpu ({rows}, {seq}) vs HF collator recipe", tokens / ours / 1e6, tokens / peer / 1e6,
+             "Mtokens/s", args.json_out, threads=torch.get_num_threads())
+
+
+def bench_cuda(args) -> None:
+    rows, seq = (1024, 2048) if args.quick else (4096, 2048)
+    repeats = 10 if args.quick else 50
+    ids, sids = make_batch(rows, seq, "cuda")
+    # the ceiling: a device-to-device copy moves 2 bytes of traffic per byte copied
+    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    copy_s = time_cuda(lambda: dst.copy_(src), repeats)
+    copy_gbs = 2 * src.numel() / copy_s / 1e9
+    del src, dst
+    moved = 3 * ids.numel() * ids.element_size()  # read ids; write masked ids and labels
+    tokens = ids.numel()
+    times = {}
+    for backend in ("cuda", "triton"):
+        times[backend] = time_cuda(ours_fn(ids, sids, backend), repeats)
+        emit(f"mlm_mask {backend} ({rows}, {seq}) int64 vs device copy", moved / times[backend] / 1e9, copy_gbs,
+             "GB/s", args.json_out, device=torch.cuda.get_device_name())
+    special = torch.tensor(SPECIAL, device="cuda")
+    peer = time_cuda(lambda: peer_recipe(ids, special), repeats)
+    for backend in ("cuda", "triton"):
+        emit(f"mlm_mask {backend} ({rows}, {seq}) vs HF collator recipe on GPU", tokens / times[backend] / 1e9,
+             tokens / peer / 1e9, "Gtokens/s", args.json_out, device=torch.cuda.get_device_name())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller shapes")
+    parser.add_argument("--json-out", default=None, help="also append the JSON lines to this file")
+    args = parser.parse_args()
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("bench_mlm: --device cuda but no CUDA device is available")
+        bench_cuda(args)
+    else:
+        bench_cpu(args)
+
+
+if __name__ == "__main__":
+    main()
