@@ -7,24 +7,17 @@ from typing import Sequence
 import torch
 
 from ptft_engine.ops import registry
-from ptft_engine.ops.mlm.reference import MaskPlan, make_plan, mlm_mask_reference
+from ptft_engine.ops.mlm.reference import make_plan, mlm_mask_reference, special_tables
 
 OP_NAME = "mlm_mask"
 _IMPLEMENTED = {"reference", "cpu", "cuda", "triton"}
 
 
 @functools.lru_cache(maxsize=16)
-def _plan(seed, mask_token_id, vocab_size, special, mask_prob, replace_prob, random_prob) -> MaskPlan:
-    return make_plan(
-        seed=seed, mask_token_id=mask_token_id, vocab_size=vocab_size, special_token_ids=special,
-        mask_prob=mask_prob, replace_prob=replace_prob, random_prob=random_prob,
-    )
-
-
-@functools.lru_cache(maxsize=16)
-def _tables_on(plan: MaskPlan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(is_special, allowed) on `device`, copied once per plan and device."""
-    return plan.is_special.to(device), plan.allowed.to(device)
+def _tables_on(vocab_size: int, special: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(is_special, allowed) on `device`, copied once per vocabulary and device."""
+    is_special, allowed = special_tables(vocab_size, special)
+    return is_special.to(device), allowed.to(device)
 
 
 def _check_tensors(input_ids: torch.Tensor, sample_ids: torch.Tensor, vocab_size: int) -> None:
@@ -69,14 +62,17 @@ def mlm_mask(
     if isinstance(special_token_ids, torch.Tensor):
         special_token_ids = special_token_ids.flatten().tolist()
     special = tuple(sorted({int(i) for i in special_token_ids}))
-    plan = _plan(seed, mask_token_id, vocab_size, special, float(mask_prob), float(replace_prob), float(random_prob))
+    plan = make_plan(
+        seed=seed, mask_token_id=mask_token_id, vocab_size=vocab_size, special_token_ids=special,
+        mask_prob=mask_prob, replace_prob=replace_prob, random_prob=random_prob,
+    )
     _check_tensors(input_ids, sample_ids, vocab_size)
     name = registry.choose(OP_NAME, input_ids.device, backend, _op_reason)
     if input_ids.numel() == 0:
         return input_ids.clone(), input_ids.clone()
     if name == "reference":
         return mlm_mask_reference(input_ids, sample_ids, plan)
-    is_special, allowed = _tables_on(plan, input_ids.device)
+    is_special, allowed = _tables_on(vocab_size, special, input_ids.device)
     ids = input_ids.contiguous()
     sids = sample_ids.to(torch.int64).contiguous()
     if name == "triton":

@@ -30,6 +30,7 @@ treats them alike).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -46,7 +47,7 @@ def threshold(p: float) -> int:
     return int(float(p) * 2**32)
 
 
-@dataclass(frozen=True, eq=False)  # identity hash: cached per plan object
+@dataclass(frozen=True, eq=False)
 class MaskPlan:
     """Everything a kernel needs besides the ids: thresholds and the two id tables."""
 
@@ -69,11 +70,21 @@ def _check_prob(name: str, p: float) -> None:
         raise ValueError(f"mlm_mask: {name} must be a probability in [0, 1], got {p!r}")
 
 
+@functools.lru_cache(maxsize=8)
+def special_tables(vocab_size: int, special: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(is_special (vocab_size,) uint8, allowed (n,) int64 ascending) on CPU, built once per vocabulary."""
+    is_special = torch.zeros(vocab_size, dtype=torch.uint8)
+    if special:
+        is_special[torch.tensor(special, dtype=torch.int64)] = 1
+    allowed = torch.nonzero(is_special == 0).flatten()
+    return is_special, allowed
+
+
 def make_plan(
     *, seed: int, mask_token_id: int, vocab_size: int, special_token_ids: Sequence[int],
     mask_prob: float, replace_prob: float, random_prob: float,
 ) -> MaskPlan:
-    """Validates the scalar arguments and builds the CPU tables (see module docstring)."""
+    """Validates the scalar arguments; thresholds plus the cached CPU id tables (see module docstring)."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
         raise ValueError(f"mlm_mask: seed must be an int in [0, 2**64), got {seed!r}")
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not 1 <= vocab_size <= MAX_VOCAB:
@@ -90,10 +101,7 @@ def make_plan(
     bad = [i for i in special if not 0 <= i < vocab_size]
     if bad:
         raise ValueError(f"mlm_mask: special_token_ids must lie in [0, vocab_size={vocab_size}), got {bad[:5]}")
-    is_special = torch.zeros(vocab_size, dtype=torch.uint8)
-    if special:
-        is_special[torch.tensor(special, dtype=torch.int64)] = 1
-    allowed = torch.nonzero(is_special == 0).flatten()  # ascending
+    is_special, allowed = special_tables(vocab_size, tuple(special))
     t_replace = threshold(replace_prob)
     t_random = threshold(random_prob)
     if t_random > 0 and allowed.numel() == 0:
