@@ -1,0 +1,141 @@
+"""Atomic DeepSpeed checkpoints with per-rank RNG and data-stream state.
+
+Layout of a checkpoint directory:
+
+    checkpoints/
+      step-00000040/        one complete checkpoint (DeepSpeed files + ours)
+        meta.json           written last, before the rename: marks it complete
+        rank00000.pt ...    per rank: RNG states (python, numpy, torch) + data stream state
+        global_step40/... or DeepSpeed's own files (model, optimizer partitions)
+      latest                "step-00000040", replaced via temp file + os.replace
+      tmp-step-00000050/    a save in progress (or killed): never loaded, removed later
+
+Every rank writes into `tmp-<tag>`; after a barrier rank 0 writes meta.json and renames
+the directory, so a kill at any moment leaves the previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+STEP_RE = re.compile(r"^step-(\d{8})$")
+
+
+def step_tag(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _fsync_write(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def complete_checkpoints(ckpt_dir: str | Path) -> list[Path]:
+    """Complete checkpoints (meta.json present), oldest first."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir()
+             if (m := STEP_RE.match(p.name)) and (p / "meta.json").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def find_latest(ckpt_dir: str | Path) -> Path | None:
+    done = complete_checkpoints(ckpt_dir)
+    return done[-1] if done else None
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    meta_file = Path(path) / "meta.json"
+    if not meta_file.is_file():
+        raise ValueError(f"{path}: not a complete checkpoint (no meta.json)")
+    return json.loads(meta_file.read_text())
+
+
+def save(engine, ckpt_dir: str | Path, step: int, *, rank: int, rank_state: dict[str, Any],
+         meta: dict[str, Any], keep_last: int) -> Path:
+    """Collective: every rank calls it. Returns the final checkpoint path."""
+    ckpt_dir = Path(ckpt_dir)
+    tag = step_tag(step)
+    tmp_tag = f"tmp-{tag}"
+    final = ckpt_dir / tag
+    if rank == 0:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(ckpt_dir / tmp_tag, ignore_errors=True)
+    _barrier()
+    engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, save_latest=False)
+    (ckpt_dir / tmp_tag).mkdir(parents=True, exist_ok=True)
+    torch.save({"rng": rng_state(), **rank_state}, ckpt_dir / tmp_tag / f"rank{rank:05d}.pt")
+    _barrier()  # every rank's files are on disk before the checkpoint is declared complete
+    if rank == 0:
+        _fsync_write(ckpt_dir / tmp_tag / "meta.json",
+                     json.dumps({"step": step, "saved_at": time.time(), **meta}, indent=1, default=str))
+        if final.exists():  # re-saving a step (after a rollback): the old copy goes first
+            shutil.rmtree(final)
+        os.rename(ckpt_dir / tmp_tag, final)
+        _fsync_write(ckpt_dir / "latest.tmp", tag)
+        os.replace(ckpt_dir / "latest.tmp", ckpt_dir / "latest")
+        prune(ckpt_dir, keep_last)
+    _barrier()
+    return final
+
+
+def prune(ckpt_dir: Path, keep_last: int) -> None:
+    for old in complete_checkpoints(ckpt_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_partial(ckpt_dir: str | Path) -> None:
+    """Leftovers of saves that were killed midway (rank 0, before training starts)."""
+    ckpt_dir = Path(ckpt_dir)
+    if ckpt_dir.is_dir():
+        for p in ckpt_dir.glob("tmp-step-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def load(engine, path: str | Path, *, rank: int, world_size: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Collective: restores model + optimizer into `engine`; returns (meta, this rank's state)."""
+    path = Path(path)
+    meta = read_meta(path)
+    if meta.get("world_size", world_size) != world_size:
+        raise ValueError(f"{path}: saved with {meta['world_size']} ranks, this run has {world_size}; "
+                         "resume with the same number of ranks")
+    loaded, _ = engine.load_checkpoint(str(path.parent), tag=path.name, load_optimizer_states=True,
+                                       load_lr_scheduler_states=False)
+    if loaded is None:
+        raise ValueError(f"{path}: DeepSpeed could not load this checkpoint")
+    state = torch.load(path / f"rank{rank:05d}.pt", weights_only=False)
+    set_rng_state(state["rng"])
+    return meta, state

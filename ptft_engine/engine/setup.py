@@ -1,0 +1,115 @@
+"""Building blocks the trainer wires together: process group, objective, data, DeepSpeed."""
+from __future__ import annotations
+
+import datetime
+import importlib
+import logging
+import os
+import random
+import socket
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ptft_engine.config.schema import RunConfig, SyntheticDataConfig
+from ptft_engine.engine.bad_steps import GuardedAdamW
+from ptft_engine.engine.deepspeed_config import build_deepspeed_config, engine_clips_itself
+from ptft_engine.engine.synthetic import SyntheticLoader
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pick_device(cfg: RunConfig) -> torch.device:
+    want = cfg.run.device
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ValueError("run.device: cuda requested but no CUDA device is visible")
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def init_distributed(device: torch.device, timeout_s: float) -> tuple[int, int]:
+    """Join (or, run without a launcher, create) the process group; returns (rank, world)."""
+    if "RANK" not in os.environ:  # plain `ptft pretrain`: a one-rank group of our own
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())))
+    if device.type == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    else:
+        torch.cuda.set_device(device)
+    import deepspeed
+    if device.type == "cpu":
+        # DeepSpeed JIT-compiles a shared-memory all-reduce op at init on CPU (minutes on a
+        # small machine) that only inference_all_reduce uses; training collectives go to gloo.
+        # (`deepspeed.comm.torch` as an attribute is the torch module itself: go via importlib)
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo",
+                                   timeout=datetime.timedelta(seconds=timeout_s), verbose=False)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def seed_everything(seed: int, rank: int) -> None:
+    # Model init must match on every rank (same seed); data order comes from the loaders.
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    del rank
+
+
+def build_objective_from_config(cfg: RunConfig) -> torch.nn.Module:
+    if cfg.model is None or cfg.objective is None:
+        raise ValueError("config needs both a `model:` and an `objective:` section")
+    from ptft_engine.objectives import build_objective
+    model_cfg = cfg.model
+    if cfg.train.activation_checkpointing and "gradient_checkpointing" in type(model_cfg).model_fields:
+        model_cfg = model_cfg.model_copy(update={"gradient_checkpointing": True})
+    return build_objective(model_cfg, cfg.objective)
+
+
+def make_loader(data_cfg, *, objective, rank: int, world_size: int, epoch: int):
+    if isinstance(data_cfg, SyntheticDataConfig):
+        return SyntheticLoader(data_cfg, rank=rank, world_size=world_size, epoch=epoch)
+    from ptft_engine.data import build_loader
+    return build_loader(data_cfg, objective=objective, rank=rank, world_size=world_size, epoch=epoch)
+
+
+def eval_data_config(cfg: RunConfig):
+    """Held-out data: `eval_data:` if given, else the data section's eval shards, else for
+    synthetic data another seed. None: no evaluation possible."""
+    if cfg.eval_data is not None:
+        return cfg.eval_data
+    if isinstance(cfg.data, SyntheticDataConfig):
+        return cfg.data.model_copy(update={"seed": cfg.data.seed + 7919, "num_samples": 10**9})
+    eval_shards = getattr(cfg.data, "eval_shards", None)
+    if eval_shards:
+        return cfg.data.model_copy(update={"shards": eval_shards, "eval_shards": None})
+    return None
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    # No decay on biases, norms and other 1-D parameters (standard AdamW practice).
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def init_deepspeed(cfg: RunConfig, build: Callable[[], torch.nn.Module], world_size: int, device: torch.device):
+    import deepspeed
+    ds_config = build_deepspeed_config(cfg, world_size, on_gpu=device.type == "cuda")
+    with deepspeed.zero.Init(config_dict_or_path=ds_config,
+                             enabled=cfg.deepspeed.zero_stage == 3 and cfg.deepspeed.zero_init):
+        objective = build()
+    optimizer = GuardedAdamW(param_groups(objective, cfg.train.weight_decay), lr=cfg.train.lr,
+                             betas=cfg.train.betas, eps=cfg.train.eps,
+                             clip_grad=cfg.train.clip_grad if engine_clips_itself(cfg) else 0.0)
+    engine, _, _, _ = deepspeed.initialize(model=objective, optimizer=optimizer, config=ds_config)
+    return engine, optimizer, ds_config

@@ -1,0 +1,265 @@
+"""The pre-training loop on DeepSpeed: one `Trainer` per process (rank).
+
+    trainer = Trainer(cfg)           # process group, objective, DeepSpeed, data, resume
+    result = trainer.fit()           # train → periodic eval/checkpoints → final checkpoint
+
+The step itself (`_train_step`) reads top to bottom: micro-batches through forward,
+backward and DeepSpeed's step (which applies the update at the accumulation boundary),
+then one all-reduce that carries the loss, the token count and any stop request.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from ptft_engine.config.schema import RunConfig
+from ptft_engine.engine import checkpoint, setup
+from ptft_engine.engine.metrics import MetricsLogger, memory_stats, peak_tflops
+from ptft_engine.engine.schedules import lr_at
+from ptft_engine.engine.signals import StopRequest
+
+log = logging.getLogger(__name__)
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped early for a reason the user must look at (e.g. repeated bad steps)."""
+
+
+@dataclass
+class TrainState:
+    step: int = 0             # optimizer steps taken (applied or skipped)
+    skipped: int = 0          # steps skipped for non-finite loss/gradients
+    consecutive_bad: int = 0
+    rollbacks: int = 0
+    epoch: int = 0
+    tokens_seen: int = 0
+    losses: list[float] = field(default_factory=list, repr=False)  # this process's logged losses
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, *, objective_factory: Callable[[], torch.nn.Module] | None = None,
+                 run_dir: str | Path | None = None):
+        self.cfg = cfg
+        self.device = setup.pick_device(cfg)
+        self.rank, self.world_size = setup.init_distributed(self.device, cfg.run.dist_timeout_s)
+        self.run_dir = Path(run_dir or Path(cfg.run.output_dir) / cfg.run.name)
+        self.ckpt_dir = Path(cfg.checkpoint.dir or self.run_dir / "checkpoints")
+        setup.seed_everything(cfg.run.seed, self.rank)
+        build = objective_factory or (lambda: setup.build_objective_from_config(cfg))
+        self.engine, self.optimizer, self.ds_config = setup.init_deepspeed(cfg, build, self.world_size, self.device)
+        self.objective = self.engine.module
+        self.state = TrainState()
+        self.stop = StopRequest()
+        self.last_saved_step = -1
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(cfg.model_dump_json(indent=1))
+            (self.run_dir / "deepspeed_config.json").write_text(json.dumps(self.ds_config, indent=1))
+            checkpoint.remove_partial(self.ckpt_dir)
+        self.loader = self._make_loader(epoch=0)
+        self.data_iter = None  # created lazily so a resume can set the loader state first
+        resumed_from = self._maybe_resume(cfg.checkpoint.resume)
+        self.logger = MetricsLogger(self.run_dir, enabled=self.rank == 0, total_steps=cfg.run.max_steps,
+                                    start_step=self.state.step, tensorboard=cfg.run.tensorboard,
+                                    progress_bar=cfg.run.progress_bar)
+        if resumed_from is not None:
+            self.logger.message(f"resumed from {resumed_from} at step {self.state.step}")
+        self.peak = peak_tflops(self.device, cfg.run.peak_tflops)
+
+    # ---------------------------------------------------------------- data
+    def _make_loader(self, epoch: int):
+        return setup.make_loader(self.cfg.data, objective=self.objective, rank=self.rank,
+                                 world_size=self.world_size, epoch=epoch)
+
+    def _next_batch(self) -> dict[str, Any]:
+        if self.data_iter is None:
+            self.data_iter = iter(self.loader)
+        try:
+            batch = next(self.data_iter)
+        except StopIteration:  # epoch over: every rank ends together (equal batch counts)
+            self.state.epoch += 1
+            self.loader = self._make_loader(self.state.epoch)
+            self.data_iter = iter(self.loader)
+            batch = next(self.data_iter)
+        return self._to_device(batch)
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.train.precision)
+        out = {}
+        for k, v in batch.items():
+            if torch.is_tensor(v):
+                v = v.to(self.device, non_blocking=True)
+                if dtype is not None and v.is_floating_point():
+                    v = v.to(dtype)  # DeepSpeed casts the module, not its inputs
+            out[k] = v
+        return out
+
+    # ---------------------------------------------------------------- the step
+    def _set_lr(self) -> float:
+        t = self.cfg.train
+        lr = lr_at(self.state.step, base_lr=t.lr, total_steps=self.cfg.run.max_steps, warmup_steps=t.warmup_steps,
+                   schedule=t.schedule, min_lr_ratio=t.min_lr_ratio)
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _train_step(self) -> dict[str, float]:
+        self.engine.train()
+        lr = self._set_lr()
+        gas = self.cfg.train.grad_accum_steps
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        units = 0.0
+        for _ in range(gas):
+            batch = self._next_batch()
+            out = self.engine(batch)
+            self.engine.backward(out["loss"])
+            self.engine.step()  # DeepSpeed reduces, clips and updates only at the last micro-batch
+            loss_sum += out["loss"].detach().double().cpu()
+            units += float(out.get("num_tokens", out.get("num_samples", 0)))
+        bad = self.optimizer.last_step_bad or not self.engine.was_step_applied()
+        # one collective per step: mean loss over ranks, units processed, stop request from any rank
+        stats = torch.tensor([loss_sum.item() / gas, units, float(self.stop.requested)], dtype=torch.float64)
+        if self.world_size > 1:
+            dist.all_reduce(stats)
+        norm = self.engine.get_global_grad_norm()
+        return {"loss": stats[0].item() / self.world_size, "units": stats[1].item(), "stop": stats[2].item() > 0,
+                "lr": lr, "bad": bad,
+                "grad_norm": float(norm) if norm is not None else self.optimizer.last_grad_norm}
+
+    # ---------------------------------------------------------------- loop
+    def fit(self) -> TrainState:
+        cfg = self.cfg
+        self.stop.install()
+        try:
+            t_last, units_last = time.perf_counter(), 0.0
+            while self.state.step < cfg.run.max_steps:
+                out = self._train_step()
+                self.state.step += 1
+                self.state.tokens_seen += int(out["units"])
+                units_last += out["units"]
+                self.logger.advance()
+                self._account_bad_step(out)
+                if self.state.step % cfg.run.log_every == 0 or self.state.step == cfg.run.max_steps:
+                    now = time.perf_counter()
+                    self._log_train(out, units_last / max(now - t_last, 1e-9))
+                    t_last, units_last = now, 0.0
+                if cfg.run.eval_every and self.state.step % cfg.run.eval_every == 0:
+                    self.evaluate()
+                if out["stop"]:
+                    self.save()
+                    self.logger.message(f"stopped by signal at step {self.state.step}; checkpoint saved in {self.ckpt_dir}")
+                    return self.state
+                if cfg.checkpoint.every and self.state.step % cfg.checkpoint.every == 0:
+                    self.save()
+            if cfg.checkpoint.save_at_end:
+                self.save()
+            return self.state
+        finally:
+            self.stop.restore()
+            self.logger.close()
+
+    def _account_bad_step(self, out: dict[str, Any]) -> None:
+        if not out["bad"]:
+            self.state.consecutive_bad = 0
+            return
+        self.state.skipped += 1
+        self.state.consecutive_bad += 1
+        self.logger.message(f"step {self.state.step}: non-finite loss or gradient, update skipped "
+                            f"({self.state.consecutive_bad} in a row, {self.state.skipped} in total)")
+        limit = self.cfg.bad_steps
+        if self.state.consecutive_bad < limit.max_consecutive:
+            return
+        latest = checkpoint.find_latest(self.ckpt_dir)
+        if limit.action == "rollback" and latest is not None and self.state.rollbacks < limit.max_rollbacks:
+            self.state.rollbacks += 1
+            self.logger.message(f"{limit.max_consecutive} bad steps in a row: rolling back to {latest.name} "
+                                "and skipping the offending batches")
+            self.load(latest, keep_data_position=True)
+            return
+        self.save()
+        raise TrainingStopped(f"stopped at step {self.state.step}: {limit.max_consecutive} steps in a row had a "
+                              f"non-finite loss or gradient; checkpoint saved in {self.ckpt_dir} "
+                              "(lower train.lr, check the data, or set bad_steps.action=rollback)")
+
+    def _log_train(self, out: dict[str, Any], units_per_s: float) -> None:
+        per_token = hasattr(self.objective, "flops_per_token")
+        metrics = {"loss": out["loss"], "lr": out["lr"], "grad_norm": out["grad_norm"],
+                   "skipped_steps": self.state.skipped, "epoch": self.state.epoch,
+                   ("tokens_per_s" if per_token else "samples_per_s"): units_per_s,
+                   **memory_stats(self.device)}
+        flops_fn = getattr(self.objective, "flops_per_token", None) or getattr(self.objective, "flops_per_sample", None)
+        if flops_fn is not None and self.peak:
+            metrics["mfu"] = flops_fn() * units_per_s / (self.peak * 1e12 * self.world_size)
+        self.state.losses.append(out["loss"])
+        self.logger.log(self.state.step, metrics)
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        data_cfg = setup.eval_data_config(self.cfg)
+        if data_cfg is None:
+            return None
+        self.engine.eval()
+        loader = setup.make_loader(data_cfg, objective=self.objective, rank=self.rank,
+                                   world_size=self.world_size, epoch=0)
+        total = torch.zeros(2, dtype=torch.float64)
+        for i, batch in enumerate(loader):
+            if i >= self.cfg.run.eval_steps:
+                break
+            total += torch.tensor([self.engine(self._to_device(batch))["loss"].double().item(), 1.0])
+        if self.world_size > 1:
+            dist.all_reduce(total)
+        loss = (total[0] / total[1].clamp(min=1)).item()
+        self.logger.log(self.state.step, {"loss": loss}, split="eval")
+        self.engine.train()
+        return loss
+
+    # ---------------------------------------------------------------- checkpoints
+    def _rank_state(self) -> dict[str, Any]:
+        s = self.state
+        return {"trainer": {"step": s.step, "skipped": s.skipped, "consecutive_bad": s.consecutive_bad,
+                            "rollbacks": s.rollbacks, "epoch": s.epoch, "tokens_seen": s.tokens_seen},
+                "data": self.loader.state_dict()}
+
+    def save(self) -> Path | None:
+        if self.state.step == self.last_saved_step:
+            return None
+        path = checkpoint.save(self.engine, self.ckpt_dir, self.state.step, rank=self.rank,
+                               rank_state=self._rank_state(), keep_last=self.cfg.checkpoint.keep_last,
+                               meta={"world_size": self.world_size, "zero_stage": self.cfg.deepspeed.zero_stage,
+                                     "epoch": self.state.epoch, "run": self.cfg.run.name})
+        self.last_saved_step = self.state.step
+        return path
+
+    def load(self, path: Path, *, keep_data_position: bool = False) -> None:
+        _, rank_state = checkpoint.load(self.engine, path, rank=self.rank, world_size=self.world_size)
+        t = rank_state["trainer"]
+        self.state.step, self.state.skipped, self.state.tokens_seen = t["step"], t["skipped"], t["tokens_seen"]
+        self.state.consecutive_bad = 0
+        if not keep_data_position:
+            self.state.epoch = t["epoch"]
+            self.loader = self._make_loader(self.state.epoch)
+            self.loader.load_state_dict(rank_state["data"])
+            self.data_iter = None
+        self.last_saved_step = self.state.step
+
+    def _maybe_resume(self, resume: str | None) -> Path | None:
+        if not resume or resume == "none":
+            return None
+        path = checkpoint.find_latest(self.ckpt_dir) if resume == "auto" else Path(resume)
+        if path is None:
+            log.info("resume=auto: no complete checkpoint in %s, starting fresh", self.ckpt_dir)
+            return None
+        self.load(path)
+        return path
+
+    def close(self) -> None:
+        """Tear the process group down so no rank lingers after the others exit."""
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,56 @@
+"""Run the engine on the toy objective, one or several trainings in one process group.
+
+    python run_toy.py COMMON_OVERRIDES [:: JOB1_OVERRIDES :: JOB2_OVERRIDES ...]
+
+Run under a launcher (or with RANK/WORLD_SIZE/MASTER_* set) for several ranks. Jobs run
+one after another in the same processes, which spares the tests a start-up per training.
+`toy.nan_at=1,2,3` injects NaN losses at those forward calls (on every rank).
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from ptft_engine.config import load_run_config  # noqa: E402
+from ptft_engine.engine import Trainer, TrainingStopped  # noqa: E402
+from toy import ToyCausalLM  # noqa: E402
+
+
+def run_job(overrides: list[str]) -> int:
+    nan_at = [a for a in overrides if a.startswith("toy.nan_at=")]
+    overrides = [a for a in overrides if a not in nan_at]
+    calls = [int(x) for x in nan_at[-1].split("=", 1)[1].split(",")] if nan_at else []
+    cfg = load_run_config(None, ["data.synthetic=true", *overrides])
+    trainer = Trainer(cfg, objective_factory=lambda: ToyCausalLM(vocab_size=cfg.data.vocab_size, nan_at_calls=calls))
+    try:
+        trainer.fit()
+    except TrainingStopped as exc:
+        print(f"TrainingStopped: {exc}", flush=True)
+        return 3
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    argv = [a for a in argv if not a.startswith("--local_rank")]
+    chunks, current = [], []
+    for a in argv:
+        if a == "::":
+            chunks.append(current)
+            current = []
+        else:
+            current.append(a)
+    chunks.append(current)
+    common, jobs = chunks[0], chunks[1:] or [[]]
+    rc = 0
+    try:
+        for job in jobs:
+            rc = max(rc, run_job(common + job))
+    finally:
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
