@@ -21,8 +21,13 @@ class SimCLRObjective(Objective):
         self.cfg = cfg
         d = model.config.hidden_size
         hidden = cfg.projection_hidden_dim or d
-        with init_std(model.config.initializer_range):
-            self.projector = nn.Sequential(Linear(d, hidden), nn.ReLU(), Linear(hidden, cfg.projection_dim))
+        # fan-in scaled init: with the encoder's 0.02 the head's zero-init biases would
+        # dominate its outputs at small widths and every sample would map to one point
+        with init_std(d ** -0.5):
+            first = Linear(d, hidden)
+        with init_std(hidden ** -0.5):
+            second = Linear(hidden, cfg.projection_dim)
+        self.projector = nn.Sequential(first, nn.ReLU(), second)
 
     def forward(self, batch: dict) -> dict:
         view1, view2 = need(batch, "view1", "view2", objective="simclr")
