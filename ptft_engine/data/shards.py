@@ -1,25 +1,86 @@
-"""Write WebDataset tar shards (webdataset.ShardWriter) and their index, in parallel.
+"""Write WebDataset tar shards and their index, in parallel.
 
-Workers (a process pool) read and encode the inputs; this process appends their
-samples in input order, so the same inputs always give the same shards. Each shard
-is indexed (sample offsets, sha256) as soon as it is closed.
+Workers (a process pool) read the inputs and encode each sample as tar members; this
+process appends them in input order, so the same inputs always give the same shards.
+Sample offsets and the sha256 are taken while a shard is written: nothing is read back.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import multiprocessing as mp
 import os
+import sys
+import tarfile
 import time
 from dataclasses import dataclass, field
 
-import webdataset as wds
 from tqdm import tqdm
 
 from ptft_engine.data import sources
 from ptft_engine.data.errors import DataError, log
-from ptft_engine.data.index import INDEX_NAME, ShardIndex, scan_tar, sha256_file
+from ptft_engine.data.index import INDEX_NAME, ShardIndex, ShardInfo
 
 SHARD_PATTERN = "shard-%06d.tar"
+
+
+MTIME = 1_700_000_000  # fixed, so the same inputs give byte-identical shards
+
+
+def tar_sample(key: str, sample: dict[str, bytes]) -> bytes:
+    """One sample as tar members KEY.EXT (GNU headers, data padded to 512-byte blocks),
+    the layout webdataset's TarWriter writes. Built in the pool workers, so the writer
+    process only appends bytes; that is what lets writing scale with the workers."""
+    parts = []
+    for ext in sorted(sample):
+        data = sample[ext]
+        info = tarfile.TarInfo(f"{key}.{ext}")
+        info.size, info.mode, info.mtime = len(data), 0o444, MTIME
+        info.uname = info.gname = "bigdata"
+        parts += [info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape"), data,
+                  b"\0" * (-len(data) % tarfile.BLOCKSIZE)]
+    return b"".join(parts)
+
+
+def encode_item(job: tuple[int, sources.Item], opts: sources.Options) -> tuple[list[bytes], list, int]:
+    """Read one work item and encode its samples as tar bytes; keys are item_sample."""
+    n, item = job
+    samples, bad, nbytes = sources.process(item, opts)
+    return [tar_sample(f"{n:07d}_{j:06d}", s) for j, s in enumerate(samples)], bad, nbytes
+
+
+class ShardFiles:
+    """Appends encoded samples to shard-NNNNNN.tar files, rotating by size / sample
+    count, and records each sample's offset and the file's sha256 as it goes."""
+
+    def __init__(self, pattern: str, max_bytes: int, max_samples: int):
+        self.pattern, self.max_bytes, self.max_samples = pattern, max_bytes, max_samples
+        self.shards: list[ShardInfo] = []
+        self.file = None
+
+    def write(self, buf: bytes) -> None:
+        if self.file is None or len(self.offsets) >= self.max_samples or self.pos >= self.max_bytes:
+            self.finish()
+            self.path = os.path.abspath(self.pattern % len(self.shards))
+            self.file = open(self.path, "wb")
+            self.sha = hashlib.sha256()
+            self.offsets: list[int] = []
+            self.pos = 0
+        self.offsets.append(self.pos)
+        self.file.write(buf)
+        self.sha.update(buf)
+        self.pos += len(buf)
+
+    def finish(self) -> None:
+        if self.file is None:
+            return
+        tail = b"\0" * (2 * tarfile.BLOCKSIZE)  # the end-of-archive marker
+        self.file.write(tail)
+        self.sha.update(tail)
+        self.file.close()
+        self.file = None
+        self.shards.append(ShardInfo(path=self.path, samples=len(self.offsets), offsets=self.offsets + [self.pos],
+                                     bytes=self.pos + len(tail), sha256=self.sha.hexdigest()))
 
 
 @dataclass
@@ -74,21 +135,14 @@ def write_shards(
     index = ShardIndex(shards=[], kind={"text": "text", "jsonl": "text", "images": "image"}.get(opts.format, "image_text"),
                        extra=meta)
 
-    def finish_shard(fname: str) -> None:
-        info = scan_tar(fname)
-        if info.samples == 0:
-            os.remove(fname)
-            return
-        info.sha256 = sha256_file(fname)
-        index.shards.append(info)
-
     workers = workers or min(len(items), os.cpu_count() or 1)
     start = time.perf_counter()
-    work = functools.partial(sources.process, opts=opts)
-    pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
-    results = pool.imap(work, items, chunksize=1) if pool else map(work, items)
-    writer = wds.ShardWriter(os.path.join(output, SHARD_PATTERN), maxcount=shard_samples, maxsize=shard_bytes,
-                             post=finish_shard, verbose=0, encoder=False)
+    work = functools.partial(encode_item, opts=opts)
+    # fork starts in milliseconds; nothing here has started threads yet (the bar comes later)
+    ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
+    pool = ctx.Pool(workers) if workers > 1 else None
+    results = pool.imap(work, enumerate(items), chunksize=1) if pool else map(work, enumerate(items))
+    writer = ShardFiles(os.path.join(output, SHARD_PATTERN), shard_bytes, shard_samples)
     try:
         bar = tqdm(total=len(items), unit="input", disable=not progress, desc="shard")
         for samples, bad, nbytes in results:
@@ -97,22 +151,21 @@ def write_shards(
                 raise DataError(f"bad input {name}: {reason} (--strict)")
             summary.bad += bad
             summary.bytes_read += nbytes
-            for sample in samples:
-                sample["__key__"] = f"s{summary.samples:010d}"
-                writer.write(sample)
-                summary.samples += 1
+            for buf in samples:
+                writer.write(buf)
+            summary.samples += len(samples)
             bar.update(1)
             bar.set_postfix(samples=summary.samples, bad=len(summary.bad), refresh=False)
         bar.close()
     finally:
-        writer.close()
+        writer.finish()
         if pool:
             pool.terminate()
     for name, reason in summary.bad:
         log.debug("bad input %s: %s", name, reason)
     if summary.samples == 0:
         raise DataError(f"no usable samples in {inputs} ({len(summary.bad)} bad inputs)")
-    index.shards.sort(key=lambda s: s.path)
+    index.shards = writer.shards
     index.save(index_path)
     summary.seconds = time.perf_counter() - start
     summary.shards = len(index.shards)

@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass
 
-CHUNK_BYTES = 8 << 20  # one work item reads at most this much of a line-oriented file
+CHUNK_BYTES = 1 << 20  # one work item reads at most this much of a line-oriented file
 IMAGES_PER_ITEM = 64
 IMAGE_EXTS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp", ".bmp": "bmp"}
 FORMATS = ("text", "jsonl", "images", "image_text")

@@ -8,7 +8,7 @@ import pytest
 import webdataset as wds
 
 from ptft_engine import cli
-from ptft_engine.data.index import load_index, read_members, sha256_file
+from ptft_engine.data.index import load_index, read_members, scan_tar, sha256_file
 
 from data_helpers import doc_text, png_bytes
 
@@ -38,6 +38,7 @@ def test_text_dir_shards_index_and_bad_inputs(tmp_path, capsys):
     for shard in index.shards:
         assert shard.sha256 == sha256_file(shard.path)
         assert len(shard.offsets) == shard.samples + 1
+        assert shard.offsets == scan_tar(shard.path).offsets  # recorded while writing = read back
         with open(shard.path, "rb") as fh:  # random access through the offsets, back to front
             seen += [read_members(fh, shard, i)["txt"].decode() for i in reversed(range(shard.samples))]
     assert sorted(seen) == sorted(doc_text(i) for i in range(25))
