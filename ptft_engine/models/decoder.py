@@ -8,7 +8,7 @@ transposed):
   layers.{i}.attn.o_proj                -> transformer.h.{i}.attn.c_proj (weight.T)
   layers.{i}.mlp.fc_in / fc_out         -> transformer.h.{i}.mlp.c_fc / c_proj (weight.T)
   final_norm                            -> transformer.ln_f
-  lm_head tied to word_embeddings       -> lm_head (tied)
+  lm_head.weight is word_embeddings.weight (tied; listed once) -> lm_head (tied)
 Llama layout (-> LlamaForCausalLM, pure renaming; RoPE uses HF's rotate_half form):
   embeddings.word_embeddings -> model.embed_tokens
   layers.{i}.attn_norm / mlp_norm -> model.layers.{i}.input_layernorm / post_attention_layernorm
@@ -19,12 +19,11 @@ Llama layout (-> LlamaForCausalLM, pure renaming; RoPE uses HF's rotate_half for
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ptft_engine.models.base import PtftModel
 from ptft_engine.models.config import DecoderConfig
 from ptft_engine.nn import (
-    MLP, LayerStack, RotaryEmbedding, SelfAttention, SwiGLU, TokenEmbeddings, TransformerBlock, init_std, make_norm,
+    MLP, LayerStack, RotaryEmbedding, SelfAttention, SwiGLU, TiedLinear, TokenEmbeddings, TransformerBlock, init_std, make_norm,
 )
 from ptft_engine.nn.init import Linear
 from ptft_engine.nn.embeddings import default_positions
@@ -63,7 +62,8 @@ class CausalDecoder(PtftModel):
             for _ in range(c.num_hidden_layers)
         )
         self.final_norm = make_norm(norm, c.hidden_size, c.layer_norm_eps)
-        self.lm_head = None if c.tie_word_embeddings else Linear(c.hidden_size, c.vocab_size, bias=False)
+        self.lm_head = (TiedLinear(self.embeddings.word_embeddings.weight) if c.tie_word_embeddings
+                        else Linear(c.hidden_size, c.vocab_size, bias=False))
 
     def encode(
         self,
@@ -82,12 +82,8 @@ class CausalDecoder(PtftModel):
         x = self.layers(x, causal=True, key_padding_mask=pad, segment_ids=segment_ids, rotary=rotary)
         return self.final_norm(x)
 
-    @property
-    def output_embeddings(self) -> torch.Tensor:
-        return self.embeddings.word_embeddings.weight if self.lm_head is None else self.lm_head.weight
-
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.output_embeddings)
+        return self.lm_head(hidden)
 
     def forward(self, input_ids, attention_mask=None, segment_ids=None, position_ids=None):
         """Next-token logits (B, S, vocab)."""

@@ -12,17 +12,16 @@ Parameter layout (-> transformers BertForMaskedLM name, a pure renaming):
   layers.{i}.mlp_norm               -> bert.encoder.layer.{i}.output.LayerNorm
   mlm_head.dense / mlm_head.norm    -> cls.predictions.transform.dense / .LayerNorm
   mlm_head.bias                     -> cls.predictions.bias (= cls.predictions.decoder.bias)
-  (decoder weight is tied to embeddings.word_embeddings.weight)
+  mlm_head.decoder.weight is embeddings.word_embeddings.weight (tied; listed once)
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ptft_engine.models.base import PtftModel
 from ptft_engine.models.config import EncoderConfig
-from ptft_engine.nn import MLP, LayerStack, SelfAttention, TokenEmbeddings, TransformerBlock, activation, init_std
+from ptft_engine.nn import MLP, LayerStack, SelfAttention, TiedLinear, TokenEmbeddings, TransformerBlock, activation, init_std
 from ptft_engine.nn.init import Linear
 from ptft_engine.nn.embeddings import positions_from_segments
 
@@ -30,15 +29,17 @@ from ptft_engine.nn.embeddings import positions_from_segments
 class MaskedLMHead(nn.Module):
     """dense -> act -> LayerNorm -> (tied) vocabulary projection + bias."""
 
-    def __init__(self, hidden_size: int, vocab_size: int, act: str, eps: float):
+    def __init__(self, hidden_size: int, word_embeddings: nn.Parameter, act: str, eps: float):
         super().__init__()
+        vocab_size = word_embeddings.shape[0]
         self.dense = Linear(hidden_size, hidden_size)
         self.act = activation(act)
         self.norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.decoder = TiedLinear(word_embeddings)
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
-    def forward(self, hidden: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.norm(self.act(self.dense(hidden))), word_embeddings, self.bias)
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.norm(self.act(self.dense(hidden)))) + self.bias
 
 
 class TransformerEncoder(PtftModel):
@@ -64,7 +65,7 @@ class TransformerEncoder(PtftModel):
             )
             for _ in range(c.num_hidden_layers)
         )
-        self.mlm_head = MaskedLMHead(c.hidden_size, c.vocab_size, c.hidden_act, c.layer_norm_eps) if with_mlm_head else None
+        self.mlm_head = MaskedLMHead(c.hidden_size, self.embeddings.word_embeddings.weight, c.hidden_act, c.layer_norm_eps) if with_mlm_head else None
 
     def encode(
         self,
@@ -90,7 +91,7 @@ class TransformerEncoder(PtftModel):
         """(..., D) -> (..., vocab); apply to selected positions only to save the big matmul."""
         if self.mlm_head is None:
             raise RuntimeError("this encoder was built without an MLM head")
-        return self.mlm_head(hidden, self.embeddings.word_embeddings.weight)
+        return self.mlm_head(hidden)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, segment_ids=None, position_ids=None):
         """Full MLM logits (B, S, vocab), as BertForMaskedLM returns them."""

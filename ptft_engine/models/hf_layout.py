@@ -121,6 +121,12 @@ def from_hf_state_dict(model: nn.Module, hf_state: dict[str, torch.Tensor]) -> d
         if kind == "gpt2" and _GPT2_CONV1D.search(hf):
             t = t.t().contiguous()
         ours[name] = t
+    # tied aliases (lm_head.weight, mlm_head.decoder.weight) appear in state_dict() too
+    first = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        first.setdefault(id(p), name)
+        if name not in ours:
+            ours[name] = ours[first[id(p)]]
     return ours
 
 

@@ -4,6 +4,7 @@ from ptft_engine.nn.block import LayerStack, TransformerBlock, set_gradient_chec
 from ptft_engine.nn.embeddings import (
     PatchEmbedding,
     RotaryEmbedding,
+    TiedLinear,
     TokenEmbeddings,
     apply_rotary,
     positions_from_segments,
@@ -14,6 +15,6 @@ from ptft_engine.nn.norms import RMSNorm, make_norm
 
 __all__ = [
     "ACTIVATIONS", "MLP", "LayerStack", "PatchEmbedding", "RMSNorm", "RotaryEmbedding", "SelfAttention",
-    "SwiGLU", "TokenEmbeddings", "TransformerBlock", "activation", "apply_rotary", "init_std", "Conv2d", "Embedding", "Linear", "ResidualLinear",
+    "SwiGLU", "TiedLinear", "TokenEmbeddings", "TransformerBlock", "activation", "apply_rotary", "init_std", "Conv2d", "Embedding", "Linear", "ResidualLinear",
     "make_norm", "positions_from_segments", "set_gradient_checkpointing",
 ]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ptft_engine.nn.init import Conv2d, Embedding, current_std
@@ -134,3 +135,19 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x (B, H, S, D) rotated by cos/sin (B, 1, S, D)."""
     return x * cos + _rotate_half(x) * sin
+
+
+class TiedLinear(nn.Module):
+    """Output projection that reuses an embedding table (weight tying).
+
+    The shared Parameter is registered here as well, so DeepSpeed ZeRO-3 gathers it when
+    this module runs (a bare F.linear on another module's weight would see an empty
+    shard). named_parameters() still lists it once, under the embedding's name.
+    """
+
+    def __init__(self, weight: nn.Parameter):
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)

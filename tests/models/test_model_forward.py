@@ -113,9 +113,11 @@ def test_tied_output_embeddings_are_one_parameter():
     gpt2, bert, llama = tiny("gpt2-tiny"), tiny("bert-tiny"), tiny("llama-tiny")
     names = [n for n, _ in gpt2.named_parameters()]
     assert not any("lm_head" in n for n in names)
-    assert gpt2.output_embeddings is gpt2.embeddings.word_embeddings.weight
+    assert gpt2.lm_head.weight is gpt2.embeddings.word_embeddings.weight
+    assert bert.mlm_head.decoder.weight is bert.embeddings.word_embeddings.weight
     assert not any("decoder" in n for n, _ in bert.named_parameters())
-    assert llama.lm_head is not None  # the preset unties, as Llama does
+    assert llama.lm_head.weight is not llama.embeddings.word_embeddings.weight  # the preset unties, as Llama does
+    assert any(n == "lm_head.weight" for n, _ in llama.named_parameters())
 
 
 @pytest.mark.parametrize("name", ["bert-tiny", "llama-tiny", "vit-tiny-digits"])
