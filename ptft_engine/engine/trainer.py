@@ -145,11 +145,13 @@ class Trainer:
                 self.state.tokens_seen += int(out["units"])
                 units_last += out["units"]
                 self.logger.advance()
-                self._account_bad_step(out)
+                self._count_bad_step(out["bad"])
                 if self.state.step % cfg.run.log_every == 0 or self.state.step == cfg.run.max_steps:
                     now = time.perf_counter()
                     self._log_train(out, units_last / max(now - t_last, 1e-9))
                     t_last, units_last = now, 0.0
+                if self.state.consecutive_bad >= cfg.bad_steps.max_consecutive:
+                    self._too_many_bad_steps()
                 if cfg.run.eval_every and self.state.step % cfg.run.eval_every == 0:
                     self.evaluate()
                 if out["stop"]:
@@ -165,17 +167,17 @@ class Trainer:
             self.stop.restore()
             self.logger.close()
 
-    def _account_bad_step(self, out: dict[str, Any]) -> None:
-        if not out["bad"]:
+    def _count_bad_step(self, bad: bool) -> None:
+        if not bad:
             self.state.consecutive_bad = 0
             return
         self.state.skipped += 1
         self.state.consecutive_bad += 1
         self.logger.message(f"step {self.state.step}: non-finite loss or gradient, update skipped "
                             f"({self.state.consecutive_bad} in a row, {self.state.skipped} in total)")
+
+    def _too_many_bad_steps(self) -> None:
         limit = self.cfg.bad_steps
-        if self.state.consecutive_bad < limit.max_consecutive:
-            return
         latest = checkpoint.find_latest(self.ckpt_dir)
         if limit.action == "rollback" and latest is not None and self.state.rollbacks < limit.max_rollbacks:
             self.state.rollbacks += 1

@@ -1,0 +1,53 @@
+"""Pre-train a model with DeepSpeed: masked LM, causal LM, SimCLR or CLIP.
+
+The run is described by a YAML recipe (configs/*.yaml); any key can be overridden on the
+command line as dotted.key=value. The resolved config, the generated DeepSpeed config,
+metrics.jsonl, TensorBoard events and checkpoints go to <run.output_dir>/<run.name>/.
+
+One process runs one rank. For several ranks or nodes start it under a launcher:
+launch/local.sh (one node), launch/multinode.sh or launch/slurm.sbatch (several).
+"""
+from __future__ import annotations
+
+import argparse
+
+EXAMPLE = """examples:
+  ptft pretrain --config configs/clm_tiny.yaml run.max_steps=200 train.lr=1e-3
+  ptft pretrain --config configs/mlm_tiny.yaml --resume auto deepspeed.zero_stage=2
+  launch/local.sh 2 --config configs/clm_tiny.yaml        # two ranks on this machine"""
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--config", required=True, help="YAML recipe, e.g. configs/clm_tiny.yaml")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=1e-3")
+    p.add_argument("--resume", default=None, metavar="auto|PATH|none",
+                   help="'auto': newest complete checkpoint of the run (if any); or a checkpoint directory")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    # the deepspeed launcher may pass it; LOCAL_RANK in the environment is what counts
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def run(args) -> int:
+    from ptft_engine.config import load_run_config
+
+    overrides = list(args.overrides)
+    if args.resume is not None:
+        overrides.append(f"checkpoint.resume={args.resume}")
+    cfg = load_run_config(args.config, overrides)
+    if args.print_config:
+        print(cfg.model_dump_json(indent=1))
+        return 0
+
+    from ptft_engine.engine import Trainer, TrainingStopped
+
+    trainer = Trainer(cfg)
+    try:
+        state = trainer.fit()
+    except TrainingStopped as exc:
+        print(f"ptft pretrain: {exc}", flush=True)
+        return 3
+    finally:
+        trainer.close()
+    if trainer.rank == 0:
+        print(f"done: {state.step} steps, {state.skipped} skipped; run directory {trainer.run_dir}", flush=True)
+    return 0
