@@ -99,6 +99,28 @@ def clip_loss_from_lse(row_lse, col_lse, positive):
     return 0.5 * (loss + (col_lse - positive).mean())
 
 
+def clip_loss_on(backend: str, a, b, scale, symmetric: bool, chunk: int) -> torch.Tensor:
+    """Single-process CLIP loss on a given backend ("chunked" too), inputs already checked."""
+    if backend == "reference":
+        return reference.contrastive_loss_reference(a, b, scale, symmetric)
+    row_lse, col_lse = scaled_lse(backend, a, b, scale, None, symmetric, chunk)
+    positive = scale * (a.to(row_lse.dtype) * b.to(row_lse.dtype)).sum(1)  # (N,)
+    return clip_loss_from_lse(row_lse, col_lse, positive)
+
+
+def nt_xent_loss_on(backend: str, z1, z2, temp, chunk: int) -> torch.Tensor:
+    """Single-process NT-Xent on a given backend ("chunked" too), inputs already checked."""
+    if backend == "reference":
+        return reference.nt_xent_loss_reference(z1, z2, temp)
+    n = z1.shape[0]
+    z = torch.cat([z1, z2])  # (2N, D)
+    exclude = torch.arange(2 * n, device=z.device)
+    row_lse, _ = scaled_lse(backend, z, z, 1.0 / temp, exclude, False, chunk)
+    zf = z.to(row_lse.dtype)
+    positive = (zf * zf.roll(n, 0)).sum(1) / temp  # (2N,) view i pairs with view (i + N) mod 2N
+    return (row_lse - positive).mean()
+
+
 def contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale, *, symmetric: bool = True,
                      chunk_size: int | None = None, group=None, backend: str | None = None) -> torch.Tensor:
     """CLIP / InfoNCE loss of logits = logit_scale * a @ b.T with targets on the diagonal.
@@ -117,11 +139,7 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale, *, symmetric
         from ptft_engine.ops.contrastive import distributed
 
         return distributed.contrastive_loss_distributed(a, b, scale, symmetric, chunk, group, name)
-    if name == "reference":
-        return reference.contrastive_loss_reference(a, b, scale, symmetric)
-    row_lse, col_lse = scaled_lse(name, a, b, scale, None, symmetric, chunk)
-    positive = scale * (a.to(row_lse.dtype) * b.to(row_lse.dtype)).sum(1)  # (N,)
-    return clip_loss_from_lse(row_lse, col_lse, positive)
+    return clip_loss_on(name, a, b, scale, symmetric, chunk)
 
 
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature, *, chunk_size: int | None = None,
@@ -132,21 +150,13 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature, *, chunk_size:
     view of the same image; mean over the 2N anchors. temperature: float or one-element tensor.
     """
     _check_pair(z1, z2, ("z1", "z2"))
+    if not isinstance(temperature, torch.Tensor) and not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature!r}")
     temp = _as_scale(temperature, "temperature", z1)
-    if not temp.requires_grad and float(temp) <= 0:
-        raise ValueError(f"temperature must be positive, got {float(temp)}")
     chunk = _check_chunk(chunk_size)
     name = registry.choose("nt_xent_loss", z1.device, backend, lambda n: _op_reason(n, z1))
     if group is not None:
         from ptft_engine.ops.contrastive import distributed
 
         return distributed.nt_xent_loss_distributed(z1, z2, temp, chunk, group, name)
-    if name == "reference":
-        return reference.nt_xent_loss_reference(z1, z2, temp)
-    n = z1.shape[0]
-    z = torch.cat([z1, z2])  # (2N, D)
-    exclude = torch.arange(2 * n, device=z.device)
-    row_lse, _ = scaled_lse(name, z, z, 1.0 / temp, exclude, False, chunk)
-    zf = z.to(row_lse.dtype)
-    positive = (zf * zf.roll(n, 0)).sum(1) / temp  # (2N,) view i pairs with view (i + N) mod 2N
-    return (row_lse - positive).mean()
+    return nt_xent_loss_on(name, z1, z2, temp, chunk)
