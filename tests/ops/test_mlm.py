@@ -44,7 +44,7 @@ def test_philox_known_answer():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2**32 + 17, 2**64 - 1])
-@pytest.mark.parametrize("shape", [(4, 33), (1, 1), (3, 257), (7, 512)])
+@pytest.mark.parametrize("shape", [(4, 33), (1, 1), (3, 257), (7, 512), (40, 1000)])  # last: several threads
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
 def test_cpu_bit_identical_to_reference(seed, shape, dtype):
     ids, sids = _batch(*shape, seed=seed % 1000)
