@@ -89,7 +89,9 @@ class Loader:
     def __iter__(self):
         cfg = self.cfg
         step_samples = self.world_size * cfg.docs
-        stream = ShardStream(self._order(self.epoch), self.builder, rank=self.rank, world_size=self.world_size,
+        # eval sees the same order and the same masks every time, so its losses compare
+        order = self._order(self.epoch if self.split == "train" else 0)
+        stream = ShardStream(order, self.builder, rank=self.rank, world_size=self.world_size,
                              docs=cfg.docs, start=self.position, strict=cfg.strict,
                              emit_sample_index=cfg.emit_sample_index)
         kw = {}

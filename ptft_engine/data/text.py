@@ -16,9 +16,28 @@ def mask_seed(seed: int, epoch: int) -> int:
     return int(words[0]) | (int(words[1]) << 32)
 
 
+def cpu_mask_backend(requested: str | None) -> str | None:
+    """The mlm_mask backend for CPU tensors in loader workers.
+
+    A run-wide PTFT_KERNEL_BACKEND=cuda/triton is meant for the step on the GPU; the
+    workers' CPU tensors then fall back to the C++ backend (or the reference) instead
+    of failing. An explicit `mask_backend` in the data config is honoured as given.
+    """
+    if requested is not None:
+        return requested
+    from ptft_engine.ops import registry
+
+    cpu = torch.device("cpu")
+    try:
+        return registry.choose("mlm_mask", cpu, None)
+    except registry.BackendUnavailable:
+        return next((b for b in ("cpu", "reference") if registry.generic_reason(b, cpu) is None), "reference")
+
+
 class TextBuilder:
     def __init__(self, cfg: DataConfig, objective: str, tok: TokenizerInfo):
         self.cfg, self.objective, self.tok = cfg, objective, tok
+        self._backend: str | None = None
 
     def texts(self, records, bad: BadSamples) -> tuple[list[str], list[int]]:
         field = self.cfg.text_field
@@ -48,6 +67,8 @@ class TextBuilder:
         batch, stats = pack_segments(docs, rows, seq, cls_id=tok.cls_id, sep_id=tok.sep_id, pad_id=tok.pad_id)
         from ptft_engine.ops import mlm_mask
 
+        if self._backend is None:
+            self._backend = cpu_mask_backend(cfg.mask_backend)
         # Row ids are unique per (batch start, row), so the mask depends only on the
         # stream position: a resumed run masks exactly as an uninterrupted one.
         sample_ids = first_pos * rows + torch.arange(rows, dtype=torch.int64)
@@ -55,6 +76,6 @@ class TextBuilder:
                                   mask_token_id=tok.mask_id, vocab_size=tok.vocab_size,
                                   special_token_ids=tok.special_ids, mask_prob=cfg.mask_prob,
                                   replace_prob=cfg.replace_prob, random_prob=cfg.random_prob,
-                                  backend=cfg.mask_backend)
+                                  backend=self._backend)
         return {"input_ids": masked, "labels": labels, "segment_ids": batch["segment_ids"],
                 "attention_mask": batch["attention_mask"]}, stats.as_dict(), kept

@@ -100,3 +100,12 @@ def test_loader_masks_by_position_and_never_special_tokens(text_shards, tok_path
         total += int((batch["attention_mask"] & ~torch.isin(original, torch.tensor(tok.special_ids))).sum())
     assert 0.2 < selected / total < 0.4
     assert loader.stats["tokens"] > 0 and loader.stats["batches"] == len(loader)
+
+
+def test_run_wide_gpu_backend_does_not_break_cpu_workers(text_shards, tok_path, monkeypatch):
+    from ptft_engine.ops import registry
+
+    monkeypatch.setenv(registry.ENV_VAR, "cuda")  # meant for the step on a GPU
+    cfg = DataConfig(shards=[text_shards], tokenizer=tok_path, seq_len=32, batch_size=2, num_workers=0)
+    batch = next(iter(build_loader(cfg, objective="mlm")))
+    assert (batch["labels"] != IGNORE).any()

@@ -145,3 +145,17 @@ def test_config_and_start_errors(text_shards, tok_path, tmp_path):
         loader.load_state_dict({**loader.state_dict(), "seed": 1})
     with pytest.raises(DataError, match="shards changed"):
         loader.load_state_dict({**loader.state_dict(), "epoch_length": 99})
+
+
+def test_eval_split_reads_eval_shards_in_order(text_shards, tok_path, tmp_path):
+    from data_helpers import write_text_shards
+
+    eval_dir = write_text_shards(tmp_path, 9, name="eval")
+    cfg = _cfg(text_shards, tok_path, eval_shards=[eval_dir])
+    ev = build_loader(cfg, objective="clm", split="eval")
+    assert [b["sample_index"].tolist() for b in ev] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    # the same batches and MLM masks at every evaluation, whatever the training epoch
+    again = list(build_loader(cfg, objective="mlm", split="eval", epoch=3))
+    _same(again, list(build_loader(cfg, objective="mlm", split="eval")))
+    with pytest.raises(DataError, match="eval_shards"):
+        build_loader(_cfg(text_shards, tok_path), objective="clm", split="eval")
