@@ -6,7 +6,11 @@ re-read. `ptft shard` writes the index; shards without one are scanned at start.
 
 Index file (JSON): {"format": "ptft-shards", "version": 1, "kind": ..., "shards": [
   {"path": relative to the index file, "samples": n, "bytes": b, "sha256": hex,
-   "offsets": [n + 1 ints: start of each sample's first tar header, then the end]}]}
+   "offsets": "shard-000000.idx"}]}
+The offsets (n + 1 little-endian int64: start of each sample's first tar header, then
+the end of the last sample) live in a sidecar file per shard, read only by the worker
+that opens the shard, so the index stays small however many samples there are. An
+inline list of ints is accepted too.
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ import os
 import re
 import tarfile
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from ptft_engine.data.errors import DataError, log
 
@@ -36,13 +42,27 @@ def split_key(name: str) -> tuple[str, str] | None:
 class ShardInfo:
     path: str  # absolute
     samples: int
-    offsets: list[int]
+    offsets: list[int] | None = None  # inline, or
+    offsets_path: str | None = None  # a sidecar of n + 1 little-endian int64
     bytes: int = 0
     sha256: str | None = None
 
+    def offset_table(self) -> np.ndarray:
+        """The n + 1 sample offsets; read from the sidecar on each call (callers cache)."""
+        if self.offsets is not None:
+            return np.asarray(self.offsets, dtype=np.int64)
+        if self.offsets_path is None:
+            return np.asarray(scan_tar(self.path).offsets, dtype=np.int64)
+        table = np.fromfile(self.offsets_path, dtype="<i8")
+        if len(table) != self.samples + 1:
+            raise DataError(f"offset file {self.offsets_path!r} holds {len(table)} entries, "
+                            f"expected {self.samples + 1} for shard {self.path!r}")
+        return table
+
     def to_json(self, root: str) -> dict:
+        offsets = os.path.relpath(self.offsets_path, root) if self.offsets_path else self.offsets
         return {"path": os.path.relpath(self.path, root), "samples": self.samples, "bytes": self.bytes,
-                "sha256": self.sha256, "offsets": self.offsets}
+                "sha256": self.sha256, "offsets": offsets}
 
 
 @dataclass
@@ -118,7 +138,12 @@ def load_index(path: str) -> ShardIndex:
         p = os.path.join(root, entry["path"])
         if not os.path.exists(p):
             raise DataError(f"shard {p!r} listed in index {path!r} does not exist")
-        shards.append(ShardInfo(path=p, samples=int(entry["samples"]), offsets=list(entry["offsets"]),
+        offsets, offsets_path = entry.get("offsets"), None
+        if isinstance(offsets, str):
+            offsets_path, offsets = os.path.join(root, offsets), None
+            if not os.path.exists(offsets_path):
+                raise DataError(f"offset file {offsets_path!r} listed in index {path!r} does not exist")
+        shards.append(ShardInfo(path=p, samples=int(entry["samples"]), offsets=offsets, offsets_path=offsets_path,
                                 bytes=int(entry.get("bytes", 0)), sha256=entry.get("sha256")))
     extra = {k: v for k, v in doc.items() if k not in ("format", "version", "kind", "total_samples", "shards")}
     return ShardIndex(shards=shards, kind=doc.get("kind"), extra=extra)
@@ -148,9 +173,10 @@ def resolve_source(spec: str) -> ShardIndex:
     return ShardIndex(shards=[scan_tar(p) for p in paths])
 
 
-def read_members(fh: io.BufferedReader, shard: ShardInfo, i: int) -> dict[str, bytes]:
-    """Sample i of a shard as {"__key__": key, ext: bytes}; raises ValueError on damage."""
-    start, stop = shard.offsets[i], shard.offsets[i + 1]
+def read_members(fh: io.BufferedReader, offsets, i: int) -> dict[str, bytes]:
+    """Sample i of an open shard, given its offset table, as {"__key__": key, ext: bytes};
+    raises ValueError on damage."""
+    start, stop = int(offsets[i]), int(offsets[i + 1])
     fh.seek(start)
     buf = fh.read(stop - start)
     if len(buf) < stop - start:

@@ -13,6 +13,8 @@ import os
 import sys
 import tarfile
 import time
+
+import numpy as np
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
@@ -79,7 +81,9 @@ class ShardFiles:
         self.sha.update(tail)
         self.file.close()
         self.file = None
-        self.shards.append(ShardInfo(path=self.path, samples=len(self.offsets), offsets=self.offsets + [self.pos],
+        idx_path = self.path[: -len(".tar")] + ".idx"
+        np.asarray(self.offsets + [self.pos], dtype="<i8").tofile(idx_path)
+        self.shards.append(ShardInfo(path=self.path, samples=len(self.offsets), offsets_path=idx_path,
                                      bytes=self.pos + len(tail), sha256=self.sha.hexdigest()))
 
 
@@ -127,7 +131,7 @@ def write_shards(
     index_path = os.path.join(output, INDEX_NAME)
     if os.path.exists(index_path) and not overwrite:
         raise DataError(f"{index_path} already exists; pass --overwrite to replace those shards")
-    for old in (p for p in os.listdir(output) if p.startswith("shard-") and p.endswith(".tar")):
+    for old in (p for p in os.listdir(output) if p.startswith("shard-") and p.endswith((".tar", ".idx"))):
         os.remove(os.path.join(output, old))  # stale shards of an earlier run would mix in
 
     items, meta = sources.plan(inputs, opts)

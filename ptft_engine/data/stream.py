@@ -36,16 +36,18 @@ class ShardStream(IterableDataset):
         self.steps = steps_left(len(order), start, world_size, docs)
         self._files: OrderedDict[int, object] = OrderedDict()
 
-    def _file(self, shard_id: int):
-        fh = self._files.get(shard_id)
-        if fh is None:
-            fh = open(self.order.shards[shard_id].path, "rb")
-            self._files[shard_id] = fh
+    def _open(self, shard_id: int):
+        """(file, offset table) of a shard, kept for the most recently used shards only."""
+        entry = self._files.get(shard_id)
+        if entry is None:
+            shard = self.order.shards[shard_id]
+            entry = (open(shard.path, "rb"), shard.offset_table())
+            self._files[shard_id] = entry
             if len(self._files) > MAX_OPEN_FILES:
-                self._files.popitem(last=False)[1].close()
+                self._files.popitem(last=False)[1][0].close()
         else:
             self._files.move_to_end(shard_id)
-        return fh
+        return entry
 
     def read(self, first: int, bad: BadSamples) -> list[tuple[int, str, str, dict]]:
         shard_ids, idxs = self.order.slice(first, first + self.docs)
@@ -53,7 +55,7 @@ class ShardStream(IterableDataset):
         for j, (s, i) in enumerate(zip(shard_ids.tolist(), idxs.tolist())):
             shard: ShardInfo = self.order.shards[s]
             try:
-                members = read_members(self._file(s), shard, i)
+                members = read_members(*self._open(s), i)
             except (ValueError, tarfile.TarError, OSError, EOFError) as exc:
                 bad.skip(shard.path, f"sample #{i}", f"unreadable ({exc})")
                 continue
@@ -80,6 +82,6 @@ class ShardStream(IterableDataset):
             for step in range(wid, self.steps, n_workers):
                 yield self.batch(step, bad)
         finally:
-            for fh in self._files.values():
+            for fh, _ in self._files.values():
                 fh.close()
             self._files.clear()

@@ -61,9 +61,10 @@ def iter_texts(inputs: list[str], text_field: str = "txt") -> Iterator[str]:
         if is_shards:
             for shard in resolve_source(spec).shards:
                 with open(shard.path, "rb") as fh:
+                    table = shard.offset_table()
                     for i in range(shard.samples):
                         try:
-                            data = read_members(fh, shard, i).get(text_field)
+                            data = read_members(fh, table, i).get(text_field)
                         except ValueError:
                             continue  # damaged sample: the tokenizer can do without it
                         if data:

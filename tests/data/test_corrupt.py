@@ -31,7 +31,7 @@ def shards(tmp_path):
 def test_truncated_shard_is_skipped_and_named(shards, tok_path, caplog):
     victim = load_index(os.path.join(shards, "index.json")).shards[1]
     with open(victim.path, "r+b") as f:
-        f.truncate(victim.offsets[4] + 100)  # samples 4..6 of shard 1 are cut off
+        f.truncate(victim.offset_table()[4] + 100)  # samples 4..6 of shard 1 are cut off
     loader = build_loader(_cfg(shards, tok_path), objective="clm")
     with caplog.at_level(logging.WARNING, logger="ptft_engine.data"):
         seen = _positions(loader)
@@ -48,7 +48,7 @@ def test_garbled_header_and_undecodable_member(shards, tok_path, tmp_path, caplo
     index = load_index(os.path.join(shards, "index.json"))
     garbled = index.shards[0]
     with open(garbled.path, "r+b") as f:
-        f.seek(garbled.offsets[2] + 10)
+        f.seek(garbled.offset_table()[2] + 10)
         f.write(b"\x00garbage\xff" * 4)  # the header checksum no longer matches
     # a shard whose member is not UTF-8, written as another source (plain tar, no index)
     extra = tmp_path / "extra.tar"
@@ -72,12 +72,23 @@ def test_unindexed_damaged_tar_keeps_the_samples_before_the_damage(shards, tmp_p
     copy = tmp_path / "copy.tar"
     shutil.copy(index.shards[0].path, copy)
     with open(copy, "r+b") as f:
-        f.truncate(index.shards[0].offsets[5] + 512 + 10)  # sample 5: header whole, data cut
+        f.truncate(index.shards[0].offset_table()[5] + 512 + 10)  # sample 5: header whole, data cut
     info = scan_tar(str(copy))
-    assert info.samples == 5 and info.offsets == index.shards[0].offsets[:6]
+    assert info.samples == 5 and info.offsets == index.shards[0].offset_table()[:6].tolist()
 
 
 def test_missing_shard_fails_at_start_not_later(shards, tok_path):
     os.remove(load_index(os.path.join(shards, "index.json")).shards[2].path)
     with pytest.raises(DataError, match="shard-000002.tar.*does not exist"):
         build_loader(_cfg(shards, tok_path), objective="mlm")
+
+
+def test_missing_or_wrong_offset_file_is_named(shards, tok_path):
+    index = load_index(os.path.join(shards, "index.json"))
+    with open(index.shards[1].offsets_path, "ab") as f:
+        f.write(b"\0" * 8)  # one entry too many
+    with pytest.raises(DataError, match="shard-000001.idx.*holds 9 entries, expected 8"):
+        _positions(build_loader(_cfg(shards, tok_path, shuffle=False), objective="clm"))
+    os.remove(index.shards[0].offsets_path)
+    with pytest.raises(DataError, match="shard-000000.idx.*does not exist"):
+        build_loader(_cfg(shards, tok_path), objective="clm")

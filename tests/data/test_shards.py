@@ -37,10 +37,11 @@ def test_text_dir_shards_index_and_bad_inputs(tmp_path, capsys):
     seen = []
     for shard in index.shards:
         assert shard.sha256 == sha256_file(shard.path)
-        assert len(shard.offsets) == shard.samples + 1
-        assert shard.offsets == scan_tar(shard.path).offsets  # recorded while writing = read back
+        table = shard.offset_table()  # from the shard's .idx sidecar
+        assert shard.offsets_path.endswith(".idx") and len(table) == shard.samples + 1
+        assert table.tolist() == scan_tar(shard.path).offsets  # recorded while writing = read back
         with open(shard.path, "rb") as fh:  # random access through the offsets, back to front
-            seen += [read_members(fh, shard, i)["txt"].decode() for i in reversed(range(shard.samples))]
+            seen += [read_members(fh, table, i)["txt"].decode() for i in reversed(range(shard.samples))]
     assert sorted(seen) == sorted(doc_text(i) for i in range(25))
     # the shards are plain webdataset: its reader sees the same samples
     urls = [s.path for s in index.shards]
@@ -83,7 +84,7 @@ def test_jsonl_lines_split_over_chunks(tmp_path, monkeypatch, capsys):
     texts = []
     for shard in index.shards:
         with open(shard.path, "rb") as fh:
-            texts += [read_members(fh, shard, i)["txt"].decode() for i in range(shard.samples)]
+            texts += [read_members(fh, shard.offset_table(), i)["txt"].decode() for i in range(shard.samples)]
     assert texts == [doc_text(i) for i in range(40)]  # every line exactly once, in input order
 
 

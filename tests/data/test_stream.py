@@ -61,7 +61,7 @@ def test_batches_hold_the_documents_of_their_positions(text_shards, tok_path):
         texts = []
         for s, i in zip(shard_ids.tolist(), idxs.tolist()):
             with open(order.shards[s].path, "rb") as fh:
-                m = read_members(fh, order.shards[s], i)
+                m = read_members(fh, order.shards[s].offset_table(), i)
             keys.add(m["__key__"])
             texts.append(m["txt"].decode())
         stream = [t for ids in tok.encode_batch(texts) for t in ids + [tok.eos_id]]
