@@ -55,7 +55,12 @@ class ShardStream(IterableDataset):
         for j, (s, i) in enumerate(zip(shard_ids.tolist(), idxs.tolist())):
             shard: ShardInfo = self.order.shards[s]
             try:
-                members = read_members(*self._open(s), i)
+                fh, table = self._open(s)  # a wrong offset file raises DataError: the index is broken
+            except OSError as exc:
+                bad.skip(shard.path, f"sample #{i}", f"cannot open ({exc})")
+                continue
+            try:
+                members = read_members(fh, table, i)
             except (ValueError, tarfile.TarError, OSError, EOFError) as exc:
                 bad.skip(shard.path, f"sample #{i}", f"unreadable ({exc})")
                 continue
