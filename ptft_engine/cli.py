@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "shard": ("ptft_engine.commands.shard", "write WebDataset tar shards from text, JSONL or image folders"),
     "tokenizer": ("ptft_engine.commands.tokenizer", "train a BPE or WordPiece tokenizer on shards or files"),
     "pretrain": ("ptft_engine.commands.pretrain", "pre-train a model with DeepSpeed (MLM, causal LM, SimCLR, CLIP)"),
+    "export": ("ptft_engine.commands.export", "consolidate a run/checkpoint into safetensors (HF layout) + manifest"),
+    "finetune": ("ptft_engine.commands.finetune", "fine-tune an export on a labelled task (plain PyTorch, one device)"),
     "demo": ("ptft_engine.commands.demo", "run the whole workflow on bundled data"),
 }
 

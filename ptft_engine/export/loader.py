@@ -57,7 +57,7 @@ def _tensor_names(files: list[Path]) -> list[str]:
     return names
 
 
-def load_export(path: str | Path, *, dtype: torch.dtype | None = torch.float32, device: str = "cpu",
+def load_export(path: str | Path, *, dtype: torch.dtype | None = None, device: str = "cpu",
                 verify_checksums: bool = True) -> LoadedExport:
     directory = Path(path)
     if not directory.is_dir():
@@ -81,11 +81,13 @@ def load_export(path: str | Path, *, dtype: torch.dtype | None = torch.float32, 
         for engine_name, _ in mapped:
             engine_names[engine_name] = name
     kwargs = {} if layout is None else layout.build_kwargs(set(engine_names))
-    with torch.device("meta"):
-        model = _builders()[type(cfg)](cfg, **kwargs) if kwargs else build_model(cfg)
-    expected = dict(model.state_dict())
-    state: dict[str, torch.Tensor] = {}
-    for name, tensor in iter_tensors(directory, device=device):
+    # built for real (not on meta + assign): tied projections must keep sharing one Parameter
+    model = _builders()[type(cfg)](cfg, **kwargs) if kwargs else build_model(cfg)
+    from ptft_engine.export.writer import unique_state
+
+    expected = dict(unique_state(model))
+    loaded: set[str] = set()
+    for name, tensor in iter_tensors(directory):
         for engine_name, t in ([(name, tensor)] if layout is None else layout.from_target(name, tensor)):
             if engine_name not in expected:
                 raise ExportError(f"{directory}: tensor {name!r} ({engine_name}) does not exist in a model built "
@@ -94,12 +96,16 @@ def load_export(path: str | Path, *, dtype: torch.dtype | None = torch.float32, 
             if tuple(t.shape) != want:
                 raise ExportError(f"{directory}: tensor {name!r} has shape {tuple(t.shape)} but config.json implies "
                                   f"{want} (config and weights do not fit)")
-            state[engine_name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
-    missing = [n for n in expected if n not in state]
+            with torch.no_grad():
+                expected[engine_name].copy_(t)
+            loaded.add(engine_name)
+    missing = [n for n in expected if n not in loaded]
     if missing:
         raise ExportError(f"{directory}: weights lack tensor {missing[0]!r}"
                           f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''} that config.json requires")
-    model.load_state_dict(state, strict=True, assign=True)
+    if dtype is not None:
+        model.to(dtype)
+    model.to(device)
     model.eval()
     return LoadedExport(model=model, config=cfg, layout="native" if layout is None else layout.name,
                         manifest=manifest, path=directory)

@@ -122,13 +122,25 @@ def export_tensors(
     return manifest
 
 
+def unique_state(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """state_dict entries without tied aliases (lm_head.weight, mlm_head.decoder.weight are
+    the embedding's Parameter under a second name): each tensor once, first name wins."""
+    seen: set[int] = set()
+    out = []
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) not in seen:
+            seen.add(id(t))
+            out.append((name, t.detach()))
+    return out
+
+
 def export_model(model: torch.nn.Module, out_dir: str | Path, **kwargs) -> dict[str, Any]:
     """Export a live engine model (its `.config` says which layout)."""
     cfg = getattr(model, "config", None)
     if cfg is None or not hasattr(cfg, "arch"):
         raise ExportError(f"{type(model).__name__} has no engine model config (.config with arch)")
     kwargs.setdefault("source", {"kind": "live model"})
-    return export_tensors(model.state_dict().items(), cfg, out_dir, **kwargs)
+    return export_tensors(unique_state(model), cfg, out_dir, **kwargs)
 
 
-__all__ = ["DTYPES", "MANIFEST", "copy_tokenizer", "export_model", "export_tensors"]
+__all__ = ["DTYPES", "MANIFEST", "copy_tokenizer", "export_model", "export_tensors", "unique_state"]

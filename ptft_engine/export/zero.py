@@ -1,0 +1,278 @@
+"""Consolidate a DeepSpeed checkpoint (ZeRO stage 0-3, any world size) into an export.
+
+The fp32 master weights are read from the optimizer partitions, tensor by tensor:
+
+- stage 1/2: rank r holds the r-th contiguous slice of each parameter group's flat fp32
+  buffer. Rank files are read one at a time (memory-mapped, so the Adam moments beside
+  the weights are never loaded); each tensor is emitted as soon as its last slice has
+  been read, so at most one partial tensor per group is held besides the shard writer.
+- stage 3: every parameter is split over all ranks (ceil(numel / world) each, padded).
+  All rank files are memory-mapped and each tensor gathers its slices from them, so the
+  peak is one tensor plus the shard being written.
+- stage 0 (no optimizer partitions): the full module state in mp_rank_00_model_states.pt.
+
+DeepSpeed's files are pickles: they are unpickled with torch's weights_only loader,
+allowing only the few DeepSpeed classes its optimizer state is known to contain.
+Exports themselves never contain pickle.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from ptft_engine.export.errors import ExportError
+from ptft_engine.export.manifest import sha256_json
+
+log = logging.getLogger(__name__)
+MODEL_PREFIX = "model."  # objectives own the model as `.model`
+_SAFE_DS_GLOBALS = {
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+}
+_RANK_RE = re.compile(r"zero_pp_rank_(\d+)_mp_rank_(\d+)_(optim|model)_states\.pt$")
+
+
+def torch_load(path: Path) -> dict[str, Any]:
+    """Unpickle a DeepSpeed file with weights_only, allowing only known DeepSpeed classes."""
+    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    unknown = sorted(set(unsafe) - _SAFE_DS_GLOBALS)
+    if unknown:
+        raise ExportError(f"{path}: refusing to unpickle unexpected class(es) {', '.join(unknown)}")
+    allowed = []
+    for dotted in unsafe:
+        module, _, name = dotted.rpartition(".")
+        allowed.append(getattr(importlib.import_module(module), name))
+    with torch.serialization.safe_globals(allowed):
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def _rank_files(ckpt: Path, kind: str) -> list[Path]:
+    found = {}
+    for p in ckpt.iterdir():
+        m = _RANK_RE.search(p.name)
+        if m and m.group(3) == kind:
+            if int(m.group(2)) != 0:
+                raise ExportError(f"{p}: model-parallel checkpoints (mp_rank > 0) are not supported")
+            found[int(m.group(1))] = p
+    ranks = sorted(found)
+    if ranks != list(range(len(ranks))):
+        raise ExportError(f"{ckpt}: {kind} states of ranks {sorted(set(range(max(ranks) + 1)) - set(ranks))} are missing")
+    return [found[r] for r in ranks]
+
+
+def _optimizer_state(sd: dict, path: Path) -> dict:
+    try:
+        return sd["optimizer_state_dict"]
+    except KeyError:
+        raise ExportError(f"{path}: no optimizer_state_dict (not a DeepSpeed ZeRO optimizer file)") from None
+
+
+def _zero12_tensors(files: list[Path], param_shapes: list[dict]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Stage 1/2: ranks in order; flat groups are contiguous, params laid out back to back."""
+    pending: dict[str, list[torch.Tensor]] = {}
+    offsets = []  # per group: [(name, shape, start, numel)] in the unpartitioned flat buffer
+    for shapes in param_shapes:
+        pos, table = 0, []
+        for name, shape in shapes.items():
+            numel = math.prod(shape)
+            table.append((name, tuple(shape), pos, numel))
+            pos += numel
+        offsets.append(table)
+    cursor = [0] * len(param_shapes)  # next parameter index to complete, per group
+    for rank, path in enumerate(files):
+        sd = _optimizer_state(torch_load(path), path)
+        parts = sd.get("single_partition_of_fp32_groups")
+        if parts is None:
+            raise ExportError(f"{path}: no single_partition_of_fp32_groups (not a stage 1/2 optimizer file)")
+        if len(parts) != len(offsets):
+            raise ExportError(f"{path}: {len(parts)} parameter groups but the model states list {len(offsets)}")
+        for g, part in enumerate(parts):
+            size = part.numel()
+            lo, hi = rank * size, (rank + 1) * size  # this rank's range of the group's flat buffer
+            table = offsets[g]
+            while cursor[g] < len(table):
+                name, shape, start, numel = table[cursor[g]]
+                a, b = max(start, lo), min(start + numel, hi)
+                if a < b:
+                    pending.setdefault(name, []).append(part[a - lo:b - lo].clone())
+                if start + numel > hi:
+                    break  # continues on the next rank
+                pieces = pending.pop(name, [])
+                flat = torch.cat(pieces) if len(pieces) > 1 else (pieces[0] if pieces else torch.empty(0))
+                if flat.numel() != numel:
+                    raise ExportError(f"{path}: tensor {name!r} has {flat.numel()} of {numel} elements in the partitions")
+                yield name, flat.view(shape)
+                cursor[g] += 1
+        del sd, parts  # release this rank before the next is read
+    left = [table[c][0] for table, c in zip(offsets, cursor) if c < len(table)]
+    if left:
+        raise ExportError(f"{files[-1].parent}: partitions end before tensor {left[0]!r} is complete "
+                          "(missing rank files?)")
+
+
+def _zero3_tensors(files: list[Path], param_shapes: list[dict]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Stage 3: each param split over all ranks; rank files memory-mapped, one tensor at a time."""
+    world = len(files)
+    flats = []
+    for path in files:
+        sd = _optimizer_state(torch_load(path), path)
+        groups = sd.get("fp32_flat_groups")
+        if groups is None:
+            raise ExportError(f"{path}: no fp32_flat_groups (not a stage 3 optimizer file)")
+        flats.append(groups)  # memory-mapped views: nothing read until sliced
+    for g, shapes in enumerate(param_shapes):
+        offset = 0
+        for name, shape in shapes.items():
+            numel = math.prod(shape)
+            part = math.ceil(numel / world)
+            pieces = [flats[r][g][offset:offset + part] for r in range(world)]
+            if any(p.numel() != part for p in pieces):
+                raise ExportError(f"{files[0].parent}: partitions of tensor {name!r} are truncated")
+            yield name, torch.cat(pieces)[:numel].view(tuple(shape)).clone()
+            offset += part
+
+
+def _frozen_zero3(files: list[Path], model_sd: dict) -> Iterator[tuple[str, torch.Tensor]]:
+    shapes = model_sd.get("frozen_param_shapes") or {}
+    if not shapes:
+        return
+    frags = [torch_load(p)["frozen_param_fragments"] for p in files]
+    for name, shape in shapes.items():
+        numel = math.prod(shape)
+        yield name, torch.cat([f[name].flatten() for f in frags])[:numel].view(tuple(shape)).clone()
+
+
+def consolidated_tensors(ckpt: Path) -> tuple[Iterator[tuple[str, torch.Tensor]], dict[str, Any]]:
+    """(iterator of (engine-objective name, fp32 tensor), info) for one DeepSpeed checkpoint dir."""
+    optim_files = _rank_files(ckpt, "optim")
+    stage3_models = _rank_files(ckpt, "model")
+    if stage3_models:
+        model_file = stage3_models[0]
+    else:
+        model_file = next(iter(sorted(ckpt.glob("mp_rank_*_model_states.pt"))), None)
+        if model_file is None:
+            raise ExportError(f"{ckpt}: no DeepSpeed model states file (mp_rank_00_model_states.pt)")
+    model_sd = torch_load(model_file)
+    module = model_sd.get("module") or {}
+    buffers = set(model_sd.get("buffer_names") or [])
+    param_shapes = model_sd.get("param_shapes")
+    if isinstance(param_shapes, dict):
+        param_shapes = [param_shapes]
+    stage = 3 if stage3_models else (2 if optim_files else 0)
+    info = {"zero_stage_layout": "3" if stage == 3 else ("1/2" if stage else "0"), "world_size": len(optim_files) or 1,
+            "ds_version": model_sd.get("ds_version"), "global_steps": model_sd.get("global_steps")}
+
+    def stream():
+        if stage == 0:
+            yield from ((k, v.float() if v.is_floating_point() else v) for k, v in module.items())
+            return
+        partitioned = {n for shapes in param_shapes for n in shapes}
+        if stage == 3:
+            yield from _zero3_tensors(optim_files, param_shapes)
+            yield from _frozen_zero3(stage3_models, model_sd)
+        else:
+            yield from _zero12_tensors(optim_files, param_shapes)
+            # frozen params (requires_grad=False) are not in the optimizer: full copies in the module state;
+            # tied aliases (same storage as a partitioned param, or listed as shared) are skipped
+            shared = set(model_sd.get("shared_params") or {})
+            trained = {module[n].untyped_storage().data_ptr() for n in partitioned if n in module}
+            for name, t in module.items():
+                if (name in partitioned or name in buffers or name in shared or not t.numel()
+                        or t.untyped_storage().data_ptr() in trained):
+                    continue
+                yield name, t.float() if t.is_floating_point() else t
+        for name in buffers:
+            if name in module:
+                yield name, module[name]
+
+    return stream(), info
+
+
+def model_tensors(ckpt: Path) -> tuple[Iterator[tuple[str, torch.Tensor]], dict[str, Any]]:
+    """Only the model's tensors (the objective's `model.` prefix stripped); heads of the
+    objective (e.g. SimCLR's projector) are pre-training scaffolding and are left out."""
+    stream, info = consolidated_tensors(ckpt)
+    skipped: list[str] = []
+    info["skipped_objective_tensors"] = skipped
+
+    def only_model():
+        for name, t in stream:
+            if name.startswith(MODEL_PREFIX):
+                yield name[len(MODEL_PREFIX):], t
+            else:
+                skipped.append(name)
+    return only_model(), info
+
+
+def resolve_source(source: Path) -> tuple[Path, Path]:
+    """RUN_DIR or a checkpoint dir -> (checkpoint dir, run dir holding config.json)."""
+    from ptft_engine.engine.checkpoint import find_latest
+
+    if (source / "meta.json").is_file():
+        for run_dir in (source.parent.parent, source.parent):
+            if (run_dir / "config.json").is_file():
+                return source, run_dir
+        raise ExportError(f"{source}: cannot find the run's config.json next to its checkpoints directory")
+    if (source / "config.json").is_file():
+        cfg = json.loads((source / "config.json").read_text())
+        ckpt_dir = Path((cfg.get("checkpoint") or {}).get("dir") or source / "checkpoints")
+        latest = find_latest(ckpt_dir)
+        if latest is None:
+            raise ExportError(f"{source}: no complete checkpoint in {ckpt_dir}")
+        return latest, source
+    raise ExportError(f"{source}: not a run directory (config.json), a checkpoint (meta.json) or an export")
+
+
+def export_checkpoint(source: str | Path, out_dir: str | Path, *, tokenizer: str | Path | None = None, **kwargs):
+    from ptft_engine.export.writer import export_tensors
+    from ptft_engine.models import ConfigError, parse_model_config
+
+    ckpt, run_dir = resolve_source(Path(source))
+    run_cfg = json.loads((run_dir / "config.json").read_text())
+    try:
+        model_cfg = parse_model_config(run_cfg.get("model"), prefix=f"{run_dir / 'config.json'}: model")
+    except ConfigError as exc:
+        raise ExportError(str(exc)) from None
+    meta = json.loads((ckpt / "meta.json").read_text()) if (ckpt / "meta.json").is_file() else {}
+    if tokenizer is None:
+        data_tok = (run_cfg.get("data") or {}).get("tokenizer")
+        candidates = [Path(data_tok)] if data_tok else []
+        candidates.append(run_dir / "tokenizer.json")
+        tokenizer = next((c for c in candidates if c.exists()), None)
+    tensors, info = model_tensors(ckpt)
+    source_info = {"kind": "deepspeed checkpoint", "run_dir": str(run_dir), "checkpoint": str(ckpt),
+                   "run": (run_cfg.get("run") or {}).get("name"), "step": meta.get("step"),
+                   "run_config_sha256": sha256_json(run_cfg), **info}
+    manifest = export_tensors(tensors, model_cfg, out_dir, tokenizer=tokenizer, source=source_info, **kwargs)
+    if info["skipped_objective_tensors"]:
+        log.info("left out objective tensors: %s", ", ".join(info["skipped_objective_tensors"]))
+    return manifest
+
+
+def export_any(source: Path, out_dir: Path, *, tokenizer=None, **kwargs):
+    """`ptft export`: a run/checkpoint is consolidated; an export is re-exported."""
+    if not source.exists():
+        raise ExportError(f"{source}: no such file or directory")
+    is_export = (source / "config.json").is_file() and any(
+        (source / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"))
+    if is_export:
+        from ptft_engine.export.loader import load_export
+        from ptft_engine.export.writer import export_model
+
+        loaded = load_export(source)
+        tok = tokenizer or ((source / "tokenizer.json") if (source / "tokenizer.json").is_file() else None)
+        return export_model(loaded.model, out_dir, tokenizer=tok,
+                            source={"kind": "export", "path": str(source), "layout": loaded.layout}, **kwargs)
+    return export_checkpoint(source, out_dir, tokenizer=tokenizer, **kwargs)
