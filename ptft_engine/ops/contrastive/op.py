@@ -14,7 +14,7 @@ import torch
 from ptft_engine.ops import registry
 from ptft_engine.ops.contrastive import reference
 
-DEFAULT_CHUNK = 1024
+DEFAULT_CHUNK = 2048  # rows/cols per tile: a 16 MiB fp32 tile, big enough for efficient GEMMs
 _FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
