@@ -26,7 +26,8 @@ class DualEncoder(PtftModel):
             self.visual_projection = Linear(c.vision.hidden_size, c.projection_dim, bias=False)
         with init_std(c.text.hidden_size ** -0.5):
             self.text_projection = Linear(c.text.hidden_size, c.projection_dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.full((), float(c.logit_scale_init)))
+        # shape (1,), not a 0-dim scalar as in CLIP: DeepSpeed's zero.Init cannot partition 0-dim tensors
+        self.logit_scale = nn.Parameter(torch.full((1,), float(c.logit_scale_init)))
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         self.vision.set_gradient_checkpointing(enabled)
@@ -50,7 +51,7 @@ class DualEncoder(PtftModel):
 
     def scale(self) -> torch.Tensor:
         """exp(logit_scale), clamped at logit_scale_max (CLIP: 100) so training cannot blow it up."""
-        return self.logit_scale.clamp(max=math.log(self.config.logit_scale_max)).exp()
+        return self.logit_scale.clamp(max=math.log(self.config.logit_scale_max)).exp().squeeze(0)  # 0-dim
 
     def forward(self, pixel_values, input_ids, attention_mask=None) -> dict[str, torch.Tensor]:
         return {

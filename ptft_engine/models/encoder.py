@@ -29,9 +29,9 @@ from ptft_engine.nn.embeddings import positions_from_segments
 class MaskedLMHead(nn.Module):
     """dense -> act -> LayerNorm -> (tied) vocabulary projection + bias."""
 
-    def __init__(self, hidden_size: int, word_embeddings: nn.Parameter, act: str, eps: float):
+    def __init__(self, hidden_size: int, vocab_size: int, word_embeddings: nn.Parameter, act: str, eps: float):
+        # vocab_size comes separately: under zero.Init the shared table is already a shard
         super().__init__()
-        vocab_size = word_embeddings.shape[0]
         self.dense = Linear(hidden_size, hidden_size)
         self.act = activation(act)
         self.norm = nn.LayerNorm(hidden_size, eps=eps)
@@ -65,7 +65,7 @@ class TransformerEncoder(PtftModel):
             )
             for _ in range(c.num_hidden_layers)
         )
-        self.mlm_head = MaskedLMHead(c.hidden_size, self.embeddings.word_embeddings.weight, c.hidden_act, c.layer_norm_eps) if with_mlm_head else None
+        self.mlm_head = MaskedLMHead(c.hidden_size, c.vocab_size, self.embeddings.word_embeddings.weight, c.hidden_act, c.layer_norm_eps) if with_mlm_head else None
 
     def encode(
         self,

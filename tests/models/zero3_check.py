@@ -1,0 +1,43 @@
+"""Run by test_zero3.py in its own process: every arch built under deepspeed.zero.Init
+(ZeRO-3, one gloo rank) keeps full-size parameters and trains a step with checkpointing."""
+import os
+import sys
+
+import torch
+
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+import deepspeed  # noqa: E402
+
+from ptft_engine.models import build_model, count_parameters, load_model_config  # noqa: E402
+from ptft_engine.objectives import build_objective  # noqa: E402
+
+deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+ids = torch.randint(4, 64, (4, 12))
+CASES = {
+    "bert-tiny": ("mlm", {"input_ids": ids, "labels": torch.where(torch.rand(4, 12) < 0.3, ids, -100)}),
+    "gpt2-tiny": ("clm", {"input_ids": ids}),
+    "llama-tiny": ("clm", {"input_ids": ids}),
+    "vit-tiny-digits": ("simclr", {"view1": torch.rand(4, 1, 8, 8), "view2": torch.rand(4, 1, 8, 8)}),
+    "clip-tiny": ("clip", {"pixel_values": torch.rand(4, 1, 8, 8), "input_ids": ids,
+                           "attention_mask": torch.ones(4, 12, dtype=torch.bool)}),
+}
+root = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "models")
+for name, (objective, batch) in CASES.items():
+    cfg = load_model_config(os.path.join(root, f"{name}.yaml"))
+    ds = {"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 3},
+          "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "torch_adam": True}}}
+    with deepspeed.zero.Init(config_dict_or_path=ds):
+        model = build_model(cfg)
+    total = sum(p.ds_numel for p in model.parameters())
+    assert total == count_parameters(cfg), (name, total, count_parameters(cfg))
+    task = build_objective(cfg, objective, model=model)
+    task.set_gradient_checkpointing(True)
+    engine, *_ = deepspeed.initialize(model=task, model_parameters=task.parameters(), config=ds)
+    losses = []
+    for _ in range(2):
+        out = engine(batch)
+        engine.backward(out["loss"])
+        engine.step()
+        losses.append(out["loss"].item())
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[1] != losses[0], (name, losses)
+    print(name, "ok", losses)
