@@ -30,8 +30,13 @@
 namespace ptft {
 namespace {
 
-constexpr int64_t kBlockQ = 64;
-constexpr int64_t kBlockK = 128;
+// Forward: one wide key block per GEMM keeps the online-softmax rescaling rare; causal
+// skipping comes from stopping each query block at its diagonal, not from the block size.
+constexpr int64_t kFwdBlockQ = 64;
+constexpr int64_t kFwdBlockK = 512;
+// Backward: smaller key blocks keep the dK/dV accumulators and P/dP tiles in cache.
+constexpr int64_t kBwdBlockQ = 64;
+constexpr int64_t kBwdBlockK = 128;
 
 template <typename T>
 using acc_type_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
@@ -68,9 +73,21 @@ inline double exp_shift_sum(double* s, int64_t n, double shift) {
   return sum;
 }
 
-template <typename T>
-inline T row_max(const T* s, int64_t n) {
-  T m = -std::numeric_limits<T>::infinity();
+inline float row_max(const float* s, int64_t n) {
+  using Vec = at::vec::Vectorized<float>;
+  Vec vmax(-std::numeric_limits<float>::infinity());
+  int64_t j = 0;
+  for (; j + Vec::size() <= n; j += Vec::size()) vmax = at::vec::maximum(vmax, Vec::loadu(s + j));
+  float lanes[Vec::size()];
+  vmax.store(lanes);
+  float m = lanes[0];
+  for (int64_t t = 1; t < Vec::size(); ++t) m = std::max(m, lanes[t]);
+  for (; j < n; ++j) m = std::max(m, s[j]);
+  return m;
+}
+
+inline double row_max(const double* s, int64_t n) {
+  double m = -std::numeric_limits<double>::infinity();
   for (int64_t j = 0; j < n; ++j) m = std::max(m, s[j]);
   return m;
 }
@@ -180,17 +197,26 @@ struct Visibility {
     return partial ? kPartial : kFull;
   }
 
-  bool visible(int64_t i, int64_t j) const {
-    return (!causal || j <= i) && (!pad || !pad[j]) && (!seg || seg[i] == seg[j]);
-  }
-
-  // Sets scores of invisible (query, key) pairs to -inf in an (mq x nk) block.
+  // Sets scores of invisible (query, key) pairs to -inf in an (mq x nk) block. Each
+  // rule works on whole row spans so the loops vectorize.
   template <typename T>
   void apply(T* s, int64_t ld, int64_t qs, int64_t mq, int64_t ks, int64_t nk) const {
     const T ninf = -std::numeric_limits<T>::infinity();
-    for (int64_t i = 0; i < mq; ++i)
-      for (int64_t j = 0; j < nk; ++j)
-        if (!visible(qs + i, ks + j)) s[i * ld + j] = ninf;
+    for (int64_t i = 0; i < mq; ++i) {
+      T* si = s + i * ld;
+      if (causal) {  // keys after the query's own position
+        for (int64_t j = std::max<int64_t>(0, qs + i - ks + 1); j < nk; ++j) si[j] = ninf;
+      }
+      if (pad) {
+        const bool* pk = pad + ks;
+        for (int64_t j = 0; j < nk; ++j) si[j] = pk[j] ? ninf : si[j];
+      }
+      if (seg) {
+        const int32_t* sk = seg + ks;
+        const int32_t sq = seg[qs + i];
+        for (int64_t j = 0; j < nk; ++j) si[j] = sk[j] == sq ? si[j] : ninf;
+      }
+    }
   }
 };
 
@@ -208,15 +234,15 @@ void forward_impl(const scalar_t* q, const scalar_t* k, const scalar_t* v, scala
                   acc_type_t<scalar_t>* lse, const Shape& sh, bool causal, const bool* pad,
                   const int32_t* seg, double scale_d) {
   using acc_t = acc_type_t<scalar_t>;
-  const int64_t D = sh.D, n_qblocks = (sh.Sq + kBlockQ - 1) / kBlockQ;
+  const int64_t D = sh.D, n_qblocks = (sh.Sq + kFwdBlockQ - 1) / kFwdBlockQ;
   const acc_t scale = static_cast<acc_t>(scale_d);
   const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
   at::parallel_for(0, sh.B * sh.H * n_qblocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> qbuf, kbuf, vbuf;
-    std::vector<acc_t> s(kBlockQ * kBlockK), o(kBlockQ * D), m(kBlockQ), l(kBlockQ);
+    std::vector<acc_t> s(kFwdBlockQ * kFwdBlockK), o(kFwdBlockQ * D), m(kFwdBlockQ), l(kFwdBlockQ);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t bh = task / n_qblocks, qs = (task % n_qblocks) * kBlockQ;
-      const int64_t b = bh / sh.H, mq = std::min(kBlockQ, sh.Sq - qs);
+      const int64_t bh = task / n_qblocks, qs = (task % n_qblocks) * kFwdBlockQ;
+      const int64_t b = bh / sh.H, mq = std::min(kFwdBlockQ, sh.Sq - qs);
       const Visibility vis = visibility_for(b, sh, causal, pad, seg);
       int32_t qlo, qhi;
       vis.seg_range(qs, mq, &qlo, &qhi);
@@ -227,8 +253,8 @@ void forward_impl(const scalar_t* q, const scalar_t* k, const scalar_t* v, scala
       std::fill(m.begin(), m.end(), ninf);
       std::fill(l.begin(), l.end(), acc_t(0));
       const int64_t k_end = causal ? std::min(sh.Sk, qs + mq) : sh.Sk;
-      for (int64_t ks = 0; ks < k_end; ks += kBlockK) {
-        const int64_t nk = std::min(kBlockK, k_end - ks);
+      for (int64_t ks = 0; ks < k_end; ks += kFwdBlockK) {
+        const int64_t nk = std::min(kFwdBlockK, k_end - ks);
         const auto kind = vis.classify(qs, mq, ks, nk, qlo, qhi);
         if (kind == Visibility::kSkip) continue;
         const acc_t* ka = as_acc(kb_base + ks * D, nk * D, kbuf);
@@ -276,9 +302,9 @@ void backward_impl(const scalar_t* dout, const scalar_t* q, const scalar_t* k, c
   // dq over all key blocks, so a task owns every accumulator it writes.
   at::parallel_for(0, sh.B * sh.H, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> qbuf, kbuf, vbuf, dobuf, obuf;
-    std::vector<acc_t> p(kBlockQ * kBlockK), dp(kBlockQ * kBlockK), delta(Sq), dq_acc(Sq * D);
-    std::vector<acc_t> dk_acc(kBlockK * D), dv_acc(kBlockK * D);
-    std::vector<int32_t> qlo((Sq + kBlockQ - 1) / kBlockQ), qhi(qlo.size());
+    std::vector<acc_t> p(kBwdBlockQ * kBwdBlockK), dp(kBwdBlockQ * kBwdBlockK), delta(Sq), dq_acc(Sq * D);
+    std::vector<acc_t> dk_acc(kBwdBlockK * D), dv_acc(kBwdBlockK * D);
+    std::vector<int32_t> qlo((Sq + kBwdBlockQ - 1) / kBwdBlockQ), qhi(qlo.size());
     for (int64_t bh = begin; bh < end; ++bh) {
       const Visibility vis = visibility_for(bh / sh.H, sh, causal, pad, seg);
       const acc_t* qa = as_acc(q + bh * Sq * D, Sq * D, qbuf);
@@ -293,15 +319,15 @@ void backward_impl(const scalar_t* dout, const scalar_t* q, const scalar_t* k, c
         delta[i] = acc;
       }
       for (size_t qb = 0; qb < qlo.size(); ++qb)
-        vis.seg_range(qb * kBlockQ, std::min(kBlockQ, Sq - int64_t(qb) * kBlockQ), &qlo[qb], &qhi[qb]);
+        vis.seg_range(qb * kBwdBlockQ, std::min(kBwdBlockQ, Sq - int64_t(qb) * kBwdBlockQ), &qlo[qb], &qhi[qb]);
       std::fill(dq_acc.begin(), dq_acc.end(), acc_t(0));
-      for (int64_t ks = 0; ks < Sk; ks += kBlockK) {
-        const int64_t nk = std::min(kBlockK, Sk - ks);
+      for (int64_t ks = 0; ks < Sk; ks += kBwdBlockK) {
+        const int64_t nk = std::min(kBwdBlockK, Sk - ks);
         std::fill(dk_acc.begin(), dk_acc.end(), acc_t(0));
         std::fill(dv_acc.begin(), dv_acc.end(), acc_t(0));
-        const int64_t q_first = causal ? (ks / kBlockQ) * kBlockQ : 0;  // earlier rows see none of these keys
-        for (int64_t qs = q_first; qs < Sq; qs += kBlockQ) {
-          const int64_t mq = std::min(kBlockQ, Sq - qs), qb = qs / kBlockQ;
+        const int64_t q_first = causal ? (ks / kBwdBlockQ) * kBwdBlockQ : 0;  // earlier rows see none of these keys
+        for (int64_t qs = q_first; qs < Sq; qs += kBwdBlockQ) {
+          const int64_t mq = std::min(kBwdBlockQ, Sq - qs), qb = qs / kBwdBlockQ;
           const auto kind = vis.classify(qs, mq, ks, nk, qlo[qb], qhi[qb]);
           if (kind == Visibility::kSkip) continue;
           const acc_t* qi = qa + qs * D;
