@@ -89,3 +89,25 @@ def test_flops_estimates():
     assert simclr.flops_per_sample() > 2 * 17 * 6 * sum(p.numel() for p in simclr.model.parameters()) * 0.9
     clip = build_objective(preset("clip-tiny"), "clip")
     assert clip.flops_per_sample() > 0
+
+
+BATCHES = {
+    "mlm": ("bert-tiny", lambda ids: {"input_ids": ids, "labels": torch.where(ids % 3 == 0, ids, -100),
+                                      "attention_mask": torch.ones_like(ids, dtype=torch.bool)}),
+    "clm": ("llama-tiny", lambda ids: {"input_ids": ids}),
+    "simclr": ("vit-tiny-digits", lambda ids: {"view1": torch.rand(4, 1, 8, 8), "view2": torch.rand(4, 1, 8, 8)}),
+    "clip": ("clip-tiny", lambda ids: {"pixel_values": torch.rand(4, 1, 8, 8), "input_ids": ids % 64,
+                                       "attention_mask": torch.ones_like(ids, dtype=torch.bool)}),
+}
+
+
+@pytest.mark.parametrize("objective", list(BATCHES))
+def test_bf16_weights_with_fp32_inputs_train(objective):
+    """What DeepSpeed bf16 does: bf16 parameters, data as the pipeline made it (fp32 pixels)."""
+    name, make = BATCHES[objective]
+    task = build_objective(preset(name), objective).to(torch.bfloat16)
+    out = task(make(torch.randint(4, 128, (4, 12))))
+    assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    grads = [p.grad for p in task.parameters() if p.requires_grad]
+    assert all(g is not None and g.dtype == torch.bfloat16 and torch.isfinite(g).all() for g in grads)
