@@ -48,15 +48,18 @@ def make_batch(rows: int, seq: int, device: str):
     return ids.to(device), torch.arange(rows, dtype=torch.int64).to(device)
 
 
-def time_cpu(fn, repeats: int) -> float:
+def time_cpu_pair(ours, peer, repeats: int) -> tuple[float, float]:
+    """Median seconds of each, alternating calls so both see the same machine load."""
     for _ in range(3):
-        fn()
-    times = []
+        ours()
+        peer()
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, acc in ((ours, times[0]), (peer, times[1])):
+            t0 = time.perf_counter()
+            fn()
+            acc.append(time.perf_counter() - t0)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def time_cuda(fn, repeats: int) -> float:
@@ -92,8 +95,7 @@ def bench_cpu(args) -> None:
     shapes = [(64, 512)] if args.quick else [(64, 512), (256, 512)]
     for rows, seq in shapes:
         ids, sids = make_batch(rows, seq, "cpu")
-        ours = time_cpu(ours_fn(ids, sids, "cpu"), repeats)
-        peer = time_cpu(lambda: peer_recipe(ids, special), repeats)
+        ours, peer = time_cpu_pair(ours_fn(ids, sids, "cpu"), lambda: peer_recipe(ids, special), repeats)
         tokens = rows * seq
         emit(f"mlm_mask cpu ({rows}, {seq}) vs HF collator recipe", tokens / ours / 1e6, tokens / peer / 1e6,
              "Mtokens/s", args.json_out, threads=torch.get_num_threads())
@@ -131,8 +133,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller shapes")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json-out", default=None, help="also append the JSON lines to this file")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.device == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit("bench_mlm: --device cuda but no CUDA device is available")
