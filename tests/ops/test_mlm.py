@@ -158,6 +158,7 @@ def test_probability_edges():
         (dict(special_token_ids=list(range(VOCAB))), "every id"),
         (dict(sample_ids=torch.arange(3)), "sample_ids"),
         (dict(sample_ids=torch.zeros(4)), "sample_ids"),
+        (dict(special_token_ids=[0, 1.5]), "special_token_ids"),
     ],
 )
 def test_argument_errors(kw, match):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import operator
 from typing import Sequence
 
 import torch
@@ -56,12 +57,18 @@ def mlm_mask(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT masking: returns (masked_ids, labels), labels -100 where a token was not selected.
 
-    Each token's decision is a pure function of (seed, sample_ids[row], position) through
-    Philox4x32-10, identical on every backend; reference.py states the exact contract.
+    input_ids (B, S) int64/int32; sample_ids (B,) global sample ids. special_token_ids
+    (which must include the padding id) are never selected, and random replacements are
+    drawn from the other ids in [0, vocab_size). Each token's decision is a pure function
+    of (seed, sample_ids[row], position) through Philox4x32-10, identical on every
+    backend and independent of the rest of the batch; reference.py states the contract.
     """
     if isinstance(special_token_ids, torch.Tensor):
         special_token_ids = special_token_ids.flatten().tolist()
-    special = tuple(sorted({int(i) for i in special_token_ids}))
+    try:
+        special = tuple(sorted({operator.index(i) for i in special_token_ids}))
+    except TypeError as exc:
+        raise ValueError(f"mlm_mask: special_token_ids must be a sequence of ints ({exc})") from None
     plan = make_plan(
         seed=seed, mask_token_id=mask_token_id, vocab_size=vocab_size, special_token_ids=special,
         mask_prob=mask_prob, replace_prob=replace_prob, random_prob=random_prob,
