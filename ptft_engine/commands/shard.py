@@ -1,7 +1,8 @@
 """Write WebDataset tar shards from text files, JSONL, image folders or image-caption JSONL.
 
-Writes OUTPUT/shard-NNNNNN.tar plus OUTPUT/index.json (per shard: sample count, sha256
-and sample offsets, which the stream uses to seek and resume). Inputs are read in
+Writes OUTPUT/shard-NNNNNN.tar, a shard-NNNNNN.idx of sample offsets next to each (the
+stream seeks with them, so a resume costs no re-reading), and OUTPUT/index.json with
+each shard's sample count and sha256. Inputs are read in
 parallel; unreadable files, undecodable images and empty texts are skipped and listed
 in the summary (--strict makes the first one an error).
 

@@ -119,3 +119,14 @@ def test_parse_size(size, expected):
     from ptft_engine.commands.shard import parse_size
 
     assert parse_size(size) == expected
+
+
+@pytest.mark.parametrize("unit,expected", [("line", ["a b", "c d", "e f"]), ("paragraph", ["a b\nc d", "e f"])])
+def test_text_units(tmp_path, unit, expected):
+    (tmp_path / "t.txt").write_text("a b\nc d\n\ne f\n")
+    assert cli.main(["shard", str(tmp_path / "t.txt"), "--text-unit", unit, "--output", str(tmp_path / "o"),
+                     "--workers", "1", "--no-progress"]) == 0
+    shard = load_index(str(tmp_path / "o" / "index.json")).shards[0]
+    with open(shard.path, "rb") as fh:
+        got = [read_members(fh, shard.offset_table(), i)["txt"].decode() for i in range(shard.samples)]
+    assert got == expected

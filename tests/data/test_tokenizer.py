@@ -60,3 +60,15 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert cli.main(["tokenizer", "encode", "--tokenizer", str(tmp_path / "none.json"), "x"]) == 1
     assert "ptft tokenizer train" in capsys.readouterr().err
+
+
+def test_cli_train_on_raw_text_files(tmp_path, capsys):
+    corpus = tmp_path / "raw"
+    corpus.mkdir()
+    (corpus / "zh.txt").write_text("\n".join(ZH * 5))
+    (corpus / "en.txt").write_text("\n".join(EN * 5))
+    assert cli.main(["tokenizer", "train", str(corpus), "--vocab-size", "300", "--min-frequency", "1",
+                     "--max-texts", "30", "--output", str(tmp_path / "tok")]) == 0
+    assert "on 30 texts" in capsys.readouterr().out
+    info = load_tokenizer(str(tmp_path / "tok"))
+    assert info.decode(info.encode_batch([ZH[1]])[0]) == ZH[1]
