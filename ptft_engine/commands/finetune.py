@@ -1,0 +1,39 @@
+"""Fine-tune an exported (or transformers) model on a labelled task, on one device.
+
+Tasks: sequence_classification, token_classification, regression, image_classification.
+Strategies: full, partial (freeze embeddings / lower N blocks), linear_probe, lora; with
+warmup + decay, layer-wise lr decay (optim.layer_decay) and early stopping on a
+validation metric. Writes OUTPUT_DIR/best (export format + head + metrics),
+OUTPUT_DIR/report.json and OUTPUT_DIR/curves.png.
+"""
+from __future__ import annotations
+
+EXAMPLE = """Examples:
+  ptft finetune --config configs/finetune/sentiment.yaml
+  ptft finetune --config configs/finetune/sentiment.yaml strategy.kind=lora optim.lr=1e-3
+  ptft finetune --config configs/finetune/digits.yaml data.train_fraction=0.1 output_dir=out/digits10
+"""
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--config", "-c", required=True, help="fine-tuning YAML (see configs/finetune/)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=2e-5")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    import json
+
+    from ptft_engine.finetune import finetune, load_finetune_config
+
+    cfg = load_finetune_config(args.config, args.overrides)
+    if args.no_progress:
+        cfg.progress_bar = False
+    result = finetune(cfg)
+    summary = {"metric": result["metric"], "initial": result["initial"].get(result["metric"]),
+               "best": (result["best"] or {}).get(result["metric"]), "best_step": result["best_step"],
+               "steps": result["steps"], "stopped_early": result["stopped_early"],
+               "trainable_params": result["params"]["trainable_params"], "best_model": result["best_model"],
+               "report": f"{cfg.output_dir}/report.json"}
+    print(json.dumps(summary))
+    return 0

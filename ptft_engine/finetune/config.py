@@ -1,0 +1,143 @@
+"""Typed fine-tuning config (YAML -> pydantic); unknown keys are a one-line error naming the key."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+TaskKind = Literal["sequence_classification", "token_classification", "regression", "image_classification"]
+DEFAULT_METRIC = {"sequence_classification": "accuracy", "token_classification": "entity_f1",
+                  "regression": "pearson", "image_classification": "accuracy"}
+MINIMISED = {"mse", "loss"}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelSection(_Section):
+    pretrained: Optional[str] = Field(None, description="export directory (ours or a transformers checkpoint)")
+    config: Optional[dict[str, Any]] = Field(None, description="engine model config: train from scratch")
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.pretrained is None) == (self.config is None):
+            raise ValueError("give exactly one of model.pretrained (an export) or model.config (from scratch)")
+        return self
+
+
+class TaskSection(_Section):
+    kind: TaskKind
+    num_labels: Optional[int] = Field(None, ge=1, description="default: from the labels in the data")
+    labels: Optional[list[str]] = None
+    pooling: Literal["cls", "mean", "last"] = Field("cls", description="sequence pooling; decoders use last")
+    head_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    reinit_head: bool = Field(True, description="False keeps a saved head when its shape fits")
+    label_all_subtokens: bool = Field(False, description="token tasks: label every sub-word, not just the first")
+
+
+class DataSection(_Section):
+    format: Literal["jsonl", "csv", "image_folder"] = "jsonl"
+    train: str
+    validation: Optional[str] = None
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="held out of train when no validation file")
+    train_fraction: float = Field(1.0, gt=0.0, le=1.0, description="use only this share of the training labels")
+    text_field: str = "text"
+    text_pair_field: Optional[str] = None
+    label_field: str = "label"
+    tokens_field: str = "tokens"
+    tags_field: str = "tags"
+    tokenizer: Optional[str] = Field(None, description="default: tokenizer.json of the export")
+    max_length: int = Field(128, ge=4)
+    image_size: Optional[int] = Field(None, ge=4, description="default: the model's image_size")
+
+
+class LoRASection(_Section):
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    targets: list[Literal["attn", "mlp"]] = Field(default_factory=lambda: ["attn"])
+
+
+class StrategySection(_Section):
+    kind: Literal["full", "partial", "linear_probe", "lora"] = "full"
+    freeze_embeddings: bool = False
+    freeze_layers: int = Field(0, ge=0, description="partial: freeze the lower N blocks")
+    lora: LoRASection = Field(default_factory=LoRASection)
+
+
+class OptimSection(_Section):
+    lr: float = Field(5e-5, gt=0)
+    head_lr: Optional[float] = Field(None, gt=0, description="default: lr (probes and LoRA like a higher one)")
+    layer_decay: float = Field(1.0, gt=0.0, le=1.0, description="layer-wise lr decay; 1 = off")
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    clip_grad: float = Field(1.0, ge=0)
+    batch_size: int = Field(16, ge=1)
+    epochs: int = Field(3, ge=1)
+    max_steps: Optional[int] = Field(None, ge=1, description="stop after this many steps (overrides epochs)")
+
+
+class EvalSection(_Section):
+    metric: Optional[str] = Field(None, description="early-stopping metric; default by task")
+    every: Optional[int] = Field(None, ge=1, description="evaluate every N steps; default once per epoch")
+    patience: Optional[int] = Field(3, ge=1, description="evaluations without improvement before stopping; null = never")
+    batch_size: int = Field(64, ge=1)
+
+
+class FinetuneConfig(_Section):
+    model: ModelSection
+    task: TaskSection
+    data: DataSection
+    strategy: StrategySection = Field(default_factory=StrategySection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    output_dir: str = "finetune_out"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    progress_bar: bool = True
+    save_best: bool = True
+
+    @property
+    def metric(self) -> str:
+        return self.eval.metric or DEFAULT_METRIC[self.task.kind]
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        data = data.setdefault(k, {})
+        if not isinstance(data, dict):
+            raise ValueError(f"override {dotted!r}: {k} is not a section")
+    data[keys[-1]] = value
+
+
+def parse_finetune_config(data: Any, source: str = "config") -> FinetuneConfig:
+    from ptft_engine.models import format_validation_error
+
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: expected a mapping of fine-tuning settings")
+    try:
+        return FinetuneConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(f"{source}: {format_validation_error(exc)}") from None
+
+
+def load_finetune_config(path: str | Path | None, overrides: list[str] = ()) -> FinetuneConfig:
+    """YAML file + `key.sub=value` overrides (values parsed as YAML scalars)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"{path}: cannot read config ({exc.__class__.__name__})") from None
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not key=value")
+        _set_dotted(data, key.strip(), yaml.safe_load(value))
+    return parse_finetune_config(data, str(path or "config"))

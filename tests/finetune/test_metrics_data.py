@@ -1,0 +1,80 @@
+"""Metrics against hand-computed values; sub-word label alignment; config errors; the CLI."""
+import json
+
+import pytest
+import yaml
+
+from ptft_engine import cli
+from ptft_engine.finetune import parse_finetune_config
+from ptft_engine.finetune.data import IGNORE, TextEncoder
+from ptft_engine.finetune.metrics import entity_f1, entity_spans, macro_f1, pearson, spearman
+
+
+def test_entity_spans_and_f1():
+    assert entity_spans(["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "I-PER"]) == {("PER", 0, 2), ("LOC", 3, 5), ("PER", 5, 6)}
+    gold = [["B-PER", "I-PER", "O", "B-LOC"]]
+    pred = [["B-PER", "O", "O", "B-LOC"]]  # PER boundary wrong: 1 of 2 right, 1 of 2 predicted right
+    scores = entity_f1(gold, pred)
+    assert scores["entity_precision"] == 0.5 and scores["entity_recall"] == 0.5 and scores["entity_f1"] == 0.5
+
+
+def test_macro_f1_and_correlations():
+    assert macro_f1([0, 0, 1, 1], [0, 1, 1, 1], labels=[0, 1]) == pytest.approx((2 / 3 + 0.8) / 2)
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [1, 4, 9, 100]) == pytest.approx(1.0)
+    assert pearson([1, 1, 1], [1, 2, 3]) == 0.0  # constant input: defined as no correlation
+
+
+def test_subword_label_alignment(assets):
+    enc = TextEncoder(assets["encoder"] / "tokenizer.json", "encoder")
+    words, tags = ["carolina", "okafor", "was", "in", "toronto"], [2, 3, 0, 0, 1]
+    out = enc.encode_words(words, tags, 64, all_subtokens=False, continuation={2: 3})
+    pieces = enc.tok.encode(words, is_pretokenized=True, add_special_tokens=False)
+    assert out["input_ids"][0] == enc.ids["cls"] and out["input_ids"][-1] == enc.ids["sep"]
+    assert len(pieces.ids) > len(words)  # the small vocabulary really splits words
+    labelled = [lab for lab in out["labels"] if lab != IGNORE]
+    assert labelled == tags  # one label per word, on its first sub-word
+    assert sum(out["word_starts"]) == len(words)
+    full = enc.encode_words(words, tags, 64, all_subtokens=True, continuation={2: 3})
+    first_piece_of_carolina = 1
+    assert full["labels"][first_piece_of_carolina] == 2 and full["labels"][first_piece_of_carolina + 1] == 3  # B -> I
+
+
+def test_unknown_config_key_names_it(assets, tmp_path):
+    with pytest.raises(ValueError, match=r"optim.learning_rate: unknown key"):
+        parse_finetune_config({"model": {"pretrained": "x"}, "task": {"kind": "regression"}, "data": {"train": "x"},
+                               "optim": {"learning_rate": 1e-3}})
+
+
+def test_cli_finetune_runs_from_yaml(assets, tmp_path, capsys):
+    cfg = {"model": {"pretrained": str(assets["encoder"])}, "task": {"kind": "sequence_classification"},
+           "data": {"train": str(assets["sentiment"])}, "optim": {"lr": 2e-3, "epochs": 1, "batch_size": 16},
+           "output_dir": str(tmp_path / "out")}
+    path = tmp_path / "ft.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert cli.main(["finetune", "--config", str(path), "--no-progress", "strategy.kind=lora"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["metric"] == "accuracy" and summary["trainable_params"] < 10_000
+    assert (tmp_path / "out" / "best" / "manifest.json").is_file()
+
+
+def test_cli_finetune_bad_data_is_one_line(assets, tmp_path, capsys):
+    path = tmp_path / "ft.yaml"
+    path.write_text(yaml.safe_dump({"model": {"pretrained": str(assets["encoder"])},
+                                    "task": {"kind": "sequence_classification"},
+                                    "data": {"train": str(assets["sentiment"]), "label_field": "stars"},
+                                    "output_dir": str(tmp_path / "out")}))
+    assert cli.main(["finetune", "--config", str(path), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "has no field 'stars'" in err and "\n" not in err
+
+
+def test_shipped_configs_are_valid():
+    from pathlib import Path
+
+    from ptft_engine.finetune import load_finetune_config
+
+    paths = sorted((Path(__file__).parents[2] / "configs" / "finetune").glob("*.yaml"))
+    assert len(paths) >= 4
+    for path in paths:
+        load_finetune_config(path)  # raises with the key on any schema problem

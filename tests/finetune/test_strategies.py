@@ -1,0 +1,107 @@
+"""Freezing keeps parameters bit-identical; LoRA merges exactly; LLRD follows ELECTRA's rule."""
+import pytest
+import torch
+from conftest import base_config
+
+from ptft_engine.export import load_pretrained
+from ptft_engine.finetune import (
+    LoRALinear, TaskModel, apply_lora, finetune, load_task_model, merge_lora, merged_state_dict, parse_finetune_config,
+)
+from ptft_engine.finetune.llrd import param_groups
+from ptft_engine.models import EncoderConfig, build_model
+
+
+def snapshot(module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_partial_freezing_keeps_embeddings_and_lower_blocks_bit_identical(assets, tmp_path):
+    cfg = base_config(assets, tmp_path, "sequence_classification",
+                      strategy={"kind": "partial", "freeze_embeddings": True, "freeze_layers": 1})
+    before = load_pretrained(assets["encoder"])
+    result = finetune(parse_finetune_config(cfg))
+    after = result["model"].backbone
+    for name, p in before.state_dict().items():
+        if name.startswith("mlm_head"):
+            continue
+        frozen = name.startswith(("embeddings.", "layers.0."))
+        same = torch.equal(p, after.state_dict()[name])
+        assert same == frozen, f"{name}: frozen={frozen} but unchanged={same}"
+    assert result["best"]["accuracy"] >= result["initial"]["accuracy"] + 0.2
+
+
+def test_linear_probe_trains_only_the_head(assets, tmp_path):
+    # random-init features: mean pooling keeps the sentiment words' signal linearly readable
+    cfg = base_config(assets, tmp_path, "sequence_classification", strategy={"kind": "linear_probe"},
+                      task__pooling="mean", task__head_dropout=0.0,
+                      optim={"lr": 2e-3, "head_lr": 5e-2, "epochs": 10, "batch_size": 16})
+    before = load_pretrained(assets["encoder"])
+    result = finetune(parse_finetune_config(cfg))
+    model = result["model"]
+    assert result["params"]["trainable_params"] == sum(p.numel() for p in model.head.parameters())
+    for name, p in model.backbone.state_dict().items():
+        assert torch.equal(p, before.state_dict()[name]), name
+    assert result["best"]["accuracy"] >= result["initial"]["accuracy"] + 0.1
+
+
+def test_lora_trains_adapters_keeps_base_and_saves_merged(assets, tmp_path):
+    cfg = base_config(assets, tmp_path, "sequence_classification",
+                      strategy={"kind": "lora", "lora": {"r": 4, "alpha": 8, "targets": ["attn", "mlp"]}},
+                      optim={"lr": 5e-3, "epochs": 6, "batch_size": 16})
+    before = load_pretrained(assets["encoder"])
+    result = finetune(parse_finetune_config(cfg))
+    model = result["model"]
+    wrapped = [m for m in model.backbone.modules() if isinstance(m, LoRALinear)]
+    assert len(wrapped) == 2 * 6  # q, k, v, o, fc_in, fc_out in each of 2 blocks
+    for name, p in before.state_dict().items():
+        if not name.startswith("mlm_head"):
+            assert torch.equal(p, model.backbone.state_dict()[name]), name  # base weights frozen
+    assert any(m.lora_B.abs().sum() > 0 for m in wrapped)
+    assert result["best"]["accuracy"] >= result["initial"]["accuracy"] + 0.2
+    # the saved best model is merged: plain weights, no lora tensors, loads without LoRA code
+    saved, _ = load_task_model(tmp_path / "out" / "best")
+    assert not any(isinstance(m, LoRALinear) for m in saved.modules())
+
+
+def test_lora_merge_equals_unmerged_outputs():
+    torch.manual_seed(0)
+    enc = build_model(EncoderConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                    intermediate_size=32, max_position_embeddings=16, hidden_dropout_prob=0.0))
+    model = TaskModel(enc, "sequence_classification", 3).eval()
+    apply_lora(model.backbone, ["attn", "mlp"], r=4, alpha=8.0)
+    for m in model.modules():
+        if isinstance(m, LoRALinear):
+            torch.nn.init.normal_(m.lora_B, std=0.2)  # a non-zero update, as after training
+    batch = {"input_ids": torch.randint(0, 50, (3, 9)), "attention_mask": torch.ones(3, 9, dtype=torch.long)}
+    with torch.no_grad():
+        unmerged = model(batch)
+        merged_sd = merged_state_dict(model.backbone)
+        assert not any("lora_" in k for k in merged_sd)
+        assert merge_lora(model.backbone) == 12
+        merged = model(batch)
+    torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=1e-5)
+    for k, v in model.backbone.state_dict().items():
+        if k in merged_sd:
+            torch.testing.assert_close(v, merged_sd[k], atol=0, rtol=0)
+
+
+def test_layerwise_lr_decay_follows_electra_convention():
+    enc = build_model(EncoderConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                                    intermediate_size=32, max_position_embeddings=16))
+    enc.mlm_head = None
+    model = TaskModel(enc, "sequence_classification", 2)
+    groups = param_groups(model, lr=1.0, layer_decay=0.5, weight_decay=0.1)
+    lr_of = {name: g["lr"] for g in groups for name in g["names"]}
+    assert lr_of["head.weight"] == 1.0  # the head is the top layer: full lr
+    assert lr_of["backbone.layers.2.attn.q_proj.weight"] == 0.5
+    assert lr_of["backbone.layers.0.mlp.fc_in.weight"] == 0.5 ** 3
+    assert lr_of["backbone.embeddings.word_embeddings.weight"] == 0.5 ** 4
+    wd_of = {name: g["weight_decay"] for g in groups for name in g["names"]}
+    assert wd_of["backbone.layers.0.attn_norm.weight"] == 0.0 and wd_of["head.weight"] == 0.1
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_freeze_more_layers_than_exist_is_a_clear_error(assets, tmp_path):
+    cfg = base_config(assets, tmp_path, "sequence_classification", strategy={"kind": "partial", "freeze_layers": 5})
+    with pytest.raises(ValueError, match="freeze_layers=5 but the model has 2 blocks"):
+        finetune(parse_finetune_config(cfg))
