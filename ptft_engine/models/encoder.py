@@ -21,8 +21,9 @@ from torch import nn
 
 from ptft_engine.models.base import PtftModel
 from ptft_engine.models.config import EncoderConfig
-from ptft_engine.nn import MLP, LayerStack, SelfAttention, TiedLinear, TokenEmbeddings, TransformerBlock, activation, init_std
-from ptft_engine.nn.init import Linear
+from ptft_engine.nn import (
+    MLP, LayerStack, Linear, SelfAttention, TiedLinear, TokenEmbeddings, TransformerBlock, activation, init_std,
+)
 from ptft_engine.nn.embeddings import positions_from_segments
 
 
@@ -65,7 +66,10 @@ class TransformerEncoder(PtftModel):
             )
             for _ in range(c.num_hidden_layers)
         )
-        self.mlm_head = MaskedLMHead(c.hidden_size, c.vocab_size, self.embeddings.word_embeddings.weight, c.hidden_act, c.layer_norm_eps) if with_mlm_head else None
+        self.mlm_head = None
+        if with_mlm_head:
+            self.mlm_head = MaskedLMHead(c.hidden_size, c.vocab_size, self.embeddings.word_embeddings.weight,
+                                         c.hidden_act, c.layer_norm_eps)
 
     def encode(
         self,

@@ -15,6 +15,7 @@ from ptft_engine.nn.norms import RMSNorm, make_norm
 
 __all__ = [
     "ACTIVATIONS", "MLP", "LayerStack", "PatchEmbedding", "RMSNorm", "RotaryEmbedding", "SelfAttention",
-    "SwiGLU", "TiedLinear", "TokenEmbeddings", "TransformerBlock", "activation", "apply_rotary", "init_std", "Conv2d", "Embedding", "Linear", "ResidualLinear",
+    "SwiGLU", "TiedLinear", "TokenEmbeddings", "TransformerBlock", "activation", "apply_rotary", "init_std",
+    "Conv2d", "Embedding", "Linear", "ResidualLinear",
     "make_norm", "positions_from_segments", "set_gradient_checkpointing",
 ]

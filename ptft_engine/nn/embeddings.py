@@ -121,7 +121,8 @@ class RotaryEmbedding(nn.Module):
         meta-device construction and ZeRO-3 partitioning have nothing to handle.
         """
         device = position_ids.device
-        inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float32) / self.head_dim))
+        exponents = torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float32) / self.head_dim
+        inv_freq = 1.0 / (self.theta ** exponents)  # (D/2,)
         freqs = position_ids.float()[..., None] * inv_freq  # (B, S, D/2)
         emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B, 1, S, D)
         return emb.cos().to(dtype), emb.sin().to(dtype)

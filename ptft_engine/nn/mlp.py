@@ -1,8 +1,6 @@
 """Feed-forward blocks: two-layer MLP (BERT, GPT-2, ViT) and SwiGLU (Llama)."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,7 +47,8 @@ class MLP(nn.Module):
 class SwiGLU(nn.Module):
     """down(act(gate(x)) * up(x)); names match Llama's gate_proj / up_proj / down_proj."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int, act: str = "silu", bias: bool = False, dropout: float = 0.0):
+    def __init__(self, hidden_size: int, intermediate_size: int, act: str = "silu", bias: bool = False,
+                 dropout: float = 0.0):
         super().__init__()
         self.gate_proj = Linear(hidden_size, intermediate_size, bias=bias)
         self.up_proj = Linear(hidden_size, intermediate_size, bias=bias)
@@ -60,8 +59,3 @@ class SwiGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x)))
 
-
-def swiglu_hidden_size(hidden_size: int, multiple_of: int = 256) -> int:
-    """Llama's rule: 2/3 of 4*d, rounded up to a multiple (keeps FLOPs of a 4*d MLP)."""
-    n = int(2 * 4 * hidden_size / 3)
-    return multiple_of * math.ceil(n / multiple_of)
