@@ -99,8 +99,21 @@ def validate(model: type[M], tree: dict[str, Any], source: str = "config") -> M:
         raise ConfigError(format_validation_error(source, exc, tree)) from None
 
 
+def expand_includes(tree: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A section given as a path to a YAML file (`model: models/gpt2-tiny.yaml`) is that
+    file's content; the path is relative to the recipe, else to the working directory."""
+    out = dict(tree)
+    for key, value in tree.items():
+        if isinstance(value, str) and value.endswith((".yaml", ".yml")):
+            target = next((p for p in (base / value, Path(value)) if p.is_file()), None)
+            if target is None:
+                raise ConfigError(f"{base}: {key}: included file {value} not found")
+            out[key] = read_yaml(target)
+    return out
+
+
 def load_config(model: type[M], path: str | Path | None, overrides: list[str] | None = None) -> M:
     """Read `path` (or start empty), apply overrides, validate against `model`."""
-    tree = read_yaml(path) if path is not None else {}
+    tree = expand_includes(read_yaml(path), Path(path).parent) if path is not None else {}
     tree = apply_overrides(tree, list(overrides or []))
     return validate(model, tree, str(path) if path is not None else "config")

@@ -30,10 +30,9 @@ except ImportError:  # pragma: no cover
 
 
 class SyntheticDataConfig(Section):
-    """Deterministic generated batches: runs the engine without shards (tests, benchmarks)."""
+    """Deterministic generated batches shaped for the objective: runs without shards."""
 
     synthetic: Literal[True]
-    kind: Literal["text", "image", "image_text"] = "text"
     batch_size: int = Field(8, ge=1, description="per rank, per micro step")
     seq_len: int = Field(32, ge=2)
     vocab_size: int = Field(128, ge=8)
@@ -119,7 +118,6 @@ class RunConfig(Section):
     model: Optional[ModelConfig] = None  # type: ignore[valid-type]
     objective: Optional[ObjectiveConfig] = None  # type: ignore[valid-type]
     data: DataSection = Field(default_factory=lambda: SyntheticDataConfig(synthetic=True))
-    eval_data: Optional[DataSection] = None
     train: TrainSection = Field(default_factory=TrainSection)
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)

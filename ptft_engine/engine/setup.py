@@ -75,24 +75,32 @@ def build_objective_from_config(cfg: RunConfig) -> torch.nn.Module:
     return build_objective(model_cfg, cfg.objective)
 
 
-def make_loader(data_cfg, *, objective, rank: int, world_size: int, epoch: int):
-    if isinstance(data_cfg, SyntheticDataConfig):
-        return SyntheticLoader(data_cfg, rank=rank, world_size=world_size, epoch=epoch)
-    from ptft_engine.data import build_loader
-    return build_loader(data_cfg, objective=objective, rank=rank, world_size=world_size, epoch=epoch)
+def objective_name(cfg: RunConfig) -> str | None:
+    return getattr(cfg.objective, "name", None) if cfg.objective is not None else None
 
 
-def eval_data_config(cfg: RunConfig):
-    """Held-out data: `eval_data:` if given, else the data section's eval shards, else for
-    synthetic data another seed. None: no evaluation possible."""
-    if cfg.eval_data is not None:
-        return cfg.eval_data
+def make_loader(cfg: RunConfig, *, rank: int, world_size: int, epoch: int, split: str = "train"):
+    """The train stream, or with split="eval" the held-out one (None when there is none)."""
+    name = objective_name(cfg)
     if isinstance(cfg.data, SyntheticDataConfig):
-        return cfg.data.model_copy(update={"seed": cfg.data.seed + 7919, "num_samples": 10**9})
-    eval_shards = getattr(cfg.data, "eval_shards", None)
-    if eval_shards:
-        return cfg.data.model_copy(update={"shards": eval_shards, "eval_shards": None})
-    return None
+        return SyntheticLoader(cfg.data, objective=name, rank=rank, world_size=world_size, epoch=epoch, split=split)
+    if split == "eval" and not getattr(cfg.data, "eval_shards", None):
+        return None
+    from ptft_engine.data import build_loader
+    return build_loader(cfg.data, objective=name, rank=rank, world_size=world_size, epoch=epoch, split=split)
+
+
+def flops_per_unit(objective: torch.nn.Module, cfg: RunConfig) -> float | None:
+    """Training FLOPs (forward + backward) per token, or per sample, as the objective reports them."""
+    per_token = getattr(objective, "flops_per_token", None)
+    if per_token is not None:
+        seq_len = getattr(cfg.data, "seq_len", None)
+        try:
+            return float(per_token(seq_len)) if seq_len else float(per_token())
+        except TypeError:
+            return float(per_token())
+    per_sample = getattr(objective, "flops_per_sample", None)
+    return float(per_sample()) if per_sample is not None else None
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:

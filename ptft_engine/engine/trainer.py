@@ -72,11 +72,11 @@ class Trainer:
         if resumed_from is not None:
             self.logger.message(f"resumed from {resumed_from} at step {self.state.step}")
         self.peak = peak_tflops(self.device, cfg.run.peak_tflops)
+        self.flops_per_unit = setup.flops_per_unit(self.objective, cfg)
 
     # ---------------------------------------------------------------- data
     def _make_loader(self, epoch: int):
-        return setup.make_loader(self.cfg.data, objective=self.objective, rank=self.rank,
-                                 world_size=self.world_size, epoch=epoch)
+        return setup.make_loader(self.cfg, rank=self.rank, world_size=self.world_size, epoch=epoch)
 
     def _next_batch(self) -> dict[str, Any]:
         if self.data_iter is None:
@@ -196,20 +196,17 @@ class Trainer:
                    "skipped_steps": self.state.skipped, "epoch": self.state.epoch,
                    ("tokens_per_s" if per_token else "samples_per_s"): units_per_s,
                    **memory_stats(self.device)}
-        flops_fn = getattr(self.objective, "flops_per_token", None) or getattr(self.objective, "flops_per_sample", None)
-        if flops_fn is not None and self.peak:
-            metrics["mfu"] = flops_fn() * units_per_s / (self.peak * 1e12 * self.world_size)
+        if self.peak and self.flops_per_unit:
+            metrics["mfu"] = self.flops_per_unit * units_per_s / (self.peak * 1e12 * self.world_size)
         self.state.losses.append(out["loss"])
         self.logger.log(self.state.step, metrics)
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
-        data_cfg = setup.eval_data_config(self.cfg)
-        if data_cfg is None:
+        loader = setup.make_loader(self.cfg, rank=self.rank, world_size=self.world_size, epoch=0, split="eval")
+        if loader is None:
             return None
         self.engine.eval()
-        loader = setup.make_loader(data_cfg, objective=self.objective, rank=self.rank,
-                                   world_size=self.world_size, epoch=0)
         total = torch.zeros(2, dtype=torch.float64)
         for i, batch in enumerate(loader):
             if i >= self.cfg.run.eval_steps:
