@@ -159,3 +159,55 @@ def hf_config(model: nn.Module) -> dict:
             "intermediate_size", "hidden_act", "hidden_dropout_prob", "layer_norm_eps")
     return {"model_type": "vit", "architectures": ["ViTModel"], **common, "attention_probs_dropout_prob": 0.0,
             "qkv_bias": True, **{k: getattr(c, k) for k in keys}}
+
+
+def _require(cfg: dict, key: str, allowed, kind: str) -> None:
+    if key in cfg and cfg[key] not in allowed:
+        raise ValueError(f"{kind} config.json: {key}={cfg[key]!r} has no equivalent here (supported: {allowed})")
+
+
+def config_from_hf(hf: dict):
+    """A transformers config.json (dict) -> our model config, for import.
+
+    Only the keys that shape the weights or the math are read; settings whose math
+    we do not implement (relative positions, RoPE scaling ...) are refused by name.
+    """
+    from ptft_engine.models.config import parse_model_config
+
+    kind = hf.get("model_type")
+    if kind == "bert":
+        _require(hf, "position_embedding_type", ("absolute",), kind)
+        keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "hidden_act", "hidden_dropout_prob", "max_position_embeddings", "type_vocab_size", "layer_norm_eps",
+                "pad_token_id", "initializer_range")
+        data = {"arch": "encoder", **{k: hf[k] for k in keys if hf.get(k) is not None}}
+    elif kind == "gpt2":
+        for key in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
+            _require(hf, key, (False,), kind)
+        _require(hf, "scale_attn_weights", (True,), kind)
+        rename = {"vocab_size": "vocab_size", "n_embd": "hidden_size", "n_layer": "num_hidden_layers",
+                  "n_head": "num_attention_heads", "n_inner": "intermediate_size",
+                  "n_positions": "max_position_embeddings", "layer_norm_epsilon": "layer_norm_eps",
+                  "activation_function": "hidden_act", "resid_pdrop": "hidden_dropout_prob",
+                  "initializer_range": "initializer_range", "tie_word_embeddings": "tie_word_embeddings"}
+        data = {"arch": "decoder", "style": "gpt2", **{ours: hf[k] for k, ours in rename.items() if hf.get(k) is not None}}
+    elif kind == "llama":
+        _require(hf, "rope_scaling", (None,), kind)
+        _require(hf, "attention_bias", (False,), kind)
+        _require(hf, "mlp_bias", (False,), kind)
+        if hf.get("head_dim") not in (None, hf["hidden_size"] // hf["num_attention_heads"]):
+            raise ValueError(f"llama config.json: head_dim={hf['head_dim']} != hidden_size / num_attention_heads")
+        rename = {"vocab_size": "vocab_size", "hidden_size": "hidden_size", "num_hidden_layers": "num_hidden_layers",
+                  "num_attention_heads": "num_attention_heads", "num_key_value_heads": "num_key_value_heads",
+                  "intermediate_size": "intermediate_size", "max_position_embeddings": "max_position_embeddings",
+                  "rms_norm_eps": "layer_norm_eps", "rope_theta": "rope_theta", "hidden_act": "hidden_act",
+                  "initializer_range": "initializer_range", "tie_word_embeddings": "tie_word_embeddings"}
+        data = {"arch": "decoder", "style": "llama", **{ours: hf[k] for k, ours in rename.items() if hf.get(k) is not None}}
+    elif kind == "vit":
+        _require(hf, "qkv_bias", (True,), kind)
+        keys = ("image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                "intermediate_size", "hidden_act", "hidden_dropout_prob", "layer_norm_eps", "initializer_range")
+        data = {"arch": "vit", **{k: hf[k] for k in keys if hf.get(k) is not None}}
+    else:
+        raise ValueError(f"config.json: model_type {kind!r} cannot be imported (bert, gpt2, llama or vit)")
+    return parse_model_config(data, prefix=f"{kind} config.json")

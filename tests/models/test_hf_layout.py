@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ptft_engine.models import build_model, load_model_config
-from ptft_engine.models.hf_layout import from_hf_state_dict, hf_config, to_hf_state_dict
+from ptft_engine.models.hf_layout import config_from_hf, from_hf_state_dict, hf_config, to_hf_state_dict
 
 transformers = pytest.importorskip("transformers")
 save_file = pytest.importorskip("safetensors.torch").save_file
@@ -58,3 +58,29 @@ def test_import_from_transformers_round_trips(name, tmp_path):
     del hf_state["transformer.h.0.ln_1.weight" if name.startswith("gpt2") else "bert.embeddings.LayerNorm.weight"]
     with pytest.raises(KeyError, match="lacks 1 weights"):
         from_hf_state_dict(fresh, hf_state)
+
+
+@pytest.mark.parametrize("name", ["bert-tiny", "gpt2-tiny", "llama-tiny", "vit-tiny-digits"])
+def test_config_round_trips_through_transformers(name):
+    cfg = load_model_config(PRESETS / f"{name}.yaml")
+    exported = hf_config(build_model(cfg, device="meta"))
+    kind = exported.pop("model_type")
+    exported.pop("architectures")
+    full = transformers.AutoConfig.for_model(kind, **exported).to_dict()  # with every HF default added
+    back = config_from_hf(full)
+
+    def resolved(c):  # decoder defaults (None) resolved to what they mean
+        d = c.model_dump(exclude={"gradient_checkpointing"})
+        if c.arch == "decoder":
+            d.update(intermediate_size=c.ffn_size, hidden_act=c.act)
+        return d
+
+    assert resolved(back) == resolved(cfg)
+
+
+def test_unsupported_hf_settings_are_refused_by_name():
+    bert = transformers.BertConfig(position_embedding_type="relative_key").to_dict()
+    with pytest.raises(ValueError, match="position_embedding_type='relative_key'"):
+        config_from_hf(bert)
+    with pytest.raises(ValueError, match="model_type 't5'"):
+        config_from_hf({"model_type": "t5"})
