@@ -69,6 +69,7 @@ def ours_tokens_per_s(shards, tok, objective, seq_len, batch, docs, n_batches, w
     cfg = DataConfig(shards=[shards], tokenizer=tok, seq_len=seq_len, batch_size=batch, docs_per_batch=docs,
                      num_workers=workers, prefetch_factor=4)
     loader = build_loader(cfg, objective=objective)
+    print(f"# ours {objective}: {loader.docs} documents per batch", flush=True)
     it = iter(loader)
     next(it)  # worker start-up is not streaming speed
     tokens, start = 0, time.perf_counter()
@@ -143,12 +144,10 @@ def main() -> None:
         train_tokenizer(iter_texts([shards]), kind="bpe", vocab_size=4000).save(tok)
         common = dict(seq_len=args.seq_len, batch=args.batch_size, n_batches=n_batches, workers=args.workers)
         peer_mlm = peer_tokens_per_s(shards, tok, mlm=True, **common)
-        # average doc ~ 230 tokens: about one document per 128-token row keeps rows full
-        docs = args.batch_size
-        ours_mlm = ours_tokens_per_s(shards, tok, "mlm", docs=docs, **common)
+        ours_mlm = ours_tokens_per_s(shards, tok, "mlm", docs="auto", **common)
         emit("mlm_stream_tokens_per_s", ours_mlm, peer_mlm, "tokens/s", workers=args.workers)
         peer_clm = peer_tokens_per_s(shards, tok, mlm=False, **common)
-        ours_clm = ours_tokens_per_s(shards, tok, "clm", docs=docs // 2, **common)
+        ours_clm = ours_tokens_per_s(shards, tok, "clm", docs="auto", **common)
         emit("clm_stream_tokens_per_s", ours_clm, peer_clm, "tokens/s", workers=args.workers)
         step = train_step_tokens_per_s(args.device, 4000, args.seq_len, args.batch_size, 3 if args.quick else 6)
         emit("stream_vs_train_step", ours_mlm, step, "tokens/s", device=args.device,

@@ -11,9 +11,10 @@ class DataConfig(BaseModel):
 
     `shards`: paths, globs, directories or index files (`index.json` written by
     `ptft shard`); each entry is one *source* for weighted mixing.
-    `batch_size` is per rank. For text objectives `docs_per_batch` documents (default:
-    `batch_size`) are packed into each (batch_size, seq_len) batch; the fill ratio is in
-    `loader.stats` so it can be tuned. `shuffle_buffer` is the size of the blocks whose
+    `batch_size` is per rank. For text objectives `docs_per_batch` documents are packed
+    into each (batch_size, seq_len) batch: "auto" (default) sizes it from the token
+    count of the corpus's first documents so batches come out about full; the token,
+    pad and dropped counts are in `loader.stats`. Image batches hold batch_size images. `shuffle_buffer` is the size of the blocks whose
     order is shuffled after the shard order is (bigger = better mixed, still local reads).
     """
 
@@ -26,7 +27,7 @@ class DataConfig(BaseModel):
     # text
     tokenizer: str | None = None
     seq_len: int = Field(128, ge=4)
-    docs_per_batch: int | None = Field(None, ge=1)
+    docs_per_batch: int | Literal["auto"] = "auto"
     mask_prob: float = Field(0.15, ge=0.0, le=1.0)
     replace_prob: float = Field(0.8, ge=0.0, le=1.0)
     random_prob: float = Field(0.1, ge=0.0, le=1.0)
@@ -62,11 +63,11 @@ class DataConfig(BaseModel):
                 raise ValueError("weights must be non-negative with a positive sum")
         if self.replace_prob + self.random_prob > 1.0:
             raise ValueError("replace_prob + random_prob must be <= 1")
+        if isinstance(self.docs_per_batch, int) and self.docs_per_batch < 1:
+            raise ValueError("docs_per_batch must be at least 1 (or \"auto\")")
+        if self.kind != "text" and self.docs_per_batch != "auto":
+            raise ValueError("docs_per_batch is for text data; image batches hold batch_size images")
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
         return self
-
-    @property
-    def docs(self) -> int:
-        return self.docs_per_batch or self.batch_size

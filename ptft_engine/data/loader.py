@@ -11,11 +11,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from ptft_engine.data.config import DataConfig
-from ptft_engine.data.errors import DataError
+from ptft_engine.data.errors import BadSamples, DataError
 from ptft_engine.data.index import ShardIndex, resolve_source
 from ptft_engine.data.order import EpochOrder
 from ptft_engine.data.stream import ShardStream, steps_left
 
+AUTO_SAMPLE_DOCS = 256
 OBJECTIVE_KIND = {"mlm": "text", "clm": "text", "simclr": "image", "clip": "image_text"}
 STATE_VERSION = 1
 
@@ -43,11 +44,29 @@ class Loader:
         self.split = split
         self.sources: list[ShardIndex] = [resolve_source(s) for s in specs]  # a missing shard fails here
         self.builder = self._builder()
+        self.docs = self._docs_per_batch()
         self.epoch, self.position = epoch, 0
         self.stats: dict[str, int] = {}
         if len(self) == 0:
             raise DataError(f"{self.epoch_length()} samples cannot fill one step of {world_size} ranks x "
-                            f"{cfg.docs} samples per batch")
+                            f"{self.docs} samples per batch")
+
+    def _docs_per_batch(self) -> int:
+        cfg = self.cfg
+        if cfg.kind != "text":
+            return cfg.batch_size
+        if cfg.docs_per_batch != "auto":
+            return cfg.docs_per_batch
+        # The first documents of the shards (the same on every rank) give the mean length;
+        # a pure function of the data, so a resumed run computes the same number.
+        order = EpochOrder(self.sources, seed=0, epoch=0, shuffle=False)
+        n = min(AUTO_SAMPLE_DOCS, len(order))
+        reader = ShardStream(order, self.builder, rank=0, world_size=1, docs=n, start=0, strict=False)
+        texts, _ = self.builder.texts(reader.read(0, BadSamples(strict=False)), BadSamples(strict=False))
+        reader.close()
+        extra = 1 if self.objective == "clm" else 2  # <eos>, or [CLS] and [SEP]
+        per_doc = sum(len(ids) + extra for ids in self.builder.tok.encode_batch(texts)) / max(1, len(texts))
+        return max(1, int(cfg.batch_size * cfg.seq_len / max(per_doc, 1.0)))
 
     def _builder(self):
         from ptft_engine.data.tokenizer import load_tokenizer
@@ -81,18 +100,18 @@ class Loader:
 
     def __len__(self) -> int:
         """Batches per rank in a whole epoch."""
-        return steps_left(self.epoch_length(), 0, self.world_size, self.cfg.docs)
+        return steps_left(self.epoch_length(), 0, self.world_size, self.docs)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self.position = epoch, 0
 
     def __iter__(self):
         cfg = self.cfg
-        step_samples = self.world_size * cfg.docs
+        step_samples = self.world_size * self.docs
         # eval sees the same order and the same masks every time, so its losses compare
         order = self._order(self.epoch if self.split == "train" else 0)
         stream = ShardStream(order, self.builder, rank=self.rank, world_size=self.world_size,
-                             docs=cfg.docs, start=self.position, strict=cfg.strict,
+                             docs=self.docs, start=self.position, strict=cfg.strict,
                              emit_sample_index=cfg.emit_sample_index)
         kw = {}
         if cfg.num_workers > 0:
@@ -107,7 +126,8 @@ class Loader:
 
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "epoch": self.epoch, "position": self.position, "seed": self.cfg.seed,
-                "epoch_length": self.epoch_length(), "world_size": self.world_size, "split": self.split}
+                "epoch_length": self.epoch_length(), "world_size": self.world_size, "docs_per_batch": self.docs,
+                "split": self.split}
 
     def load_state_dict(self, sd: dict) -> None:
         if sd.get("version") != STATE_VERSION:

@@ -79,6 +79,11 @@ class ShardStream(IterableDataset):
             batch["sample_index"] = torch.tensor(kept, dtype=torch.int64)
         return batch
 
+    def close(self) -> None:
+        for fh, _ in self._files.values():
+            fh.close()
+        self._files.clear()
+
     def __iter__(self):
         info = get_worker_info()
         wid, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
@@ -87,6 +92,4 @@ class ShardStream(IterableDataset):
             for step in range(wid, self.steps, n_workers):
                 yield self.batch(step, bad)
         finally:
-            for fh, _ in self._files.values():
-                fh.close()
-            self._files.clear()
+            self.close()
