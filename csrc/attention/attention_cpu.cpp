@@ -112,7 +112,21 @@ void sgemm_(const char*, const char*, const int*, const int*, const int*, const 
             const int*, const float*, const int*, const float*, float*, const int*) __attribute__((weak));
 void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*, const double*,
             const int*, const double*, const int*, const double*, double*, const int*) __attribute__((weak));
+int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
 }
+
+// Each parallel task runs its GEMMs on one thread: MKL otherwise starts its own team from
+// inside ours, and on a busy machine the spinning threads slow the whole call 10-50x.
+class SingleThreadBlas {
+ public:
+  SingleThreadBlas() : prev_(MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0) {}
+  ~SingleThreadBlas() {
+    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(prev_);
+  }
+
+ private:
+  int prev_;
+};
 
 // Column-major C (m x n) = alpha * op(A) * op(B) + beta * C, as BLAS defines it.
 template <typename T>
@@ -238,6 +252,7 @@ void forward_impl(const scalar_t* q, const scalar_t* k, const scalar_t* v, scala
   const acc_t scale = static_cast<acc_t>(scale_d);
   const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
   at::parallel_for(0, sh.B * sh.H * n_qblocks, 1, [&](int64_t begin, int64_t end) {
+    SingleThreadBlas one_thread;
     std::vector<acc_t> qbuf, kbuf, vbuf;
     std::vector<acc_t> s(kFwdBlockQ * kFwdBlockK), o(kFwdBlockQ * D), m(kFwdBlockQ), l(kFwdBlockQ);
     for (int64_t task = begin; task < end; ++task) {
@@ -301,6 +316,7 @@ void backward_impl(const scalar_t* dout, const scalar_t* q, const scalar_t* k, c
   // One (batch, head) per task: dk/dv of a key block gather over all query blocks and
   // dq over all key blocks, so a task owns every accumulator it writes.
   at::parallel_for(0, sh.B * sh.H, 1, [&](int64_t begin, int64_t end) {
+    SingleThreadBlas one_thread;
     std::vector<acc_t> qbuf, kbuf, vbuf, dobuf, obuf;
     std::vector<acc_t> p(kBwdBlockQ * kBwdBlockK), dp(kBwdBlockQ * kBwdBlockK), delta(Sq), dq_acc(Sq * D);
     std::vector<acc_t> dk_acc(kBwdBlockK * D), dv_acc(kBwdBlockK * D);
