@@ -1,0 +1,251 @@
+"""Flash-attention-2 style Triton kernels: online softmax forward saving the log-sum-exp,
+backward recomputing probabilities (one kernel for dK/dV, one for dQ: no atomics, no
+S x S matrix). Head dims up to 128 (odd ones padded to a power-of-two BLOCK_D and masked),
+any sequence length, causal / key padding / segments. Runs under TRITON_INTERPRET=1 on
+CPU for fp32/fp16 with fixed small blocks; on a GPU the block shapes are autotuned.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ptft_engine.ops.registry import triton_interpret
+
+LOG2E = 1.4426950408889634  # kernels work in base 2: exp(x) = exp2(x * log2(e))
+
+
+@triton.jit
+def _visible(rows, cols, s_q, s_k, pad_row_ptr, seg_row_ptr,
+             CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, HAS_SEG: tl.constexpr):
+    """(len(rows), len(cols)) bool: query row may attend key col (bounds included)."""
+    ok = (rows[:, None] < s_q) & (cols[None, :] < s_k)
+    if CAUSAL:
+        ok = ok & (cols[None, :] <= rows[:, None])
+    if HAS_PAD:
+        is_pad = tl.load(pad_row_ptr + cols, mask=cols < s_k, other=1)
+        ok = ok & (is_pad == 0)[None, :]
+    if HAS_SEG:
+        seg_q = tl.load(seg_row_ptr + rows, mask=rows < s_q, other=-1)
+        seg_k = tl.load(seg_row_ptr + cols, mask=cols < s_k, other=-2)
+        ok = ok & (seg_q[:, None] == seg_k[None, :])
+    return ok
+
+
+@triton.jit
+def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, pad_ptr, seg_ptr,
+                     s_q, s_k, head_dim, n_heads, qk_scale,
+                     CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, HAS_SEG: tl.constexpr,
+                     DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_D: tl.constexpr):
+    start_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    batch = bh // n_heads
+    rows = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    dim_ok = dims < head_dim
+    q_base = q_ptr + bh.to(tl.int64) * s_q * head_dim
+    kv_base = bh.to(tl.int64) * s_k * head_dim
+    pad_row = pad_ptr + batch * s_k
+    seg_row = seg_ptr + batch * s_q
+    q = tl.load(q_base + rows[:, None] * head_dim + dims[None, :],
+                mask=(rows[:, None] < s_q) & dim_ok[None, :], other=0.0)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max, base-2 units
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    hi = s_k
+    if CAUSAL:  # keys past this block's last row are invisible to all of it
+        hi = tl.minimum(s_k, (start_m + 1) * BLOCK_M)
+    for start_n in range(0, hi, BLOCK_N):
+        cols = start_n + tl.arange(0, BLOCK_N)
+        kv_mask = (cols[:, None] < s_k) & dim_ok[None, :]
+        k = tl.load(k_ptr + kv_base + cols[:, None] * head_dim + dims[None, :], mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+        ok = _visible(rows, cols, s_q, s_k, pad_row, seg_row, CAUSAL, HAS_PAD, HAS_SEG)
+        s = tl.where(ok, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_ptr + kv_base + cols[:, None] * head_dim + dims[None, :], mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+        m_i = m_new
+    empty = l_i == 0.0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    tl.store(o_ptr + bh.to(tl.int64) * s_q * head_dim + rows[:, None] * head_dim + dims[None, :],
+             out.to(o_ptr.dtype.element_ty), mask=(rows[:, None] < s_q) & dim_ok[None, :])
+    lse = tl.where(empty, float("inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
+    tl.store(lse_ptr + bh * s_q + rows, lse, mask=rows < s_q)
+
+
+@triton.jit
+def _attn_bwd_preprocess(o_ptr, do_ptr, delta_ptr, n_rows, head_dim,
+                         BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """delta_i = dO_i . O_i (= sum_j P_ij dP_ij), one value per query row."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    mask = (rows[:, None] < n_rows) & (dims[None, :] < head_dim)
+    offs = rows.to(tl.int64)[:, None] * head_dim + dims[None, :]
+    o = tl.load(o_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(do_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(delta_ptr + rows, tl.sum(o * do, 1), mask=rows < n_rows)
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+                          pad_ptr, seg_ptr, s_q, s_k, head_dim, n_heads, scale,
+                          CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, HAS_SEG: tl.constexpr,
+                          DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          BLOCK_D: tl.constexpr):
+    """One key block per program; loops over the query blocks that can see it."""
+    start_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    batch = bh // n_heads
+    cols = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, BLOCK_D)
+    dim_ok = dims < head_dim
+    q_base = bh.to(tl.int64) * s_q * head_dim
+    kv_offs = bh.to(tl.int64) * s_k * head_dim + cols[:, None] * head_dim + dims[None, :]
+    kv_mask = (cols[:, None] < s_k) & dim_ok[None, :]
+    k = tl.load(k_ptr + kv_offs, mask=kv_mask, other=0.0)
+    v = tl.load(v_ptr + kv_offs, mask=kv_mask, other=0.0)
+    pad_row = pad_ptr + batch * s_k
+    seg_row = seg_ptr + batch * s_q
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    lo = 0
+    if CAUSAL:  # rows before this block's first key see none of it
+        lo = (start_n * BLOCK_N // BLOCK_M) * BLOCK_M
+    for start_m in range(lo, s_q, BLOCK_M):
+        rows = start_m + tl.arange(0, BLOCK_M)
+        q_mask = (rows[:, None] < s_q) & dim_ok[None, :]
+        q = tl.load(q_ptr + q_base + rows[:, None] * head_dim + dims[None, :], mask=q_mask, other=0.0)
+        do = tl.load(do_ptr + q_base + rows[:, None] * head_dim + dims[None, :], mask=q_mask, other=0.0)
+        lse = tl.load(lse_ptr + bh * s_q + rows, mask=rows < s_q, other=float("inf"))
+        delta = tl.load(delta_ptr + bh * s_q + rows, mask=rows < s_q, other=0.0)
+        s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * (scale * 1.4426950408889634)
+        ok_t = tl.trans(_visible(rows, cols, s_q, s_k, pad_row, seg_row, CAUSAL, HAS_PAD, HAS_SEG))
+        p_t = tl.where(ok_t, tl.exp2(s_t - lse[None, :] * 1.4426950408889634), 0.0)  # (BLOCK_N, BLOCK_M)
+        dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PREC)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PREC)
+    tl.store(dk_ptr + kv_offs, (dk * scale).to(dk_ptr.dtype.element_ty), mask=kv_mask)
+    tl.store(dv_ptr + kv_offs, dv.to(dv_ptr.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+                        pad_ptr, seg_ptr, s_q, s_k, head_dim, n_heads, scale,
+                        CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, HAS_SEG: tl.constexpr,
+                        DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_D: tl.constexpr):
+    """One query block per program; loops over the key blocks it can see."""
+    start_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    batch = bh // n_heads
+    rows = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    dim_ok = dims < head_dim
+    q_offs = bh.to(tl.int64) * s_q * head_dim + rows[:, None] * head_dim + dims[None, :]
+    q_mask = (rows[:, None] < s_q) & dim_ok[None, :]
+    q = tl.load(q_ptr + q_offs, mask=q_mask, other=0.0)
+    do = tl.load(do_ptr + q_offs, mask=q_mask, other=0.0)
+    lse = tl.load(lse_ptr + bh * s_q + rows, mask=rows < s_q, other=float("inf"))
+    delta = tl.load(delta_ptr + bh * s_q + rows, mask=rows < s_q, other=0.0)
+    kv_base = bh.to(tl.int64) * s_k * head_dim
+    pad_row = pad_ptr + batch * s_k
+    seg_row = seg_ptr + batch * s_q
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    hi = s_k
+    if CAUSAL:
+        hi = tl.minimum(s_k, (start_m + 1) * BLOCK_M)
+    for start_n in range(0, hi, BLOCK_N):
+        cols = start_n + tl.arange(0, BLOCK_N)
+        kv_mask = (cols[:, None] < s_k) & dim_ok[None, :]
+        k = tl.load(k_ptr + kv_base + cols[:, None] * head_dim + dims[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_ptr + kv_base + cols[:, None] * head_dim + dims[None, :], mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * (scale * 1.4426950408889634)
+        ok = _visible(rows, cols, s_q, s_k, pad_row, seg_row, CAUSAL, HAS_PAD, HAS_SEG)
+        p = tl.where(ok, tl.exp2(s - lse[:, None] * 1.4426950408889634), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
+    tl.store(dq_ptr + q_offs, (dq * scale).to(dq_ptr.dtype.element_ty), mask=q_mask)
+
+
+def _configs(kind: str):
+    """Block shapes for H100/H200-class GPUs (228 KB shared memory, bf16 tensor cores)."""
+    if kind == "fwd":
+        shapes = [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 4)]
+    else:
+        shapes = [(64, 64, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2), (32, 64, 4, 3), (64, 32, 4, 3)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in shapes]
+
+
+_KEY = ["s_q", "s_k", "BLOCK_D", "CAUSAL", "HAS_PAD", "HAS_SEG", "DOT_PREC"]
+_tuned = {
+    "fwd": triton.autotune(_configs("fwd"), key=_KEY)(_attn_fwd_kernel),
+    "dkdv": triton.autotune(_configs("bwd"), key=_KEY)(_attn_bwd_dkdv_kernel),
+    "dq": triton.autotune(_configs("bwd"), key=_KEY)(_attn_bwd_dq_kernel),
+}
+_raw = {"fwd": _attn_fwd_kernel, "dkdv": _attn_bwd_dkdv_kernel, "dq": _attn_bwd_dq_kernel}
+# The interpreter runs one numpy op per block: fixed 32-wide blocks, no tuning sweep.
+_INTERPRET_META = {"BLOCK_M": 32, "BLOCK_N": 32}
+
+
+def _launch(kind: str, n_blocks_of, bh: int, *args, **consts):
+    if triton_interpret():
+        meta = dict(_INTERPRET_META)
+        _raw[kind][(triton.cdiv(n_blocks_of, meta["BLOCK_M" if kind != "dkdv" else "BLOCK_N"]), bh)](
+            *args, **consts, **meta)
+        return
+    block = "BLOCK_N" if kind == "dkdv" else "BLOCK_M"
+    _tuned[kind][lambda meta: (triton.cdiv(n_blocks_of, meta[block]), bh)](*args, **consts)
+
+
+def _mask_args(q, key_padding_mask, segment_ids):
+    # Absent masks still need a pointer argument; the constexpr flags keep it unread.
+    pad = q if key_padding_mask is None else key_padding_mask.contiguous().view(torch.uint8)
+    seg = q if segment_ids is None else segment_ids.to(torch.int32).contiguous()
+    return pad, seg
+
+
+def _consts(q, causal, key_padding_mask, segment_ids):
+    head_dim = q.shape[-1]
+    return dict(CAUSAL=bool(causal), HAS_PAD=key_padding_mask is not None, HAS_SEG=segment_ids is not None,
+                DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
+                BLOCK_D=max(16, triton.next_power_of_2(head_dim)))
+
+
+def attention_forward(q, k, v, causal, key_padding_mask, segment_ids, scale):
+    """(out (B, H, S_q, D) in q's dtype, lse (B, H, S_q) fp32, natural log, +inf if empty)."""
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    b, h, s_q, d = q.shape
+    s_k = k.shape[2]
+    out = torch.empty_like(q)
+    lse = torch.empty((b, h, s_q), device=q.device, dtype=torch.float32)
+    pad, seg = _mask_args(q, key_padding_mask, segment_ids)
+    _launch("fwd", s_q, b * h, q, k, v, out, lse, pad, seg, s_q, s_k, d, h, scale * LOG2E,
+            **_consts(q, causal, key_padding_mask, segment_ids))
+    return out, lse
+
+
+def attention_backward(grad_out, q, k, v, out, lse, causal, key_padding_mask, segment_ids, scale):
+    """(dq, dk, dv) in the inputs' dtype, recomputing probabilities from lse."""
+    grad_out, q, k, v, out = (t.contiguous() for t in (grad_out, q, k, v, out))
+    b, h, s_q, d = q.shape
+    s_k = k.shape[2]
+    consts = _consts(q, causal, key_padding_mask, segment_ids)
+    delta = torch.empty((b, h, s_q), device=q.device, dtype=torch.float32)
+    pre_block = 32 if triton_interpret() else 64
+    _attn_bwd_preprocess[(triton.cdiv(b * h * s_q, pre_block),)](
+        out, grad_out, delta, b * h * s_q, d, BLOCK_M=pre_block, BLOCK_D=consts["BLOCK_D"])
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    pad, seg = _mask_args(q, key_padding_mask, segment_ids)
+    _launch("dkdv", s_k, b * h, q, k, v, grad_out, lse, delta, dk, dv, pad, seg, s_q, s_k, d, h,
+            scale, **consts)
+    _launch("dq", s_q, b * h, q, k, v, grad_out, lse, delta, dq, pad, seg, s_q, s_k, d, h,
+            scale, **consts)
+    return dq, dk, dv
