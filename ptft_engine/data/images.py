@@ -36,7 +36,7 @@ def decode_image(members: dict) -> torch.Tensor:
 
 def _generator(seed: int, epoch: int, pos: int, view: int) -> torch.Generator:
     state = np.random.SeedSequence([seed, epoch, pos, view, 0x696D67]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) | (int(state[1]) << 31))
+    return torch.Generator().manual_seed(int(state[0]) | (int(state[1]) << 32))
 
 
 def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
