@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Pre-train on several nodes with the deepspeed launcher and a hostfile (launch/hostfile.example).
+#
+# a) From one node, the launcher reaches the others over pdsh/ssh (same paths everywhere):
+#      HOSTFILE=hosts launch/multinode.sh --config configs/gpt_1b.yaml [key=value ...]
+# b) One launcher per node, no ssh (containers, schedulers, or tests on one machine):
+#      HOSTFILE=hosts NODE_RANK=0 MASTER_ADDR=node-a launch/multinode.sh --config ...   # on node-a
+#      HOSTFILE=hosts NODE_RANK=1 MASTER_ADDR=node-a launch/multinode.sh --config ...   # on node-b
+#
+# Environment: HOSTFILE (required); MASTER_ADDR (default: the hostfile's first host);
+# MASTER_PORT (default 29500); NODE_RANK (selects mode b); LAUNCHER (mode a: pdsh, openmpi,
+# mvapich, slurm; default pdsh); PYTHON (default: the repo's .venv, else python3);
+# DS_LAUNCHER_ARGS (extra deepspeed launcher flags).
+set -euo pipefail
+: "${HOSTFILE:?set HOSTFILE to a deepspeed hostfile (see launch/hostfile.example)}"
+[[ -f "$HOSTFILE" ]] || { echo "multinode.sh: HOSTFILE $HOSTFILE not found" >&2; exit 2; }
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
+fi
+FIRST_HOST=$(grep -v '^\s*#' "$HOSTFILE" | awk 'NF {print $1; exit}')
+MASTER_ADDR=${MASTER_ADDR:-$FIRST_HOST}
+MASTER_PORT=${MASTER_PORT:-29500}
+command -v nvidia-smi > /dev/null 2>&1 || export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+if [[ -n "${NODE_RANK:-}" ]]; then
+  MODE=(--no_ssh --node_rank "$NODE_RANK")
+else
+  MODE=(--launcher "${LAUNCHER:-pdsh}")
+fi
+# shellcheck disable=SC2086
+exec "$PYTHON" -m deepspeed.launcher.runner --hostfile "$HOSTFILE" --master_addr "$MASTER_ADDR" \
+  --master_port "$MASTER_PORT" "${MODE[@]}" ${DS_LAUNCHER_ARGS:-} \
+  --no_local_rank --module ptft_engine.cli pretrain "$@"
