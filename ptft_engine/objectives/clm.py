@@ -12,7 +12,7 @@ IGNORE = -100
 
 def shifted_targets(labels: torch.Tensor, segment_ids=None, attention_mask=None) -> torch.Tensor:
     """(B, S) labels -> (B, S-1) targets for positions 0..S-2."""
-    targets = labels[:, 1:].clone()
+    targets = labels[:, 1:].to(torch.long, copy=True)  # edited below: never write into the batch
     if segment_ids is not None:
         targets[segment_ids[:, 1:] != segment_ids[:, :-1]] = IGNORE  # next token belongs to another document
     if attention_mask is not None:

@@ -23,7 +23,7 @@ class MaskedLMObjective(Objective):
         selected = labels != IGNORE
         # The vocabulary projection is the largest matmul: run it on the ~15 % selected rows only.
         logits = self.model.mlm_logits(hidden[selected])  # (N, V)
-        targets = labels[selected]
+        targets = labels[selected].long()
         count = selected.sum()
         denom = count.clamp(min=1)
         loss = F.cross_entropy(logits.float(), targets, reduction="sum") / denom

@@ -111,3 +111,13 @@ def test_bf16_weights_with_fp32_inputs_train(objective):
     out["loss"].backward()
     grads = [p.grad for p in task.parameters() if p.requires_grad]
     assert all(g is not None and g.dtype == torch.bfloat16 and torch.isfinite(g).all() for g in grads)
+
+
+def test_clm_leaves_the_batch_untouched_and_takes_int32():
+    task = build_objective(preset("gpt2-tiny"), "clm")
+    seg = torch.tensor([[0] * 4 + [1] * 4] * 2)
+    for dtype in (torch.int64, torch.int32):
+        ids = torch.randint(0, 128, (2, 8), dtype=dtype)
+        before = ids.clone()
+        out = task({"input_ids": ids, "labels": ids, "segment_ids": seg})
+        assert torch.equal(ids, before) and int(out["num_targets"]) == 12
