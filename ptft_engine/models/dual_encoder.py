@@ -28,6 +28,8 @@ class DualEncoder(PtftModel):
             self.text_projection = Linear(c.text.hidden_size, c.projection_dim, bias=False)
         # shape (1,), not a 0-dim scalar as in CLIP: DeepSpeed's zero.Init cannot partition 0-dim tensors
         self.logit_scale = nn.Parameter(torch.full((1,), float(c.logit_scale_init)))
+        if c.gradient_checkpointing:  # also when set by model_copy, which skips the config's validator
+            self.set_gradient_checkpointing(True)
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         self.vision.set_gradient_checkpointing(enabled)

@@ -77,3 +77,8 @@ def test_gradient_checkpointing_flag_reaches_layers():
     assert model.vision.layers.gradient_checkpointing and model.text.layers.gradient_checkpointing
     model.set_gradient_checkpointing(False)
     assert not model.vision.layers.gradient_checkpointing
+    # the engine switches it on with model_copy(update=...), which runs no validator
+    cfg = model.config.model_copy(update={"gradient_checkpointing": False})
+    cfg.vision.gradient_checkpointing = cfg.text.gradient_checkpointing = False
+    again = build_model(cfg.model_copy(update={"gradient_checkpointing": True}))
+    assert again.vision.layers.gradient_checkpointing and again.text.layers.gradient_checkpointing
