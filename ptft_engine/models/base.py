@@ -5,6 +5,9 @@ from torch import nn
 
 from ptft_engine.nn.block import set_gradient_checkpointing
 
+# Tables that are only indexed (no matmul): they cost memory, not FLOPs.
+_LOOKUP_SUFFIXES = ("position_embeddings.weight", "position_embeddings", "token_type_embeddings.weight", "cls_token")
+
 
 class PtftModel(nn.Module):
     config: object
@@ -15,10 +18,26 @@ class PtftModel(nn.Module):
 
     def num_parameters(self, exclude_position_embeddings: bool = False) -> int:
         """Unique parameters (tied weights counted once); optionally without learned
-        position tables, which cost memory but no matmul FLOPs."""
-        total = sum(p.numel() for p in self.parameters())
-        if exclude_position_embeddings:
-            for name, p in self.named_parameters():
-                if name.endswith("position_embeddings.weight") or name.endswith("position_embeddings"):
-                    total -= p.numel()
+        position tables."""
+        total = 0
+        for name, p in self.named_parameters():
+            if exclude_position_embeddings and name.endswith(("position_embeddings.weight", "position_embeddings")):
+                continue
+            total += p.numel()
+        return total
+
+    def matmul_parameters(self) -> int:
+        """Parameters that take part in a matmul per token (the N of the 6*N FLOPs rule):
+        lookup-only tables are left out, and so is the word table unless it is tied to
+        the output projection (then it is a matmul)."""
+        uses: dict[int, int] = {}
+        for _, p in self.named_parameters(remove_duplicate=False):
+            uses[id(p)] = uses.get(id(p), 0) + 1
+        total = 0
+        for name, p in self.named_parameters():
+            if name.endswith(_LOOKUP_SUFFIXES):
+                continue
+            if name.endswith("word_embeddings.weight") and uses[id(p)] == 1:
+                continue  # untied input table: looked up only
+            total += p.numel()
         return total

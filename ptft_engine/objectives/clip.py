@@ -36,8 +36,8 @@ class CLIPObjective(Objective):
     def flops_per_sample(self) -> int:
         """One image and one text (at max length) through their towers, forward and backward."""
         m, c = self.model, self.model.config
-        v_params = m.vision.num_parameters(exclude_position_embeddings=True)
-        t_params = m.text.num_parameters(exclude_position_embeddings=True)
+        v_params = m.vision.matmul_parameters()
+        t_params = m.text.matmul_parameters()
         t_img, t_txt = m.vision.num_tokens, c.text.max_position_embeddings
         image = transformer_flops_per_token(v_params, c.vision.num_hidden_layers, c.vision.hidden_size, t_img) * t_img
         text = transformer_flops_per_token(t_params, c.text.num_hidden_layers, c.text.hidden_size, t_txt) * t_txt

@@ -46,5 +46,5 @@ class CausalLMObjective(Objective):
     def flops_per_token(self, seq_len: int | None = None) -> int:
         c = self.model.config
         s = seq_len or c.max_position_embeddings
-        n = self.model.num_parameters(exclude_position_embeddings=True)
+        n = self.model.matmul_parameters()
         return transformer_flops_per_token(n, c.num_hidden_layers, c.hidden_size, s)

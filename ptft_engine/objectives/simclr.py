@@ -50,7 +50,7 @@ class SimCLRObjective(Objective):
         """Both views through the encoder (+ the small projector), forward and backward."""
         c = self.model.config
         t = self.model.num_tokens
-        n = self.model.num_parameters(exclude_position_embeddings=True)
+        n = self.model.matmul_parameters()
         proj = sum(p.numel() for p in self.projector.parameters())
         per_view = transformer_flops_per_token(n, c.num_hidden_layers, c.hidden_size, t) * t + 6 * proj
         return 2 * per_view

@@ -85,6 +85,9 @@ def test_flops_estimates():
     task = build_objective(cfg, "clm")
     n = sum(p.numel() for p in task.model.parameters()) - 64 * 32  # without position table
     assert task.flops_per_token(seq_len=64) == 6 * n + 12 * 2 * 32 * 64
+    llama = build_objective(preset("llama-tiny"), "clm")  # untied: the input table is a lookup, not a matmul
+    n = sum(p.numel() for p in llama.model.parameters()) - 128 * 32
+    assert llama.flops_per_token(seq_len=16) == 6 * n + 12 * 2 * 32 * 16
     simclr = build_objective(preset("vit-tiny-digits"), "simclr")
     assert simclr.flops_per_sample() > 2 * 17 * 6 * sum(p.numel() for p in simclr.model.parameters()) * 0.9
     clip = build_objective(preset("clip-tiny"), "clip")
