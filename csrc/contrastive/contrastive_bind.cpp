@@ -40,6 +40,10 @@ void check_inputs(const at::Tensor& a, const at::Tensor& b, const at::Tensor& sc
 }
 
 #ifdef PTFT_WITH_CUDA
+void check_launch(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, "contrastive cuda: ", what, " launch failed: ", cudaGetErrorString(err));
+}
+
 int cuda_dtype_code(const at::Tensor& t) {
   switch (t.scalar_type()) {
     case at::kFloat: return kContrastiveF32;
@@ -69,16 +73,18 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& a0, const at::
   at::Tensor row_lse = at::empty({n}, f32), col_lse = at::empty({want_cols ? m : 0}, f32);
   auto stream = c10::cuda::getCurrentCUDAStream().stream();
   const int dt = cuda_dtype_code(a);
-  const int64_t* exp = ex.defined() ? ex.data_ptr<int64_t>() : nullptr;
-  contrastive_row_lse_cuda(a.data_ptr(), b.data_ptr(), dt, sc.data_ptr<float>(), exp, n, m, d,
-                           row_lse.data_ptr<float>(), stream);
+  const int64_t* ex_ptr = ex.defined() ? ex.data_ptr<int64_t>() : nullptr;
+  check_launch(contrastive_row_lse_cuda(a.data_ptr(), b.data_ptr(), dt, sc.data_ptr<float>(), ex_ptr, n, m, d,
+                                        row_lse.data_ptr<float>(), stream),
+               "row lse");
   if (want_cols) {
     // Column lse of S is the row lse of S.T = scale * b @ a.T, excluding the transposed pairs.
     at::Tensor ex_t;
     if (ex.defined()) ex_t = transpose_exclude(ex, m);
-    contrastive_row_lse_cuda(b.data_ptr(), a.data_ptr(), dt, sc.data_ptr<float>(),
-                             ex_t.defined() ? ex_t.data_ptr<int64_t>() : nullptr, m, n, d,
-                             col_lse.data_ptr<float>(), stream);
+    check_launch(contrastive_row_lse_cuda(b.data_ptr(), a.data_ptr(), dt, sc.data_ptr<float>(),
+                                          ex_t.defined() ? ex_t.data_ptr<int64_t>() : nullptr, m, n, d,
+                                          col_lse.data_ptr<float>(), stream),
+                 "column lse");
   }
   return {row_lse, col_lse};
 }
@@ -101,13 +107,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& a
   auto stream = c10::cuda::getCurrentCUDAStream().stream();
   at::Tensor da = at::empty({n, d}, f32), db = at::empty({m, d}, f32);
   at::Tensor ds_partial = at::zeros({contrastive_cuda_row_blocks(n)}, f32);
-  contrastive_grad_rows_cuda(a.data_ptr(), b.data_ptr(), dt, sc.data_ptr<float>(),
-                             ex.defined() ? ex.data_ptr<int64_t>() : nullptr, ptr(rl), ptr(gr), ptr(cl), ptr(gc), n, m,
-                             d, da.data_ptr<float>(), ds_partial.data_ptr<float>(), stream);
+  check_launch(contrastive_grad_rows_cuda(a.data_ptr(), b.data_ptr(), dt, sc.data_ptr<float>(),
+                                          ex.defined() ? ex.data_ptr<int64_t>() : nullptr, ptr(rl), ptr(gr), ptr(cl),
+                                          ptr(gc), n, m, d, da.data_ptr<float>(), ds_partial.data_ptr<float>(), stream),
+               "grad a");
   // dS.T has the same form with the roles of rows and columns swapped.
-  contrastive_grad_rows_cuda(b.data_ptr(), a.data_ptr(), dt, sc.data_ptr<float>(),
-                             ex_t.defined() ? ex_t.data_ptr<int64_t>() : nullptr, ptr(cl), ptr(gc), ptr(rl), ptr(gr),
-                             m, n, d, db.data_ptr<float>(), nullptr, stream);
+  check_launch(contrastive_grad_rows_cuda(b.data_ptr(), a.data_ptr(), dt, sc.data_ptr<float>(),
+                                          ex_t.defined() ? ex_t.data_ptr<int64_t>() : nullptr, ptr(cl), ptr(gc),
+                                          ptr(rl), ptr(gr), m, n, d, db.data_ptr<float>(), nullptr, stream),
+               "grad b");
   return {da, db, ds_partial.sum()};
 }
 #endif

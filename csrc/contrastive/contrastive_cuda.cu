@@ -210,16 +210,17 @@ void launch_grad_rows(const void* a, const void* b, const float* scale, const in
 
 int64_t contrastive_cuda_row_blocks(int64_t n) { return (n + kBM - 1) / kBM; }
 
-void contrastive_row_lse_cuda(const void* a, const void* b, int dtype, const float* scale, const int64_t* exclude,
+cudaError_t contrastive_row_lse_cuda(const void* a, const void* b, int dtype, const float* scale, const int64_t* exclude,
                               int64_t n, int64_t m, int64_t d, float* row_lse, cudaStream_t stream) {
   switch (dtype) {
     case kContrastiveF16: launch_row_lse<__half>(a, b, scale, exclude, n, m, d, row_lse, stream); break;
     case kContrastiveBF16: launch_row_lse<__nv_bfloat16>(a, b, scale, exclude, n, m, d, row_lse, stream); break;
     default: launch_row_lse<float>(a, b, scale, exclude, n, m, d, row_lse, stream); break;
   }
+  return cudaGetLastError();
 }
 
-void contrastive_grad_rows_cuda(const void* a, const void* b, int dtype, const float* scale, const int64_t* exclude,
+cudaError_t contrastive_grad_rows_cuda(const void* a, const void* b, int dtype, const float* scale, const int64_t* exclude,
                                 const float* row_lse, const float* g_row, const float* col_lse, const float* g_col,
                                 int64_t n, int64_t m, int64_t d, float* da, float* ds_partial, cudaStream_t stream) {
   switch (dtype) {
@@ -234,6 +235,7 @@ void contrastive_grad_rows_cuda(const void* a, const void* b, int dtype, const f
       launch_grad_rows<float>(a, b, scale, exclude, row_lse, g_row, col_lse, g_col, n, m, d, da, ds_partial, stream);
       break;
   }
+  return cudaGetLastError();
 }
 
 }  // namespace ptft
