@@ -7,6 +7,19 @@ from torch import nn
 from ptft_engine.nn.embeddings import apply_rotary
 from ptft_engine.nn.init import Linear, ResidualLinear
 
+_attention_fn = None
+
+
+def _attention():
+    """ptft_engine.ops.attention, imported on first use (building or counting a model
+    on the meta device needs neither the extension nor Triton), then cached."""
+    global _attention_fn
+    if _attention_fn is None:
+        from ptft_engine.ops.attention.op import attention
+
+        _attention_fn = attention
+    return _attention_fn
+
 
 class SelfAttention(nn.Module):
     """Projections around `ops.attention`.
@@ -56,8 +69,6 @@ class SelfAttention(nn.Module):
         segment_ids: torch.Tensor | None = None,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        from ptft_engine.ops import attention  # lazy: ops import triton/_C on first use only
-
         B, S, D = x.shape
         if self.fused_qkv:
             q, k, v = self.qkv_proj(x).split(D, dim=-1)
@@ -72,6 +83,6 @@ class SelfAttention(nn.Module):
             rep = self.num_heads // self.num_kv_heads
             k = k.repeat_interleave(rep, dim=1)  # (B, H, S, Dh)
             v = v.repeat_interleave(rep, dim=1)
-        out = attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, segment_ids=segment_ids)
+        out = _attention()(q, k, v, causal=causal, key_padding_mask=key_padding_mask, segment_ids=segment_ids)
         out = out.transpose(1, 2).reshape(B, S, D)  # (B, S, H*Dh)
         return self.dropout(self.o_proj(out))
