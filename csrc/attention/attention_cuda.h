@@ -1,0 +1,33 @@
+// Plain C++ entry points of the CUDA attention kernels (no torch types: the .cu file
+// is compiled by nvcc alone). Tensors are contiguous (B, H, S, D); lse/delta (B, H, S_q).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace ptft {
+
+enum class AttnDtype { kFloat32, kFloat16, kBFloat16 };
+
+constexpr int kAttnCudaMaxHeadDim = 128;
+
+struct AttnCudaParams {
+  int B, H, Sq, Sk, D;  // D <= kAttnCudaMaxHeadDim
+  bool causal;
+  const bool* key_padding_mask;  // (B, Sk), true = padding key; or nullptr
+  const int32_t* segment_ids;    // (B, Sq); or nullptr
+  float scale;
+};
+
+// out in the input dtype; lse fp32 (natural log, +inf for rows that see no key).
+cudaError_t attention_cuda_forward(AttnDtype dtype, const void* q, const void* k, const void* v,
+                                   void* out, float* lse, const AttnCudaParams& p,
+                                   cudaStream_t stream);
+
+// delta is an fp32 (B, H, Sq) workspace; dq/dk/dv are written (not accumulated).
+cudaError_t attention_cuda_backward(AttnDtype dtype, const void* grad_out, const void* q,
+                                    const void* k, const void* v, const void* out,
+                                    const float* lse, float* delta, void* dq, void* dk, void* dv,
+                                    const AttnCudaParams& p, cudaStream_t stream);
+
+}  // namespace ptft
