@@ -7,7 +7,6 @@ import os
 
 from ptft_engine.data import sources
 from ptft_engine.data.shards import write_shards
-from ptft_engine.data.tokenizer import train_tokenizer
 
 EN = ["the quick brown fox jumps over the lazy dog", "pre-training reads far more data than fits anywhere",
       "every rank yields the same number of batches", "a resumed loader continues where it stopped"]
