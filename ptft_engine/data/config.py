@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class DataConfig(BaseModel):
@@ -53,6 +53,11 @@ class DataConfig(BaseModel):
     weights: list[float] | None = None
     strict: bool = False
     emit_sample_index: bool = False  # add "sample_index": global positions of the batch (for checks)
+
+    @field_validator("shards", "eval_shards", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, str) else v  # `shards: data/wiki` in YAML means one source
 
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":

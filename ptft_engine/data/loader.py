@@ -102,6 +102,10 @@ class Loader:
         """Batches per rank in a whole epoch."""
         return steps_left(self.epoch_length(), 0, self.world_size, self.docs)
 
+    def batches_left(self) -> int:
+        """Batches per rank still to come in the current epoch (after a resume: fewer)."""
+        return steps_left(self.epoch_length(), self.position, self.world_size, self.docs)
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self.position = epoch, 0
 

@@ -93,6 +93,7 @@ def test_resume_is_bit_identical_at_several_points(text_shards, tok_path, object
         resumed = build_loader(cfg.model_copy(update={"num_workers": workers}), objective=objective, rank=1,
                                world_size=2)
         resumed.load_state_dict(state)
+        assert resumed.batches_left() == len(full) - k
         _same(_take(resumed), full[k:])
         assert resumed.state_dict()["epoch"] == 1 and resumed.state_dict()["position"] == 0
 
@@ -132,6 +133,11 @@ def test_epochs_reshuffle_and_remask(text_shards, tok_path):
 def test_config_and_start_errors(text_shards, tok_path, tmp_path):
     with pytest.raises(ValidationError, match="shuffle_bufer"):
         DataConfig(shards=[text_shards], shuffle_bufer=3)
+    assert DataConfig(shards=text_shards).shards == [text_shards]
+    with pytest.raises(ValidationError, match="weights has 2 entries"):
+        DataConfig(shards=[text_shards], weights=[1, 2])
+    with pytest.raises(ValidationError, match="docs_per_batch is for text"):
+        DataConfig(shards=[text_shards], kind="image", docs_per_batch=4)
     with pytest.raises(DataError, match="missing-shards"):
         build_loader(_cfg(str(tmp_path / "missing-shards"), tok_path), objective="mlm")
     with pytest.raises(DataError, match="matches no files"):
