@@ -202,3 +202,38 @@ def test_gpu_backends_match_naive(backend, dtype):
             out.extend([loss, *torch.autograd.grad(loss, (z1, z2))])
         for x, y in zip(z_got, z_want):
             assert _rel_err(x, y) < tol
+
+
+class _LargestAllocation(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the largest tensor (bytes) any op, also from C++ via the dispatcher, produces.
+
+    In-place ops (set_, copy_ ...) allocate nothing; the Triton interpreter uses them to
+    alias arguments' storages, so they are not counted."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.__name__.split(".")[0].endswith("_"):
+            for t in torch.utils._pytree.tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    self.largest = max(self.largest, t.numel() * t.element_size())
+        return out
+
+
+@pytest.mark.parametrize("backend", ["reference", *CPU_BACKENDS])
+def test_logits_never_materialised_whole(backend):
+    if backend != "reference":
+        _skip_unusable(backend)
+    n, chunk = 64, 16
+    a, b = (_embeddings(n, 8).float().requires_grad_() for _ in range(2))
+    s = torch.tensor(5.0, requires_grad=True)
+    with _LargestAllocation() as mode:
+        op.clip_loss_on(backend, a, b, s, True, chunk).backward()
+        op.nt_xent_loss_on(backend, a, b, 1.0 / s, chunk).backward()
+    if backend == "reference":
+        assert mode.largest >= 4 * n * n  # the detector sees the naive (N, N) logits
+    else:  # at most one (chunk, chunk) tile or the (2N, D) stacked views, in float32
+        assert mode.largest <= 4 * max(chunk * chunk, 2 * n * 8), f"{backend}: a tensor of {mode.largest} bytes"
