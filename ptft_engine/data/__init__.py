@@ -10,7 +10,7 @@ from __future__ import annotations
 from ptft_engine.data.config import DataConfig
 from ptft_engine.data.errors import CorruptSampleError, DataError
 
-__all__ = ["DataConfig", "DataError", "CorruptSampleError", "build_loader"]
+__all__ = ["DataConfig", "DataError", "CorruptSampleError", "build_loader", "apply_mlm_mask"]
 
 
 def build_loader(cfg: DataConfig, *, objective: str, rank: int = 0, world_size: int = 1, epoch: int = 0,
@@ -18,3 +18,10 @@ def build_loader(cfg: DataConfig, *, objective: str, rank: int = 0, world_size: 
     from ptft_engine.data.loader import build_loader as _build
 
     return _build(cfg, objective=objective, rank=rank, world_size=world_size, epoch=epoch, split=split)
+
+
+def apply_mlm_mask(batch: dict, *, backend: str | None = None, **mask_kwargs) -> dict:
+    """Mask an MLM batch in the step (`mask_in: step`): apply_mlm_mask(batch, **loader.mask_kwargs())."""
+    from ptft_engine.data.text import apply_mlm_mask as _apply
+
+    return _apply(batch, backend=backend, **mask_kwargs)

@@ -102,6 +102,13 @@ class Loader:
         """Batches per rank in a whole epoch."""
         return steps_left(self.epoch_length(), 0, self.world_size, self.docs)
 
+    def mask_kwargs(self) -> dict:
+        """Arguments of ptft_engine.data.apply_mlm_mask for batches of the current epoch
+        (with `mask_in: step`)."""
+        if self.objective != "mlm":
+            raise DataError(f"objective {self.objective!r} has no MLM mask")
+        return self.builder.mask_kwargs(self.epoch if self.split == "train" else 0)
+
     def batches_left(self) -> int:
         """Batches per rank still to come in the current epoch (after a resume: fewer)."""
         return steps_left(self.epoch_length(), self.position, self.world_size, self.docs)

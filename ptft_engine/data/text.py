@@ -65,17 +65,32 @@ class TextBuilder:
                                        bos_id=tok.bos_id if cfg.add_bos else None)
             return batch, stats.as_dict(), kept
         batch, stats = pack_segments(docs, rows, seq, cls_id=tok.cls_id, sep_id=tok.sep_id, pad_id=tok.pad_id)
-        from ptft_engine.ops import mlm_mask
-
-        if self._backend is None:
-            self._backend = cpu_mask_backend(cfg.mask_backend)
         # Row ids are unique per (batch start, row), so the mask depends only on the
         # stream position: a resumed run masks exactly as an uninterrupted one.
-        sample_ids = first_pos * rows + torch.arange(rows, dtype=torch.int64)
-        masked, labels = mlm_mask(batch["input_ids"], seed=mask_seed(cfg.seed, epoch), sample_ids=sample_ids,
-                                  mask_token_id=tok.mask_id, vocab_size=tok.vocab_size,
-                                  special_token_ids=tok.special_ids, mask_prob=cfg.mask_prob,
-                                  replace_prob=cfg.replace_prob, random_prob=cfg.random_prob,
-                                  backend=self._backend)
-        return {"input_ids": masked, "labels": labels, "segment_ids": batch["segment_ids"],
-                "attention_mask": batch["attention_mask"]}, stats.as_dict(), kept
+        batch["mlm_sample_ids"] = first_pos * rows + torch.arange(rows, dtype=torch.int64)
+        if cfg.mask_in == "step":
+            return batch, stats.as_dict(), kept  # the step masks it on its device: apply_mlm_mask
+        if self._backend is None:
+            self._backend = cpu_mask_backend(cfg.mask_backend)
+        return apply_mlm_mask(batch, **self.mask_kwargs(epoch), backend=self._backend), stats.as_dict(), kept
+
+    def mask_kwargs(self, epoch: int) -> dict:
+        cfg, tok = self.cfg, self.tok
+        return dict(seed=mask_seed(cfg.seed, epoch), mask_token_id=tok.mask_id, vocab_size=tok.vocab_size,
+                    special_token_ids=tok.special_ids, mask_prob=cfg.mask_prob, replace_prob=cfg.replace_prob,
+                    random_prob=cfg.random_prob)
+
+
+def apply_mlm_mask(batch: dict, *, backend: str | None = None, **mask_kwargs) -> dict:
+    """Mask a packed MLM batch in place of its input_ids and add labels.
+
+    With `mask_in: step` the loader leaves this to the training step, which calls it
+    on device tensors with `loader.mask_kwargs()`; the masks are the same bit for bit
+    as the workers would have drawn (the op is one contract on every backend).
+    """
+    from ptft_engine.ops import mlm_mask
+
+    sample_ids = batch.pop("mlm_sample_ids")
+    batch["input_ids"], batch["labels"] = mlm_mask(batch["input_ids"], sample_ids=sample_ids, backend=backend,
+                                                   **mask_kwargs)
+    return batch

@@ -125,3 +125,17 @@ def test_auto_docs_per_batch_fills_batches(text_shards, tok_path):
     assert loader.stats["dropped_tokens"] < 0.35 * loader.stats["tokens"]
     # the same data gives the same number on every rank and on a resumed run
     assert build_loader(cfg, objective="clm", rank=1, world_size=2).docs == loader.docs
+
+
+def test_masking_in_the_step_draws_the_workers_masks(text_shards, tok_path):
+    from ptft_engine.data import apply_mlm_mask
+
+    cfg = DataConfig(shards=[text_shards], tokenizer=tok_path, seq_len=32, batch_size=2, num_workers=0)
+    in_worker = list(build_loader(cfg, objective="mlm", epoch=2))
+    loader = build_loader(cfg.model_copy(update={"mask_in": "step"}), objective="mlm", epoch=2)
+    for batch, expected in zip(loader, in_worker):
+        assert "labels" not in batch and batch["mlm_sample_ids"].shape == (2,)
+        masked = apply_mlm_mask(batch, **loader.mask_kwargs(), backend="reference")
+        assert masked.keys() == expected.keys()
+        for key in expected:
+            assert torch.equal(masked[key], expected[key]), key
