@@ -2,8 +2,19 @@
 
     cfg = DataConfig(shards=["shards/wiki"], tokenizer="tok/tokenizer.json", seq_len=512)
     loader = build_loader(cfg, objective="mlm", rank=rank, world_size=world)
-    for batch in loader: ...            # dict of CPU tensors
-    ckpt["data"] = loader.state_dict()  # JSON-serialisable; load_state_dict resumes mid-epoch
+    for batch in loader: ...            # dict of CPU tensors, the same count on every rank
+    ckpt["data"] = loader.state_dict()  # JSON-serialisable; load_state_dict resumes mid-epoch,
+                                        # also on another world size or worker count
+
+Batches (B = batch_size per rank, S = seq_len):
+    mlm     input_ids (B,S) int64 masked, labels (B,S) int64 (-100 = not selected),
+            segment_ids (B,S) int64 (1, 2, ... per packed document, 0 = pad),
+            attention_mask (B,S) bool (True = real token)
+    clm     input_ids (B,S) int64, labels (B,S) int64 (= input_ids, -100 on pad; the model
+            shifts), attention_mask (B,S) bool
+    simclr  view1, view2 (B,3,H,W) float32, normalised
+    clip    pixel_values (B,3,H,W) float32, input_ids (B,S) int64 (<bos> caption <eos>),
+            attention_mask (B,S) bool
 """
 from __future__ import annotations
 
