@@ -128,8 +128,10 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale, *, symmetric
     a, b: (N, D) embeddings (normalise them first if wanted); logit_scale: one-element tensor
     (CLIP passes exp(learned log-scale)). symmetric: mean of the a->b (rows) and b->a
     (columns) cross-entropies; otherwise rows only. Returns a float32 scalar (float64 for
-    float64 inputs), differentiable w.r.t. a, b and logit_scale. With `group` (a
-    torch.distributed process group) each rank passes its local rows: see distributed.py.
+    float64 inputs), differentiable w.r.t. a, b and logit_scale. chunk_size: rows/columns
+    per tile on the cpu backend (default DEFAULT_CHUNK); the Triton and CUDA kernels use
+    their own fixed tiles. With `group` (a torch.distributed process group) each rank
+    passes its local rows: see distributed.py for how that relates to the global loss.
     """
     _check_pair(a, b, ("a", "b"))
     scale = _as_scale(logit_scale, "logit_scale", a)
