@@ -121,3 +121,24 @@ def test_a_kill_during_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     resumed = make(tmp_path, "run.max_steps=6", "checkpoint.resume=auto")
     assert resumed.state.step == 3 and not (ckpts / "tmp-step-00000006").exists()
     assert run(resumed).step == 6
+
+
+def test_cpu_offload_matches_plain_zero(tmp_path):
+    runs = {}
+    for name, extra in {"z2": [], "z2_off": ["deepspeed.offload_optimizer=true"],
+                        "z3_off": ["deepspeed.zero_stage=3", "deepspeed.offload_optimizer=true",
+                                   "deepspeed.offload_param=true"]}.items():
+        over = ["run.max_steps=5", "deepspeed.zero_stage=2", *extra, "checkpoint.save_at_end=false"]
+        run(make(tmp_path / name, *over))
+        runs[name] = [r["loss"] for r in records(tmp_path / name)]
+    assert runs["z2_off"] == pytest.approx(runs["z2"], rel=1e-5)
+    assert runs["z3_off"] == pytest.approx(runs["z2"], rel=1e-5)
+
+
+def test_bf16_with_gradient_accumulation_learns(tmp_path):
+    state = run(make(tmp_path, "run.max_steps=12", "train.precision=bf16", "deepspeed.zero_stage=3",
+                     "train.grad_accum_steps=2", "checkpoint.save_at_end=false"))
+    losses = [r["loss"] for r in records(tmp_path)]
+    assert state.step == 12 and state.skipped == 0
+    assert sum(losses[-3:]) / 3 < losses[0] - 0.3, losses
+    assert all(r["tokens_per_s"] > 0 for r in records(tmp_path))
