@@ -15,6 +15,9 @@ namespace ptft {
 namespace {
 
 constexpr int kBM = 64, kBN = 64, kBK = 16, kBD = 64, kThreads = 256;
+// The gradient kernel covers kSlices * kBD features per block (one b_tile buffer reused per
+// slice), so each S tile is recomputed only ceil(d / 256) times.
+constexpr int kSlices = 4;
 
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
@@ -116,13 +119,13 @@ __global__ void __launch_bounds__(kThreads) contrastive_grad_rows_kernel(
   __shared__ float as[kBK][kBM];
   __shared__ float bs[kBK][kBM];
   __shared__ float ds_tile[kBM][kBN + 1];  // scale * dS of the current tile
-  __shared__ float b_tile[kBN][kBD];       // b[cols, feature slice]
+  __shared__ float b_tile[kBN][kBD];       // b[cols, one 64-feature slice]
   __shared__ float red[kThreads / 32];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * kBM, f0 = static_cast<int64_t>(blockIdx.y) * kBD;
+  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * kBM, f0 = static_cast<int64_t>(blockIdx.y) * kBD * kSlices;
   const bool want_ds = ds_partial != nullptr && blockIdx.y == 0;
   const float scale = *scale_p;
-  float rl[4], gr[4], out[4][4];
+  float rl[4], gr[4], out[kSlices][4][4];
   int64_t ex[4];
   for (int r = 0; r < 4; ++r) {
     const int64_t row = i0 + ty + 16 * r;
@@ -130,7 +133,8 @@ __global__ void __launch_bounds__(kThreads) contrastive_grad_rows_kernel(
     ex[r] = (excl != nullptr && ok) ? excl[row] : -1;
     rl[r] = (grow != nullptr && ok) ? rlse[row] : 0.f;
     gr[r] = (grow != nullptr && ok) ? grow[row] : 0.f;
-    for (int c = 0; c < 4; ++c) out[r][c] = 0.f;
+    for (int q = 0; q < kSlices; ++q)
+      for (int c = 0; c < 4; ++c) out[q][r][c] = 0.f;
   }
   float ds_local = 0.f;
   float acc[4][4];
@@ -153,27 +157,34 @@ __global__ void __launch_bounds__(kThreads) contrastive_grad_rows_kernel(
         ds_tile[ty + 16 * r][tx + 16 * c] = g * scale;
       }
     }
-    for (int e = threadIdx.x; e < kBN * kBD; e += kThreads) {
-      const int kk = e / kBD, f = e % kBD;
-      const int64_t col = j0 + kk, feat = f0 + f;
-      b_tile[kk][f] = (col < m && feat < d) ? to_f(b[col * d + feat]) : 0.f;
-    }
-    __syncthreads();
-    for (int kk = 0; kk < kBN; ++kk) {
-      float bv[4];
-      for (int c = 0; c < 4; ++c) bv[c] = b_tile[kk][tx + 16 * c];
-      for (int r = 0; r < 4; ++r) {
-        const float dv = ds_tile[ty + 16 * r][kk];
-        for (int c = 0; c < 4; ++c) out[r][c] = fmaf(dv, bv[c], out[r][c]);
+#pragma unroll
+    for (int q = 0; q < kSlices; ++q) {
+      const int64_t fq = f0 + q * kBD;
+      if (fq >= d) continue;  // uniform over the block, so the barriers below stay matched
+      for (int e = threadIdx.x; e < kBN * kBD; e += kThreads) {
+        const int kk = e / kBD, f = e % kBD;
+        const int64_t col = j0 + kk, feat = fq + f;
+        b_tile[kk][f] = (col < m && feat < d) ? to_f(b[col * d + feat]) : 0.f;
       }
+      __syncthreads();
+      for (int kk = 0; kk < kBN; ++kk) {
+        float bv[4];
+        for (int c = 0; c < 4; ++c) bv[c] = b_tile[kk][tx + 16 * c];
+        for (int r = 0; r < 4; ++r) {
+          const float dv = ds_tile[ty + 16 * r][kk];
+          for (int c = 0; c < 4; ++c) out[q][r][c] = fmaf(dv, bv[c], out[q][r][c]);
+        }
+      }
+      __syncthreads();
     }
-    __syncthreads();
   }
-  for (int r = 0; r < 4; ++r) {
-    const int64_t row = i0 + ty + 16 * r;
-    for (int c = 0; c < 4; ++c) {
-      const int64_t feat = f0 + tx + 16 * c;
-      if (row < n && feat < d) da[row * d + feat] = out[r][c];
+  for (int q = 0; q < kSlices; ++q) {
+    for (int r = 0; r < 4; ++r) {
+      const int64_t row = i0 + ty + 16 * r;
+      for (int c = 0; c < 4; ++c) {
+        const int64_t feat = f0 + q * kBD + tx + 16 * c;
+        if (row < n && feat < d) da[row * d + feat] = out[q][r][c];
+      }
     }
   }
   if (want_ds) {
@@ -200,7 +211,7 @@ template <typename T>
 void launch_grad_rows(const void* a, const void* b, const float* scale, const int64_t* exclude, const float* rlse,
                       const float* grow, const float* clse, const float* gcol, int64_t n, int64_t m, int64_t d,
                       float* da, float* ds_partial, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>((n + kBM - 1) / kBM), static_cast<unsigned>((d + kBD - 1) / kBD));
+  const dim3 grid(static_cast<unsigned>((n + kBM - 1) / kBM), static_cast<unsigned>((d + kBD * kSlices - 1) / (kBD * kSlices)));
   contrastive_grad_rows_kernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(a), static_cast<const T*>(b),
                                                                  scale, exclude, rlse, grow, clse, gcol, n, m, d,
                                                                  da, ds_partial);
