@@ -71,6 +71,68 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cpu_backward(
   return attention_cpu_backward(dout, q, k, v, out, lse, causal, pad, seg, scale);
 }
 
+#ifdef PTFT_WITH_CUDA
+AttnDtype cuda_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return AttnDtype::kFloat32;
+    case at::kHalf: return AttnDtype::kFloat16;
+    case at::kBFloat16: return AttnDtype::kBFloat16;
+    default: TORCH_CHECK(false, "attention_cuda: dtype must be float32, float16 or bfloat16, got ", t);
+  }
+}
+
+AttnCudaParams cuda_params(const at::Tensor& q, const at::Tensor& k, bool causal, const OptTensor& pad,
+                           const OptTensor& seg, double scale) {
+  TORCH_CHECK(q.size(3) <= kAttnCudaMaxHeadDim, "attention_cuda: head dim ", q.size(3), " > ",
+              kAttnCudaMaxHeadDim);
+  AttnCudaParams p;
+  p.B = static_cast<int>(q.size(0));
+  p.H = static_cast<int>(q.size(1));
+  p.Sq = static_cast<int>(q.size(2));
+  p.Sk = static_cast<int>(k.size(2));
+  p.D = static_cast<int>(q.size(3));
+  p.causal = causal;
+  p.key_padding_mask = pad.has_value() ? pad->data_ptr<bool>() : nullptr;
+  p.segment_ids = seg.has_value() ? seg->data_ptr<int32_t>() : nullptr;
+  p.scale = static_cast<float>(scale);
+  return p;
+}
+
+std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& q, const at::Tensor& k,
+                                                const at::Tensor& v, bool causal, const OptTensor& pad,
+                                                const OptTensor& seg, double scale) {
+  check_qkv(q, k, v, causal, pad, seg, c10::DeviceType::CUDA);
+  const AttnDtype dtype = cuda_dtype(q.scalar_type());
+  const c10::cuda::CUDAGuard guard(q.device());
+  at::Tensor out = at::empty_like(q);
+  at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
+  const cudaError_t err = attention_cuda_forward(dtype, q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
+                                                 lse.data_ptr<float>(), cuda_params(q, k, causal, pad, seg, scale),
+                                                 c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "attention_cuda_forward: ", cudaGetErrorString(err));
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cuda_backward(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, bool causal, const OptTensor& pad,
+    const OptTensor& seg, double scale) {
+  check_qkv(q, k, v, causal, pad, seg, c10::DeviceType::CUDA);
+  check_backward(dout, q, out, lse);
+  TORCH_CHECK(lse.scalar_type() == at::kFloat, "attention_cuda_backward: lse must be float32");
+  const AttnDtype dtype = cuda_dtype(q.scalar_type());
+  const c10::cuda::CUDAGuard guard(q.device());
+  at::Tensor delta = at::empty_like(lse);
+  at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+  const cudaError_t err = attention_cuda_backward(
+      dtype, dout.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr<float>(),
+      delta.data_ptr<float>(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+      cuda_params(q, k, causal, pad, seg, scale), c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "attention_cuda_backward: ", cudaGetErrorString(err));
+  return {dq, dk, dv};
+}
+#endif  // PTFT_WITH_CUDA
+
 }  // namespace
 
 void bind_attention(pybind11::module_& m) {
@@ -81,6 +143,14 @@ void bind_attention(pybind11::module_& m) {
   m.def("attention_cpu_backward", &cpu_backward, "attention backward on CPU -> (dq, dk, dv)",
         py::arg("grad_out"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"),
         py::arg("causal"), py::arg("key_padding_mask"), py::arg("segment_ids"), py::arg("scale"));
+#ifdef PTFT_WITH_CUDA
+  m.def("attention_cuda_forward", &cuda_forward, "flash-style attention forward on CUDA -> (out, lse)",
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("causal"), py::arg("key_padding_mask"),
+        py::arg("segment_ids"), py::arg("scale"));
+  m.def("attention_cuda_backward", &cuda_backward, "attention backward on CUDA -> (dq, dk, dv)",
+        py::arg("grad_out"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"),
+        py::arg("causal"), py::arg("key_padding_mask"), py::arg("segment_ids"), py::arg("scale"));
+#endif
 }
 
 }  // namespace ptft
