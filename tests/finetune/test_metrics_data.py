@@ -78,3 +78,18 @@ def test_shipped_configs_are_valid():
     assert len(paths) >= 4
     for path in paths:
         load_finetune_config(path)  # raises with the key on any schema problem
+
+
+def test_finetune_and_loading_never_import_deepspeed(assets):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from ptft_engine.finetune import load_task_model, finetune, TaskModel\n"
+        "from ptft_engine.export import load_pretrained\n"
+        f"m = load_pretrained({str(assets['encoder'])!r})\n"
+        "TaskModel(m, 'sequence_classification', 2)\n"
+        "assert 'deepspeed' not in sys.modules, 'deepspeed was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
