@@ -1,0 +1,55 @@
+"""attention on a GPU: the Triton and CUDA kernels against the fp32 reference in fp16 and
+bf16 (flash-attention rule), fp32 held tight, long sequences at D = 128. Skipped without
+CUDA; benchmarks/gpu_check.sh runs them on a GPU machine."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from test_attention import assert_close_fp32, assert_flash_rule, backend_fn, make_inputs, run
+
+pytestmark = pytest.mark.gpu
+
+CASES = [
+    pytest.param(2, 3, 113, 40, {}, False, id="s113-d40"),
+    pytest.param(2, 2, 113, 72, {}, True, id="s113-d72-causal"),
+    pytest.param(2, 2, 257, 128, dict(pad=True), False, id="s257-d128-pad"),
+    pytest.param(2, 2, 300, 64, dict(pad=True, segments=True), True, id="s300-d64-causal-pad-seg"),
+    pytest.param(1, 2, 77, 96, dict(s_k=190, pad=True), False, id="cross-77x190-d96"),
+    pytest.param(1, 4, 2048, 128, {}, True, id="s2048-d128-causal"),
+    pytest.param(1, 2, 2048, 128, dict(segments=True), False, id="s2048-d128-seg"),
+]
+
+
+@pytest.mark.parametrize("b,h,s,d,extra,causal", CASES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_backend_matches_reference(backend, dtype, b, h, s, d, extra, causal):
+    (q, k, v, do), masks = make_inputs(b, h, s, d, dtype, device="cuda", **extra)
+    assert_flash_rule(backend, q, k, v, do, atol=2e-3 if dtype == torch.bfloat16 else 5e-4,
+                      causal=causal, **masks)
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_fp32_is_tight(backend):
+    (q, k, v, do), masks = make_inputs(2, 2, 113, 40, torch.float32, device="cuda", pad=True, segments=True)
+    assert_close_fp32(backend, q, k, v, do, causal=True, **masks)
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_fully_masked_rows_give_zeros(backend):
+    (q, k, v, do), _ = make_inputs(2, 2, 40, 64, torch.bfloat16, device="cuda")
+    kpm = torch.zeros(2, 40, dtype=torch.bool, device="cuda")
+    kpm[1] = True
+    out, dq, dk, dv = run(backend_fn(backend), q, k, v, do, causal=True, key_padding_mask=kpm)
+    for name, t in (("out", out), ("dq", dq), ("dk", dk), ("dv", dv)):
+        assert torch.isfinite(t).all(), f"{backend} {name} has NaN/inf"
+        assert (t[1] == 0).all(), f"{backend} {name} of the fully masked batch row is not zero"
+
+
+def test_automatic_choice_on_gpu_prefers_a_fused_kernel():
+    from ptft_engine.ops import registry
+    from ptft_engine.ops.attention.op import _op_reason
+
+    q = torch.randn(1, 1, 8, 64, device="cuda", dtype=torch.bfloat16)
+    assert registry.choose("attention", q.device, None, _op_reason(q)) in ("cuda", "triton")
