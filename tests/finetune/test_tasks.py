@@ -71,3 +71,16 @@ def test_early_stopping_stops_when_the_metric_stalls(assets, tmp_path):
                       eval={"patience": 2, "every": 5})
     result = run(cfg)
     assert result["stopped_early"] and result["steps"] == 15  # evals at 5 (best), 10, 15 -> stop
+
+
+def test_saved_head_is_kept_when_asked_and_shapes_fit(assets, tmp_path):
+    first = run(base_config(assets, tmp_path, "sequence_classification", optim={"lr": 2e-3, "epochs": 3}))
+    best = tmp_path / "out" / "best"
+    cfg = base_config(assets, tmp_path / "again", "sequence_classification", model={"pretrained": str(best)},
+                      task__reinit_head=False,
+                      optim={"lr": 1e-12, "epochs": 1, "batch_size": 16})
+    again = run(cfg)
+    assert again["kept_saved_head"]
+    assert again["initial"]["accuracy"] == pytest.approx(first["best"]["accuracy"])  # starts where it ended
+    fresh = run({**cfg, "task": {"kind": "sequence_classification"}, "output_dir": str(tmp_path / "fresh")})
+    assert not fresh["kept_saved_head"]
