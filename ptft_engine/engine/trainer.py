@@ -259,6 +259,8 @@ class Trainer:
         return path
 
     def close(self) -> None:
-        """Tear the process group down so no rank lingers after the others exit."""
+        """Tear the process group down so no rank lingers after the others exit. Through
+        DeepSpeed, which then forgets its cached subgroups (a later Trainer can start anew)."""
         if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+            import deepspeed.comm
+            deepspeed.comm.destroy_process_group()

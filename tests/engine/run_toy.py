@@ -46,9 +46,10 @@ def main(argv: list[str]) -> int:
         for job in jobs:
             rc = max(rc, run_job(common + job))
     finally:
+        import deepspeed.comm
         import torch.distributed as dist
         if dist.is_initialized():
-            dist.destroy_process_group()
+            deepspeed.comm.destroy_process_group()
     return rc
 
 

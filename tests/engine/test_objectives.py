@@ -12,14 +12,6 @@ from ptft_engine.engine import Trainer
 CONFIGS = Path(__file__).parents[2] / "configs"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_process_group():
-    yield  # trainers in this process share one process group (see test_single_rank.py)
-    import torch.distributed as dist
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
 @pytest.mark.parametrize("recipe, lr, drop", [
     ("clm_tiny", 1e-2, 0.8), ("mlm_tiny", 1e-2, 0.5), ("simclr_tiny", 3e-3, 0.2), ("clip_tiny", 3e-3, 0.8),
 ])
@@ -28,7 +20,11 @@ def test_recipe_loss_falls(tmp_path, recipe, lr, drop):
         f"run.output_dir={tmp_path}", "run.max_steps=30", "run.log_every=1", "run.eval_every=0",
         "run.progress_bar=false", "run.tensorboard=false", f"train.lr={lr}", "train.warmup_steps=3",
         "checkpoint.save_at_end=false", "checkpoint.every=0"])
-    Trainer(cfg).fit()
+    trainer = Trainer(cfg)
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
     losses = [json.loads(line)["loss"] for line in (tmp_path / recipe / "metrics.jsonl").read_text().splitlines()]
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < first - drop, (recipe, losses)

@@ -26,18 +26,11 @@ def records(tmp_path, split="train"):
     return [r for r in map(json.loads, lines) if r["split"] == split]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_process_group():
-    # DeepSpeed caches its process groups: trainers in one process share the group, torn
-    # down once at the end (a real run is one trainer per process and closes it itself)
-    yield
-    import torch.distributed as dist
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def run(trainer):
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
 
 
 def test_loss_falls_with_eval_logs_and_saved_config(tmp_path):
