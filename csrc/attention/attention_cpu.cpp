@@ -32,8 +32,10 @@ namespace {
 
 // Forward: one wide key block per GEMM keeps the online-softmax rescaling rare; causal
 // skipping comes from stopping each query block at its diagonal, not from the block size.
+// Packed segments need narrower key blocks for whole blocks to fall outside a document.
 constexpr int64_t kFwdBlockQ = 64;
 constexpr int64_t kFwdBlockK = 512;
+constexpr int64_t kFwdBlockKSegments = 128;
 // Backward: smaller key blocks keep the dK/dV accumulators and P/dP tiles in cache.
 constexpr int64_t kBwdBlockQ = 64;
 constexpr int64_t kBwdBlockK = 128;
@@ -249,12 +251,13 @@ void forward_impl(const scalar_t* q, const scalar_t* k, const scalar_t* v, scala
                   const int32_t* seg, double scale_d) {
   using acc_t = acc_type_t<scalar_t>;
   const int64_t D = sh.D, n_qblocks = (sh.Sq + kFwdBlockQ - 1) / kFwdBlockQ;
+  const int64_t block_k = seg ? kFwdBlockKSegments : kFwdBlockK;
   const acc_t scale = static_cast<acc_t>(scale_d);
   const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
   at::parallel_for(0, sh.B * sh.H * n_qblocks, 1, [&](int64_t begin, int64_t end) {
     SingleThreadBlas one_thread;
     std::vector<acc_t> qbuf, kbuf, vbuf;
-    std::vector<acc_t> s(kFwdBlockQ * kFwdBlockK), o(kFwdBlockQ * D), m(kFwdBlockQ), l(kFwdBlockQ);
+    std::vector<acc_t> s(kFwdBlockQ * block_k), o(kFwdBlockQ * D), m(kFwdBlockQ), l(kFwdBlockQ);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bh = task / n_qblocks, qs = (task % n_qblocks) * kFwdBlockQ;
       const int64_t b = bh / sh.H, mq = std::min(kFwdBlockQ, sh.Sq - qs);
@@ -268,8 +271,8 @@ void forward_impl(const scalar_t* q, const scalar_t* k, const scalar_t* v, scala
       std::fill(m.begin(), m.end(), ninf);
       std::fill(l.begin(), l.end(), acc_t(0));
       const int64_t k_end = causal ? std::min(sh.Sk, qs + mq) : sh.Sk;
-      for (int64_t ks = 0; ks < k_end; ks += kFwdBlockK) {
-        const int64_t nk = std::min(kFwdBlockK, k_end - ks);
+      for (int64_t ks = 0; ks < k_end; ks += block_k) {
+        const int64_t nk = std::min(block_k, k_end - ks);
         const auto kind = vis.classify(qs, mq, ks, nk, qlo, qhi);
         if (kind == Visibility::kSkip) continue;
         const acc_t* ka = as_acc(kb_base + ks * D, nk * D, kbuf);
