@@ -85,6 +85,8 @@ AttnCudaParams cuda_params(const at::Tensor& q, const at::Tensor& k, bool causal
                            const OptTensor& seg, double scale) {
   TORCH_CHECK(q.size(3) <= kAttnCudaMaxHeadDim, "attention_cuda: head dim ", q.size(3), " > ",
               kAttnCudaMaxHeadDim);
+  TORCH_CHECK(q.size(0) * q.size(1) <= 65535, "attention_cuda: B*H = ", q.size(0) * q.size(1),
+              " exceeds the grid limit 65535");
   AttnCudaParams p;
   p.B = static_cast<int>(q.size(0));
   p.H = static_cast<int>(q.size(1));

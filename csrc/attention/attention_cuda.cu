@@ -296,6 +296,7 @@ cudaError_t check_params(const AttnCudaParams& p) {
   if (p.B <= 0 || p.H <= 0 || p.Sq <= 0 || p.Sk <= 0 || p.D <= 0 || p.D > kAttnCudaMaxHeadDim) {
     return cudaErrorInvalidValue;
   }
+  if (static_cast<int64_t>(p.B) * p.H > 65535) return cudaErrorInvalidConfiguration;  // gridDim.y limit
   return cudaSuccess;
 }
 

@@ -7,6 +7,7 @@ from ptft_engine.ops import registry
 from ptft_engine.ops.attention.reference import attention_reference
 
 MAX_HEAD_DIM = 128  # the fused GPU kernels keep a (BLOCK, D) tile in registers/shared memory
+MAX_GRID_BH = 65535  # (batch, head) pairs index the GPU grid's second axis
 _FLOAT = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -85,6 +86,8 @@ def _op_reason(q: torch.Tensor):
             if dtype not in (torch.float32, torch.bfloat16, torch.float64):
                 return f"the C++ CPU kernel takes float32, bfloat16 or float64, got {dtype}"
             return None
+        if q.shape[0] * q.shape[1] > MAX_GRID_BH:
+            return f"B*H = {q.shape[0] * q.shape[1]} exceeds the {backend} kernel's grid limit {MAX_GRID_BH}"
         if head_dim > MAX_HEAD_DIM:
             return f"head dim {head_dim} > {MAX_HEAD_DIM} is not supported by the fused {backend} kernel"
         if dtype == torch.float64:
