@@ -132,7 +132,7 @@ def run_grid(out: Path, export: Path, seeds: list[int], epochs: int) -> list[dic
                                 "tokenizer": str(out / "tokenizer/tokenizer.json")},
                        "strategy": strategy,
                        "optim": {"batch_size": 32, "epochs": int(epochs / fraction ** 0.5), **optim},
-                       "eval": {"patience": 5}, "output_dir": str(out / "finetune" / tag), "seed": seed,
+                       "eval": {"patience": 10}, "output_dir": str(out / "finetune" / tag), "seed": seed,
                        "progress_bar": False}
                 result = finetune(parse_finetune_config(cfg))
                 accs.append(test_accuracy(out / "finetune" / tag / "best", data / "test.jsonl"))
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=1500, help="MLM pre-training steps")
     p.add_argument("--export", default=None, help="reuse this MLM export instead of pre-training")
     p.add_argument("--seeds", default="0")
-    p.add_argument("--epochs", type=int, default=8, help="fine-tuning epochs at 100 %% labels")
+    p.add_argument("--epochs", type=int, default=12, help="fine-tuning epochs at 100 %% labels")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.out).resolve()
