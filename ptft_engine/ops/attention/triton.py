@@ -6,6 +6,8 @@ CPU for fp32/fp16 with fixed small blocks; on a GPU the block shapes are autotun
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -34,7 +36,7 @@ def _visible(rows, cols, s_q, s_k, pad_row_ptr, seg_row_ptr,
 
 @triton.jit
 def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, pad_ptr, seg_ptr,
-                     s_q, s_k, head_dim, n_heads, qk_scale,
+                     s_q, s_k, head_dim, n_heads, qk_scale, seq_bucket,
                      CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, HAS_SEG: tl.constexpr,
                      DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_D: tl.constexpr):
@@ -94,7 +96,7 @@ def _attn_bwd_preprocess(o_ptr, do_ptr, delta_ptr, n_rows, head_dim,
 
 @triton.jit
 def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
-                          pad_ptr, seg_ptr, s_q, s_k, head_dim, n_heads, scale,
+                          pad_ptr, seg_ptr, s_q, s_k, head_dim, n_heads, scale, seq_bucket,
                           CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, HAS_SEG: tl.constexpr,
                           DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                           BLOCK_D: tl.constexpr):
@@ -137,7 +139,7 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_pt
 
 @triton.jit
 def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
-                        pad_ptr, seg_ptr, s_q, s_k, head_dim, n_heads, scale,
+                        pad_ptr, seg_ptr, s_q, s_k, head_dim, n_heads, scale, seq_bucket,
                         CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, HAS_SEG: tl.constexpr,
                         DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_D: tl.constexpr):
@@ -184,7 +186,12 @@ def _configs(kind: str):
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in shapes]
 
 
-_KEY = ["s_q", "s_k", "BLOCK_D", "CAUSAL", "HAS_PAD", "HAS_SEG", "DOT_PREC"]
+# Tune per power-of-two bucket of the sequence length (seq_bucket, unused by the kernels),
+# not per exact length: packed batches vary in length every step.
+_KEY = ["seq_bucket", "BLOCK_D", "CAUSAL", "HAS_PAD", "HAS_SEG", "DOT_PREC"]
+# PTFT_TRITON_AUTOTUNE=0 uses one fixed config on GPU (tests: no tuning sweep per shape).
+AUTOTUNE = os.environ.get("PTFT_TRITON_AUTOTUNE", "1") != "0"
+_FIXED_GPU_META = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
 _tuned = {
     "fwd": triton.autotune(_configs("fwd"), key=_KEY)(_attn_fwd_kernel),
     "dkdv": triton.autotune(_configs("bwd"), key=_KEY)(_attn_bwd_dkdv_kernel),
@@ -196,13 +203,16 @@ _INTERPRET_META = {"BLOCK_M": 32, "BLOCK_N": 32}
 
 
 def _launch(kind: str, n_blocks_of, bh: int, *args, **consts):
-    if triton_interpret():
-        meta = dict(_INTERPRET_META)
-        _raw[kind][(triton.cdiv(n_blocks_of, meta["BLOCK_M" if kind != "dkdv" else "BLOCK_N"]), bh)](
-            *args, **consts, **meta)
-        return
     block = "BLOCK_N" if kind == "dkdv" else "BLOCK_M"
+    if triton_interpret() or not AUTOTUNE:
+        meta = dict(_INTERPRET_META if triton_interpret() else _FIXED_GPU_META)
+        _raw[kind][(triton.cdiv(n_blocks_of, meta[block]), bh)](*args, **consts, **meta)
+        return
     _tuned[kind][lambda meta: (triton.cdiv(n_blocks_of, meta[block]), bh)](*args, **consts)
+
+
+def _bucket(s_q: int, s_k: int) -> int:
+    return triton.next_power_of_2(max(s_q, s_k))
 
 
 def _mask_args(q, key_padding_mask, segment_ids):
@@ -228,7 +238,7 @@ def attention_forward(q, k, v, causal, key_padding_mask, segment_ids, scale):
     lse = torch.empty((b, h, s_q), device=q.device, dtype=torch.float32)
     pad, seg = _mask_args(q, key_padding_mask, segment_ids)
     _launch("fwd", s_q, b * h, q, k, v, out, lse, pad, seg, s_q, s_k, d, h, scale * LOG2E,
-            **_consts(q, causal, key_padding_mask, segment_ids))
+            _bucket(s_q, s_k), **_consts(q, causal, key_padding_mask, segment_ids))
     return out, lse
 
 
@@ -244,8 +254,9 @@ def attention_backward(grad_out, q, k, v, out, lse, causal, key_padding_mask, se
         out, grad_out, delta, b * h * s_q, d, BLOCK_M=pre_block, BLOCK_D=consts["BLOCK_D"])
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     pad, seg = _mask_args(q, key_padding_mask, segment_ids)
+    bucket = _bucket(s_q, s_k)
     _launch("dkdv", s_k, b * h, q, k, v, grad_out, lse, delta, dk, dv, pad, seg, s_q, s_k, d, h,
-            scale, **consts)
+            scale, bucket, **consts)
     _launch("dq", s_q, b * h, q, k, v, grad_out, lse, delta, dq, pad, seg, s_q, s_k, d, h,
-            scale, **consts)
+            scale, bucket, **consts)
     return dq, dk, dv
