@@ -30,9 +30,16 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 
+JSON_OUT: str | None = None
+
+
 def emit(case, ours, peer, unit, **extra):
     ratio = ours / peer if (ours is not None and peer) else None
-    print(json.dumps({"case": case, "ours": ours, "peer": peer, "ratio": ratio, "unit": unit, **extra}), flush=True)
+    line = json.dumps({"case": case, "ours": ours, "peer": peer, "ratio": ratio, "unit": unit, **extra})
+    print(line, flush=True)
+    if JSON_OUT:
+        with open(JSON_OUT, "a") as f:
+            f.write(line + "\n")
 
 
 def model_overrides(device: str, quick: bool) -> tuple[list[str], dict]:
@@ -90,19 +97,21 @@ def time_plain(cfg, steps, warmup, device):
     from ptft_engine.engine.synthetic import SyntheticLoader
     torch.manual_seed(cfg.run.seed)
     dev = torch.device(device)
-    model = build_objective_from_config(cfg).to(dev)
-    dtype = torch.bfloat16 if cfg.train.precision == "bf16" else None
-    if dtype is not None:
-        model = model.to(dtype)
+    with dev:
+        model = build_objective_from_config(cfg)
+    # mixed precision the plain way: fp32 weights, bf16 autocast (DeepSpeed keeps fp32 masters too)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda" and
+                              cfg.train.precision == "bf16")
     opt = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
-                            betas=cfg.train.betas, eps=cfg.train.eps)
+                            betas=cfg.train.betas, eps=cfg.train.eps, fused=True if device == "cuda" else None)
     data = iter(SyntheticLoader(cfg.data, objective="clm"))
     times = []
     for i in range(warmup + steps):
         batch = {k: v.to(dev) for k, v in next(data).items()}
         _sync(device)
         t0 = time.perf_counter()
-        out = model(batch)
+        with autocast:
+            out = model(batch)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad)
         opt.step()
@@ -111,6 +120,9 @@ def time_plain(cfg, steps, warmup, device):
         _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
+    del model, opt
+    if device == "cuda":
+        torch.cuda.empty_cache()
     return statistics.median(times)
 
 
@@ -121,8 +133,8 @@ def bench_step_time(device, quick):
         cfg = load_cfg([*over, "deepspeed.zero_stage=0" if device == "cpu" else "deepspeed.zero_stage=1"], tmp)
         plain = time_plain(cfg, steps, warmup, device)
         engine, flops_per_token, trainer = time_engine(cfg, steps, warmup, device)
-        plain2 = time_plain(cfg, steps, warmup, device)  # bracket the engine: machine load drifts
-    plain = min(plain, plain2)
+        if device == "cpu":  # bracket the engine: load on a shared CPU drifts
+            plain = min(plain, time_plain(cfg, steps, warmup, device))
     emit("engine_step_time", engine, plain, "s/step", device=device, batch=shape["batch"], seq=shape["seq"],
          zero_stage=cfg.deepspeed.zero_stage, goal="ratio <= 1.10")
     if device == "cuda":
@@ -202,8 +214,11 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--json-out", help="also append the JSON lines to this file")
     p.add_argument("--memory-worker", nargs=2, metavar=("STAGE", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    global JSON_OUT
+    JSON_OUT = args.json_out
     if args.memory_worker:
         memory_worker(int(args.memory_worker[0]), args.memory_worker[1])
         return

@@ -113,11 +113,19 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 def init_deepspeed(cfg: RunConfig, build: Callable[[], torch.nn.Module], world_size: int, device: torch.device):
     import deepspeed
     ds_config = build_deepspeed_config(cfg, world_size, on_gpu=device.type == "cuda")
-    with deepspeed.zero.Init(config_dict_or_path=ds_config,
-                             enabled=cfg.deepspeed.zero_stage == 3 and cfg.deepspeed.zero_init):
-        objective = build()
+    if cfg.deepspeed.zero_stage == 3 and cfg.deepspeed.zero_init:
+        with deepspeed.zero.Init(config_dict_or_path=ds_config):  # each rank only ever holds its shard
+            objective = build()
+    else:
+        with torch.device(device):  # initialise on the device: a 1B model's init is slow on the CPU
+            objective = build()
+    # fused kernel on GPU (one launch for all tensors); offloaded state lives on the CPU
+    fused = device.type == "cuda" and not cfg.deepspeed.offload_optimizer
     optimizer = GuardedAdamW(param_groups(objective, cfg.train.weight_decay), lr=cfg.train.lr,
-                             betas=cfg.train.betas, eps=cfg.train.eps,
+                             betas=cfg.train.betas, eps=cfg.train.eps, fused=fused or None,
                              clip_grad=cfg.train.clip_grad if engine_clips_itself(cfg) else 0.0)
     engine, _, _, _ = deepspeed.initialize(model=objective, optimizer=optimizer, config=ds_config)
+    if world_size == 1 and cfg.deepspeed.zero_stage == 0:
+        # averaging over one rank is the identity: skip stage 0's flatten/all-reduce/copy-back
+        engine.enable_backward_allreduce = False
     return engine, optimizer, ds_config

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+import yaml
 
 from ptft_engine.config.schema import RunConfig
 from ptft_engine.engine import checkpoint, setup
@@ -60,7 +61,8 @@ class Trainer:
         self.last_saved_step = -1
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(cfg.model_dump_json(indent=1))
+            # reloadable: `ptft pretrain --config <run_dir>/config.yaml` repeats the run
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
             (self.run_dir / "deepspeed_config.json").write_text(json.dumps(self.ds_config, indent=1))
             checkpoint.remove_partial(self.ckpt_dir)
         self.loader = self._make_loader(epoch=0)

@@ -34,7 +34,9 @@ def run(trainer):
 
 
 def test_loss_falls_with_eval_logs_and_saved_config(tmp_path):
-    state = run(make(tmp_path, "run.max_steps=30", "run.eval_every=10", "run.eval_steps=3"))
+    trainer = make(tmp_path, "run.max_steps=30", "run.eval_every=10", "run.eval_steps=3")
+    trainer_cfg = trainer.cfg
+    state = run(trainer)
     train = records(tmp_path)
     assert state.step == 30 and len(train) == 30
     assert sum(r["loss"] for r in train[-5:]) / 5 < train[0]["loss"] - 1.0
@@ -42,7 +44,7 @@ def test_loss_falls_with_eval_logs_and_saved_config(tmp_path):
     evals = records(tmp_path, "eval")
     assert [r["step"] for r in evals] == [10, 20, 30] and evals[-1]["loss"] < evals[0]["loss"]
     run_dir = tmp_path / "t"
-    assert json.loads((run_dir / "config.json").read_text())["train"]["lr"] == 1e-2
+    assert load_run_config(run_dir / "config.yaml") == trainer_cfg  # the resolved config, reloadable
     assert json.loads((run_dir / "deepspeed_config.json").read_text())["train_batch_size"] == 4
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert checkpoint.find_latest(run_dir / "checkpoints").name == "step-00000030"
