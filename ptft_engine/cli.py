@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("ptft_engine.commands.export", "consolidate a run/checkpoint into safetensors (HF layout) + manifest"),
     "finetune": ("ptft_engine.commands.finetune", "fine-tune an export on a labelled task (plain PyTorch, one device)"),
     "demo": ("ptft_engine.commands.demo", "run the whole workflow on bundled data"),
+    "report": ("ptft_engine.commands.report", "PNG plots + a Markdown/HTML summary of a run, fine-tune or demo folder"),
 }
 
 
@@ -74,12 +75,35 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = _command_parser(name).parse_args(argv)
         return int(args._run(args) or 0)
-    except (UserError, FileNotFoundError, ValueError) as exc:
-        if debug:
+    except Exception as exc:
+        message = _user_message(exc)
+        if debug or message is None:
             raise
-        print(f"ptft {name}: error: {exc}", file=sys.stderr)
+        print(f"ptft {name}: error: {message}", file=sys.stderr)
         return 1
 
 
+def _user_message(exc: BaseException) -> str | None:
+    """One line for an error the user can fix; None lets a bug show its traceback."""
+    if isinstance(exc, (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                        PermissionError, FileExistsError)):
+        return str(exc)
+    kind = type(exc).__name__  # by name: importing torch here would slow every command
+    if kind == "BackendUnavailable":  # an explicitly requested kernel backend (ops.registry)
+        return f"{exc} — use a machine that has it, or PTFT_KERNEL_BACKEND=auto"
+    if kind in ("DistNetworkError", "DistStoreError"):  # torch.distributed rendezvous
+        import os
+
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        first = (str(exc).strip().splitlines() or [kind])[0]
+        return (f"cannot reach the rank-0 rendezvous at {where} ({first}) — check that rank 0 is running, that "
+                "MASTER_ADDR/MASTER_PORT (or the hostfile) name it, and that the port is open between the nodes")
+    return None
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m ptft_engine.cli` (the deepspeed launcher's way in) runs this file as __main__:
+    # go through the imported module so commands raise the same UserError class it catches
+    from ptft_engine.cli import main as _main
+
+    sys.exit(_main())
