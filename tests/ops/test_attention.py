@@ -89,6 +89,7 @@ CPU_CASES = [
 ]
 TRITON_CASES = [
     pytest.param(1, 2, 17, 16, {}, False, id="s17-d16"),
+    pytest.param(1, 2, 70, 16, {}, False, id="s70-d16-unmasked-blocks"),
     pytest.param(2, 2, 33, 40, {}, True, id="s33-d40-causal"),
     pytest.param(2, 2, 33, 40, dict(pad=True), False, id="s33-d40-pad"),
     pytest.param(2, 2, 64, 16, dict(pad=True, segments=True), True, id="s64-d16-causal-pad-seg"),

@@ -35,6 +35,44 @@ def _visible(rows, cols, s_q, s_k, pad_row_ptr, seg_row_ptr,
 
 
 @triton.jit
+def _full_blocks_end(start_m, s_k, CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, HAS_SEG: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Keys [0, end) are visible to every row of query block start_m, in whole BLOCK_N steps."""
+    tl.static_assert(BLOCK_M % BLOCK_N == 0, "causal splitting needs BLOCK_M to be a multiple of BLOCK_N")
+    if HAS_PAD or HAS_SEG:
+        end = 0
+    elif CAUSAL:
+        end = start_m * BLOCK_M
+    else:
+        end = (s_k // BLOCK_N) * BLOCK_N
+    return end
+
+
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, rows, dims, dim_ok, k_base, v_base, lo, hi, s_q, s_k, head_dim,
+               pad_row, seg_row, qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+               HAS_PAD: tl.constexpr, HAS_SEG: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Online-softmax update of (acc, l_i, m_i) over key blocks [lo, hi)."""
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + tl.arange(0, BLOCK_N)
+        kv_mask = (cols[:, None] < s_k) & dim_ok[None, :]
+        k = tl.load(k_base + cols[:, None] * head_dim + dims[None, :], mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+        if MASKED:
+            ok = _visible(rows, cols, s_q, s_k, pad_row, seg_row, CAUSAL, HAS_PAD, HAS_SEG)
+            s = tl.where(ok, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + cols[:, None] * head_dim + dims[None, :], mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
 def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, pad_ptr, seg_ptr,
                      s_q, s_k, head_dim, n_heads, qk_scale, seq_bucket,
                      CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, HAS_SEG: tl.constexpr,
@@ -58,21 +96,15 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, pad_ptr, seg_ptr,
     hi = s_k
     if CAUSAL:  # keys past this block's last row are invisible to all of it
         hi = tl.minimum(s_k, (start_m + 1) * BLOCK_M)
-    for start_n in range(0, hi, BLOCK_N):
-        cols = start_n + tl.arange(0, BLOCK_N)
-        kv_mask = (cols[:, None] < s_k) & dim_ok[None, :]
-        k = tl.load(k_ptr + kv_base + cols[:, None] * head_dim + dims[None, :], mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
-        ok = _visible(rows, cols, s_q, s_k, pad_row, seg_row, CAUSAL, HAS_PAD, HAS_SEG)
-        s = tl.where(ok, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_ptr + kv_base + cols[:, None] * head_dim + dims[None, :], mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
-        m_i = m_new
+    # Key blocks every row sees in full run without mask arithmetic; the rest (diagonal,
+    # ragged tail, padding/segments) are masked.
+    split = _full_blocks_end(start_m, s_k, CAUSAL, HAS_PAD, HAS_SEG, BLOCK_M, BLOCK_N)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, rows, dims, dim_ok, k_ptr + kv_base, v_ptr + kv_base, 0, split,
+                               s_q, s_k, head_dim, pad_row, seg_row, qk_scale, False, CAUSAL, HAS_PAD, HAS_SEG,
+                               DOT_PREC, BLOCK_N)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, rows, dims, dim_ok, k_ptr + kv_base, v_ptr + kv_base, split, hi,
+                               s_q, s_k, head_dim, pad_row, seg_row, qk_scale, True, CAUSAL, HAS_PAD, HAS_SEG,
+                               DOT_PREC, BLOCK_N)
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     tl.store(o_ptr + bh.to(tl.int64) * s_q * head_dim + rows[:, None] * head_dim + dims[None, :],
@@ -92,6 +124,30 @@ def _attn_bwd_preprocess(o_ptr, do_ptr, delta_ptr, n_rows, head_dim,
     o = tl.load(o_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     do = tl.load(do_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(delta_ptr + rows, tl.sum(o * do, 1), mask=rows < n_rows)
+
+
+@triton.jit
+def _dkdv_inner(dk, dv, k, v, cols, dims, dim_ok, q_base, do_base, lse_row, delta_row, lo, hi, s_q, s_k,
+                head_dim, pad_row, seg_row, scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+                HAS_PAD: tl.constexpr, HAS_SEG: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Accumulates dK, dV of one key block over query blocks [lo, hi)."""
+    for start_m in range(lo, hi, BLOCK_M):
+        rows = start_m + tl.arange(0, BLOCK_M)
+        q_mask = (rows[:, None] < s_q) & dim_ok[None, :]
+        q = tl.load(q_base + rows[:, None] * head_dim + dims[None, :], mask=q_mask, other=0.0)
+        do = tl.load(do_base + rows[:, None] * head_dim + dims[None, :], mask=q_mask, other=0.0)
+        lse = tl.load(lse_row + rows, mask=rows < s_q, other=float("inf"))
+        delta = tl.load(delta_row + rows, mask=rows < s_q, other=0.0)
+        s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * (scale * 1.4426950408889634)
+        p_t = tl.exp2(s_t - lse[None, :] * 1.4426950408889634)  # (BLOCK_N, BLOCK_M)
+        if MASKED:
+            ok_t = tl.trans(_visible(rows, cols, s_q, s_k, pad_row, seg_row, CAUSAL, HAS_PAD, HAS_SEG))
+            p_t = tl.where(ok_t, p_t, 0.0)
+        dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PREC)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PREC)
+    return dk, dv
 
 
 @triton.jit
@@ -119,22 +175,44 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_pt
     lo = 0
     if CAUSAL:  # rows before this block's first key see none of it
         lo = (start_n * BLOCK_N // BLOCK_M) * BLOCK_M
-    for start_m in range(lo, s_q, BLOCK_M):
-        rows = start_m + tl.arange(0, BLOCK_M)
-        q_mask = (rows[:, None] < s_q) & dim_ok[None, :]
-        q = tl.load(q_ptr + q_base + rows[:, None] * head_dim + dims[None, :], mask=q_mask, other=0.0)
-        do = tl.load(do_ptr + q_base + rows[:, None] * head_dim + dims[None, :], mask=q_mask, other=0.0)
-        lse = tl.load(lse_ptr + bh * s_q + rows, mask=rows < s_q, other=float("inf"))
-        delta = tl.load(delta_ptr + bh * s_q + rows, mask=rows < s_q, other=0.0)
-        s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * (scale * 1.4426950408889634)
-        ok_t = tl.trans(_visible(rows, cols, s_q, s_k, pad_row, seg_row, CAUSAL, HAS_PAD, HAS_SEG))
-        p_t = tl.where(ok_t, tl.exp2(s_t - lse[None, :] * 1.4426950408889634), 0.0)  # (BLOCK_N, BLOCK_M)
-        dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PREC)
-        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PREC)
+    # Query blocks [lo, mid) need masks; from mid on every row sees this whole key block.
+    if HAS_PAD or HAS_SEG:
+        mid = s_q
+    elif CAUSAL:
+        mid = tl.minimum(s_q, tl.cdiv((start_n + 1) * BLOCK_N, BLOCK_M) * BLOCK_M)
+    else:
+        mid = 0
+    # Out-of-range rows load lse = +inf (p = 0) and out-of-range keys are never stored, so
+    # unmasked blocks need no bounds arithmetic on the scores.
+    dk, dv = _dkdv_inner(dk, dv, k, v, cols, dims, dim_ok, q_ptr + q_base, do_ptr + q_base, lse_ptr + bh * s_q,
+                         delta_ptr + bh * s_q, lo, mid, s_q, s_k, head_dim, pad_row, seg_row,
+                         scale, True, CAUSAL, HAS_PAD, HAS_SEG, DOT_PREC, BLOCK_M)
+    dk, dv = _dkdv_inner(dk, dv, k, v, cols, dims, dim_ok, q_ptr + q_base, do_ptr + q_base, lse_ptr + bh * s_q,
+                         delta_ptr + bh * s_q, mid, s_q, s_q, s_k, head_dim, pad_row, seg_row,
+                         scale, False, CAUSAL, HAS_PAD, HAS_SEG, DOT_PREC, BLOCK_M)
     tl.store(dk_ptr + kv_offs, (dk * scale).to(dk_ptr.dtype.element_ty), mask=kv_mask)
     tl.store(dv_ptr + kv_offs, dv.to(dv_ptr.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _dq_inner(dq, q, do, lse, delta, rows, dims, dim_ok, k_base, v_base, lo, hi, s_q, s_k, head_dim,
+              pad_row, seg_row, scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr,
+              HAS_SEG: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Accumulates dQ of one query block over key blocks [lo, hi)."""
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + tl.arange(0, BLOCK_N)
+        kv_mask = (cols[:, None] < s_k) & dim_ok[None, :]
+        k = tl.load(k_base + cols[:, None] * head_dim + dims[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + cols[:, None] * head_dim + dims[None, :], mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * (scale * 1.4426950408889634)
+        p = tl.exp2(s - lse[:, None] * 1.4426950408889634)
+        if MASKED:
+            ok = _visible(rows, cols, s_q, s_k, pad_row, seg_row, CAUSAL, HAS_PAD, HAS_SEG)
+            p = tl.where(ok, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
+    return dq
 
 
 @triton.jit
@@ -163,17 +241,11 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
     hi = s_k
     if CAUSAL:
         hi = tl.minimum(s_k, (start_m + 1) * BLOCK_M)
-    for start_n in range(0, hi, BLOCK_N):
-        cols = start_n + tl.arange(0, BLOCK_N)
-        kv_mask = (cols[:, None] < s_k) & dim_ok[None, :]
-        k = tl.load(k_ptr + kv_base + cols[:, None] * head_dim + dims[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_ptr + kv_base + cols[:, None] * head_dim + dims[None, :], mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * (scale * 1.4426950408889634)
-        ok = _visible(rows, cols, s_q, s_k, pad_row, seg_row, CAUSAL, HAS_PAD, HAS_SEG)
-        p = tl.where(ok, tl.exp2(s - lse[:, None] * 1.4426950408889634), 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
+    split = _full_blocks_end(start_m, s_k, CAUSAL, HAS_PAD, HAS_SEG, BLOCK_M, BLOCK_N)
+    dq = _dq_inner(dq, q, do, lse, delta, rows, dims, dim_ok, k_ptr + kv_base, v_ptr + kv_base, 0, split,
+                   s_q, s_k, head_dim, pad_row, seg_row, scale, False, CAUSAL, HAS_PAD, HAS_SEG, DOT_PREC, BLOCK_N)
+    dq = _dq_inner(dq, q, do, lse, delta, rows, dims, dim_ok, k_ptr + kv_base, v_ptr + kv_base, split, hi,
+                   s_q, s_k, head_dim, pad_row, seg_row, scale, True, CAUSAL, HAS_PAD, HAS_SEG, DOT_PREC, BLOCK_N)
     tl.store(dq_ptr + q_offs, (dq * scale).to(dq_ptr.dtype.element_ty), mask=q_mask)
 
 
