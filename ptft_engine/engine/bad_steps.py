@@ -27,6 +27,8 @@ class GuardedAdamW(torch.optim.AdamW):
             local_sq = torch.stack([g.detach().float().pow(2).sum() for g in grads]).sum()
         bad = (~torch.isfinite(local_sq)).float().reshape(1)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            if dist.get_backend() == "nccl":  # NCCL reduces GPU tensors only (grads may be offloaded)
+                bad = bad.to(torch.device("cuda", torch.cuda.current_device()))
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         self.last_step_bad = bool(bad.item())
         self.last_grad_norm = float(local_sq.sqrt()) if not self.last_step_bad else float("nan")

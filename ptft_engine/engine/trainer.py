@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,7 +41,6 @@ class TrainState:
     rollbacks: int = 0
     epoch: int = 0
     tokens_seen: int = 0
-    losses: list[float] = field(default_factory=list, repr=False)  # this process's logged losses
 
 
 class Trainer:
@@ -116,20 +115,22 @@ class Trainer:
         self.engine.train()
         lr = self._set_lr()
         gas = self.cfg.train.grad_accum_steps
-        loss_sum = torch.zeros((), dtype=torch.float64)
+        self.optimizer.last_step_bad = False  # DeepSpeed may skip a step without calling our optimizer
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         units = 0.0
         for _ in range(gas):
             batch = self._next_batch()
             out = self.engine(batch)
             self.engine.backward(out["loss"])
             self.engine.step()  # DeepSpeed reduces, clips and updates only at the last micro-batch
-            loss_sum += out["loss"].detach().double().cpu()
+            loss_sum += out["loss"].detach().double()  # stays on the device: one sync per step
             units += float(out.get("num_tokens", out.get("num_samples", 0)))
         bad = self.optimizer.last_step_bad or not self.engine.was_step_applied()
         # one collective per step: mean loss over ranks, units processed, stop request from any rank
-        stats = torch.tensor([loss_sum.item() / gas, units, float(self.stop.requested)], dtype=torch.float64)
+        stats = torch.stack([loss_sum / gas, loss_sum.new_tensor(units), loss_sum.new_tensor(float(self.stop.requested))])
         if self.world_size > 1:
             dist.all_reduce(stats)
+        stats = stats.cpu()
         norm = self.engine.get_global_grad_norm()
         return {"loss": stats[0].item() / self.world_size, "units": stats[1].item(), "stop": stats[2].item() > 0,
                 "lr": lr, "bad": bad,
@@ -200,7 +201,6 @@ class Trainer:
                    **memory_stats(self.device)}
         if self.peak and self.flops_per_unit:
             metrics["mfu"] = self.flops_per_unit * units_per_s / (self.peak * 1e12 * self.world_size)
-        self.state.losses.append(out["loss"])
         self.logger.log(self.state.step, metrics)
 
     @torch.no_grad()
@@ -209,13 +209,15 @@ class Trainer:
         if loader is None:
             return None
         self.engine.eval()
-        total = torch.zeros(2, dtype=torch.float64)
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
         for i, batch in enumerate(loader):
             if i >= self.cfg.run.eval_steps:
                 break
-            total += torch.tensor([self.engine(self._to_device(batch))["loss"].double().item(), 1.0])
+            total[0] += self.engine(self._to_device(batch))["loss"].double()
+            total[1] += 1
         if self.world_size > 1:
             dist.all_reduce(total)
+        total = total.cpu()
         loss = (total[0] / total[1].clamp(min=1)).item()
         self.logger.log(self.state.step, {"loss": loss}, split="eval")
         self.engine.train()
