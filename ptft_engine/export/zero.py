@@ -216,23 +216,43 @@ def model_tensors(ckpt: Path) -> tuple[Iterator[tuple[str, torch.Tensor]], dict[
     return only_model(), info
 
 
+RUN_CONFIGS = ("config.yaml", "config.json")  # the engine's resolved run config (yaml now, json before)
+
+
+def run_config_file(run_dir: Path) -> Path | None:
+    return next((run_dir / n for n in RUN_CONFIGS if (run_dir / n).is_file()), None)
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    import yaml
+
+    path = run_config_file(run_dir)
+    try:
+        cfg = yaml.safe_load(path.read_text())  # JSON is YAML too
+    except (OSError, yaml.YAMLError) as exc:
+        raise ExportError(f"{path}: cannot read the run config ({exc.__class__.__name__})") from None
+    if not isinstance(cfg, dict):
+        raise ExportError(f"{path}: the run config is not a mapping")
+    return cfg
+
+
 def resolve_source(source: Path) -> tuple[Path, Path]:
-    """RUN_DIR or a checkpoint dir -> (checkpoint dir, run dir holding config.json)."""
+    """RUN_DIR or a checkpoint dir -> (checkpoint dir, run dir holding the run config)."""
     from ptft_engine.engine.checkpoint import find_latest
 
     if (source / "meta.json").is_file():
         for run_dir in (source.parent.parent, source.parent):
-            if (run_dir / "config.json").is_file():
+            if run_config_file(run_dir) is not None:
                 return source, run_dir
-        raise ExportError(f"{source}: cannot find the run's config.json next to its checkpoints directory")
-    if (source / "config.json").is_file():
-        cfg = json.loads((source / "config.json").read_text())
+        raise ExportError(f"{source}: cannot find the run's config.yaml next to its checkpoints directory")
+    if run_config_file(source) is not None and not (source / "model.safetensors").exists():
+        cfg = read_run_config(source)
         ckpt_dir = Path((cfg.get("checkpoint") or {}).get("dir") or source / "checkpoints")
         latest = find_latest(ckpt_dir)
         if latest is None:
             raise ExportError(f"{source}: no complete checkpoint in {ckpt_dir}")
         return latest, source
-    raise ExportError(f"{source}: not a run directory (config.json), a checkpoint (meta.json) or an export")
+    raise ExportError(f"{source}: not a run directory (config.yaml), a checkpoint (meta.json) or an export")
 
 
 def export_checkpoint(source: str | Path, out_dir: str | Path, *, tokenizer: str | Path | None = None, **kwargs):
@@ -240,9 +260,9 @@ def export_checkpoint(source: str | Path, out_dir: str | Path, *, tokenizer: str
     from ptft_engine.models import ConfigError, parse_model_config
 
     ckpt, run_dir = resolve_source(Path(source))
-    run_cfg = json.loads((run_dir / "config.json").read_text())
+    run_cfg = read_run_config(run_dir)
     try:
-        model_cfg = parse_model_config(run_cfg.get("model"), prefix=f"{run_dir / 'config.json'}: model")
+        model_cfg = parse_model_config(run_cfg.get("model"), prefix=f"{run_config_file(run_dir)}: model")
     except ConfigError as exc:
         raise ExportError(str(exc)) from None
     meta = json.loads((ckpt / "meta.json").read_text()) if (ckpt / "meta.json").is_file() else {}
