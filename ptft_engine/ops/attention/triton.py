@@ -250,11 +250,14 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
 
 
 def _configs(kind: str):
-    """Block shapes for H100/H200-class GPUs (228 KB shared memory, bf16 tensor cores)."""
-    if kind == "fwd":
-        shapes = [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 4)]
-    else:
-        shapes = [(64, 64, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2), (32, 64, 4, 3), (64, 32, 4, 3)]
+    """Block shapes (BLOCK_M, BLOCK_N, warps, stages) for H100/H200-class GPUs (228 KB shared
+    memory, bf16 tensor cores). fwd and dq split their key loop at a query-block boundary,
+    so they need BLOCK_M % BLOCK_N == 0; dkdv (wide key blocks, narrow query steps) does not."""
+    shapes = {
+        "fwd": [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 4)],
+        "dq": [(64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 3), (32, 32, 4, 3)],
+        "dkdv": [(64, 64, 4, 2), (32, 128, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3), (64, 32, 4, 3)],
+    }[kind]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in shapes]
 
 
@@ -266,8 +269,8 @@ AUTOTUNE = os.environ.get("PTFT_TRITON_AUTOTUNE", "1") != "0"
 _FIXED_GPU_META = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
 _tuned = {
     "fwd": triton.autotune(_configs("fwd"), key=_KEY)(_attn_fwd_kernel),
-    "dkdv": triton.autotune(_configs("bwd"), key=_KEY)(_attn_bwd_dkdv_kernel),
-    "dq": triton.autotune(_configs("bwd"), key=_KEY)(_attn_bwd_dq_kernel),
+    "dkdv": triton.autotune(_configs("dkdv"), key=_KEY)(_attn_bwd_dkdv_kernel),
+    "dq": triton.autotune(_configs("dq"), key=_KEY)(_attn_bwd_dq_kernel),
 }
 _raw = {"fwd": _attn_fwd_kernel, "dkdv": _attn_bwd_dkdv_kernel, "dq": _attn_bwd_dq_kernel}
 # The interpreter runs one numpy op per block: fixed 32-wide blocks, no tuning sweep.
