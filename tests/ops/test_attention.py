@@ -117,6 +117,15 @@ def test_triton_backend_matches_reference(b, h, s, d, extra, causal, dtype):
         assert_flash_rule("triton", q, k, v, do, atol=1e-3, causal=causal, **masks)
 
 
+def test_triton_configs_split_at_query_block_boundaries():
+    """fwd/dq run their unmasked key blocks up to a query-block start: BLOCK_M % BLOCK_N == 0."""
+    from ptft_engine.ops.attention import triton as triton_attention
+
+    for kind in ("fwd", "dq"):
+        for cfg in triton_attention._configs(kind):
+            assert cfg.kwargs["BLOCK_M"] % cfg.kwargs["BLOCK_N"] == 0, (kind, cfg.kwargs)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_reference_backend_matches_float64(causal):
     (q, k, v, do), masks = make_inputs(2, 2, 33, 40, torch.float32, pad=True, segments=True)

@@ -39,7 +39,9 @@ def _full_blocks_end(start_m, s_k, CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, 
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Keys [0, end) are visible to every row of query block start_m, in whole BLOCK_N steps."""
     tl.static_assert(BLOCK_M % BLOCK_N == 0, "causal splitting needs BLOCK_M to be a multiple of BLOCK_N")
-    if HAS_PAD or HAS_SEG:
+    if HAS_PAD:  # (separate branches: constexpr conditions, no boolean operators)
+        end = 0
+    elif HAS_SEG:
         end = 0
     elif CAUSAL:
         end = start_m * BLOCK_M
@@ -176,7 +178,9 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_pt
     if CAUSAL:  # rows before this block's first key see none of it
         lo = (start_n * BLOCK_N // BLOCK_M) * BLOCK_M
     # Query blocks [lo, mid) need masks; from mid on every row sees this whole key block.
-    if HAS_PAD or HAS_SEG:
+    if HAS_PAD:
+        mid = s_q
+    elif HAS_SEG:
         mid = s_q
     elif CAUSAL:
         mid = tl.minimum(s_q, tl.cdiv((start_n + 1) * BLOCK_N, BLOCK_M) * BLOCK_M)
