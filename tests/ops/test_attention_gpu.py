@@ -55,9 +55,10 @@ def test_gpu_fully_masked_rows_give_zeros(backend):
         assert (t[1] == 0).all(), f"{backend} {name} of the fully masked batch row is not zero"
 
 
-def test_automatic_choice_on_gpu_prefers_a_fused_kernel():
+def test_automatic_choice_on_gpu_prefers_triton_explicit_cuda_still_works():
     from ptft_engine.ops import registry
     from ptft_engine.ops.attention.op import _op_reason
 
     q = torch.randn(1, 1, 8, 64, device="cuda", dtype=torch.bfloat16)
-    assert registry.choose("attention", q.device, None, _op_reason(q)) in ("cuda", "triton")
+    assert registry.choose("attention", q.device, None, _op_reason(q, automatic=True)) == "triton"
+    assert registry.choose("attention", q.device, "cuda", _op_reason(q)) == "cuda"

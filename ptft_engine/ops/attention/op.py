@@ -70,10 +70,15 @@ def _check_inputs(q, k, v, causal, key_padding_mask, segment_ids):
             raise ValueError(f"attention: segment_ids is on {segment_ids.device}, q on {q.device}")
 
 
-def _op_reason(q: torch.Tensor):
+def _op_reason(q: torch.Tensor, automatic: bool = False):
     dtype, head_dim, dev = q.dtype, q.shape[-1], q.device.type
 
     def reason(backend: str) -> str | None:
+        if backend == "cuda" and automatic and reason("triton") is None \
+                and registry.generic_reason("triton", q.device) is None:
+            # Not a limit of the inputs: the CUDA kernel is scalar FMA (no tensor cores) and
+            # slower than the Triton one, so automatic choice passes it over (explicit works).
+            return "the CUDA kernel has no tensor-core path yet; automatic choice prefers Triton"
         if backend == "reference":
             return None
         if backend in ("cpu", "cuda"):
@@ -117,11 +122,13 @@ def attention(
     segment_ids: int (B, S); query i sees key j only when their ids match (packed
     documents), combined with `causal` and the padding mask. Rows that see no key
     return zeros (and zero gradients). `scale` defaults to D**-0.5. `backend`:
-    None | "reference" | "cpu" | "triton" | "cuda" (see ops/registry.py).
+    None | "reference" | "cpu" | "triton" | "cuda" (see ops/registry.py); automatic choice
+    takes Triton over the (scalar) CUDA kernel on GPUs, and the C++ kernel on CPUs.
     """
     _check_inputs(q, k, v, causal, key_padding_mask, segment_ids)
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
-    name = registry.choose("attention", q.device, backend, _op_reason(q))
+    automatic = registry._requested(backend) is None  # no argument, default or env choice
+    name = registry.choose("attention", q.device, backend, _op_reason(q, automatic))
     if name == "reference":
         return attention_reference(q, k, v, causal=causal, key_padding_mask=key_padding_mask,
                                    segment_ids=segment_ids, scale=scale)
