@@ -4,7 +4,8 @@
 
 Run under a launcher (or with RANK/WORLD_SIZE/MASTER_* set) for several ranks. Jobs run
 one after another in the same processes, which spares the tests a start-up per training.
-`toy.nan_at=1,2,3` injects NaN losses at those forward calls (on every rank).
+`toy.nan_at=1,2,3` injects NaN losses at those forward calls (on every rank);
+`toy.slow_from=6` sleeps 0.5 s per forward from call 6 on (so a kill lands mid-run).
 """
 import sys
 from pathlib import Path
@@ -17,11 +18,13 @@ from toy import ToyCausalLM  # noqa: E402
 
 
 def run_job(overrides: list[str]) -> int:
-    nan_at = [a for a in overrides if a.startswith("toy.nan_at=")]
-    overrides = [a for a in overrides if a not in nan_at]
-    calls = [int(x) for x in nan_at[-1].split("=", 1)[1].split(",")] if nan_at else []
+    toy = dict(a[len("toy."):].split("=", 1) for a in overrides if a.startswith("toy."))
+    overrides = [a for a in overrides if not a.startswith("toy.")]
+    calls = [int(x) for x in toy["nan_at"].split(",")] if "nan_at" in toy else []
+    slow = int(toy["slow_from"]) if "slow_from" in toy else None
     cfg = load_run_config(None, ["data.synthetic=true", *overrides])
-    trainer = Trainer(cfg, objective_factory=lambda: ToyCausalLM(vocab_size=cfg.data.vocab_size, nan_at_calls=calls))
+    trainer = Trainer(cfg, objective_factory=lambda: ToyCausalLM(vocab_size=cfg.data.vocab_size, nan_at_calls=calls,
+                                                                 slow_from_call=slow))
     try:
         trainer.fit()
     except TrainingStopped as exc:
