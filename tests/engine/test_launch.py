@@ -75,3 +75,15 @@ def test_a_killed_rank_makes_the_other_node_exit_nonzero_quickly(tmp_path):
         stop(procs)
     assert code0 != 0 and code1 != 0, (code0, code1)
     assert elapsed < 60
+
+
+def test_local_launch_with_two_ranks(tmp_path):
+    # CLIP with negatives gathered across both ranks: the launcher, the recipe and the
+    # cross-rank objective together
+    out = subprocess.run([str(ROOT / "launch" / "local.sh"), "2", "--config", str(ROOT / "configs" / "clip_tiny.yaml"),
+                          f"run.output_dir={tmp_path}", "run.max_steps=3", *QUIET],
+                         env=dict(base_env(), PYTHON=sys.executable), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    run_dir = tmp_path / "clip_tiny"
+    assert json.loads((run_dir / "deepspeed_config.json").read_text())["train_batch_size"] == 2 * 16
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3
