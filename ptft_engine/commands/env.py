@@ -4,7 +4,9 @@ Like DeepSpeed's ds_report: for each backend, whether it can run here and, if no
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import json
 import os
 import platform
@@ -19,7 +21,9 @@ def add_arguments(p) -> None:
 
 def _version(module: str) -> str:
     try:
-        mod = importlib.import_module(module)
+        # DeepSpeed prints its accelerator guess to stdout at import: keep --json clean.
+        with contextlib.redirect_stdout(io.StringIO()):
+            mod = importlib.import_module(module)
     except Exception as exc:  # a broken install can raise anything at import
         return f"not usable ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
     return getattr(mod, "__version__", "installed")

@@ -5,26 +5,21 @@
     contrastive_loss(a, b, logit_scale, *, symmetric, chunk_size, group, backend)
     nt_xent_loss(z1, z2, temperature, *, chunk_size, group, backend)
 
-Imported lazily so that `import ptft_engine.ops` pulls in neither Triton nor the
-extension until an op is used.
+The op modules import only torch and their reference code; Triton and the compiled
+extension load when a backend first needs them. The functions are bound here eagerly:
+a subpackage of the same name (ops/attention/) would otherwise shadow its function.
 """
-from __future__ import annotations
-
-import importlib
-
 from ptft_engine.ops.registry import BackendUnavailable, set_default_backend, use_backend
+from ptft_engine.ops.attention.op import attention
+from ptft_engine.ops.contrastive.op import contrastive_loss, nt_xent_loss
+from ptft_engine.ops.mlm.op import mlm_mask
 
-_PUBLIC = {
-    "attention": "ptft_engine.ops.attention.op",
-    "mlm_mask": "ptft_engine.ops.mlm.op",
-    "contrastive_loss": "ptft_engine.ops.contrastive.op",
-    "nt_xent_loss": "ptft_engine.ops.contrastive.op",
-}
-
-__all__ = ["BackendUnavailable", "set_default_backend", "use_backend", *_PUBLIC]
-
-
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module 'ptft_engine.ops' has no attribute {name!r}")
+__all__ = [
+    "BackendUnavailable",
+    "attention",
+    "contrastive_loss",
+    "mlm_mask",
+    "nt_xent_loss",
+    "set_default_backend",
+    "use_backend",
+]

@@ -110,11 +110,13 @@ def choose(
     device: torch.device,
     backend: str | None = None,
     op_reason: Callable[[str], str | None] | None = None,
+    gpu_order: tuple[str, ...] = ("cuda", "triton", "reference"),
 ) -> str:
     """Pick the backend for one call of `op`.
 
     `op_reason(backend)` lets an op add its own limits (dtype, head dim ...): it
-    returns why this call cannot use that backend, or None.
+    returns why this call cannot use that backend, or None. `gpu_order` is the
+    automatic preference on CUDA tensors, for ops whose Triton kernel beats their CUDA one.
     """
 
     def reason(name: str) -> str | None:
@@ -127,7 +129,7 @@ def choose(
             raise BackendUnavailable(f"{op}: backend {want!r} cannot run here: {why}")
         return want
     # Interpreted Triton is a test vehicle, far slower than C++: never pick it on CPU.
-    order = ("cuda", "triton", "reference") if device.type == "cuda" else ("cpu", "reference")
+    order = gpu_order if device.type == "cuda" else ("cpu", "reference")
     skipped = []
     for name in order:
         why = reason(name)

@@ -217,7 +217,8 @@ def test_bad_inputs_name_the_argument():
 def test_package_name_stays_callable():
     """ops/attention/ is also the function's name; importing the package must not shadow it."""
     import ptft_engine.ops as ops
-    import ptft_engine.ops.attention.reference  # noqa: F401  (binds the subpackage onto ops)
+    import ptft_engine.ops.attention.reference  # noqa: F401  (a fresh submodule import)
 
+    assert callable(ops.attention) and ops.attention.__module__ == "ptft_engine.ops.attention.op"
     q = torch.randn(1, 1, 8, 16)
     torch.testing.assert_close(ops.attention(q, q, q, backend="reference"), attention_reference(q, q, q))

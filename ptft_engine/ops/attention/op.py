@@ -70,15 +70,15 @@ def _check_inputs(q, k, v, causal, key_padding_mask, segment_ids):
             raise ValueError(f"attention: segment_ids is on {segment_ids.device}, q on {q.device}")
 
 
-def _op_reason(q: torch.Tensor, automatic: bool = False):
+# The CUDA kernel is scalar FMA (no tensor cores) and slower than the Triton one, so
+# automatic choice on GPUs tries Triton first; an explicit backend="cuda" still uses it.
+GPU_ORDER = ("triton", "cuda", "reference")
+
+
+def _op_reason(q: torch.Tensor):
     dtype, head_dim, dev = q.dtype, q.shape[-1], q.device.type
 
     def reason(backend: str) -> str | None:
-        if backend == "cuda" and automatic and reason("triton") is None \
-                and registry.generic_reason("triton", q.device) is None:
-            # Not a limit of the inputs: the CUDA kernel is scalar FMA (no tensor cores) and
-            # slower than the Triton one, so automatic choice passes it over (explicit works).
-            return "the CUDA kernel has no tensor-core path yet; automatic choice prefers Triton"
         if backend == "reference":
             return None
         if backend in ("cpu", "cuda"):
@@ -127,8 +127,7 @@ def attention(
     """
     _check_inputs(q, k, v, causal, key_padding_mask, segment_ids)
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
-    automatic = registry._requested(backend) is None  # no argument, default or env choice
-    name = registry.choose("attention", q.device, backend, _op_reason(q, automatic))
+    name = registry.choose("attention", q.device, backend, _op_reason(q), gpu_order=GPU_ORDER)
     if name == "reference":
         return attention_reference(q, k, v, causal=causal, key_padding_mask=key_padding_mask,
                                    segment_ids=segment_ids, scale=scale)
