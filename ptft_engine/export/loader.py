@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 class LoadedExport:
     model: torch.nn.Module
     config: Any                       # engine model config
-    layout: str                       # "native", "hf-bert", "hf-gpt2", "hf-llama"
+    layout: str                       # "native", "hf-bert", "hf-gpt2", "hf-llama", "hf-vit"
     manifest: dict[str, Any] | None   # None for a plain transformers directory
     path: Path
     extras: dict[str, Any] = field(default_factory=dict)
@@ -112,7 +112,7 @@ def load_export(path: str | Path, *, dtype: torch.dtype | None = None, device: s
 
 
 def load_pretrained(path: str | Path, **kwargs) -> torch.nn.Module:
-    """An export or a transformers BERT/GPT-2/Llama directory -> engine model (eval mode)."""
+    """An export or a transformers BERT/GPT-2/Llama/ViT directory -> engine model (eval mode)."""
     return load_export(path, **kwargs).model
 
 

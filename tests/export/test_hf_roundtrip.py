@@ -67,6 +67,26 @@ def test_native_export_round_trips_exactly(tmp_path):
         torch.testing.assert_close(back(x), vit(x), atol=0, rtol=0)
 
 
+def test_vit_exports_to_transformers_vit_when_asked(tmp_path):
+    from transformers import ViTModel
+
+    from ptft_engine.export import ExportError
+    from ptft_engine.models import ViTConfig, build_model
+
+    cfg = ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=1,
+                    num_attention_heads=2, intermediate_size=32)
+    vit = build_model(cfg).eval()
+    assert export_model(vit, tmp_path / "hf", fmt="hf")["layout"] == "hf-vit"
+    hf = ViTModel.from_pretrained(tmp_path / "hf", add_pooling_layer=False).eval()
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(vit.encode(x), hf(pixel_values=x).last_hidden_state, atol=TOL, rtol=TOL)
+        torch.testing.assert_close(load_pretrained(tmp_path / "hf")(x), vit(x), atol=0, rtol=0)
+    mean_pooled = build_model(cfg.model_copy(update={"pooling": "mean"}))
+    with pytest.raises(ExportError, match="pooling='mean'"):
+        export_model(mean_pooled, tmp_path / "mean", fmt="hf")
+
+
 def test_import_transformers_bert(tmp_path, batch):
     ids, mask = batch
     hf = BertForMaskedLM(BertConfig(vocab_size=VOCAB, hidden_size=24, num_hidden_layers=2, num_attention_heads=3,
