@@ -81,10 +81,31 @@ def iter_texts(inputs: list[str], text_field: str = "txt") -> Iterator[str]:
                         yield line.rstrip("\n")
 
 
+def add_post_processor(tok) -> bool:
+    """Give a WordPiece tokenizer without one BERT's template, [CLS] A [SEP] (pairs:
+    [CLS] A [SEP] B [SEP], B with type id 1), so transformers' tokenizers add the special
+    tokens the model was trained with. Returns whether it set one.
+
+    Byte-level BPE is left without: a causal prompt must not end in <eos>, and whether a
+    run put <bos> first is the data config's choice (data.add_bos), not the tokenizer's.
+    The engine's own pipeline is unaffected either way: it encodes with
+    add_special_tokens=False and packs the special tokens itself.
+    """
+    from tokenizers import models, processors
+
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    if tok.post_processor is not None or not isinstance(tok.model, models.WordPiece) or None in (cls, sep):
+        return False
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return True
+
+
 def train_tokenizer(texts: Iterable[str], *, kind: str = "bpe", vocab_size: int = 32000, min_frequency: int = 2,
                     lowercase: bool = False):
     tok = _build(kind, lowercase)
     tok.train_from_iterator(texts, trainer=_trainer(kind, vocab_size, min_frequency))
+    add_post_processor(tok)  # the special-token ids exist only after training
     return tok
 
 

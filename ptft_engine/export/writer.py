@@ -36,6 +36,22 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
+def _ensure_post_processor(path: Path) -> None:
+    """Tokenizers trained before `ptft tokenizer train` set a post-processor lack one:
+    give the exported copy BERT's template so transformers adds [CLS]/[SEP]."""
+    from tokenizers import Tokenizer
+
+    from ptft_engine.data.tokenizer import add_post_processor
+
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
+        raise ExportError(f"{path}: not a readable tokenizer.json ({exc})") from None
+    if add_post_processor(tok):
+        tok.save(str(path))
+        log.info("%s: added the [CLS] $A [SEP] post-processor the tokenizer lacked", path)
+
+
 def copy_tokenizer(src: str | Path | None, out_dir: Path) -> list[str]:
     """Copy tokenizer files; add a tokenizer_config.json so AutoTokenizer can load tokenizer.json."""
     if src is None:
@@ -50,10 +66,14 @@ def copy_tokenizer(src: str | Path | None, out_dir: Path) -> list[str]:
         if name not in copied and (src_dir / name).is_file():
             shutil.copyfile(src_dir / name, out_dir / name)
             copied.append(name)
+    if "tokenizer.json" in copied:
+        _ensure_post_processor(out_dir / "tokenizer.json")
     if "tokenizer.json" in copied and "tokenizer_config.json" not in copied:
-        vocab = json.loads((out_dir / "tokenizer.json").read_text()).get("model", {}).get("vocab", {})
-        vocab = vocab if isinstance(vocab, dict) else {}
+        model = json.loads((out_dir / "tokenizer.json").read_text()).get("model", {})
+        vocab = model.get("vocab", {}) if isinstance(model.get("vocab"), dict) else {}
         cfg: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast"}
+        if model.get("type") == "WordPiece":  # BERT-style: sentence pairs carry token type ids
+            cfg["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
         for role, names in _SPECIAL_ROLES.items():
             found = next((n for n in names if n in vocab), None)
             if found:
