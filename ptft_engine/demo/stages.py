@@ -88,7 +88,8 @@ class Launch:
                     continue
                 log.write(buf + "\n")
                 self.tail = (self.tail + [buf])[-25:]
-                line, buf = buf.strip(), ""
+                # a log line can land right after an unfinished progress bar: keep the bar part
+                line, buf = re.split(r"(?<=\S)(?:INFO|WARNING) ptft_engine", buf.strip())[0], ""
                 m = re.match(r"pretrain:\s+(\d+)%", line)
                 if m:  # tqdm bar of rank 0: redrawn in place on a terminal, every 10 % otherwise
                     pct = int(m.group(1))
@@ -101,13 +102,13 @@ class Launch:
                 elif not _NOISE.search(line) and not (self.quiet and line.startswith("INFO")):
                     print(("\n" if bar_open else "") + f"    [{self.tag}] " + line[:160], flush=True)
                     bar_open = False
+        self.seconds = time.perf_counter() - self.start  # output closes when the ranks are gone
         if bar_open:
             print(flush=True)
 
     def wait(self) -> float:
         rc = self.proc.wait()
         self.reader.join()
-        self.seconds = time.perf_counter() - self.start
         if rc != 0:
             print("\n".join(f"    [{self.tag}] | " + t for t in self.tail[-15:]), file=sys.stderr)
             raise UserError(f"pre-training ({self.tag}) failed (exit {rc}); full log: {self.log_path}")

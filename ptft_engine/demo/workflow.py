@@ -28,8 +28,8 @@ class Plan:
     finetune_max_steps: int | None
 
 
-QUICK = Plan(simclr_steps=120, mlm_steps=20, log_every=5, recipes=("scratch", "probe"),
-             fractions=(0.01, 0.1, 1.0), seeds=(0,), epochs=3, finetune_max_steps=60)
+QUICK = Plan(simclr_steps=150, mlm_steps=20, log_every=5, recipes=("scratch", "probe"),
+             fractions=(0.01, 0.1, 1.0), seeds=(0,), epochs=4, finetune_max_steps=None)
 FULL = Plan(simclr_steps=800, mlm_steps=200, log_every=10, recipes=("scratch", "probe", "full", "lora"),
             fractions=(0.01, 0.1, 1.0), seeds=(0, 1), epochs=10, finetune_max_steps=None)
 
@@ -48,6 +48,10 @@ def run_demo(out: Path, plan: Plan, ranks: int) -> dict:
     env = {} if on_gpu else {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     os.environ.update({k: v for k, v in env.items() if k == "DS_ACCELERATOR"})  # no accelerator-probe warning
     logging.getLogger().setLevel(logging.WARNING)  # the stages print what matters; INFO lines are noise here
+    if not on_gpu:
+        import torch
+
+        torch.set_num_threads(1)  # tiny models: a second thread only spins against the other processes
     device = f"{ranks} GPU rank(s)" if on_gpu else f"{ranks} CPU ranks (gloo)"
     st = Stages(total=7, out=out)
     digits, text, shards = out / "bundled/digits", out / "bundled/text", out / "shards"
