@@ -3,6 +3,7 @@ deepspeed launcher (launch/local.sh) with its output filtered down to the progre
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -42,6 +43,24 @@ class Stages:
         return record
 
 
+class _Indented(io.TextIOBase):
+    """Indents what an in-process command prints, so it reads as part of its stage."""
+
+    def __init__(self, target, prefix: str = "      "):
+        self.target, self.prefix, self.at_line_start = target, prefix, True
+
+    def write(self, text: str) -> int:
+        for part in text.splitlines(keepends=True):
+            if self.at_line_start:
+                self.target.write(self.prefix)
+            self.target.write(part)
+            self.at_line_start = part.endswith("\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
 def show_command(args: list[str], prefix: str = "ptft") -> None:
     print("    $ " + " ".join([prefix, *map(shlex.quote, args)]), flush=True)
 
@@ -51,7 +70,8 @@ def ptft(*args: str) -> None:
     from ptft_engine import cli
 
     show_command(list(args))
-    rc = cli.main(list(args))
+    with contextlib.redirect_stdout(_Indented(sys.stdout)):
+        rc = cli.main(list(args))
     if rc:
         raise UserError(f"`ptft {' '.join(args)}` failed (exit {rc}); see the message above")
 

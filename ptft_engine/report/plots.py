@@ -90,10 +90,10 @@ def plot_comparison(rows: list[dict], path: Path) -> Path:
     labels = {r["labels_fraction"]: r.get("train_labels") for r in rows}
     ax.set_xticks(range(len(fractions)),
                   [f"{f * 100:g} % labels" + (f"\n({labels[f]} images)" if labels.get(f) else "") for f in fractions])
-    ax.set_ylim(0, 1.08)
+    ax.set_ylim(0, 1.15)
     ax.set_ylabel("test accuracy")
     ax.set_title("pre-trained vs from scratch (same architecture)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", ncol=2)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
