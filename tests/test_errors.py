@@ -1,7 +1,6 @@
 """Every command has --help with an example; mistakes a user can fix give one clear line
 (what is wrong, what to do) and no traceback; --debug shows the traceback."""
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ import pytest
 import torch
 
 from ptft_engine import cli
+from shared_helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 MLM = str(REPO / "configs" / "mlm_tiny.yaml")
@@ -69,9 +69,7 @@ def test_cuda_requested_without_a_gpu(tmp_path):
 
 
 def test_unreachable_master_address(tmp_path):
-    with socket.socket() as s:  # a port nobody listens on: rank 1 can never reach rank 0
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nobody listens on it: rank 1 can never reach rank 0
     res = ptft("pretrain", "--config", MLM, "run.dist_timeout_s=2", f"run.output_dir={tmp_path}",
                env={"RANK": "1", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
                     "MASTER_PORT": str(port)})

@@ -85,7 +85,7 @@ class ShardIndex:
         os.replace(tmp, path)  # a reader never sees half an index
 
 
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

@@ -11,18 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ptft_engine.data.index import sha256_file
 from ptft_engine.export.errors import ExportError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def sha256_json(obj: Any) -> str:

@@ -3,10 +3,26 @@ from __future__ import annotations
 
 from torch import nn
 
+from ptft_engine.nn import MLP, LayerStack, SelfAttention, TransformerBlock
 from ptft_engine.nn.block import set_gradient_checkpointing
 
 # Tables that are only indexed (no matmul): they cost memory, not FLOPs.
 _LOOKUP_SUFFIXES = ("position_embeddings.weight", "position_embeddings", "token_type_embeddings.weight", "cls_token")
+
+
+def layer_norm_blocks(c, *, pre_norm: bool) -> LayerStack:
+    """c.num_hidden_layers blocks with biased attention and MLP and two LayerNorms: BERT's
+    (post-norm) or ViT's (pre-norm). `c` uses BertConfig / ViTConfig field names."""
+    return LayerStack(
+        TransformerBlock(
+            attn=SelfAttention(c.hidden_size, c.num_attention_heads, bias=True, dropout=c.hidden_dropout_prob),
+            mlp=MLP(c.hidden_size, c.intermediate_size, c.hidden_act, bias=True, dropout=c.hidden_dropout_prob),
+            attn_norm=nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps),
+            mlp_norm=nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps),
+            pre_norm=pre_norm,
+        )
+        for _ in range(c.num_hidden_layers)
+    )
 
 
 class PtftModel(nn.Module):

@@ -19,11 +19,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ptft_engine.models.base import PtftModel
+from ptft_engine.models.base import PtftModel, layer_norm_blocks
 from ptft_engine.models.config import EncoderConfig
-from ptft_engine.nn import (
-    MLP, LayerStack, Linear, SelfAttention, TiedLinear, TokenEmbeddings, TransformerBlock, activation, init_std,
-)
+from ptft_engine.nn import Linear, TiedLinear, TokenEmbeddings, activation, init_std
 from ptft_engine.nn.embeddings import positions_from_segments
 
 
@@ -56,16 +54,7 @@ class TransformerEncoder(PtftModel):
             c.vocab_size, c.hidden_size, c.max_position_embeddings, c.type_vocab_size,
             norm=nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps), dropout=c.hidden_dropout_prob,
         )
-        self.layers = LayerStack(
-            TransformerBlock(
-                attn=SelfAttention(c.hidden_size, c.num_attention_heads, bias=True, dropout=c.hidden_dropout_prob),
-                mlp=MLP(c.hidden_size, c.intermediate_size, c.hidden_act, bias=True, dropout=c.hidden_dropout_prob),
-                attn_norm=nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps),
-                mlp_norm=nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps),
-                pre_norm=False,
-            )
-            for _ in range(c.num_hidden_layers)
-        )
+        self.layers = layer_norm_blocks(c, pre_norm=False)
         self.mlm_head = None
         if with_mlm_head:
             self.mlm_head = MaskedLMHead(c.hidden_size, c.vocab_size, self.embeddings.word_embeddings.weight,

@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ptft_engine.models.base import PtftModel
+from ptft_engine.models.base import PtftModel, layer_norm_blocks
 from ptft_engine.models.config import ViTConfig
-from ptft_engine.nn import MLP, LayerStack, PatchEmbedding, SelfAttention, TransformerBlock, init_std
+from ptft_engine.nn import PatchEmbedding, init_std
 
 
 class VisionTransformer(PtftModel):
@@ -29,16 +29,7 @@ class VisionTransformer(PtftModel):
 
     def _build(self, c: ViTConfig) -> None:
         self.embeddings = PatchEmbedding(c.image_size, c.patch_size, c.num_channels, c.hidden_size, c.hidden_dropout_prob)
-        self.layers = LayerStack(
-            TransformerBlock(
-                attn=SelfAttention(c.hidden_size, c.num_attention_heads, bias=True, dropout=c.hidden_dropout_prob),
-                mlp=MLP(c.hidden_size, c.intermediate_size, c.hidden_act, bias=True, dropout=c.hidden_dropout_prob),
-                attn_norm=nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps),
-                mlp_norm=nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps),
-                pre_norm=True,
-            )
-            for _ in range(c.num_hidden_layers)
-        )
+        self.layers = layer_norm_blocks(c, pre_norm=True)
         self.final_norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
 
     @property

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
+
+IGNORE = -100  # label of positions no loss is taken on (padding, unmasked tokens, document ends)
 
 
 def transformer_flops_per_token(matmul_params: int, num_layers: int, hidden_size: int, seq_len: int) -> int:
@@ -40,3 +43,29 @@ class Objective(nn.Module):
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         self.model.set_gradient_checkpointing(enabled)
+
+
+class TokenPredictionObjective(Objective):
+    """An objective scored token by token (MLM, CLM) on an encoder or decoder model."""
+
+    @staticmethod
+    def token_loss(logits: torch.Tensor, targets: torch.Tensor, num_tokens: int) -> dict:
+        """Mean cross-entropy and accuracy over the targets that are not IGNORE.
+        logits (N, V), targets (N,)."""
+        valid = targets != IGNORE
+        count = valid.sum()
+        denom = count.clamp(min=1)
+        loss = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="sum") / denom
+        with torch.no_grad():
+            correct = ((logits.argmax(-1) == targets) & valid).sum()
+        return {
+            "loss": loss,
+            "num_tokens": num_tokens,
+            "num_targets": count.detach(),
+            "accuracy": (correct / denom).detach(),
+        }
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        c = self.model.config
+        s = seq_len or c.max_position_embeddings
+        return transformer_flops_per_token(self.model.matmul_parameters(), c.num_hidden_layers, c.hidden_size, s)

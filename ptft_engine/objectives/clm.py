@@ -3,11 +3,8 @@ that cross a packed-document boundary or land on padding are ignored."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from ptft_engine.objectives.base import Objective, need, transformer_flops_per_token
-
-IGNORE = -100
+from ptft_engine.objectives.base import IGNORE, TokenPredictionObjective, need
 
 
 def shifted_targets(labels: torch.Tensor, segment_ids=None, attention_mask=None) -> torch.Tensor:
@@ -20,7 +17,7 @@ def shifted_targets(labels: torch.Tensor, segment_ids=None, attention_mask=None)
     return targets
 
 
-class CausalLMObjective(Objective):
+class CausalLMObjective(TokenPredictionObjective):
     name = "clm"
 
     def forward(self, batch: dict) -> dict:
@@ -30,21 +27,4 @@ class CausalLMObjective(Objective):
         hidden = self.model.encode(input_ids, attention_mask=attention_mask, segment_ids=segment_ids)  # (B, S, D)
         logits = self.model.lm_logits(hidden[:, :-1])  # (B, S-1, V)
         targets = shifted_targets(labels, segment_ids, attention_mask)
-        valid = targets != IGNORE
-        count = valid.sum()
-        denom = count.clamp(min=1)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum") / denom
-        with torch.no_grad():
-            correct = ((logits.argmax(-1) == targets) & valid).sum()
-        return {
-            "loss": loss,
-            "num_tokens": input_ids.numel(),
-            "num_targets": count.detach(),
-            "accuracy": (correct / denom).detach(),
-        }
-
-    def flops_per_token(self, seq_len: int | None = None) -> int:
-        c = self.model.config
-        s = seq_len or c.max_position_embeddings
-        n = self.model.matmul_parameters()
-        return transformer_flops_per_token(n, c.num_hidden_layers, c.hidden_size, s)
+        return self.token_loss(logits.flatten(0, 1), targets.flatten(), input_ids.numel())

@@ -1,15 +1,10 @@
 """Masked-LM: cross-entropy over the tokens the pipeline masked (ops.mlm_mask made them)."""
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
-from ptft_engine.objectives.base import Objective, need, transformer_flops_per_token
-
-IGNORE = -100
+from ptft_engine.objectives.base import IGNORE, TokenPredictionObjective, need
 
 
-class MaskedLMObjective(Objective):
+class MaskedLMObjective(TokenPredictionObjective):
     name = "mlm"
 
     def forward(self, batch: dict) -> dict:
@@ -23,21 +18,4 @@ class MaskedLMObjective(Objective):
         selected = labels != IGNORE
         # The vocabulary projection is the largest matmul: run it on the ~15 % selected rows only.
         logits = self.model.mlm_logits(hidden[selected])  # (N, V)
-        targets = labels[selected].long()
-        count = selected.sum()
-        denom = count.clamp(min=1)
-        loss = F.cross_entropy(logits.float(), targets, reduction="sum") / denom
-        with torch.no_grad():
-            correct = (logits.argmax(-1) == targets).sum()
-        return {
-            "loss": loss,
-            "num_tokens": input_ids.numel(),
-            "num_targets": count.detach(),
-            "accuracy": (correct / denom).detach(),
-        }
-
-    def flops_per_token(self, seq_len: int | None = None) -> int:
-        c = self.model.config
-        s = seq_len or c.max_position_embeddings
-        n = self.model.matmul_parameters()
-        return transformer_flops_per_token(n, c.num_hidden_layers, c.hidden_size, s)
+        return self.token_loss(logits, labels[selected].long(), input_ids.numel())

@@ -1,7 +1,5 @@
 """Consolidating 2-rank DeepSpeed ZeRO-2 and ZeRO-3 checkpoints gives the live weights exactly."""
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,23 +11,17 @@ from safetensors.torch import load_file
 from ptft_engine import cli
 from ptft_engine.export import ExportError, export_checkpoint, load_export
 from ptft_engine.export.zero import torch_load
+from shared_helpers import free_port, rank_env
 
 HERE = Path(__file__).parent
 pytestmark = pytest.mark.slow
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(run_dir: Path, stage: int) -> list[subprocess.Popen]:
-    port = _port()
+    port = free_port()
     procs = []
     for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        env = rank_env(rank, 2, port)
         log = open(run_dir.parent / f"{run_dir.name}-rank{rank}.log", "w")
         procs.append(subprocess.Popen([sys.executable, str(HERE / "zero_rank.py"), str(run_dir), str(stage)],
                                       env=env, stdout=log, stderr=subprocess.STDOUT))

@@ -98,3 +98,23 @@ def make_pretrained(tmp: Path, arch: str = "encoder") -> Path:
     out = tmp / f"pretrained_{arch}"
     export_model(build_model(cfg), out, tokenizer=tok)
     return out
+
+
+def base_config(assets, tmp_path, task: str, **over) -> dict:
+    data = {"sequence_classification": "sentiment", "regression": "sentiment", "token_classification": "ner"}[task]
+    cfg = {
+        "model": {"pretrained": str(assets["encoder"])},
+        "task": {"kind": task},
+        "data": {"train": str(assets[data]), **({"label_field": "score"} if task == "regression" else {})},
+        "optim": {"lr": 2e-3, "epochs": 6, "batch_size": 16},
+        "eval": {"patience": None},
+        "output_dir": str(tmp_path / "out"),
+        "progress_bar": False,
+    }
+    for key, value in over.items():
+        section, _, field = key.partition("__")
+        if field:
+            cfg.setdefault(section, {})[field] = value
+        else:
+            cfg[section] = value
+    return cfg

@@ -1,7 +1,7 @@
 """Freezing keeps parameters bit-identical; LoRA merges exactly; LLRD follows ELECTRA's rule."""
 import pytest
 import torch
-from conftest import base_config
+from finetune_fixtures import base_config
 
 from ptft_engine.export import load_pretrained
 from ptft_engine.finetune import (

@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from conftest import base_config
+from finetune_fixtures import base_config
 
 from ptft_engine.finetune import finetune, load_task_model, parse_finetune_config
 from ptft_engine.finetune.saved import to_device

@@ -1,16 +1,15 @@
 """gather: true on 2 gloo ranks gives the loss and (data-parallel averaged) gradients of
 one process holding the whole batch: negatives really come from every rank."""
 import os
-import random
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from ptft_engine.models import load_model_config
 from ptft_engine.objectives import build_objective
+from shared_helpers import spawn_gloo
 
 PRESETS = Path(__file__).resolve().parents[2] / "configs" / "models"
 CASES = {"clip": "clip-tiny", "simclr": "vit-tiny-digits"}
@@ -33,27 +32,22 @@ def loss_and_grads(objective, gather, batch):
     return out["loss"].detach(), {n: p.grad.clone() for n, p in task.named_parameters()}
 
 
-def _rank(rank, port, out_dir):
+def _rank(rank, out_dir):
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        for objective in CASES:
-            full = make_batch(objective)
-            local = {k: v[rank * 4:(rank + 1) * 4] for k, v in full.items()}
-            loss, grads = loss_and_grads(objective, True, local)
-            dist.all_reduce(loss)
-            for g in grads.values():
-                dist.all_reduce(g)
-            if rank == 0:  # data-parallel averaging, as DeepSpeed does
-                torch.save((loss / 2, {n: g / 2 for n, g in grads.items()}), os.path.join(out_dir, f"{objective}.pt"))
-    finally:
-        dist.destroy_process_group()
+    for objective in CASES:
+        full = make_batch(objective)
+        local = {k: v[rank * 4:(rank + 1) * 4] for k, v in full.items()}
+        loss, grads = loss_and_grads(objective, True, local)
+        dist.all_reduce(loss)
+        for g in grads.values():
+            dist.all_reduce(g)
+        if rank == 0:  # data-parallel averaging, as DeepSpeed does
+            torch.save((loss / 2, {n: g / 2 for n, g in grads.items()}), os.path.join(out_dir, f"{objective}.pt"))
 
 
 @pytest.mark.slow
 def test_gathered_loss_and_grads_match_one_process(tmp_path):
-    mp.spawn(_rank, args=(random.randint(20000, 40000), str(tmp_path)), nprocs=2, join=True)
+    spawn_gloo(_rank, 2, str(tmp_path))
     for objective in CASES:
         loss, grads = torch.load(tmp_path / f"{objective}.pt")
         ref_loss, ref_grads = loss_and_grads(objective, False, make_batch(objective))

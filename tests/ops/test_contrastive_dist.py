@@ -5,24 +5,15 @@ loss; a rank's gradient w.r.t. its local embeddings is W times the global one; p
 gradients (a projection and logit_scale / temperature), averaged over ranks as data
 parallel training does, equal the global gradients.
 """
-import datetime
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from ptft_engine.ops import contrastive_loss, nt_xent_loss, registry
+from shared_helpers import spawn_gloo
 
 WORLD, N_LOCAL, D_IN, D = 2, 5, 6, 8
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _params():
@@ -54,35 +45,30 @@ def _close(x, y, what):
     assert torch.allclose(x, y, rtol=1e-4, atol=1e-6), f"{what}: max diff {(x - y).abs().max():.3e}"
 
 
-def _worker(rank, port, backends):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
-                            timeout=datetime.timedelta(seconds=60))
-    try:
-        mine = slice(rank * N_LOCAL, (rank + 1) * N_LOCAL)
-        for backend in backends:
-            for kind in ("clip_sym", "clip_asym", "nt_xent"):
-                what = f"rank {rank} {backend} {kind}"
-                g_loss, g_a, g_b, g_wa, g_wb, g_s = _run(kind, "reference", slice(None), None)
-                loss, da, db, dwa, dwb, ds = _run(kind, backend, mine, dist.group.WORLD)
-                mean_loss = loss.clone()
-                dist.all_reduce(mean_loss)
-                _close(mean_loss / WORLD, g_loss, f"{what} mean of rank losses")
-                _close(da, WORLD * g_a[mine], f"{what} d(local a)")
-                _close(db, WORLD * g_b[mine], f"{what} d(local b)")
-                for grad, ref, name in ((dwa, g_wa, "dW_a"), (dwb, g_wb, "dW_b"), (ds, g_s, "d log_scale")):
-                    avg = grad.clone()
-                    dist.all_reduce(avg)
-                    _close(avg / WORLD, ref, f"{what} data-parallel mean of {name}")
-        # Uneven local batches are refused on every rank (no hang, no silent misalignment).
-        uneven = torch.randn(3 + rank, 4)
-        with pytest.raises(ValueError, match="same"):
-            contrastive_loss(uneven, uneven, torch.tensor(1.0), group=dist.group.WORLD, backend="reference")
-    finally:
-        dist.destroy_process_group()
+def _worker(rank, backends):
+    mine = slice(rank * N_LOCAL, (rank + 1) * N_LOCAL)
+    for backend in backends:
+        for kind in ("clip_sym", "clip_asym", "nt_xent"):
+            what = f"rank {rank} {backend} {kind}"
+            g_loss, g_a, g_b, g_wa, g_wb, g_s = _run(kind, "reference", slice(None), None)
+            loss, da, db, dwa, dwb, ds = _run(kind, backend, mine, dist.group.WORLD)
+            mean_loss = loss.clone()
+            dist.all_reduce(mean_loss)
+            _close(mean_loss / WORLD, g_loss, f"{what} mean of rank losses")
+            _close(da, WORLD * g_a[mine], f"{what} d(local a)")
+            _close(db, WORLD * g_b[mine], f"{what} d(local b)")
+            for grad, ref, name in ((dwa, g_wa, "dW_a"), (dwb, g_wb, "dW_b"), (ds, g_s, "d log_scale")):
+                avg = grad.clone()
+                dist.all_reduce(avg)
+                _close(avg / WORLD, ref, f"{what} data-parallel mean of {name}")
+    # Uneven local batches are refused on every rank (no hang, no silent misalignment).
+    uneven = torch.randn(3 + rank, 4)
+    with pytest.raises(ValueError, match="same"):
+        contrastive_loss(uneven, uneven, torch.tensor(1.0), group=dist.group.WORLD, backend="reference")
 
 
 def test_two_gloo_ranks_equal_single_process():
     cpu = torch.device("cpu")
     backends = [b for b in ("reference", "cpu", "triton") if registry.generic_reason(b, cpu) is None]
     assert "reference" in backends
-    mp.spawn(_worker, args=(_free_port(), backends), nprocs=WORLD, join=True)
+    spawn_gloo(_worker, WORLD, backends)
