@@ -75,66 +75,61 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_engine(cfg, steps, warmup, device):
-    from ptft_engine.engine import Trainer
-    trainer = Trainer(cfg)
-    times = []
-    for i in range(warmup + steps):
-        _sync(device)
-        t0 = time.perf_counter()
-        trainer._train_step()
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    mfu_flops = trainer.flops_per_unit
-    trainer.close()
-    return statistics.median(times), mfu_flops, trainer
-
-
-def time_plain(cfg, steps, warmup, device):
+class PlainLoop:
     """The same model, data and optimizer settings in a textbook PyTorch loop."""
-    from ptft_engine.engine.setup import build_objective_from_config, param_groups
-    from ptft_engine.engine.synthetic import SyntheticLoader
-    torch.manual_seed(cfg.run.seed)
-    dev = torch.device(device)
-    with dev:
-        model = build_objective_from_config(cfg)
-    # mixed precision the plain way: fp32 weights, bf16 autocast (DeepSpeed keeps fp32 masters too)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda" and
-                              cfg.train.precision == "bf16")
-    opt = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
-                            betas=cfg.train.betas, eps=cfg.train.eps, fused=True if device == "cuda" else None)
-    data = iter(SyntheticLoader(cfg.data, objective="clm"))
-    times = []
-    for i in range(warmup + steps):
-        batch = {k: v.to(dev) for k, v in next(data).items()}
-        _sync(device)
-        t0 = time.perf_counter()
-        with autocast:
-            out = model(batch)
+
+    def __init__(self, cfg, device):
+        from ptft_engine.engine.setup import build_objective_from_config, param_groups
+        from ptft_engine.engine.synthetic import SyntheticLoader
+        torch.manual_seed(cfg.run.seed)
+        self.cfg, self.dev = cfg, torch.device(device)
+        with self.dev:
+            self.model = build_objective_from_config(cfg)
+        # mixed precision the plain way: fp32 weights, bf16 autocast (DeepSpeed keeps fp32 masters too)
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16,
+                                       enabled=device == "cuda" and cfg.train.precision == "bf16")
+        self.opt = torch.optim.AdamW(param_groups(self.model, cfg.train.weight_decay), lr=cfg.train.lr,
+                                     betas=cfg.train.betas, eps=cfg.train.eps,
+                                     fused=True if device == "cuda" else None)
+        self.data = iter(SyntheticLoader(cfg.data, objective="clm"))
+
+    def step(self):
+        batch = {k: v.to(self.dev) for k, v in next(self.data).items()}
+        with self.autocast:
+            out = self.model(batch)
         out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        out["loss"].item()  # the engine reads the loss every step too
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    del model, opt
-    if device == "cuda":
-        torch.cuda.empty_cache()
-    return statistics.median(times)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_grad)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return out["loss"].item()  # the engine reads the loss every step too
+
+
+def timed(fn, device):
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
 
 
 def bench_step_time(device, quick):
-    steps, warmup = (5, 2) if device == "cuda" else ((15, 3) if quick else (40, 5))
+    from ptft_engine.engine import Trainer
+    steps, warmup = (6, 2) if device == "cuda" else ((15, 3) if quick else (40, 5))
     with tempfile.TemporaryDirectory() as tmp:
         over, shape = model_overrides(device, quick)
         cfg = load_cfg([*over, "deepspeed.zero_stage=0" if device == "cpu" else "deepspeed.zero_stage=1"], tmp)
-        plain = time_plain(cfg, steps, warmup, device)
-        engine, flops_per_token, trainer = time_engine(cfg, steps, warmup, device)
-        if device == "cpu":  # bracket the engine: load on a shared CPU drifts
-            plain = min(plain, time_plain(cfg, steps, warmup, device))
+        plain = PlainLoop(cfg, device)
+        trainer = Trainer(cfg)
+        # alternate the two step by step, so both see the same machine load
+        t_plain, t_engine = [], []
+        for i in range(warmup + steps):
+            tp, te = timed(plain.step, device), timed(trainer._train_step, device)
+            if i >= warmup:
+                t_plain.append(tp)
+                t_engine.append(te)
+        flops_per_token = trainer.flops_per_unit
+        trainer.close()
+    engine, plain = statistics.median(t_engine), statistics.median(t_plain)
     emit("engine_step_time", engine, plain, "s/step", device=device, batch=shape["batch"], seq=shape["seq"],
          zero_stage=cfg.deepspeed.zero_stage, goal="ratio <= 1.10")
     if device == "cuda":
