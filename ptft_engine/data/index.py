@@ -22,6 +22,7 @@ import os
 import re
 import tarfile
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 
@@ -36,6 +37,14 @@ def split_key(name: str) -> tuple[str, str] | None:
     """'dir/abc.jpg' -> ('dir/abc', 'jpg'), as webdataset groups tar members into samples."""
     m = _KEY_RE.match(name)
     return (m.group(1), m.group(2)) if m else None
+
+
+def sample_members(tar: tarfile.TarFile) -> Iterator[tuple[tarfile.TarInfo, str, str]]:
+    """(member, sample key, extension) for each regular file of `tar` that names a sample."""
+    for info in tar:
+        parts = split_key(info.name) if info.isfile() else None
+        if parts is not None:
+            yield info, *parts
 
 
 @dataclass
@@ -104,15 +113,10 @@ def scan_tar(path: str, *, with_sha: bool = False) -> ShardInfo:
     end = 0
     try:
         with tarfile.open(path, mode="r:") as tar:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                parts = split_key(info.name)
-                if parts is None:
-                    continue
-                if parts[0] != last_key:
+            for info, key, _ in sample_members(tar):
+                if key != last_key:
                     offsets.append(info.offset)
-                    last_key = parts[0]
+                    last_key = key
                 end = info.offset_data + -(-info.size // 512) * 512
     except (tarfile.TarError, OSError, EOFError) as exc:
         log.warning("shard %s is damaged after %d samples (%s); keeping those", path, len(offsets), exc)
@@ -183,13 +187,7 @@ def read_members(fh: io.BufferedReader, offsets, i: int) -> dict[str, bytes]:
         raise ValueError(f"truncated: expected {stop - start} bytes at offset {start}, got {len(buf)}")
     sample: dict[str, bytes] = {}
     with tarfile.open(fileobj=io.BytesIO(buf), mode="r:") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            parts = split_key(info.name)
-            if parts is None:
-                continue
-            key, ext = parts
+        for info, key, ext in sample_members(tar):
             if sample.setdefault("__key__", key) != key:
                 raise ValueError(f"member {info.name!r} does not belong to sample {sample['__key__']!r}")
             data = tar.extractfile(info).read()
