@@ -72,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         top.error(f"unknown command {name!r}; choose one of: {', '.join(COMMANDS)}")
     argv.remove(name)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not debug and "torch" not in sys.modules:
+        # c10d prints C++ stack dumps before raising (e.g. an unreachable rendezvous); the
+        # exception becomes our one line below, and --debug (or the variable set) shows them
+        import os
+
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
     try:
         args = _command_parser(name).parse_args(argv)
         return int(args._run(args) or 0)
