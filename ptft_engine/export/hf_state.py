@@ -34,8 +34,9 @@ def to_hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def from_hf_state_dict(model: nn.Module, hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """HF weights -> a state dict that `model.load_state_dict` accepts (missing weights raise
-    KeyError, naming one; tied HF copies and heads the engine model lacks are skipped)."""
+    """HF weights -> a state dict that `model.load_state_dict` accepts. Missing weights raise
+    KeyError naming one; tied HF copies and the layout's known extras (poolers, other heads)
+    are skipped; a tensor with no place in the layout raises ExportError."""
     layout = layout_for(model.config, "hf")
     mapped: dict[str, torch.Tensor] = {}
     for name, tensor in hf_state.items():
