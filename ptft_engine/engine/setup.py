@@ -36,11 +36,16 @@ def pick_device(cfg: RunConfig) -> torch.device:
     return torch.device("cpu")
 
 
+# rendezvous variables this process set for itself (no launcher); dropped again at teardown
+OWN_ENV: list[str] = []
+
+
 def init_distributed(device: torch.device, timeout_s: float) -> tuple[int, int]:
     """Join (or, run without a launcher, create) the process group; returns (rank, world)."""
-    if "RANK" not in os.environ:  # plain `ptft pretrain`: a one-rank group of our own
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())))
+    if "RANK" not in os.environ and not dist.is_initialized():  # plain `ptft pretrain`: one rank
+        own = dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+        OWN_ENV[:] = [k for k in own if k not in os.environ]
+        os.environ.update({k: own[k] for k in OWN_ENV})
     if device.type == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     else:
@@ -52,9 +57,23 @@ def init_distributed(device: torch.device, timeout_s: float) -> tuple[int, int]:
         # (`deepspeed.comm.torch` as an attribute is the torch module itself: go via importlib)
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     if not dist.is_initialized():
+        # a group torn down without deepspeed.comm (e.g. by other code in this process)
+        # leaves DeepSpeed's cached subgroups behind; they must not outlive it
+        release = getattr(importlib.import_module("deepspeed.utils.groups"), "_release_process_group_references", None)
+        if release is not None:
+            release(None)
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo",
                                    timeout=datetime.timedelta(seconds=timeout_s), verbose=False)
     return dist.get_rank(), dist.get_world_size()
+
+
+def teardown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        import deepspeed.comm
+        deepspeed.comm.destroy_process_group()  # also drops DeepSpeed's cached subgroups
+    for key in OWN_ENV:
+        os.environ.pop(key, None)
+    OWN_ENV.clear()
 
 
 def seed_everything(seed: int, rank: int) -> None:

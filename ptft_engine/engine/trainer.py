@@ -263,8 +263,6 @@ class Trainer:
         return path
 
     def close(self) -> None:
-        """Tear the process group down so no rank lingers after the others exit. Through
-        DeepSpeed, which then forgets its cached subgroups (a later Trainer can start anew)."""
-        if dist.is_available() and dist.is_initialized():
-            import deepspeed.comm
-            deepspeed.comm.destroy_process_group()
+        """Tear the process group down so no rank lingers after the others exit (through
+        DeepSpeed, which then forgets its cached subgroups: a later Trainer can start anew)."""
+        setup.teardown_distributed()
