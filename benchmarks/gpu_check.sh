@@ -26,15 +26,15 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu
 $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" >> "$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"
 
-step build 240 env PTFT_CUDA=1 $PY setup.py build_ext --inplace || { echo "build failed"; exit 1; }
+step build 200 env PTFT_CUDA=1 $PY setup.py build_ext --inplace || { echo "build failed"; exit 1; }
 $PY -m ptft_engine.cli env --json > "$OUT/env.json" 2>&1
-step gpu_tests 150 $PY -m pytest tests/ops -q -x -m gpu -p no:cacheprovider
+step gpu_tests 120 $PY -m pytest tests/ops -q -x -m gpu -p no:cacheprovider
 : > "$OUT/bench.jsonl"
-step bench_attention 150 $PY benchmarks/ops/bench_attention.py --device cuda --json-out "$OUT/bench.jsonl"
+step bench_attention 120 $PY benchmarks/ops/bench_attention.py --device cuda --json-out "$OUT/bench.jsonl"
 step bench_mlm 45 $PY benchmarks/ops/bench_mlm.py --device cuda --json-out "$OUT/bench.jsonl"
 step bench_contrastive 60 $PY benchmarks/ops/bench_contrastive.py --device cuda --json-out "$OUT/bench.jsonl"
 if $PY -c "import deepspeed" 2>/dev/null && [ -f benchmarks/e2e/bench_engine.py ]; then
-  step bench_e2e 90 $PY benchmarks/e2e/bench_engine.py --device cuda --json-out "$OUT/bench.jsonl"
+  step bench_e2e 150 $PY benchmarks/e2e/bench_engine.py --device cuda --json-out "$OUT/bench.jsonl"
 fi
 echo "gpu_check: done (status $status); results in $OUT"
 exit $status

@@ -38,6 +38,7 @@ class DataConfig(BaseModel):
 
     # images
     image_size: int = Field(224, ge=8)
+    image_channels: Literal[1, 3] = 3  # 1: luminance, for grayscale models such as the digits ViT
     crop_scale: tuple[float, float] = (0.2, 1.0)
     color_jitter: float = Field(0.4, ge=0.0, le=1.0)
     flip_prob: float = Field(0.5, ge=0.0, le=1.0)

@@ -20,6 +20,8 @@ from ptft_engine.data.errors import BadSamples
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+LUMA = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+GRAY_MEAN, GRAY_STD = 0.449, 0.226  # the RGB statistics above, averaged
 
 
 def decode_image(members: dict) -> torch.Tensor:
@@ -81,6 +83,8 @@ def augment(img: torch.Tensor, cfg: DataConfig, g: torch.Generator, *, jitter: b
         out = out.flip(-1)
     if jitter and cfg.color_jitter > 0:
         out = color_jitter(out, cfg.color_jitter, g)
+    if cfg.image_channels == 1:  # grayscale models (e.g. digits): luminance, after the RGB jitter
+        return ((out * LUMA).sum(0, keepdim=True) - GRAY_MEAN) / GRAY_STD  # (1, H, W)
     return (out - MEAN) / STD
 
 

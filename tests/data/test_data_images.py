@@ -40,6 +40,17 @@ def test_simclr_views_are_deterministic_and_differ(image_shards):
     assert all(torch.equal(x["view2"], y["view2"]) for x, y in zip(batches[1:], resumed))
 
 
+
+def test_grayscale_views_for_one_channel_models(image_shards):
+    rgb = DataConfig(shards=[image_shards], kind="image", image_size=12, batch_size=4, num_workers=0)
+    gray = rgb.model_copy(update={"image_channels": 1})
+    b_rgb, b_gray = next(iter(build_loader(rgb, objective="simclr"))), next(iter(build_loader(gray, objective="simclr")))
+    assert b_gray["view1"].shape == (4, 1, 12, 12)
+    # same crops and jitter; luminance of the (un-normalised) RGB view, renormalised
+    from ptft_engine.data.images import GRAY_MEAN, GRAY_STD, LUMA, MEAN, STD
+    luma = ((b_rgb["view1"] * STD + MEAN) * LUMA).sum(1, keepdim=True)
+    torch.testing.assert_close(b_gray["view1"], (luma - GRAY_MEAN) / GRAY_STD, atol=1e-5, rtol=1e-5)
+
 def test_clip_pairs_and_broken_image_refill(tmp_path, tok_path):
     shard = tmp_path / "pairs.tar"
     with wds.TarWriter(str(shard), encoder=False) as w:
