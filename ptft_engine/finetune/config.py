@@ -39,7 +39,8 @@ class TaskSection(_Section):
 
 
 class DataSection(_Section):
-    format: Literal["jsonl", "csv", "image_folder"] = "jsonl"
+    format: Literal["jsonl", "csv", "image_folder", "shards"] = Field(
+        "jsonl", description="shards: `ptft shard --format images` output (directory, index.json, tar or glob)")
     train: str
     validation: Optional[str] = None
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="held out of train when no validation file")
@@ -100,6 +101,13 @@ class FinetuneConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     progress_bar: bool = True
     save_best: bool = True
+
+    @model_validator(mode="after")
+    def _shards_are_images(self):
+        if self.data.format == "shards" and self.task.kind != "image_classification":
+            raise ValueError(f"data.format=shards needs task.kind image_classification, got {self.task.kind} "
+                             "(ptft shard keeps no JSONL labels; text tasks read jsonl or csv)")
+        return self
 
     @property
     def metric(self) -> str:

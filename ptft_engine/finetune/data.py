@@ -1,4 +1,4 @@
-"""Fine-tuning data: JSONL / CSV / image folders -> tokenised examples, train/val split.
+"""Fine-tuning data: JSONL / CSV / image folders / image shards -> tokenised examples, train/val split.
 
 Token classification aligns word labels to sub-words: the first sub-word of a word gets
 the word's label, the others -100 (ignored) unless label_all_subtokens, in which case
@@ -32,6 +32,10 @@ def read_records(path: str | Path, fmt: str) -> list[dict[str, Any]]:
     path = Path(path)
     if fmt == "image_folder":
         return read_image_folder(path)
+    if fmt == "shards":
+        from ptft_engine.finetune.shard_data import read_shard_records  # it imports this module
+
+        return read_shard_records(str(path))
     if not path.is_file():
         raise FinetuneDataError(f"{path}: data file not found")
     if fmt == "jsonl":
@@ -211,14 +215,16 @@ def pad_collate(pad_id: int):
     return collate
 
 
-def load_image(path: str, size: int, channels: int) -> torch.Tensor:
-    """Image -> (C, size, size), normalised like the pre-training pipeline (ImageNet mean/std)."""
+def load_image(path, size: int, channels: int) -> torch.Tensor:
+    """Image file (or a shard's ShardImage) -> (C, size, size), normalised like the
+    pre-training pipeline (ImageNet mean/std)."""
     import numpy as np
     from PIL import Image
 
     from ptft_engine.data.images import MEAN, STD
+    from ptft_engine.finetune.shard_data import ShardImage
 
-    with Image.open(path) as im:
+    with Image.open(path.open() if isinstance(path, ShardImage) else path) as im:
         im = im.convert("RGB" if channels == 3 else "L").resize((size, size), Image.BILINEAR)
         arr = np.asarray(im, dtype=np.float32) / 255.0
     x = torch.from_numpy(arr.copy())

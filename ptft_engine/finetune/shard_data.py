@@ -1,0 +1,81 @@
+"""Labelled samples from `ptft shard` output (image-folder shards) for fine-tuning.
+
+An image shard sample holds the image (KEY.png / .jpg / ...) and KEY.cls, the class
+index; index.json keeps the class names ("classes"). Text shards carry no labels:
+`ptft shard --format jsonl` keeps only the text field, so text tasks read JSONL/CSV.
+
+The labels are read once up front (splitting needs them); the images stay in the
+shards and each record keeps only its sample's byte range, read again on access.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+from ptft_engine.data.errors import DataError
+from ptft_engine.data.index import read_members, resolve_source
+from ptft_engine.data.sources import IMAGE_EXTS
+from ptft_engine.finetune.data import FinetuneDataError
+
+_IMAGE_MEMBERS = tuple(dict.fromkeys(IMAGE_EXTS.values())) + ("jpeg",)
+
+
+@dataclass(frozen=True)
+class ShardImage:
+    """One sample's byte range in a shard; `open()` returns its image as a file object."""
+    shard: str
+    start: int
+    stop: int
+    ext: str
+
+    def open(self) -> io.BytesIO:
+        with open(self.shard, "rb") as fh:
+            sample = read_members(fh, (self.start, self.stop), 0)
+        return io.BytesIO(sample[self.ext])
+
+
+def _label_name(raw: bytes, classes: list[str] | None, shard: str, key: str) -> str:
+    try:
+        cls = int(raw.decode().strip())
+    except (UnicodeDecodeError, ValueError):
+        raise FinetuneDataError(f"shard {shard}, key {key}: .cls member {raw[:20]!r} is not a class index") from None
+    if classes is None:
+        return str(cls)
+    if not 0 <= cls < len(classes):
+        raise FinetuneDataError(f"shard {shard}, key {key}: class index {cls} is outside the index's "
+                                f"{len(classes)} classes")
+    return str(classes[cls])
+
+
+def read_shard_records(spec: str) -> list[dict[str, Any]]:
+    """Shard directory / index.json / tar / glob -> [{"image": ShardImage, "label": class name}]."""
+    try:
+        index = resolve_source(str(spec))
+    except DataError as exc:
+        raise FinetuneDataError(str(exc)) from None
+    classes = index.extra.get("classes")
+    classes = list(classes) if isinstance(classes, list) and classes else None
+    out = []
+    for shard in index.shards:
+        table = shard.offset_table()
+        with open(shard.path, "rb") as fh:
+            for i in range(shard.samples):
+                try:
+                    sample = read_members(fh, table, i)
+                except (ValueError, OSError, EOFError) as exc:
+                    raise FinetuneDataError(f"shard {shard.path}, sample {i}: unreadable ({exc})") from None
+                key = sample["__key__"]
+                if "cls" not in sample:
+                    raise FinetuneDataError(
+                        f"shard {shard.path}, key {key}: no .cls label member (has .{', .'.join(e for e in sorted(sample) if e != '__key__')}); "
+                        "format: shards needs image-folder shards (ptft shard --format images)")
+                ext = next((e for e in _IMAGE_MEMBERS if e in sample), None)
+                if ext is None:
+                    raise FinetuneDataError(f"shard {shard.path}, key {key}: no image member "
+                                            f"(.{', .'.join(_IMAGE_MEMBERS)})")
+                out.append({"image": ShardImage(shard.path, int(table[i]), int(table[i + 1]), ext),
+                            "label": _label_name(sample["cls"], classes, shard.path, key)})
+    if not out:
+        raise FinetuneDataError(f"{spec}: the shards hold no samples")
+    return out
