@@ -3,7 +3,8 @@
 Tasks: sequence_classification, token_classification, regression, image_classification.
 Strategies: full, partial (freeze embeddings / lower N blocks), linear_probe, lora; with
 warmup + decay, layer-wise lr decay (optim.layer_decay) and early stopping on a
-validation metric. Writes OUTPUT_DIR/best (export format + head + metrics),
+validation metric. Data (data.format): jsonl, csv, image folders, or image shards written
+by `ptft shard --format images`. Writes OUTPUT_DIR/best (export format + head + metrics),
 OUTPUT_DIR/report.json and OUTPUT_DIR/curves.png.
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 EXAMPLE = """Examples:
   ptft finetune --config configs/finetune/sentiment.yaml
   ptft finetune --config configs/finetune/sentiment.yaml strategy.kind=lora optim.lr=1e-3
-  ptft finetune --config configs/finetune/digits.yaml data.train_fraction=0.1 output_dir=out/digits10
+  ptft finetune --config configs/finetune/digits_probe.yaml data.train_fraction=0.1 output_dir=out/digits10
 """
 
 
