@@ -18,7 +18,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +27,7 @@ sys.path.insert(0, ROOT)
 
 from ptft_engine.ops import BackendUnavailable, attention  # noqa: E402
 from ptft_engine.ops.attention.reference import visible_mask  # noqa: E402
+from timing import time_cpu_pair  # noqa: E402
 
 
 def emit(record: dict, json_out: str | None) -> None:
@@ -36,20 +36,6 @@ def emit(record: dict, json_out: str | None) -> None:
     if json_out:
         with open(json_out, "a") as f:
             f.write(line + "\n")
-
-
-def time_cpu_pair(ours, peer, repeats: int) -> tuple[float, float]:
-    """Median milliseconds of each, alternating calls so both see the same load."""
-    for _ in range(2):
-        ours()
-        peer()
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):
-        for fn, acc in ((ours, times[0]), (peer, times[1])):
-            t0 = time.perf_counter()
-            fn()
-            acc.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def fwd_bwd(fn, q, k, v, do):
@@ -74,12 +60,12 @@ def bench_cpu(args) -> None:
         ours = lambda q, k, v: attention(q, k, v, backend="cpu", **our_kw)  # noqa: E731
         peer = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, **sdpa_kw)  # noqa: E731
         with torch.no_grad():
-            t_ours, t_peer = time_cpu_pair(lambda: ours(q, k, v), lambda: peer(q, k, v), repeats)
+            t_ours, t_peer = (t * 1e3 for t in time_cpu_pair(lambda: ours(q, k, v), lambda: peer(q, k, v), repeats))
         emit({"case": f"attention_cpu_fwd_{name}_fp32_{shape}", "ours": round(t_ours, 3), "peer": round(t_peer, 3),
               "ratio": round(t_peer / t_ours, 3), "unit": "ms (peer: torch SDPA cpu; ratio = peer/ours)",
               "threads": torch.get_num_threads()}, args.json_out)
-        t_ours, t_peer = time_cpu_pair(lambda: fwd_bwd(ours, q, k, v, do), lambda: fwd_bwd(peer, q, k, v, do),
-                                       max(3, repeats // 2))
+        t_ours, t_peer = (t * 1e3 for t in time_cpu_pair(lambda: fwd_bwd(ours, q, k, v, do),
+                                                         lambda: fwd_bwd(peer, q, k, v, do), max(3, repeats // 2)))
         emit({"case": f"attention_cpu_fwdbwd_{name}_fp32_{shape}", "ours": round(t_ours, 3),
               "peer": round(t_peer, 3), "ratio": round(t_peer / t_ours, 3),
               "unit": "ms (peer: torch SDPA cpu; ratio = peer/ours)", "threads": torch.get_num_threads()},

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 
 from ptft_engine.ops import BackendUnavailable, mlm_mask
+from timing import time_cpu_pair
 
 VOCAB = 30522  # BERT-base
 SPECIAL = (0, 100, 101, 102, 103)  # [PAD] [UNK] [CLS] [SEP] [MASK]
@@ -46,20 +45,6 @@ def make_batch(rows: int, seq: int, device: str):
     lengths = torch.randint(seq // 2, seq + 1, (rows,), generator=g)
     ids[torch.arange(seq).view(1, seq) >= lengths.view(rows, 1)] = 0  # padded tails
     return ids.to(device), torch.arange(rows, dtype=torch.int64).to(device)
-
-
-def time_cpu_pair(ours, peer, repeats: int) -> tuple[float, float]:
-    """Median seconds of each, alternating calls so both see the same machine load."""
-    for _ in range(3):
-        ours()
-        peer()
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):
-        for fn, acc in ((ours, times[0]), (peer, times[1])):
-            t0 = time.perf_counter()
-            fn()
-            acc.append(time.perf_counter() - t0)
-    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def time_cuda(fn, repeats: int) -> float:
@@ -95,7 +80,7 @@ def bench_cpu(args) -> None:
     shapes = [(64, 512)] if args.quick else [(64, 512), (256, 512)]
     for rows, seq in shapes:
         ids, sids = make_batch(rows, seq, "cpu")
-        ours, peer = time_cpu_pair(ours_fn(ids, sids, "cpu"), lambda: peer_recipe(ids, special), repeats)
+        ours, peer = time_cpu_pair(ours_fn(ids, sids, "cpu"), lambda: peer_recipe(ids, special), repeats, warmup=3)
         tokens = rows * seq
         emit(f"mlm_mask cpu ({rows}, {seq}) vs HF collator recipe", tokens / ours / 1e6, tokens / peer / 1e6,
              "Mtokens/s", args.json_out, threads=torch.get_num_threads())
