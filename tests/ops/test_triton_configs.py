@@ -76,3 +76,20 @@ def test_contrastive_gpu_tiles(gpu_tiles, n, d):
     ours = nt_xent_loss(z1, z2, 0.1, backend="triton")
     ref = contrastive_reference.nt_xent_loss_reference(a0, b0, 0.1)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+
+
+def _bshd_view(t: torch.Tensor) -> torch.Tensor:
+    """The (B, H, S, D) view a model gets by transposing its (B, S, H, D) projection: not contiguous."""
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def test_attention_reads_transposed_views_by_stride():
+    (q, k, v, do), masks = make_inputs(2, 3, 70, 24, torch.float32, pad=True, segments=True)
+    q, k, v, do = (_bshd_view(t) for t in (q, k, v, do))
+    assert not any(t.is_contiguous() for t in (q, k, v, do))
+    assert all(triton_attention._rows_contiguous(t) is t for t in (q, k, v, do))  # no copy
+    assert_close_fp32("triton", q, k, v, do, causal=True, **masks)
+    # a head dim with a stride (here every other element) is copied once, still right
+    wide = [torch.cat([t, t], dim=-1)[..., ::2] for t in (q, k, v, do)]
+    assert wide[0].stride(-1) == 2
+    assert_close_fp32("triton", *wide, causal=False, **masks)

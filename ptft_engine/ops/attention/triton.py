@@ -53,14 +53,14 @@ def _full_blocks_end(start_m, s_k, CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, 
 
 
 @triton.jit
-def _fwd_inner(acc, l_i, m_i, q, rows, dims, dim_ok, k_base, v_base, lo, hi, s_q, s_k, head_dim,
+def _fwd_inner(acc, l_i, m_i, q, rows, dims, dim_ok, k_base, v_base, stride_ks, stride_vs, lo, hi, s_q, s_k,
                pad_row, seg_row, qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
                HAS_PAD: tl.constexpr, HAS_SEG: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_N: tl.constexpr):
     """Online-softmax update of (acc, l_i, m_i) over key blocks [lo, hi)."""
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + tl.arange(0, BLOCK_N)
         kv_mask = (cols[:, None] < s_k) & dim_ok[None, :]
-        k = tl.load(k_base + cols[:, None] * head_dim + dims[None, :], mask=kv_mask, other=0.0)
+        k = tl.load(k_base + cols[:, None] * stride_ks + dims[None, :], mask=kv_mask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
         if MASKED:
             ok = _visible(rows[:, None], cols[None, :], s_q, s_k, pad_row, seg_row, CAUSAL, HAS_PAD, HAS_SEG)
@@ -70,7 +70,7 @@ def _fwd_inner(acc, l_i, m_i, q, rows, dims, dim_ok, k_base, v_base, lo, hi, s_q
         p = tl.exp2(s - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + cols[:, None] * head_dim + dims[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + cols[:, None] * stride_vs + dims[None, :], mask=kv_mask, other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
         m_i = m_new
     return acc, l_i, m_i
@@ -78,21 +78,24 @@ def _fwd_inner(acc, l_i, m_i, q, rows, dims, dim_ok, k_base, v_base, lo, hi, s_q
 
 @triton.jit
 def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, pad_ptr, seg_ptr,
+                     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
+                     stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os,
                      s_q, s_k, head_dim, n_heads, qk_scale, seq_bucket,
                      CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, HAS_SEG: tl.constexpr,
                      DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_D: tl.constexpr):
     start_m = tl.program_id(0)
     bh = tl.program_id(1)
-    batch = bh // n_heads
+    batch = (bh // n_heads).to(tl.int64)
+    head = (bh % n_heads).to(tl.int64)
     rows = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     dim_ok = dims < head_dim
-    q_base = q_ptr + bh.to(tl.int64) * s_q * head_dim
-    kv_base = bh.to(tl.int64) * s_k * head_dim
+    k_base = k_ptr + batch * stride_kb + head * stride_kh
+    v_base = v_ptr + batch * stride_vb + head * stride_vh
     pad_row = pad_ptr + batch * s_k
     seg_row = seg_ptr + batch * s_q
-    q = tl.load(q_base + rows[:, None] * head_dim + dims[None, :],
+    q = tl.load(q_ptr + batch * stride_qb + head * stride_qh + rows[:, None] * stride_qs + dims[None, :],
                 mask=(rows[:, None] < s_q) & dim_ok[None, :], other=0.0)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max, base-2 units
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -103,43 +106,48 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, pad_ptr, seg_ptr,
     # Key blocks every row sees in full run without mask arithmetic; the rest (diagonal,
     # ragged tail, padding/segments) are masked.
     split = _full_blocks_end(start_m, s_k, CAUSAL, HAS_PAD, HAS_SEG, BLOCK_M, BLOCK_N)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, rows, dims, dim_ok, k_ptr + kv_base, v_ptr + kv_base, 0, split,
-                               s_q, s_k, head_dim, pad_row, seg_row, qk_scale, False, CAUSAL, HAS_PAD, HAS_SEG,
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, rows, dims, dim_ok, k_base, v_base, stride_ks, stride_vs, 0, split,
+                               s_q, s_k, pad_row, seg_row, qk_scale, False, CAUSAL, HAS_PAD, HAS_SEG,
                                DOT_PREC, BLOCK_N)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, rows, dims, dim_ok, k_ptr + kv_base, v_ptr + kv_base, split, hi,
-                               s_q, s_k, head_dim, pad_row, seg_row, qk_scale, True, CAUSAL, HAS_PAD, HAS_SEG,
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, rows, dims, dim_ok, k_base, v_base, stride_ks, stride_vs, split, hi,
+                               s_q, s_k, pad_row, seg_row, qk_scale, True, CAUSAL, HAS_PAD, HAS_SEG,
                                DOT_PREC, BLOCK_N)
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
-    tl.store(o_ptr + bh.to(tl.int64) * s_q * head_dim + rows[:, None] * head_dim + dims[None, :],
+    tl.store(o_ptr + batch * stride_ob + head * stride_oh + rows[:, None] * stride_os + dims[None, :],
              out.to(o_ptr.dtype.element_ty), mask=(rows[:, None] < s_q) & dim_ok[None, :])
     lse = tl.where(empty, float("inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
     tl.store(lse_ptr + bh * s_q + rows, lse, mask=rows < s_q)
 
 
 @triton.jit
-def _attn_bwd_preprocess(o_ptr, do_ptr, delta_ptr, n_rows, head_dim,
+def _attn_bwd_preprocess(o_ptr, do_ptr, delta_ptr, stride_ob, stride_oh, stride_os,
+                         stride_dob, stride_doh, stride_dos, s_q, head_dim, n_heads,
                          BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """delta_i = dO_i . O_i (= sum_j P_ij dP_ij), one value per query row."""
+    bh = tl.program_id(1)
+    batch = (bh // n_heads).to(tl.int64)
+    head = (bh % n_heads).to(tl.int64)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
-    mask = (rows[:, None] < n_rows) & (dims[None, :] < head_dim)
-    offs = rows.to(tl.int64)[:, None] * head_dim + dims[None, :]
-    o = tl.load(o_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    do = tl.load(do_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(delta_ptr + rows, tl.sum(o * do, 1), mask=rows < n_rows)
+    mask = (rows[:, None] < s_q) & (dims[None, :] < head_dim)
+    o = tl.load(o_ptr + batch * stride_ob + head * stride_oh + rows[:, None] * stride_os + dims[None, :],
+                mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(do_ptr + batch * stride_dob + head * stride_doh + rows[:, None] * stride_dos + dims[None, :],
+                 mask=mask, other=0.0).to(tl.float32)
+    tl.store(delta_ptr + bh.to(tl.int64) * s_q + rows, tl.sum(o * do, 1), mask=rows < s_q)
 
 
 @triton.jit
-def _dkdv_inner(dk, dv, k, v, cols, dims, dim_ok, q_base, do_base, lse_row, delta_row, lo, hi, s_q, s_k,
-                head_dim, pad_row, seg_row, scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+def _dkdv_inner(dk, dv, k, v, cols, dims, dim_ok, q_base, do_base, stride_qs, stride_dos, lse_row, delta_row,
+                lo, hi, s_q, s_k, pad_row, seg_row, scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
                 HAS_PAD: tl.constexpr, HAS_SEG: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr):
     """Accumulates dK, dV of one key block over query blocks [lo, hi)."""
     for start_m in range(lo, hi, BLOCK_M):
         rows = start_m + tl.arange(0, BLOCK_M)
         q_mask = (rows[:, None] < s_q) & dim_ok[None, :]
-        q = tl.load(q_base + rows[:, None] * head_dim + dims[None, :], mask=q_mask, other=0.0)
-        do = tl.load(do_base + rows[:, None] * head_dim + dims[None, :], mask=q_mask, other=0.0)
+        q = tl.load(q_base + rows[:, None] * stride_qs + dims[None, :], mask=q_mask, other=0.0)
+        do = tl.load(do_base + rows[:, None] * stride_dos + dims[None, :], mask=q_mask, other=0.0)
         lse = tl.load(lse_row + rows, mask=rows < s_q, other=float("inf"))
         delta = tl.load(delta_row + rows, mask=rows < s_q, other=0.0)
         s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * (scale * 1.4426950408889634)
@@ -156,6 +164,9 @@ def _dkdv_inner(dk, dv, k, v, cols, dims, dim_ok, q_base, do_base, lse_row, delt
 
 @triton.jit
 def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+                          stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
+                          stride_vb, stride_vh, stride_vs, stride_dob, stride_doh, stride_dos,
+                          stride_gb, stride_gh, stride_gs,
                           pad_ptr, seg_ptr, s_q, s_k, head_dim, n_heads, scale, seq_bucket,
                           CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, HAS_SEG: tl.constexpr,
                           DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -163,15 +174,18 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_pt
     """One key block per program; loops over the query blocks that can see it."""
     start_n = tl.program_id(0)
     bh = tl.program_id(1)
-    batch = bh // n_heads
+    batch = (bh // n_heads).to(tl.int64)
+    head = (bh % n_heads).to(tl.int64)
     cols = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
     dim_ok = dims < head_dim
-    q_base = bh.to(tl.int64) * s_q * head_dim
-    kv_offs = bh.to(tl.int64) * s_k * head_dim + cols[:, None] * head_dim + dims[None, :]
+    q_base = q_ptr + batch * stride_qb + head * stride_qh
+    do_base = do_ptr + batch * stride_dob + head * stride_doh
     kv_mask = (cols[:, None] < s_k) & dim_ok[None, :]
-    k = tl.load(k_ptr + kv_offs, mask=kv_mask, other=0.0)
-    v = tl.load(v_ptr + kv_offs, mask=kv_mask, other=0.0)
+    k = tl.load(k_ptr + batch * stride_kb + head * stride_kh + cols[:, None] * stride_ks + dims[None, :],
+                mask=kv_mask, other=0.0)
+    v = tl.load(v_ptr + batch * stride_vb + head * stride_vh + cols[:, None] * stride_vs + dims[None, :],
+                mask=kv_mask, other=0.0)
     pad_row = pad_ptr + batch * s_k
     seg_row = seg_ptr + batch * s_q
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
@@ -190,26 +204,27 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_pt
         mid = 0
     # Out-of-range rows load lse = +inf (p = 0) and out-of-range keys are never stored, so
     # unmasked blocks need no bounds arithmetic on the scores.
-    dk, dv = _dkdv_inner(dk, dv, k, v, cols, dims, dim_ok, q_ptr + q_base, do_ptr + q_base, lse_ptr + bh * s_q,
-                         delta_ptr + bh * s_q, lo, mid, s_q, s_k, head_dim, pad_row, seg_row,
+    dk, dv = _dkdv_inner(dk, dv, k, v, cols, dims, dim_ok, q_base, do_base, stride_qs, stride_dos,
+                         lse_ptr + bh * s_q, delta_ptr + bh * s_q, lo, mid, s_q, s_k, pad_row, seg_row,
                          scale, True, CAUSAL, HAS_PAD, HAS_SEG, DOT_PREC, BLOCK_M)
-    dk, dv = _dkdv_inner(dk, dv, k, v, cols, dims, dim_ok, q_ptr + q_base, do_ptr + q_base, lse_ptr + bh * s_q,
-                         delta_ptr + bh * s_q, mid, s_q, s_q, s_k, head_dim, pad_row, seg_row,
+    dk, dv = _dkdv_inner(dk, dv, k, v, cols, dims, dim_ok, q_base, do_base, stride_qs, stride_dos,
+                         lse_ptr + bh * s_q, delta_ptr + bh * s_q, mid, s_q, s_q, s_k, pad_row, seg_row,
                          scale, False, CAUSAL, HAS_PAD, HAS_SEG, DOT_PREC, BLOCK_M)
-    tl.store(dk_ptr + kv_offs, (dk * scale).to(dk_ptr.dtype.element_ty), mask=kv_mask)
-    tl.store(dv_ptr + kv_offs, dv.to(dv_ptr.dtype.element_ty), mask=kv_mask)
+    g_offs = batch * stride_gb + head * stride_gh + cols[:, None] * stride_gs + dims[None, :]
+    tl.store(dk_ptr + g_offs, (dk * scale).to(dk_ptr.dtype.element_ty), mask=kv_mask)
+    tl.store(dv_ptr + g_offs, dv.to(dv_ptr.dtype.element_ty), mask=kv_mask)
 
 
 @triton.jit
-def _dq_inner(dq, q, do, lse, delta, rows, dims, dim_ok, k_base, v_base, lo, hi, s_q, s_k, head_dim,
+def _dq_inner(dq, q, do, lse, delta, rows, dims, dim_ok, k_base, v_base, stride_ks, stride_vs, lo, hi, s_q, s_k,
               pad_row, seg_row, scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr,
               HAS_SEG: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_N: tl.constexpr):
     """Accumulates dQ of one query block over key blocks [lo, hi)."""
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + tl.arange(0, BLOCK_N)
         kv_mask = (cols[:, None] < s_k) & dim_ok[None, :]
-        k = tl.load(k_base + cols[:, None] * head_dim + dims[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + cols[:, None] * head_dim + dims[None, :], mask=kv_mask, other=0.0)
+        k = tl.load(k_base + cols[:, None] * stride_ks + dims[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + cols[:, None] * stride_vs + dims[None, :], mask=kv_mask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * (scale * 1.4426950408889634)
         p = tl.exp2(s - lse[:, None] * 1.4426950408889634)
         if MASKED:
@@ -223,6 +238,9 @@ def _dq_inner(dq, q, do, lse, delta, rows, dims, dim_ok, k_base, v_base, lo, hi,
 
 @triton.jit
 def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+                        stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
+                        stride_vb, stride_vh, stride_vs, stride_dob, stride_doh, stride_dos,
+                        stride_gb, stride_gh, stride_gs,
                         pad_ptr, seg_ptr, s_q, s_k, head_dim, n_heads, scale, seq_bucket,
                         CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, HAS_SEG: tl.constexpr,
                         DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -230,17 +248,20 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
     """One query block per program; loops over the key blocks it can see."""
     start_m = tl.program_id(0)
     bh = tl.program_id(1)
-    batch = bh // n_heads
+    batch = (bh // n_heads).to(tl.int64)
+    head = (bh % n_heads).to(tl.int64)
     rows = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     dim_ok = dims < head_dim
-    q_offs = bh.to(tl.int64) * s_q * head_dim + rows[:, None] * head_dim + dims[None, :]
     q_mask = (rows[:, None] < s_q) & dim_ok[None, :]
-    q = tl.load(q_ptr + q_offs, mask=q_mask, other=0.0)
-    do = tl.load(do_ptr + q_offs, mask=q_mask, other=0.0)
+    q = tl.load(q_ptr + batch * stride_qb + head * stride_qh + rows[:, None] * stride_qs + dims[None, :],
+                mask=q_mask, other=0.0)
+    do = tl.load(do_ptr + batch * stride_dob + head * stride_doh + rows[:, None] * stride_dos + dims[None, :],
+                 mask=q_mask, other=0.0)
     lse = tl.load(lse_ptr + bh * s_q + rows, mask=rows < s_q, other=float("inf"))
     delta = tl.load(delta_ptr + bh * s_q + rows, mask=rows < s_q, other=0.0)
-    kv_base = bh.to(tl.int64) * s_k * head_dim
+    k_base = k_ptr + batch * stride_kb + head * stride_kh
+    v_base = v_ptr + batch * stride_vb + head * stride_vh
     pad_row = pad_ptr + batch * s_k
     seg_row = seg_ptr + batch * s_q
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -248,11 +269,11 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
     if CAUSAL:
         hi = tl.minimum(s_k, (start_m + 1) * BLOCK_M)
     split = _full_blocks_end(start_m, s_k, CAUSAL, HAS_PAD, HAS_SEG, BLOCK_M, BLOCK_N)
-    dq = _dq_inner(dq, q, do, lse, delta, rows, dims, dim_ok, k_ptr + kv_base, v_ptr + kv_base, 0, split,
-                   s_q, s_k, head_dim, pad_row, seg_row, scale, False, CAUSAL, HAS_PAD, HAS_SEG, DOT_PREC, BLOCK_N)
-    dq = _dq_inner(dq, q, do, lse, delta, rows, dims, dim_ok, k_ptr + kv_base, v_ptr + kv_base, split, hi,
-                   s_q, s_k, head_dim, pad_row, seg_row, scale, True, CAUSAL, HAS_PAD, HAS_SEG, DOT_PREC, BLOCK_N)
-    tl.store(dq_ptr + q_offs, (dq * scale).to(dq_ptr.dtype.element_ty), mask=q_mask)
+    dq = _dq_inner(dq, q, do, lse, delta, rows, dims, dim_ok, k_base, v_base, stride_ks, stride_vs, 0, split,
+                   s_q, s_k, pad_row, seg_row, scale, False, CAUSAL, HAS_PAD, HAS_SEG, DOT_PREC, BLOCK_N)
+    dq = _dq_inner(dq, q, do, lse, delta, rows, dims, dim_ok, k_base, v_base, stride_ks, stride_vs, split, hi,
+                   s_q, s_k, pad_row, seg_row, scale, True, CAUSAL, HAS_PAD, HAS_SEG, DOT_PREC, BLOCK_N)
+    tl.store(dq_ptr + batch * stride_gb + head * stride_gh + rows[:, None] * stride_gs + dims[None, :], (dq * scale).to(dq_ptr.dtype.element_ty), mask=q_mask)
 
 
 def _configs(kind: str):
@@ -332,34 +353,49 @@ def _consts(q, causal, key_padding_mask, segment_ids):
                 BLOCK_D=max(16, triton.next_power_of_2(head_dim)))
 
 
+def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """The kernels address (B, H, S, D) tensors by their batch/head/sequence strides (the models'
+    transposed views need no copy); only the head dim must be contiguous."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
 def attention_forward(q, k, v, causal, key_padding_mask, segment_ids, scale):
     """(out (B, H, S_q, D) in q's dtype, lse (B, H, S_q) fp32, natural log, +inf if empty)."""
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    q, k, v = (_rows_contiguous(t) for t in (q, k, v))
     b, h, s_q, d = q.shape
     s_k = k.shape[2]
-    out = torch.empty_like(q)
+    out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     lse = torch.empty((b, h, s_q), device=q.device, dtype=torch.float32)
     pad, seg = _mask_args(q, key_padding_mask, segment_ids)
-    _launch("fwd", s_q, b * h, q, k, v, out, lse, pad, seg, s_q, s_k, d, h, scale * LOG2E,
+    _launch("fwd", s_q, b * h, q, k, v, out, lse, pad, seg, *_strides(q), *_strides(k), *_strides(v),
+            *_strides(out), s_q, s_k, d, h, scale * LOG2E,
             _bucket(s_q, s_k), **_consts(q, causal, key_padding_mask, segment_ids))
     return out, lse
 
 
 def attention_backward(grad_out, q, k, v, out, lse, causal, key_padding_mask, segment_ids, scale):
     """(dq, dk, dv) in the inputs' dtype, recomputing probabilities from lse."""
-    grad_out, q, k, v, out = (t.contiguous() for t in (grad_out, q, k, v, out))
+    grad_out, q, k, v, out = (_rows_contiguous(t) for t in (grad_out, q, k, v, out))
     b, h, s_q, d = q.shape
     s_k = k.shape[2]
     consts = _consts(q, causal, key_padding_mask, segment_ids)
     delta = torch.empty((b, h, s_q), device=q.device, dtype=torch.float32)
     pre_block = 32 if triton_interpret() else 64
-    _attn_bwd_preprocess[(triton.cdiv(b * h * s_q, pre_block),)](
-        out, grad_out, delta, b * h * s_q, d, BLOCK_M=pre_block, BLOCK_D=consts["BLOCK_D"])
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    _attn_bwd_preprocess[(triton.cdiv(s_q, pre_block), b * h)](
+        out, grad_out, delta, *_strides(out), *_strides(grad_out), s_q, d, h,
+        BLOCK_M=pre_block, BLOCK_D=consts["BLOCK_D"])
+    dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    dk = torch.empty(k.shape, device=k.device, dtype=k.dtype)
+    dv = torch.empty(k.shape, device=k.device, dtype=v.dtype)
     pad, seg = _mask_args(q, key_padding_mask, segment_ids)
     bucket = _bucket(s_q, s_k)
-    _launch("dkdv", s_k, b * h, q, k, v, grad_out, lse, delta, dk, dv, pad, seg, s_q, s_k, d, h,
-            scale, bucket, **consts)
-    _launch("dq", s_q, b * h, q, k, v, grad_out, lse, delta, dq, pad, seg, s_q, s_k, d, h,
-            scale, bucket, **consts)
+    strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(grad_out))
+    _launch("dkdv", s_k, b * h, q, k, v, grad_out, lse, delta, dk, dv, *strides, *_strides(dk),
+            pad, seg, s_q, s_k, d, h, scale, bucket, **consts)
+    _launch("dq", s_q, b * h, q, k, v, grad_out, lse, delta, dq, *strides, *_strides(dq),
+            pad, seg, s_q, s_k, d, h, scale, bucket, **consts)
     return dq, dk, dv
