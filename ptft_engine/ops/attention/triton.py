@@ -314,11 +314,15 @@ def _configs(kind: str):
     """Block shapes (BLOCK_M, BLOCK_N, warps, stages) for H100/H200-class GPUs (228 KB shared
     memory, bf16 tensor cores), sized for head dim 128. fwd splits its key loop at a
     query-block start, so it needs BLOCK_M % BLOCK_N == 0; bwd (one key block of BLOCK_N per
-    program, query steps of BLOCK_M) does not. bwd holds K, V, dK, dV of its key block in
-    registers: BLOCK_N 128 takes 8 warps, 64 takes 4."""
+    program, query steps of BLOCK_M) does not. Chosen by compiling for sm_90 at D=128 bf16
+    (tests/ops/test_triton_compile.py): every fwd entry compiles without register spills
+    except 128x128 (a 40-48 byte stack); 128-row tiles need 8 warps (with 4 they spill 600+
+    bytes; 64x64 with 4 warps spills 120 with masks). bwd holds K, V, dK, dV of its key block
+    plus a dQ tile in registers and spills at every shape tried (128-1600 byte stacks); 8 warps
+    spill least, the list runs from least to most (the FA2-like 64x128 last)."""
     shapes = {
-        "fwd": [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 4)],
-        "bwd": [(64, 128, 8, 2), (32, 128, 8, 2), (64, 64, 4, 3), (32, 64, 4, 3), (128, 64, 8, 2)],
+        "fwd": [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 8, 3), (128, 32, 8, 4), (64, 32, 4, 4)],
+        "bwd": [(32, 64, 8, 3), (32, 128, 8, 2), (16, 128, 8, 3), (64, 64, 8, 2), (64, 128, 8, 2)],
     }[kind]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in shapes]
 
@@ -326,10 +330,8 @@ def _configs(kind: str):
 # Tune per power-of-two bucket of the sequence length (seq_bucket, unused by the kernels),
 # not per exact length: packed batches vary in length every step.
 _KEY = ["seq_bucket", "BLOCK_D", "CAUSAL", "HAS_PAD", "HAS_SEG", "DOT_PREC"]
-# PTFT_TRITON_AUTOTUNE=0 uses one fixed config on GPU (tests: no tuning sweep per shape).
+# PTFT_TRITON_AUTOTUNE=0 uses the first (no-spill / least-spill) config on GPU (tests: no tuning sweep).
 AUTOTUNE = os.environ.get("PTFT_TRITON_AUTOTUNE", "1") != "0"
-_FIXED_GPU_META = {"fwd": {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
-                   "bwd": {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}}
 _tuned = {
     # the bwd kernel adds into dQ: every timing trial must start from zeros
     "fwd": triton.autotune(_configs("fwd"), key=_KEY)(_attn_fwd_kernel),
@@ -363,7 +365,7 @@ def pin_config(kind: str, meta: dict | None) -> None:
 def _launch(kind: str, n_blocks_of, bh: int, *args, **consts):
     block = "BLOCK_N" if kind == "bwd" else "BLOCK_M"
     if kind in _pinned or triton_interpret() or not AUTOTUNE:
-        meta = dict(_pinned.get(kind) or (_INTERPRET_META if triton_interpret() else _FIXED_GPU_META[kind]))
+        meta = dict(_pinned.get(kind) or (_INTERPRET_META if triton_interpret() else configs(kind)[0]))
         if triton_interpret():  # warps and stages mean nothing to the interpreter
             meta = {key: meta[key] for key in ("BLOCK_M", "BLOCK_N")}
         _raw[kind][(triton.cdiv(n_blocks_of, meta[block]), bh)](*args, **consts, **meta)

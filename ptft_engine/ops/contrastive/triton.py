@@ -97,6 +97,7 @@ def _contrastive_bwd_kernel(a_ptr, b_ptr, scale_ptr, excl_ptr, rlse_ptr, grow_pt
         tl.store(ds_ptr + pid_m, tl.sum(ds, 0))
 
 
+KERNELS = {"row_lse": _contrastive_row_lse_kernel, "bwd": _contrastive_bwd_kernel}  # (compile test)
 GPU_CONFIG = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, BLOCK_D=128, num_warps=4)
 INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, BLOCK_D=32, num_warps=1)
 
