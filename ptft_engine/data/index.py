@@ -26,6 +26,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ptft_engine.data import remote
 from ptft_engine.data.errors import DataError, log
 
 INDEX_NAME = "index.json"
@@ -134,27 +135,89 @@ def load_index(path: str) -> ShardIndex:
             doc = json.load(f)
     except json.JSONDecodeError as exc:
         raise DataError(f"index file {path!r} is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise DataError(f"{path!r} is not a ptft shard index (missing \"format\": \"{FORMAT}\")")
     root = os.path.dirname(os.path.abspath(path))
+    return index_from_doc(doc, path, lambda rel: os.path.join(root, rel), check_files=True)
+
+
+def index_from_doc(doc, where: str, locate, *, check_files: bool) -> ShardIndex:
+    """The index in the parsed JSON `doc` read from `where`; `locate` turns a path in it into a
+    location (a local path or a URL). Local files are checked for existence at start; remote
+    ones on first open (no per-shard network call at start)."""
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise DataError(f"{where!r} is not a ptft shard index (missing \"format\": \"{FORMAT}\")")
     shards = []
     for entry in doc["shards"]:
-        p = os.path.join(root, entry["path"])
-        if not os.path.exists(p):
-            raise DataError(f"shard {p!r} listed in index {path!r} does not exist")
+        p = locate(entry["path"])
+        if check_files and not os.path.exists(p):
+            raise DataError(f"shard {p!r} listed in index {where!r} does not exist")
         offsets, offsets_path = entry.get("offsets"), None
         if isinstance(offsets, str):
-            offsets_path, offsets = os.path.join(root, offsets), None
-            if not os.path.exists(offsets_path):
-                raise DataError(f"offset file {offsets_path!r} listed in index {path!r} does not exist")
+            offsets_path, offsets = locate(offsets), None
+            if check_files and not os.path.exists(offsets_path):
+                raise DataError(f"offset file {offsets_path!r} listed in index {where!r} does not exist")
         shards.append(ShardInfo(path=p, samples=int(entry["samples"]), offsets=offsets, offsets_path=offsets_path,
                                 bytes=int(entry.get("bytes", 0)), sha256=entry.get("sha256")))
     extra = {k: v for k, v in doc.items() if k not in ("format", "version", "kind", "total_samples", "shards")}
     return ShardIndex(shards=shards, kind=doc.get("kind"), extra=extra)
 
 
-def resolve_source(spec: str) -> ShardIndex:
-    """One config entry (index file, directory, glob or tar path) -> its shards, or a clear error."""
+def _select(index: ShardIndex, wanted: list[str], where: str) -> ShardIndex:
+    """The shards of `index` at the locations `wanted`, in that order."""
+    by_location = {s.path: s for s in index.shards}
+    missing = [w for w in wanted if w not in by_location]
+    if missing:
+        raise DataError(f"shard {remote.redact(missing[0])} is not listed in {remote.redact(where)} "
+                        f"({len(missing)} of {len(wanted)} missing); rewrite it with `ptft shard --index-only`")
+    return ShardIndex(shards=[by_location[w] for w in wanted], kind=index.kind, extra=index.extra)
+
+
+def _resolve_remote(spec: str, *, timeout: float, retries: int) -> ShardIndex:
+    """A URL or pipe: source: fetch its index.json (once, not per shard) and pick the named shards."""
+    groups: dict[str, list[str] | None] = {}  # index location -> the shards named from it (None: all)
+    for location in remote.expand(spec):
+        where = remote.index_location(location, INDEX_NAME)
+        if remote.names_tar(location):
+            groups.setdefault(where, [])
+            if groups[where] is not None:
+                groups[where].append(location)
+        else:
+            groups[where] = None
+    parts = []
+    for where, locations in groups.items():
+        try:
+            doc = json.loads(remote.fetch_bytes(where, timeout=timeout, retries=retries))
+        except (remote.FetchError, ValueError) as exc:
+            raise DataError(f"cannot read the shard index {remote.redact(where)} ({exc}); make one with "
+                            f"`ptft shard --index-only {remote.redact(spec)} --output DIR` and put DIR's files "
+                            "beside the shards") from None
+        index = index_from_doc(doc, remote.redact(where), lambda rel: remote.sibling(where, rel), check_files=False)
+        parts.append(index if locations is None else _select(index, locations, where))
+    return ShardIndex(shards=[s for p in parts for s in p.shards], kind=parts[0].kind, extra=parts[0].extra)
+
+
+def _local_tars(paths: list[str]) -> ShardIndex:
+    """Named local tars: their entries of the index.json beside them when it lists them all, else scanned."""
+    dirs = {os.path.dirname(os.path.abspath(p)) for p in paths}
+    idx = os.path.join(dirs.pop(), INDEX_NAME) if len(dirs) == 1 else None
+    if idx and os.path.exists(idx):
+        index = load_index(idx)
+        wanted = [os.path.abspath(p) for p in paths]
+        if set(wanted) <= {s.path for s in index.shards}:
+            return _select(index, wanted, idx)
+    return ShardIndex(shards=[scan_tar(p) for p in paths])
+
+
+def resolve_source(spec: str, *, timeout: float = 60.0, retries: int = 3) -> ShardIndex:
+    """One config entry (index file, directory, glob, tar path, brace range, URL or pipe:
+    command) -> its shards, or a clear error. `timeout`/`retries` bound reading a remote index."""
+    if remote.is_remote(spec):
+        return _resolve_remote(spec, timeout=timeout, retries=retries)
+    if remote.has_braces(spec):
+        paths = remote.expand(spec)
+        for p in paths:
+            if not os.path.exists(p):
+                raise DataError(f"shard path {p!r} (from {spec!r}) does not exist")
+        return _local_tars(paths)
     if os.path.isdir(spec):
         idx = os.path.join(spec, INDEX_NAME)
         if os.path.exists(idx):
@@ -173,7 +236,7 @@ def resolve_source(spec: str) -> ShardIndex:
     else:
         if not os.path.exists(spec):
             raise DataError(f"shard path {spec!r} does not exist")
-        paths = [spec]
+        return _local_tars([spec])
     return ShardIndex(shards=[scan_tar(p) for p in paths])
 
 
