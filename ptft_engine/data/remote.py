@@ -85,6 +85,11 @@ def _file_part(spec: str) -> str:
     return _shard_token(spec).group(0) if spec.startswith("pipe:") else urlsplit(spec).path
 
 
+def file_name(location: str) -> str:
+    """shard-000003.tar for .../shard-000003.tar?sig=… or `pipe:cat /d/shard-000003.tar`."""
+    return posixpath.basename(_file_part(location))
+
+
 def names_tar(spec: str) -> bool:
     return _file_part(spec).endswith(".tar")
 
