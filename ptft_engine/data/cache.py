@@ -41,7 +41,12 @@ def default_cache_dir() -> str:
 
 
 class ShardFailed(Exception):
-    """A whole shard is unusable (download failed after retries, or sha256 mismatch)."""
+    """A whole shard is unusable (download failed after retries, or sha256 mismatch).
+    `counted`: this process found it (False: it read another process's recent verdict)."""
+
+    def __init__(self, reason: str, counted: bool = True):
+        super().__init__(reason)
+        self.counted = counted
 
 
 @dataclasses.dataclass
@@ -123,12 +128,13 @@ class ShardCache:
 
     def _open_remote(self, shard: ShardInfo) -> Opened:
         tar, idx = self._paths(shard)
+        base = tar[: -len(".tar")]
         fh = self._pinned(tar)
         if fh is None:
-            with self._exclusive(tar[: -len(".tar")] + ".lock"):
+            with self._exclusive(base + ".lock"):
                 fh = self._pinned(tar)  # another process may have fetched it while this one waited
                 if fh is None:
-                    fh = self._download(shard, tar, idx)
+                    fh = self._download_once(shard, tar, idx, base + ".failed")
                 else:
                     self.counts["cache_hits"] += 1
         else:
@@ -163,6 +169,27 @@ class ShardCache:
         with open(lock_path, "a") as lf:
             fcntl.flock(lf.fileno(), fcntl.LOCK_EX)  # the holder's work is bounded by timeouts and retries
             yield
+
+    def _download_once(self, shard: ShardInfo, tar: str, idx: str, failed: str):
+        """Download under the shard's lock. A process that gives up leaves its reason for a
+        while, so the processes that waited on the lock skip the shard too instead of each
+        retrying it again; a later run (after the window) tries afresh."""
+        window = max(60.0, self.timeout * (self.retries + 1))
+        try:
+            if time.time() - os.path.getmtime(failed) < window:
+                with open(failed) as f:
+                    raise ShardFailed(f.read(), counted=False)
+        except FileNotFoundError:
+            pass
+        try:
+            fh = self._download(shard, tar, idx)
+        except ShardFailed as exc:
+            with open(failed, "w") as f:
+                f.write(str(exc))
+            raise
+        if os.path.exists(failed):
+            os.remove(failed)
+        return fh
 
     def _download(self, shard: ShardInfo, tar: str, idx: str):
         self._make_room(shard.bytes)

@@ -23,7 +23,6 @@ from ptft_engine.data.order import EpochOrder
 from ptft_engine.data.remote import is_remote, redact
 
 MAX_OPEN_FILES = 64
-MAX_OPEN_CACHED = 8  # an open cached shard is pinned in the cache: keep few
 
 
 def steps_left(length: int, start: int, world_size: int, docs: int) -> int:
@@ -79,15 +78,19 @@ class ShardStream(IterableDataset):
         if entry is None:
             entry = self.cache.open(shard)
         self._files[shard_id] = entry
-        cached = sum(is_remote(self.order.shards[s].path) for s in self._files)
-        while len(self._files) > MAX_OPEN_FILES or cached > MAX_OPEN_CACHED:
-            sid, old = self._files.popitem(last=False)
-            cached -= is_remote(self.order.shards[sid].path)
-            old.fh.close()
+        if len(self._files) > MAX_OPEN_FILES:
+            self._files.popitem(last=False)[1].fh.close()
         return entry
+
+    def _unpin(self, keep: set[int]) -> None:
+        """Close the cached shards this step did not read: an open one is pinned in the cache,
+        and the cache bound should only have to hold the shards in use and those prefetched."""
+        for sid in [s for s in self._files if s not in keep and is_remote(self.order.shards[s].path)]:
+            self._files.pop(sid).fh.close()
 
     def read(self, first: int, bad: BadSamples) -> list[tuple[int, str, str, dict]]:
         shard_ids, idxs = self._slice(first)
+        self._step_shards = set(shard_ids.tolist())
         records = []
         for j, (s, i) in enumerate(zip(shard_ids.tolist(), idxs.tolist())):
             shard: ShardInfo = self.order.shards[s]
@@ -97,7 +100,7 @@ class ShardStream(IterableDataset):
                     opened = self._open(s)  # a wrong offset file raises DataError: the index is broken
                 except ShardFailed as exc:
                     self._failed[s] = str(exc)
-                    self.corrupt_shards += 1
+                    self.corrupt_shards += exc.counted  # a node-wide verdict is counted where it was reached
                     log.warning("skipping shard %s: %s", name, exc)
                 except OSError as exc:
                     bad.skip(name, f"sample #{i}", f"cannot open ({exc})")
@@ -124,6 +127,7 @@ class ShardStream(IterableDataset):
         first = self._first(step)
         skipped = bad.count
         records = self.read(first, bad)
+        self._unpin(self._step_shards)
         batch, stats, kept = self.builder.build(records, epoch=self.order.epoch, first_pos=first, bad=bad)
         stats["skipped"] = bad.count - skipped
         stats.update(self.counters())
