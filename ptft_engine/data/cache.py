@@ -303,13 +303,11 @@ class Prefetcher:
 
     def take(self, sid: int) -> Opened | None:
         """The prefetched shard (raising what opening it raised), or None if it will not come."""
-        start = time.perf_counter()
         with self._cond:
             # (waiting for a slot with `sid` not ready: the stream left the order; it opens `sid` itself)
             while sid not in self._done and not self._finished and not self._waiting_for_slot:
                 self._cond.wait(0.5)
             result = self._done.pop(sid, None)
-        self.cache.counts["download_wait_ms"] += int((time.perf_counter() - start) * 1000)
         if result is None:
             return None
         self._slots.release()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tarfile
 import threading
+import time
 from collections import OrderedDict
 
 import torch
@@ -72,11 +73,15 @@ class ShardStream(IterableDataset):
             return entry
         shard = self.order.shards[shard_id]
         entry = None
-        if self._prefetcher is not None and shard_id not in self._taken:
-            self._taken.add(shard_id)
-            entry = self._prefetcher.take(shard_id)
-        if entry is None:
-            entry = self.cache.open(shard)
+        start = time.perf_counter()
+        try:
+            if self._prefetcher is not None and shard_id not in self._taken:
+                self._taken.add(shard_id)
+                entry = self._prefetcher.take(shard_id)
+            if entry is None:
+                entry = self.cache.open(shard)
+        finally:  # the time this step waited for a download or a sha256 check
+            self.cache.counts["download_wait_ms"] += int((time.perf_counter() - start) * 1000)
         self._files[shard_id] = entry
         if len(self._files) > MAX_OPEN_FILES:
             self._files.popitem(last=False)[1].fh.close()
