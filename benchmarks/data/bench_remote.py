@@ -6,7 +6,7 @@ Cases (one JSON object each; ours and the peer alternate over the rounds, median
 - remote_warm_tokens_per_s: the next epoch, every shard already cached, vs local.
 - remote_wait_ms_per_step: over a server throttled to --mbps, the mean time a step
   waited for a shard after the first 2 x workers steps (the prefetcher's head start),
-  with prefetch (ours, data.prefetch_shards=3) vs without (peer, prefetch_shards=0).
+  with prefetch (ours, data.prefetch_shards=auto) vs without (peer, prefetch_shards=0).
   Extra fields: the same run's first-steps wait and the epoch's total.
 
 Tokens are real (non-pad) tokens of (batch, seq_len) CLM batches, 2 workers.
@@ -119,7 +119,7 @@ def main() -> None:
         ours, peer = [], []
         for r in range(rounds):
             peer.append(run_epoch(url, tok, os.path.join(root, f"np{r}"), args, prefetch_shards=0))
-            ours.append(run_epoch(url, tok, os.path.join(root, f"pf{r}"), args, prefetch_shards=3))
+            ours.append(run_epoch(url, tok, os.path.join(root, f"pf{r}"), args))
         emit("remote_wait_ms_per_step", statistics.median(r["steady_wait_ms_per_step"] for r in ours),
              statistics.median(r["steady_wait_ms_per_step"] for r in peer), "ms/step", **meta, server_MBps=args.mbps,
              first_steps_wait_ms=statistics.median(r["first_wait_ms"] for r in ours),

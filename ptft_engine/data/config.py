@@ -61,7 +61,9 @@ class DataConfig(BaseModel):
     # remote sources (http(s)://, s3://, gs://, pipe:) and the node-local shard cache
     cache_dir: str | None = None  # default: $PTFT_CACHE_DIR, else ~/.cache/ptft/shards
     cache_max_gb: float = Field(100.0, gt=0)
-    prefetch_shards: int = Field(3, ge=0)  # shards opened (downloaded, verified) ahead of the stream
+    # shards each worker opens (downloads, verifies) ahead of its batches; "auto": those one
+    # shuffle block spans, plus 2, as a new block needs all of its shards at once
+    prefetch_shards: int | Literal["auto"] = "auto"
     fetch_retries: int = Field(3, ge=0)
     fetch_timeout_s: float = Field(60.0, gt=0)  # a download with no byte for this long is retried
 
@@ -90,6 +92,8 @@ class DataConfig(BaseModel):
                 raise ValueError("weights must be non-negative with a positive sum")
         if self.replace_prob + self.random_prob > 1.0:
             raise ValueError("replace_prob + random_prob must be <= 1")
+        if isinstance(self.prefetch_shards, int) and self.prefetch_shards < 0:
+            raise ValueError("prefetch_shards must be >= 0 (0: no prefetch) or \"auto\"")
         if isinstance(self.docs_per_batch, int) and self.docs_per_batch < 1:
             raise ValueError("docs_per_batch must be at least 1 (or \"auto\")")
         if self.kind != "text" and self.docs_per_batch != "auto":

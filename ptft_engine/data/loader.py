@@ -7,6 +7,8 @@ count — continues the epoch order at that position.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.utils.data import DataLoader
 
@@ -19,6 +21,7 @@ from ptft_engine.data.remote import is_remote
 from ptft_engine.data.stream import ShardStream, steps_left
 
 AUTO_SAMPLE_DOCS = 256
+MAX_AUTO_PREFETCH = 64
 OBJECTIVE_KIND = {"mlm": "text", "clm": "text", "simclr": "image", "clip": "image_text"}
 STATE_VERSION = 1
 
@@ -77,6 +80,14 @@ class Loader:
         per_doc = sum(len(ids) + extra for ids in self.builder.tok.encode_batch(texts)) / max(1, len(texts))
         return max(1, int(cfg.batch_size * cfg.seq_len / max(per_doc, 1.0)))
 
+    def _prefetch_shards(self) -> int:
+        if self.cfg.prefetch_shards != "auto":
+            return self.cfg.prefetch_shards
+        shards = [s for src in self.sources for s in src.shards]
+        per_shard = max(1.0, sum(s.samples for s in shards) / max(1, len(shards)))
+        span = self.cfg.shuffle_buffer if self.cfg.shuffle else self.world_size * self.docs
+        return min(MAX_AUTO_PREFETCH, math.ceil(span / per_shard) + 2)
+
     def _builder(self):
         from ptft_engine.data.tokenizer import load_tokenizer
 
@@ -133,7 +144,7 @@ class Loader:
         stream = ShardStream(order, self.builder, rank=self.rank, world_size=self.world_size,
                              docs=self.docs, start=self.position, strict=cfg.strict,
                              emit_sample_index=cfg.emit_sample_index, cache=self.cache,
-                             prefetch_shards=cfg.prefetch_shards)
+                             prefetch_shards=self._prefetch_shards())
         kw = {}
         if cfg.num_workers > 0:
             kw = dict(num_workers=cfg.num_workers, prefetch_factor=cfg.prefetch_factor, worker_init_fn=_worker_init)

@@ -196,3 +196,39 @@ def test_two_processes_fill_one_cache_at_once(corpus, tok_path, tmp_path):
         assert a["downloads"] + b["downloads"] == N_SHARDS  # each shard fetched by exactly one of them
         assert all(srv.requests[f"shard-{i:06d}.tar"] == 1 for i in range(N_SHARDS))
         assert not [n for n in os.listdir(tmp_path / "shared" / "shards") if n.endswith(".part")]
+
+
+def test_s3_and_gs_urls_go_through_their_tools(corpus, tok_path, tmp_path, monkeypatch):
+    """Stand-ins for the aws CLI and gsutil (they map s3://bucket/P and gs://bucket/P to a
+    local folder) check the commands the cache runs for those schemes."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    www = tmp_path / "www"
+    (bin_dir / "aws").write_text(f'#!/bin/sh\n[ "$1 $2 $3 $5" = "s3 cp --only-show-errors -" ] || exit 2\n'
+                                 f'exec cat "{www}/${{4#s3://bucket/}}"\n')
+    (bin_dir / "gsutil").write_text(f'#!/bin/sh\n[ "$1 $2" = "-q cat" ] || exit 2\nexec cat "{www}/${{3#gs://bucket/}}"\n')
+    for tool in ("aws", "gsutil"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    ref = _batches(build_loader(_cfg(corpus, tok_path, tmp_path / "c0"), objective="clm"))
+    for n, spec in enumerate(["s3://bucket/shards/", "gs://bucket/shards/shard-{000000..000008}.tar"]):
+        loader = build_loader(_cfg(spec, tok_path, tmp_path / f"c{n + 1}"), objective="clm")
+        _same(ref, _batches(loader))
+        assert loader.stats["downloads"] == N_SHARDS
+
+
+def test_finetune_shard_input_over_http(image_folder, tmp_path, monkeypatch):
+    from ptft_engine.data import sources
+    from ptft_engine.data.shards import write_shards
+    from ptft_engine.finetune.data import read_records
+
+    write_shards([image_folder], str(tmp_path / "www" / "imgs"), sources.Options(format="images"), shard_samples=4,
+                 workers=1, progress=False)
+    monkeypatch.setenv("PTFT_CACHE_DIR", str(tmp_path / "cache"))
+    local = read_records(str(tmp_path / "www" / "imgs"), "shards")
+    with ShardServer(str(tmp_path / "www")) as srv:
+        remote = read_records(f"{srv.url}/imgs/", "shards")
+        assert srv.requests["shard-000000.tar"] == 1
+    assert [r["label"] for r in remote] == [r["label"] for r in local] and len(local) == 12
+    assert all(a["image"].open().read() == b["image"].open().read() for a, b in zip(remote, local))
+    assert all(r["image"].shard.startswith(str(tmp_path / "cache")) for r in remote)
