@@ -1,7 +1,7 @@
 """Remote shards (HTTP on loopback, through the node-local cache) vs the same shards on a
 local path, and how long steps wait on downloads once the prefetcher is ahead.
 
-Cases (one JSON object each; ours and the peer alternate over the rounds, medians):
+Cases (one JSON object each; ours and the peer alternate within each round, medians):
 - remote_cold_tokens_per_s: a whole epoch over HTTP into an empty cache, vs local.
 - remote_warm_tokens_per_s: the next epoch, every shard already cached, vs local.
 - remote_wait_ms_per_step: over a server throttled to --mbps, the mean time a step
@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=12, help="documents packed per batch")
     ap.add_argument("--shuffle-buffer", type=int, default=500)
     ap.add_argument("--shard-kb", type=int, default=256)
-    ap.add_argument("--mbps", type=float, default=2.0, help="server rate (MB/s) of the wait case")
+    ap.add_argument("--mbps", type=float, default=5.0, help="server rate (MB/s) of the wait case: above what the stream consumes")
     args = ap.parse_args()
     n_docs, rounds = (2000, 1) if args.quick else (6000, 3)
 
@@ -102,13 +102,18 @@ def main() -> None:
         url = f"http://127.0.0.1:{httpd.server_address[1]}/shards/"
         meta = dict(shards=summary.shards, shard_kb=args.shard_kb, workers=args.workers, rounds=rounds)
 
+        # each round runs local, cold, warm, warm, cold, local (ABBA): a drift in the load
+        # of the shared machine falls on ours and the peer alike
         local_runs, cold, warm = [], [], []
         for r in range(rounds):
-            cache = os.path.join(root, f"cache{r}")
-            local_runs.append(run_epoch(local, tok, os.path.join(root, "local-cache"), args))
-            cold.append(run_epoch(url, tok, cache, args))
-            warm.append(run_epoch(url, tok, cache, args))
-            assert cold[-1]["downloads"] == summary.shards and warm[-1]["downloads"] == 0
+            for step, kind in enumerate(("local", "cold", "warm", "warm", "cold", "local")):
+                cache = os.path.join(root, f"cache{r}-{step if kind == 'cold' else 1}")
+                if kind == "local":
+                    local_runs.append(run_epoch(local, tok, os.path.join(root, "local-cache"), args))
+                else:
+                    res = run_epoch(url, tok, cache, args)
+                    assert res["downloads"] == (summary.shards if kind == "cold" else 0)
+                    (cold if kind == "cold" else warm).append(res)
         local_tps = statistics.median(r["tokens_per_s"] for r in local_runs)
         emit("remote_cold_tokens_per_s", statistics.median(r["tokens_per_s"] for r in cold), local_tps, "tokens/s",
              **meta, wait_ms_total=statistics.median(r["total_wait_ms"] for r in cold))

@@ -73,6 +73,17 @@ class ShardCache:
         self.counts = dict.fromkeys(COUNTERS, 0)
         self._verified: set[str] = set()
         self._warned_full = False
+        self._lock = threading.Lock()  # the prefetch thread and the stream both count
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
+    def count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[key] += n
 
     @classmethod
     def from_config(cls, cfg) -> "ShardCache":
@@ -136,9 +147,9 @@ class ShardCache:
                 if fh is None:
                     fh = self._download_once(shard, tar, idx, base + ".failed")
                 else:
-                    self.counts["cache_hits"] += 1
+                    self.count("cache_hits")
         else:
-            self.counts["cache_hits"] += 1
+            self.count("cache_hits")
         try:
             os.utime(tar)  # last use, for LRU eviction
             local = dataclasses.replace(shard, path=tar, offsets_path=idx if shard.offsets_path else None)
@@ -210,12 +221,12 @@ class ShardCache:
                 if os.path.exists(part):
                     os.remove(part)
             raise ShardFailed(str(exc)) from None
-        self.counts["downloads"] += 1
-        self.counts["download_bytes"] += n
+        self.count("downloads")
+        self.count("download_bytes", n)
         return fh
 
     def _count_retry(self) -> None:
-        self.counts["retries"] += 1
+        self.count("retries")
 
     def _make_room(self, incoming: int) -> None:
         """Evict least recently used, unpinned shards until `incoming` more bytes fit the bound."""
@@ -248,7 +259,7 @@ class ShardCache:
                         if os.path.exists(p):
                             os.remove(p)
                 total -= size
-                self.counts["evictions"] += 1
+                self.count("evictions")
             if total + incoming > self.max_bytes and not self._warned_full:
                 self._warned_full = True
                 log.warning("shard cache %s holds %.3f GB in use, over data.cache_max_gb=%.3f; "

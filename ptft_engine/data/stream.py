@@ -81,7 +81,7 @@ class ShardStream(IterableDataset):
             if entry is None:
                 entry = self.cache.open(shard)
         finally:  # the time this step waited for a download or a sha256 check
-            self.cache.counts["download_wait_ms"] += int((time.perf_counter() - start) * 1000)
+            self.cache.count("download_wait_ms", int((time.perf_counter() - start) * 1000))
         self._files[shard_id] = entry
         if len(self._files) > MAX_OPEN_FILES:
             self._files.popitem(last=False)[1].fh.close()
