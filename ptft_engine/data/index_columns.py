@@ -28,7 +28,8 @@ COLUMNS_MIN_SHARDS = 1000  # `ptft shard` writes columns from this many shards o
 _ENDS = {"paths": "path_ends", "offsets": "offsets_ends"}
 
 
-def _pack(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def pack_strings(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """A packed string table: the utf-8 bytes of all strings and the end of each."""
     encoded = [s.encode("utf-8") for s in strings]
     ends = np.cumsum([len(b) for b in encoded], dtype=np.int64) if encoded else np.zeros(0, np.int64)
     return np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), ends
@@ -36,20 +37,24 @@ def _pack(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def write_columns(path: str, shards: Sequence[ShardInfo], root: str) -> None:
     """Write the sidecar atomically (a reader never sees half of it)."""
-    from safetensors.numpy import save_file
-
     if any(s.offsets is not None for s in shards):
         raise ValueError("shards with inline offsets cannot be written as columns; give them offset files")
     cols = {"samples": np.array([s.samples for s in shards], dtype=np.int64),
             "bytes": np.array([s.bytes for s in shards], dtype=np.int64)}
-    cols["paths"], cols["path_ends"] = _pack([os.path.relpath(s.path, root) for s in shards])
-    cols["offsets"], cols["offsets_ends"] = _pack(
+    cols["paths"], cols["path_ends"] = pack_strings([os.path.relpath(s.path, root) for s in shards])
+    cols["offsets"], cols["offsets_ends"] = pack_strings(
         [os.path.relpath(s.offsets_path, root) if s.offsets_path else "" for s in shards])
     if shards and all(s.sha256 for s in shards):
         cols["sha256"] = np.frombuffer(b"".join(bytes.fromhex(s.sha256) for s in shards),
                                        dtype=np.uint8).reshape(len(shards), 32)
+    save_columns(path, cols)
+
+
+def save_columns(path: str, cols: dict[str, np.ndarray]) -> None:
+    from safetensors.numpy import save_file
+
     tmp = path + ".tmp"
-    save_file(cols, tmp, metadata={"num_shards": str(len(shards))})
+    save_file(cols, tmp, metadata={"num_shards": str(len(cols["samples"]))})
     os.replace(tmp, path)
 
 

@@ -81,3 +81,22 @@ def test_weighted_blocks_hold_the_weights_and_the_prefix_is_a_closed_form(tmp_pa
             k = np.arange(order.source_prefix(length)[s])
             assert set(zip(*source.lookup(k))) <= pairs
         assert np.array_equal(order.slice(30, 70)[0], shard[30:70])  # any slice is the same part of the whole
+
+
+def test_big_blocks_are_permuted_position_by_position(tmp_path, monkeypatch):
+    from ptft_engine.data import order as order_mod
+
+    for n in (1, 2, 3, 7, 100, 1025):
+        perm = order_mod._Feistel(n, np.random.SeedSequence([5, n]))
+        assert sorted(perm[0:n].tolist()) == list(range(n))
+        assert perm[3:n].tolist() == perm[0:n].tolist()[3:]  # any range is the same part of the whole
+    monkeypatch.setattr(order_mod, "TABLE_MAX", 0)
+    a = resolve_source(write_text_shards(tmp_path, 50, name="a"))
+    b = resolve_source(write_text_shards(tmp_path, 20, name="b"))
+    order = EpochOrder([a, b], seed=0, epoch=0, block=32)
+    pairs = _pairs(order)
+    assert len(pairs) == 70 and len(set(pairs)) == 70 and _pairs(order, 11, 45) == pairs[11:45]
+    mixed = EpochOrder([a, b], seed=0, epoch=0, block=32, weights=[1, 1], shuffle=False)
+    shard, _ = mixed.slice(0, 70)
+    from_b = shard[:32] >= len(a.shards)
+    assert from_b.sum() == 16 and from_b[:16].any() and not from_b[16:].all()  # half each, interleaved
