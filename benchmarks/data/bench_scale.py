@@ -7,6 +7,8 @@ process per case, which reports what every rank × worker pays:
   index_load_s   load the index(es) alone; index_mb: their size on disk
   peak_rss_mb    the process's peak RSS (VmHWM), base_rss_mb: after imports only
   step_ms        median (and max) over 200 steps of one rank's batch lookup
+  first_open_ms  resolving the window's shards by id (path, offsets, sha256), as a worker
+                 does on first open; worker_open_rss_mb: the memory that adds
   node_cache     distinct shards the last node's ranks touch in a prefetch window, and
                  the bytes a whole-shard cache vs a per-sample (ranged) read needs
 "ours" is the current code (column sidecar, closed-form mixing); "peer" the code before
@@ -38,6 +40,7 @@ WORLDS = [8, 4096]
 SPLIT3, WEIGHTS3 = [0.6, 0.3, 0.1], [0.5, 0.3, 0.2]  # shards per source; mixing weights (source 3 upsampled)
 DOCS = 32  # samples per rank per step
 BLOCK = 10_000  # DataConfig.shuffle_buffer's default
+WIDE_BLOCK = 10_000_000  # a shuffle window over order.TABLE_MAX: permuted position by position
 SHARD_BYTES = 256 << 20  # `ptft shard --shard-size` default
 RANKS_PER_NODE, PREFETCH_STEPS = 8, 8  # e.g. 4 DataLoader workers × prefetch_factor 2
 STEPS = 200
@@ -104,7 +107,8 @@ def child(spec: dict) -> dict:
     sources = [s[0] for s in sources] if spec["impl"] == "peer" else sources
     t_load = time.perf_counter() - t0
     weights = spec["weights"]
-    order = EpochOrder(sources, seed=0, epoch=3, block=BLOCK, weights=weights, length=spec["samples"])
+    order = EpochOrder(sources, seed=0, epoch=3, block=spec.get("block", BLOCK), weights=weights,
+                       length=spec["samples"])
     step0 = (len(order) // (world * DOCS)) // 2  # resume in the middle of the epoch
     order.slice((step0 * world + rank) * DOCS, (step0 * world + rank + 1) * DOCS)
     t_start = time.perf_counter() - t0
@@ -120,11 +124,19 @@ def child(spec: dict) -> dict:
     for t in range(step0, step0 + PREFETCH_STEPS):
         first = (t * world + node_first) * DOCS
         touched.update(order.slice(first, first + (world - node_first) * DOCS)[0].tolist())
+    # What a DataLoader worker adds when it opens shards: their path, offsets file and
+    # sha256 by id (the column sidecar's other columns are read on the first of these).
+    rss_before_open = _rss_mb("VmRSS")
+    s = time.perf_counter()
+    infos = [order.shards[i] for i in sorted(touched)]
+    first_open_ms = 1e3 * (time.perf_counter() - s)
+    assert all(i.path.endswith(".tar") for i in infos)
     samples_in_window = (world - node_first) * DOCS * PREFETCH_STEPS
     mean_sample_bytes = SHARD_BYTES * len(order.shards) / spec["total_samples"]
     return {"start_s": t_start, "index_load_s": t_load, "step_ms": 1e3 * float(np.median(times)),
             "step_ms_max": 1e3 * max(times), "peak_rss_mb": _rss_mb("VmHWM"),
-            "base_rss_mb": base_rss, "stat_calls_at_start": stats,
+            "base_rss_mb": base_rss, "stat_calls_at_start": stats, "first_open_ms": first_open_ms,
+            "worker_open_rss_mb": _rss_mb("VmRSS") - rss_before_open,
             "node_window_shards": len(touched), "node_cache_whole_shards_gb": len(touched) * SHARD_BYTES / 1e9,
             "node_cache_ranged_mb": samples_in_window * mean_sample_bytes / 1e6}
 
@@ -168,9 +180,14 @@ def scale_cases(root: str, sizes, peer_json_max: int, peer_mix_max: int) -> None
                 extra = {f"{k}_ours": v for k, v in ours.items() if k != "start_s"}
                 extra.update({f"{k}_peer": v for k, v in peer.items()
                               if k in ("index_load_s", "step_ms", "peak_rss_mb", "stat_calls_at_start")})
-                emit(f"start_{n_shards // 1000}k_shards_{n_samples / 1e9:g}B_samples_{n_src}src_{world}ranks",
-                     ours["start_s"], peer.get("start_s"), "s", index_mb_ours=_mb(ours_files),
+                name = f"start_{n_shards // 1000}k_shards_{n_samples / 1e9:g}B_samples_{n_src}src_{world}ranks"
+                emit(name, ours["start_s"], peer.get("start_s"), "s", index_mb_ours=_mb(ours_files),
                      index_mb_peer=_mb([os.path.join(d, "listed.json") for d in dirs]) if json_too else None, **extra)
+                if (n_shards, n_src, world) == (SIZES[-1][0], 3, WORLDS[-1]):  # the wide shuffle, same corpus
+                    wide = run_child({**common, "impl": "ours", "block": WIDE_BLOCK,
+                                      "indexes": [os.path.join(d, "index.json") for d in dirs]})
+                    emit(f"{name}_block_{WIDE_BLOCK // 1_000_000}M", wide["start_s"], None, "s",
+                         **{f"{k}_ours": v for k, v in wide.items() if k != "start_s"})
 
 
 def shuffle_quality(root: str) -> None:
@@ -207,7 +224,8 @@ def shuffle_quality(root: str) -> None:
         s = time.perf_counter()
         for b in range(20):  # one rank's step: a fresh block each time, as at 4,096 ranks
             order._cache.clear()
-            order.slice(b * block + 5, b * block + 5 + DOCS)
+            first = (b * (block + 5)) % (n_samples - DOCS)
+            order.slice(first, first + DOCS)
         step_ms = (time.perf_counter() - s) / 20 * 1e3
         perm = rng.permutation(n_samples)
         where_u = np.empty(n_samples, dtype=np.int64)
