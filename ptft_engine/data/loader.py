@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -16,6 +17,7 @@ from ptft_engine.data.cache import ShardCache
 from ptft_engine.data.config import DataConfig
 from ptft_engine.data.errors import BadSamples, DataError
 from ptft_engine.data.index import ShardIndex, resolve_source
+from ptft_engine.data.index_columns import shard_counts
 from ptft_engine.data.order import EpochOrder
 from ptft_engine.data.remote import is_remote
 from ptft_engine.data.stream import ShardStream, steps_left
@@ -51,8 +53,8 @@ class Loader:
         if any(is_remote(s) for s in specs):
             self.cache.check_writable()
         # a missing local shard fails here; remote sources fetch only their index.json
-        self.sources: list[ShardIndex] = [resolve_source(s, timeout=cfg.fetch_timeout_s, retries=cfg.fetch_retries)
-                                          for s in specs]
+        self.sources: list[ShardIndex] = [resolve_source(s, timeout=cfg.fetch_timeout_s, retries=cfg.fetch_retries,
+                                                         cache_dir=self.cache.root) for s in specs]
         self.builder = self._builder()
         self.stats: dict[str, int] = {}
         self.docs = self._docs_per_batch()
@@ -83,8 +85,8 @@ class Loader:
     def _prefetch_shards(self) -> int:
         if self.cfg.prefetch_shards != "auto":
             return self.cfg.prefetch_shards
-        shards = [s for src in self.sources for s in src.shards]
-        per_shard = max(1.0, sum(s.samples for s in shards) / max(1, len(shards)))
+        counts = np.concatenate([shard_counts(src.shards) for src in self.sources])
+        per_shard = max(1.0, float(counts.mean()) if len(counts) else 1.0)
         span = self.cfg.shuffle_buffer if self.cfg.shuffle else self.world_size * self.docs
         return min(MAX_AUTO_PREFETCH, math.ceil(span / per_shard) + 2)
 

@@ -44,6 +44,7 @@ class ShardStream(IterableDataset):
         self._files: OrderedDict[int, Opened] = OrderedDict()
         self._failed: dict[int, str] = {}  # shard id -> why it is skipped whole
         self._taken: set[int] = set()  # shards the prefetcher handed over
+        self._cached: set[int] = set()  # remote shards (read from the cache)
         self._prefetcher: Prefetcher | None = None
         self._order_lock = threading.Lock()  # the order caches blocks; the prefetch thread reads it too
         self._reported = dict(self.cache.counts)
@@ -83,6 +84,8 @@ class ShardStream(IterableDataset):
         finally:  # the time this step waited for a download or a sha256 check
             self.cache.count("download_wait_ms", int((time.perf_counter() - start) * 1000))
         self._files[shard_id] = entry
+        if is_remote(shard.path):
+            self._cached.add(shard_id)
         if len(self._files) > MAX_OPEN_FILES:
             self._files.popitem(last=False)[1].fh.close()
         return entry
@@ -90,7 +93,7 @@ class ShardStream(IterableDataset):
     def _unpin(self, keep: set[int]) -> None:
         """Close the cached shards this step did not read: an open one is pinned in the cache,
         and the cache bound should only have to hold the shards in use and those prefetched."""
-        for sid in [s for s in self._files if s not in keep and is_remote(self.order.shards[s].path)]:
+        for sid in [s for s in self._files if s not in keep and s in self._cached]:
             self._files.pop(sid).fh.close()
 
     def read(self, first: int, bad: BadSamples) -> list[tuple[int, str, str, dict]]:

@@ -232,3 +232,14 @@ def test_finetune_shard_input_over_http(image_folder, tmp_path, monkeypatch):
     assert [r["label"] for r in remote] == [r["label"] for r in local] and len(local) == 12
     assert all(a["image"].open().read() == b["image"].open().read() for a, b in zip(remote, local))
     assert all(r["image"].shard.startswith(str(tmp_path / "cache")) for r in remote)
+
+
+def test_column_index_over_http(corpus, tok_path, tmp_path):
+    """A big index keeps its shards in a column sidecar: it is fetched once into the cache folder."""
+    ref = _batches(build_loader(_cfg(corpus, tok_path, tmp_path / "c0"), objective="clm"))
+    load_index(os.path.join(corpus, "index.json")).save(os.path.join(corpus, "index.json"), columns=True)
+    assert "columns" in json.loads(open(os.path.join(corpus, "index.json")).read())
+    with ShardServer(str(tmp_path / "www")) as srv:
+        loader = build_loader(_cfg(f"{srv.url}/shards/", tok_path, tmp_path / "c1"), objective="clm")
+        _same(ref, _batches(loader))
+        assert srv.requests["index.columns.safetensors"] == 1 and loader.stats["downloads"] == N_SHARDS
