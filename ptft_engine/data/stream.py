@@ -109,7 +109,8 @@ class ShardStream(IterableDataset):
                 except ShardFailed as exc:
                     self._failed[s] = str(exc)
                     self.corrupt_shards += exc.counted  # a node-wide verdict is counted where it was reached
-                    log.warning("skipping shard %s: %s", name, exc)
+                    if not bad.strict:  # strict: the skip below raises, naming the shard
+                        log.warning("skipping shard %s: %s", name, exc)
                 except OSError as exc:
                     bad.skip(name, f"sample #{i}", f"cannot open ({exc})")
                     continue
