@@ -75,6 +75,7 @@ def test_brace_range_and_pipe_sources(corpus, tok_path, tmp_path):
     with ShardServer(str(tmp_path / "www")) as srv:
         braces = f"{srv.url}/shards/shard-{{000000..000008}}.tar"
         loader = build_loader(_cfg(braces, tok_path, tmp_path / "c1"), objective="clm")
+        assert set(srv.requests) == {"index.json"}  # at start: the index only, nothing per shard
         _same(ref, _batches(loader))
         assert loader.stats["downloads"] == N_SHARDS and loader.stats["download_bytes"] > 0
         # a sub-range names only some shards
