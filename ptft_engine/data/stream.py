@@ -6,6 +6,10 @@ or images per batch. Worker w of n builds the steps with step % n == w, which is
 order in which DataLoader hands batches out, so the batch sequence does not depend on
 the number of workers. The epoch is cut to whole steps, so every rank yields the same
 number of batches and none waits alone in a collective.
+
+Shards are opened through the ShardCache (remote ones downloaded into the node-local
+cache, local ones sha256-checked on first open); a Prefetcher thread opens the shards
+of this worker's next steps ahead of them. A shard that fails is skipped whole.
 """
 from __future__ import annotations
 
