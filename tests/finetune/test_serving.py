@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 import transformers
-from finetune_fixtures import base_config, make_pretrained, sentiment_records, ner_records
+from finetune_fixtures import base_config, ner_records, sentiment_records
 
 from ptft_engine import cli
 from ptft_engine.export import load_export
@@ -23,6 +23,7 @@ AUTO = {"sequence_classification": transformers.AutoModelForSequenceClassificati
         "token_classification": transformers.AutoModelForTokenClassification,
         "image_classification": transformers.AutoModelForImageClassification}
 TEXTS = [r["text"] for r in sentiment_records(7, seed=3)]
+MAX_LENGTH = 48  # data.max_length of the "fine-tuning": the served tokenizer truncates there
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +57,7 @@ def task_model(path, kind) -> TaskModel:
 
 def save(model, out, kind, tokenizer=None):
     info = {"kind": kind, "num_outputs": model.num_outputs, "labels": LABELS[kind], "pooling": model.pooling,
-            "max_length": 64, **({"target": "score"} if kind == "regression" else {})}
+            "max_length": MAX_LENGTH, **({"target": "score"} if kind == "regression" else {})}
     save_task_model(model, out, task_info=info, metrics={"accuracy": 0.5}, tokenizer=tokenizer)
     return out
 
@@ -64,15 +65,16 @@ def save(model, out, kind, tokenizer=None):
 def our_batch(model, tokenizer, kind):
     enc = TextEncoder(tokenizer, model.arch)
     if kind == "token_classification":
-        items = [enc.encode_words(r["tokens"], [0] * len(r["tokens"]), 64, False, {}) for r in ner_records(5, seed=4)]
+        items = [enc.encode_words(r["tokens"], [0] * len(r["tokens"]), MAX_LENGTH, False, {}) for r in ner_records(5, seed=4)]
     else:
-        items = [{**enc.encode_text(t, None, 64), "labels": 0} for t in TEXTS]
+        items = [{**enc.encode_text(t, None, MAX_LENGTH), "labels": 0} for t in TEXTS]
     return pad_collate(enc.pad_id)(items), items
 
 
 def hf_inputs(out, kind, ours):
     """The same batch through the saved AutoTokenizer: the ids must be ours."""
     tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert tok.model_max_length == MAX_LENGTH
     if kind == "token_classification":
         words = [r["tokens"] for r in ner_records(5, seed=4)]
         enc = tok(words, is_split_into_words=True, padding=True, return_tensors="pt")
@@ -88,8 +90,10 @@ def hf_inputs(out, kind, ours):
     ("encoder", "regression", "BertForSequenceClassification"),
     ("encoder", "token_classification", "BertForTokenClassification"),
     ("gpt2", "sequence_classification", "GPT2ForSequenceClassification"),
+    ("gpt2", "regression", "GPT2ForSequenceClassification"),
     ("llama", "sequence_classification", "LlamaForSequenceClassification"),
     ("gpt2", "token_classification", "GPT2ForTokenClassification"),
+    ("llama", "token_classification", "LlamaForTokenClassification"),
 ])
 def test_text_task_served_by_transformers_equals_ours(backbones, tmp_path, backbone, kind, cls):
     model = task_model(backbones[backbone], kind)
