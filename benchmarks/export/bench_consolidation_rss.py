@@ -3,9 +3,9 @@
 Trains a GPT-2-small-sized decoder (124M parameters, fp32) for one step with ZeRO-3 on
 2 CPU ranks (gloo), then consolidates its checkpoint, each tool in a fresh subprocess
 that reports its own peak RSS (ru_maxrss), alternating ours and the peer, both at their
-default settings (ours: safetensors, 2GB shards; DeepSpeed: pytorch_model.bin, 5GB shards;
-a second peer case with safe_serialization=True writes safetensors as we do). The
-weights of both outputs are compared tensor by tensor (must be identical).
+default settings (ours: safetensors, 2GB shards; DeepSpeed: pytorch_model.bin, 5GB shards.
+Its safe_serialization=True refuses this model: GPT-2's tied lm_head shares memory with
+the embeddings). The weights of both outputs are compared tensor by tensor (must be identical).
 
     python benchmarks/export/bench_consolidation_rss.py [--workdir DIR] [--rounds 2]
 
@@ -39,8 +39,7 @@ import resource, sys
 from deepspeed.utils.zero_to_fp32 import convert_zero_checkpoint_to_fp32_state_dict
 from pathlib import Path
 ckpt = Path(sys.argv[1])
-convert_zero_checkpoint_to_fp32_state_dict(str(ckpt.parent), sys.argv[2], tag=ckpt.name,
-                                           safe_serialization=sys.argv[3] == "safetensors")
+convert_zero_checkpoint_to_fp32_state_dict(str(ckpt.parent), sys.argv[2], tag=ckpt.name)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
@@ -107,14 +106,9 @@ def same_weights(ours_dir: Path, peer_dir: Path) -> bool:
     from ptft_engine.export import load_export
 
     ours = load_export(ours_dir).model.state_dict()
-    if (peer_dir / "model.safetensors").is_file() or (peer_dir / "model.safetensors.index.json").is_file():
-        from ptft_engine.export.safetensors_io import iter_tensors
-
-        peer = dict(iter_tensors(peer_dir))
-    else:
-        peer = {}
-        for f in sorted(peer_dir.glob("pytorch_model*.bin")):
-            peer.update(torch.load(f, map_location="cpu", weights_only=True))
+    peer = {}
+    for f in sorted(peer_dir.glob("pytorch_model*.bin")):
+        peer.update(torch.load(f, map_location="cpu", weights_only=True))
     peer = {k.removeprefix("model."): v for k, v in peer.items()}
     return all(name in peer and torch.equal(t, peer[name]) for name, t in ours.items())
 
@@ -133,24 +127,21 @@ def main() -> None:
         root.mkdir(parents=True, exist_ok=True)
         ckpt = make_checkpoint(root)
         size = sum(p.stat().st_size for p in ckpt.iterdir() if p.name.startswith("zero_pp_rank_"))
-        for fmt in ("default", "safetensors"):
-            ours, peer = [], []
-            out_ours, out_peer = root / f"ours-{fmt}", root / f"peer-{fmt}"
-            for _ in range(args.rounds):
-                for d in (out_ours, out_peer):
-                    shutil.rmtree(d, ignore_errors=True)
-                ours.append(peak_rss_mb(OURS, str(ckpt), str(out_ours)))
-                peer.append(peak_rss_mb(PEER, str(ckpt), str(out_peer), fmt))
-            identical = same_weights(out_ours, out_peer)
+        ours, peer = [], []
+        out_ours, out_peer = root / "ours", root / "peer"
+        for _ in range(args.rounds):  # alternating, each in a fresh process
             for d in (out_ours, out_peer):
                 shutil.rmtree(d, ignore_errors=True)
-            print(json.dumps({
-                "case": f"zero3_consolidation_peak_rss (gpt2-small 124M, 2 ranks; peer "
-                        f"{'pytorch_model.bin (its default)' if fmt == 'default' else 'safe_serialization=True'})",
-                "ours": round(max(ours), 1), "peer": round(max(peer), 1), "ratio": round(max(ours) / max(peer), 3),
-                "unit": "MiB peak RSS", "rounds": {"ours": [round(x, 1) for x in ours],
-                                                   "peer": [round(x, 1) for x in peer]},
-                "checkpoint_rank_files_MB": round(size / 1e6, 1), "weights_identical": identical}), flush=True)
+            ours.append(peak_rss_mb(OURS, str(ckpt), str(out_ours)))
+            peer.append(peak_rss_mb(PEER, str(ckpt), str(out_peer)))
+        identical = same_weights(out_ours, out_peer)
+        for d in (out_ours, out_peer):
+            shutil.rmtree(d, ignore_errors=True)
+        print(json.dumps({
+            "case": "zero3_consolidation_peak_rss (gpt2-small 124M, 2 ranks; peer: deepspeed zero_to_fp32 defaults)",
+            "ours": round(max(ours), 1), "peer": round(max(peer), 1), "ratio": round(max(ours) / max(peer), 3),
+            "unit": "MiB peak RSS", "rounds": {"ours": [round(x, 1) for x in ours], "peer": [round(x, 1) for x in peer]},
+            "checkpoint_rank_files_MB": round(size / 1e6, 1), "weights_identical": identical}), flush=True)
 
 
 if __name__ == "__main__":

@@ -127,7 +127,12 @@ def load_export(path: str | Path, *, dtype: torch.dtype | None = None, device: s
         mapped = [(name, None)] if layout is None else layout.from_target(name, torch.empty(0))
         for engine_name, _ in mapped:
             engine_names[engine_name] = name
-    kwargs = {} if layout is None else layout.build_kwargs(set(engine_names))
+    if layout is not None:
+        kwargs = layout.build_kwargs(set(engine_names))
+    elif cfg.arch == "encoder":  # a fine-tuned encoder is saved without its MLM head
+        kwargs = {"with_mlm_head": any(n.startswith("mlm_head.") for n in engine_names)}
+    else:
+        kwargs = {}
     # built for real (not on meta + assign): tied projections must keep sharing one Parameter
     model = _builders()[type(cfg)](cfg, **kwargs) if kwargs else build_model(cfg)
     from ptft_engine.export.writer import unique_state

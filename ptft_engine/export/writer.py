@@ -173,6 +173,12 @@ def export_tensors(
     if task is not None and fmt == "auto" and model_cfg.arch == "vit" and model_cfg.pooling == "cls":
         fmt = "hf"  # a fine-tuned ViT becomes ViTForImageClassification
     layout = layout_for(model_cfg, fmt)
+    native_why = None
+    if task is not None and fmt == "auto" and layout is not None:
+        try:  # a backbone transformers cannot hold (e.g. no token types) saves natively
+            layout.target_config(model_cfg)
+        except ExportError as exc:
+            layout, native_why = None, str(exc).split(";")[0]
     _prepare_out_dir(out_dir, overwrite)
     files = copy_tokenizer(tokenizer, out_dir, model_cfg, task)  # first: config.json needs its special ids
     special = {role: i for role, (_, i) in special_tokens(out_dir).items()}
@@ -181,6 +187,8 @@ def export_tensors(
     if task is not None:
         th = task_head(model_cfg, task, layout is not None, decoder_ids.get("pad_token_id"),
                        decoder_ids.get("eos_token_id"))
+        if native_why:
+            th.reason = native_why
     prefix = th.backbone_prefix if th is not None and th.architecture else ""
     writer = ShardedWriter(out_dir, parse_size(max_shard_size), DTYPES[dtype])
     count = 0

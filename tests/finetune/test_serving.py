@@ -192,3 +192,21 @@ def test_finetuned_model_is_served_with_the_accuracy_ptft_measured(assets, tmp_p
             total += len(batch["labels"])
     measured = json.loads((best / "metrics.json").read_text())["accuracy"]
     assert right / total == pytest.approx(measured)
+
+
+def test_backbone_transformers_cannot_hold_saves_natively_and_reloads(tmp_path):
+    from ptft_engine.models import EncoderConfig
+    from ptft_engine.models.encoder import TransformerEncoder
+
+    torch.manual_seed(4)  # a CLIP text tower: no token type embeddings, which BertModel always has
+    tower = TransformerEncoder(EncoderConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                             intermediate_size=32, max_position_embeddings=16, type_vocab_size=0),
+                               with_mlm_head=False)
+    model = TaskModel(tower, "sequence_classification", 3, dropout=0.0).eval()
+    out = save(model, tmp_path / "best", "sequence_classification")
+    task = json.loads((out / "task.json").read_text())
+    assert task["transformers_class"] is None and "type_vocab_size=0" in task["transformers_class_why_none"]
+    again, _ = load_task_model(out)
+    batch = {"input_ids": torch.randint(0, 50, (2, 7)), "attention_mask": torch.ones(2, 7, dtype=torch.long)}
+    with torch.no_grad():
+        assert torch.equal(again(batch), model(batch))
