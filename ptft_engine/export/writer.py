@@ -197,7 +197,7 @@ def export_tensors(
         for target, t in pairs:
             writer.add(prefix + target, t)
         count += 1
-        del tensor, pairs  # the writer has the bytes: let the tensor go before the next is built
+        tensor = pairs = t = None  # the writer has the bytes: let the tensor go before the next is built
     vit_pooler = layout is not None and model_cfg.arch == "vit" and th is None
     if vit_pooler:
         for target, t in _identity_pooler(model_cfg).items():
