@@ -191,11 +191,12 @@ def export_tensors(
             th.reason = native_why
     prefix = th.backbone_prefix if th is not None and th.architecture else ""
     writer = ShardedWriter(out_dir, parse_size(max_shard_size), DTYPES[dtype])
-    count = 0
+    count, written = 0, set()
     for name, tensor in tensors:
         pairs = [(name, tensor)] if layout is None else layout.to_target(name, tensor)
         for target, t in pairs:
             writer.add(prefix + target, t)
+            written.add(target)
         count += 1
         tensor = pairs = t = None  # the writer has the bytes: let the tensor go before the next is built
     vit_pooler = layout is not None and model_cfg.arch == "vit" and th is None
@@ -215,7 +216,8 @@ def export_tensors(
     if layout is None:
         config = {"ptft_format": NATIVE, "model": model_cfg.model_dump()}
     else:
-        config = {**layout.target_config(model_cfg), **decoder_ids,
+        config = layout.target_config(model_cfg)
+        config = {**config, "architectures": layout.architectures(config, written), **decoder_ids,
                   "torch_dtype": str(DTYPES[dtype]).removeprefix("torch."),
                   "dtype": str(DTYPES[dtype]).removeprefix("torch.")}
         if vit_pooler:
