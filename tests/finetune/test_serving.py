@@ -178,7 +178,8 @@ def test_reexport_keeps_task_head_and_metadata(backbones, tmp_path, dtype):
 def test_finetuned_model_is_served_with_the_accuracy_ptft_measured(assets, tmp_path):
     from ptft_engine.finetune.datasets import build_task_data
 
-    cfg = parse_finetune_config(base_config(assets, tmp_path, "sequence_classification", optim={"lr": 2e-3, "epochs": 2}))
+    cfg = parse_finetune_config(base_config(assets, tmp_path, "sequence_classification",
+                                            optim={"lr": 2e-3, "epochs": 1}))
     result = finetune(cfg)
     best = tmp_path / "out" / "best"
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(best).eval()
