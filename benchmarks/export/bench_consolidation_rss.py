@@ -140,7 +140,8 @@ def main() -> None:
         print(json.dumps({
             "case": "zero3_consolidation_peak_rss (gpt2-small 124M, 2 ranks; peer: deepspeed zero_to_fp32 defaults)",
             "ours": round(max(ours), 1), "peer": round(max(peer), 1), "ratio": round(max(ours) / max(peer), 3),
-            "unit": "MiB peak RSS", "rounds": {"ours": [round(x, 1) for x in ours], "peer": [round(x, 1) for x in peer]},
+            "unit": "MiB peak RSS",
+            "rounds": {"ours": [round(x, 1) for x in ours], "peer": [round(x, 1) for x in peer]},
             "checkpoint_rank_files_MB": round(size / 1e6, 1), "weights_identical": identical}), flush=True)
 
 

@@ -65,7 +65,8 @@ def save(model, out, kind, tokenizer=None):
 def our_batch(model, tokenizer, kind):
     enc = TextEncoder(tokenizer, model.arch)
     if kind == "token_classification":
-        items = [enc.encode_words(r["tokens"], [0] * len(r["tokens"]), MAX_LENGTH, False, {}) for r in ner_records(5, seed=4)]
+        items = [enc.encode_words(r["tokens"], [0] * len(r["tokens"]), MAX_LENGTH, False, {})
+                 for r in ner_records(5, seed=4)]
     else:
         items = [{**enc.encode_text(t, None, MAX_LENGTH), "labels": 0} for t in TEXTS]
     return pad_collate(enc.pad_id)(items), items
@@ -166,7 +167,8 @@ def test_reexport_keeps_task_head_and_metadata(backbones, tmp_path, dtype):
     batch, _ = our_batch(model, backbones["tokenizer"], kind)
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(out, dtype=torch.float32).eval()
     with torch.no_grad():
-        ours, theirs = model(batch), hf(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}).logits
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+        ours, theirs = model(batch), hf(**inputs).logits
     tol = 1e-5 if dtype == "fp32" else 0.1  # bf16 weights: 8 bits of mantissa
     assert torch.allclose(ours, theirs, atol=tol, rtol=0), (ours - theirs).abs().max()
     if dtype == "fp32":
