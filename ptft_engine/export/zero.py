@@ -103,8 +103,9 @@ _MADV_DONTNEED = 4
 def release_pages(t: torch.Tensor) -> None:
     """Drop the resident pages of a slice of a memory-mapped (read-only, private) rank file
     from this process: they count in its RSS until the whole file is unmapped, and the
-    kernel re-reads them from the file if they are touched again. Only pages that lie
-    wholly inside the slice are dropped, and only on Linux; elsewhere this does nothing."""
+    kernel re-reads them from the file if they are touched again. Callers pass only slices
+    of files torch_load memory-mapped. Only pages that lie wholly inside the slice are
+    dropped, and only on Linux; elsewhere this does nothing."""
     if _LIBC is None or t.numel() == 0:
         return
     start = t.data_ptr()
@@ -160,6 +161,7 @@ def _zero12_tensors(files: list[Path], param_shapes: list[dict]) -> Iterator[tup
         offsets.append(table)
     cursor = [0] * len(param_shapes)  # next parameter index to complete, per group
     for rank, path in enumerate(files):
+        mapped = zipfile.is_zipfile(path)  # torch_load memory-maps zip files only
         sd = _optimizer_state(torch_load(path), path)
         parts = sd.get("single_partition_of_fp32_groups")
         if parts is None:
@@ -176,7 +178,8 @@ def _zero12_tensors(files: list[Path], param_shapes: list[dict]) -> Iterator[tup
                 if a < b:
                     piece = part[a - lo:b - lo]
                     pending.setdefault(name, []).append(piece.clone())
-                    release_pages(piece)
+                    if mapped:
+                        release_pages(piece)
                 if start + numel > hi:
                     break  # continues on the next rank
                 pieces = pending.pop(name, [])
@@ -196,6 +199,7 @@ def _zero3_tensors(files: list[Path], param_shapes: list[dict]) -> Iterator[tupl
     """Stage 3: each param split over all ranks; rank files memory-mapped, one tensor at a time."""
     world = len(files)
     flats = []
+    mapped = all(zipfile.is_zipfile(p) for p in files)  # torch_load memory-maps zip files only
     for path in files:
         sd = _optimizer_state(torch_load(path), path)
         groups = sd.get("fp32_flat_groups")
@@ -214,7 +218,8 @@ def _zero3_tensors(files: list[Path], param_shapes: list[dict]) -> Iterator[tupl
                     raise ExportError(f"{files[r]}: {_rank_of(files[r])} holds {piece.numel()} of the {part} "
                                       f"elements of tensor {name!r} (truncated partition)")
                 out[r * part:(r + 1) * part].copy_(piece)
-                release_pages(piece)
+                if mapped:
+                    release_pages(piece)
             yield name, out[:numel].view(tuple(shape))
             del out  # the consumer has written it
             offset += part
