@@ -7,6 +7,8 @@ count — continues the epoch order at that position.
 """
 from __future__ import annotations
 
+import signal
+
 import torch
 from torch.utils.data import DataLoader
 
@@ -22,6 +24,12 @@ STATE_VERSION = 1
 
 
 def _worker_init(_: int) -> None:
+    # The main process owns shutdown: a SIGTERM/SIGINT to the process group (Ctrl-C, Slurm,
+    # `kill -TERM -PGID`) must not kill the workers before the rank has saved its checkpoint
+    # (the DataLoader would fail with "worker killed by signal"). A worker still exits when
+    # its rank does (the DataLoader's own parent watchdog).
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     torch.set_num_threads(1)  # workers are many; the step owns the cores
 
 
