@@ -49,7 +49,7 @@ class RunLock:
         self.path = run_dir / LOCK_NAME
         self._fh = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self, record: bool = True) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(self.path, "a+")  # no truncation: a refused job leaves the holder's line alone
         try:
@@ -60,11 +60,13 @@ class RunLock:
             fh.close()
             raise RunDirError(f"{self.path.parent} is in use by a live job ({holder}); stop it first, "
                               "or pick another run.name") from None
+        self._fh = fh
+        if not record:  # only to move an old run aside: its last holder's line stays
+            return self
         fh.seek(0)
         fh.truncate()
         fh.write(f"host={socket.gethostname()} pid={os.getpid()} since={time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
         fh.flush()
-        self._fh = fh
         return self
 
     def release(self) -> None:
@@ -92,7 +94,7 @@ def claim(run_dir: Path, ckpt_dir: Path, *, overwrite: bool) -> tuple[RunLock, l
     """Lock the run directory (after moving an old run aside with `overwrite`)."""
     moved: list[Path] = []
     if overwrite:
-        old = RunLock(run_dir).acquire() if run_dir.is_dir() else None  # never move a live job's run
+        old = RunLock(run_dir).acquire(record=False) if run_dir.is_dir() else None  # never move a live job's run
         try:
             for path in dict.fromkeys([run_dir, ckpt_dir]):
                 if _holds_a_run(path) and (target := move_aside(path)) is not None:

@@ -55,9 +55,7 @@ class Trainer:
         try:
             self._start(objective_factory, run_dir, overwrite)
         except BaseException:
-            self.stop.restore()
-            if self.lock is not None:
-                self.lock.release()
+            self.close()  # handlers, process group and lock back as they were
             raise
 
     def _start(self, objective_factory, run_dir, overwrite: bool) -> None:
@@ -75,8 +73,7 @@ class Trainer:
         tok = getattr(getattr(self.loader, "builder", None), "tok", None)
         self._agree(lambda: self._fail(checks.model_fits_data(cfg, getattr(tok, "vocab_size", None))))
         if cfg.run.eval_every:  # an eval set too small would fail only at the first eval
-            self._agree(lambda: self._fail(checks.eval_fits(cfg, setup.make_loader(
-                cfg, rank=self.rank, world_size=self.world_size, epoch=0, split="eval"))))
+            self._agree(self._check_eval)
         # The run directory is this run's: lock it (moving an old run aside with --overwrite)
         if self.rank == 0:
             self.lock, moved = self._agree(lambda: rundir.claim(self.run_dir, self.ckpt_dir, overwrite=overwrite))
@@ -114,6 +111,14 @@ class Trainer:
         self.peak = peak_tflops(self.device, cfg.run.peak_tflops)
         self.flops_per_unit = setup.flops_per_unit(self.objective, cfg)
         self.heartbeat = Heartbeat(self.rank, self.world_size)
+
+    def _check_eval(self) -> None:
+        try:
+            loader = setup.make_loader(self.cfg, rank=self.rank, world_size=self.world_size, epoch=0, split="eval")
+        except ValueError as exc:
+            raise checks.StartCheckError(f"eval set (data.eval_shards): {exc}; add eval data, lower "
+                                         "data.batch_size, or set run.eval_every=0") from None
+        self._fail(checks.eval_fits(self.cfg, loader))
 
     @staticmethod
     def _fail(message: str | None) -> None:
@@ -364,7 +369,7 @@ class Trainer:
         """Tear the process group down so no rank lingers after the others exit (through
         DeepSpeed, which then forgets its cached subgroups: a later Trainer can start anew);
         then give the run directory free."""
-        if self.heartbeat is not None:
+        if getattr(self, "heartbeat", None) is not None:
             self.heartbeat.close()
         self.stop.restore()
         setup.teardown_distributed()
