@@ -7,6 +7,7 @@ count — continues the epoch order at that position.
 """
 from __future__ import annotations
 
+import os
 import signal
 
 import torch
@@ -24,12 +25,19 @@ STATE_VERSION = 1
 
 
 def _worker_init(_: int) -> None:
-    # The main process owns shutdown: a SIGTERM/SIGINT to the process group (Ctrl-C, Slurm,
-    # `kill -TERM -PGID`) must not kill the workers before the rank has saved its checkpoint
-    # (the DataLoader would fail with "worker killed by signal"). A worker still exits when
-    # its rank does (the DataLoader's own parent watchdog).
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
+    # The main process owns shutdown. A SIGTERM/SIGINT to the process group (Ctrl-C, Slurm,
+    # `kill -TERM -PGID`) must not kill the workers before their rank has saved its
+    # checkpoint ("DataLoader worker killed by signal"): a process group of their own keeps
+    # group signals out, and SIGINT/SIGHUP are ignored. SIGTERM keeps its default action:
+    # that is how the DataLoader (and multiprocessing at exit) ends a worker that does not
+    # stop by itself; the rank's stop handler, inherited through fork, must not swallow it.
+    try:
+        os.setpgid(0, 0)
+    except OSError:  # pragma: no cover - not permitted here: the ignored signals still hold
+        pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     torch.set_num_threads(1)  # workers are many; the step owns the cores
 
 
