@@ -235,7 +235,7 @@ class Trainer:
                     self._guarded(self.evaluate)
                 if out["stop"]:
                     self._guarded(self.save)
-                    self.stopped_by = self.stop.name
+                    self.stopped_by = self.stop.name or "on another rank"  # the flag came in the all-reduce
                     self._summary(f"stopped by a signal ({self.stopped_by}) at step {self.state.step}; checkpoint "
                                   f"saved in {self.ckpt_dir}, continue with --resume auto")
                     return self.state
