@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                    PTFT_LAUNCHER_PID=str(me))
         procs.append(subprocess.Popen([sys.executable, "-u", "-m", "ptft_engine.cli", *cli_args], env=env,
                                       preexec_fn=lambda: _die_with_parent(me)))
+    if sup.signals:  # a signal arrived while the ranks were starting: the later ones get it too
+        sup._send(signal.SIGTERM)
     return sup.wait()
 
 

@@ -146,6 +146,19 @@ def test_start_checks_refuse_before_anything_is_written(tmp_path, text_data, ove
     assert not (tmp_path / "runs").exists()  # no config.yaml, no run directory
 
 
+def test_a_tokenizer_without_the_objectives_special_tokens_is_refused_at_start(tmp_path, text_data):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator([doc_text(i) for i in range(40)],
+                            trainer=trainers.BpeTrainer(vocab_size=64, special_tokens=["[UNK]", "[PAD]"]))
+    tok.save(str(tmp_path / "plain.json"))
+    with pytest.raises(StartCheckError, match=r"plain.json' has no cls token") as err:
+        Trainer(real_cfg(tmp_path, text_data, f"data.tokenizer={tmp_path / 'plain.json'}"))
+    assert "\n" not in str(err.value) and not (tmp_path / "runs").exists()
+
+
 def test_start_checks_pass_on_a_good_pair(tmp_path, text_data):
     trainer = Trainer(real_cfg(tmp_path, text_data, "run.eval_every=0"))
     assert run(trainer).step == 2
