@@ -161,7 +161,7 @@ def test_signals_save_at_the_signal_step_and_resume_bitwise(recipe, tmp_path):
         # rank 0 prints the line; with Ctrl-C it gets SIGINT itself and SIGTERM from the launcher
         names = {"group": ("SIGINT", "SIGTERM"), "launcher": ("SIGTERM",), "one rank": ("on another rank",)}[name]
         assert any(f"stopped by a signal ({n}) at step {stopped_at}" in text for n in names), tail(log)
-        timings[f"SIGTERM to the {name}"] = time.monotonic() - t
+        timings[f"{'SIGINT (Ctrl-C)' if name == 'group' else 'SIGTERM'} to the {name}"] = time.monotonic() - t
 
     # kill -9 of the launcher: its ranks get SIGTERM (PR_SET_PDEATHSIG), save and are gone
     t = time.monotonic()
