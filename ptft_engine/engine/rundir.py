@@ -34,6 +34,8 @@ def _holds_a_run(path: Path) -> bool:
 
 def check_start(run_dir: Path, ckpt_dir: Path, *, resume: bool, overwrite: bool) -> None:
     """Refuse a fresh start into an existing run (reads only)."""
+    if resume and overwrite:
+        raise RunDirError("--overwrite starts anew and --resume continues the run: choose one")
     if resume or overwrite:
         return
     for path in dict.fromkeys([run_dir, ckpt_dir]):

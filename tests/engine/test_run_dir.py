@@ -62,6 +62,9 @@ def test_reused_name_is_refused_unchanged_and_overwrite_moves_it_aside(tmp_path)
     assert "\n" not in str(err.value)
     assert snapshot(tmp_path) == before  # config.yaml, metrics, checkpoints, lock: byte for byte
 
+    with pytest.raises(StartCheckError, match="--overwrite starts anew and --resume continues the run"):
+        make(tmp_path, "run.max_steps=3", "checkpoint.resume=auto", overwrite=True)
+    assert snapshot(tmp_path) == before
     run(make(tmp_path, "run.max_steps=2", overwrite=True))
     old = [p for p in tmp_path.iterdir() if p.name.startswith("t.old-")]
     assert len(old) == 1 and snapshot(old[0]) == {k[2:]: v for k, v in before.items()}  # moved, not deleted
