@@ -22,9 +22,11 @@ def test_exit_code_is_stopped_when_ranks_saved_on_a_signal_else_zero():
     assert Supervisor(ranks(f"exit {EXIT_STOPPED}", "exit 0"), grace_s=5).wait() == EXIT_STOPPED
 
 
-def test_a_failed_rank_takes_the_others_down_after_the_grace():
-    # the survivor ignores SIGTERM (as a rank stuck in a collective would not act on it)
-    procs = ranks("sleep 0.3; exit 3", "trap '' TERM; sleep 100")
+def test_a_failed_rank_takes_the_others_down_after_the_grace(tmp_path):
+    # the survivor ignores SIGTERM (as a rank stuck in a collective would not act on it);
+    # the failing rank waits until the survivor's trap is set (a loaded machine starts sh slowly)
+    ready = tmp_path / "ready"
+    procs = ranks(f"while [ ! -e {ready} ]; do sleep 0.05; done; exit 3", f"trap '' TERM; touch {ready}; sleep 100")
     t0 = time.monotonic()
     assert Supervisor(procs, grace_s=1).wait() == 3
     assert time.monotonic() - t0 < 10 and procs[1].returncode == -signal.SIGKILL
