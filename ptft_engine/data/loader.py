@@ -8,6 +8,8 @@ count — continues the epoch order at that position.
 from __future__ import annotations
 
 import math
+import os
+import signal
 
 import numpy as np
 import torch
@@ -29,6 +31,19 @@ STATE_VERSION = 1
 
 
 def _worker_init(_: int) -> None:
+    # The main process owns shutdown. A SIGTERM/SIGINT to the process group (Ctrl-C, Slurm,
+    # `kill -TERM -PGID`) must not kill the workers before their rank has saved its
+    # checkpoint ("DataLoader worker killed by signal"): a process group of their own keeps
+    # group signals out, and SIGINT/SIGHUP are ignored. SIGTERM keeps its default action:
+    # that is how the DataLoader (and multiprocessing at exit) ends a worker that does not
+    # stop by itself; the rank's stop handler, inherited through fork, must not swallow it.
+    try:
+        os.setpgid(0, 0)
+    except OSError:  # pragma: no cover - not permitted here: the ignored signals still hold
+        pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     torch.set_num_threads(1)  # workers are many; the step owns the cores
 
 

@@ -55,8 +55,8 @@ def test_two_node_launch_trains_and_both_exit_0(tmp_path):
     run_dir = tmp_path / "clm_tiny"
     assert json.loads((run_dir / "deepspeed_config.json").read_text())["train_batch_size"] == 2 * 8
     assert json.loads((run_dir / "checkpoints" / "step-00000004" / "meta.json").read_text())["world_size"] == 2
-    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4]
 
 
 def test_a_killed_rank_makes_the_other_node_exit_nonzero_quickly(tmp_path):
@@ -86,4 +86,5 @@ def test_local_launch_with_two_ranks(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     run_dir = tmp_path / "clip_tiny"
     assert json.loads((run_dir / "deepspeed_config.json").read_text())["train_batch_size"] == 2 * 16
-    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["split"] for r in records] == ["train"] * 3 + ["summary"]
