@@ -1,5 +1,5 @@
-"""Real launches with the deepspeed launcher: two 'nodes' on this machine (one launcher
-per node rank, rendezvous over loopback), and a killed rank that must not hang the rest."""
+"""Real launches: two 'nodes' on this machine (one launcher per node rank, ours or DeepSpeed's
+`--no_ssh --node_rank`, rendezvous over loopback), and a killed rank that must not hang the rest."""
 from __future__ import annotations
 
 import json
@@ -22,7 +22,7 @@ QUIET = ["run.log_every=1", "run.eval_every=0", "run.progress_bar=false", "run.t
          "run.dist_timeout_s=45"]
 
 
-def start_two_nodes(tmp_path: Path, *overrides: str) -> list[subprocess.Popen]:
+def start_two_nodes(tmp_path: Path, *overrides: str, launcher: str = "ptft") -> list[subprocess.Popen]:
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node-a slots=1\nnode-b slots=1\n")
     port = str(free_port())
@@ -30,6 +30,8 @@ def start_two_nodes(tmp_path: Path, *overrides: str) -> list[subprocess.Popen]:
     for node_rank in (0, 1):
         env = dict(base_env(), HOSTFILE=str(hostfile), NODE_RANK=str(node_rank), MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=port, PYTHON=sys.executable)
+        if launcher == "deepspeed":
+            env["LAUNCHER"] = "deepspeed"  # `deepspeed --no_ssh --node_rank N` instead of our launcher
         log = open(tmp_path / f"node{node_rank}.log", "w")
         procs.append(subprocess.Popen(
             [str(ROOT / "launch" / "multinode.sh"), "--config", str(RECIPE), f"run.output_dir={tmp_path}", *QUIET,
@@ -45,8 +47,9 @@ def stop(procs):
             p.kill()
 
 
-def test_two_node_launch_trains_and_both_exit_0(tmp_path):
-    procs = start_two_nodes(tmp_path, "run.max_steps=4", "checkpoint.every=0")
+@pytest.mark.parametrize("launcher", ["ptft", "deepspeed"])
+def test_two_node_launch_trains_and_both_exit_0(tmp_path, launcher):
+    procs = start_two_nodes(tmp_path, "run.max_steps=4", "checkpoint.every=0", launcher=launcher)
     try:
         codes = [p.wait(timeout=300) for p in procs]
     finally:
