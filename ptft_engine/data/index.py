@@ -11,6 +11,11 @@ The offsets (n + 1 little-endian int64: start of each sample's first tar header,
 the end of the last sample) live in a sidecar file per shard, read only by the worker
 that opens the shard, so the index stays small however many samples there are. An
 inline list of ints is accepted too.
+
+Pre-tokenised shards (`ptft shard --tokenizer`) add per shard "lengths" (a sidecar of n
+little-endian uint32: each sample's token count, what the packing plan needs) and
+"ids_dtype" (numpy dtype of the samples' .ids members), and at the top level
+"tokenizer_sha256" (of the tokenizer.json the ids were made with).
 """
 from __future__ import annotations
 
@@ -55,6 +60,16 @@ class ShardInfo:
     offsets_path: str | None = None  # a sidecar of n + 1 little-endian int64
     bytes: int = 0
     sha256: str | None = None
+    lengths_path: str | None = None  # pre-tokenised: n little-endian uint32 token counts
+    ids_dtype: str | None = None  # pre-tokenised: dtype of the .ids members
+
+    def token_lengths(self) -> np.ndarray:
+        """Each sample's token count (pre-tokenised shards only)."""
+        table = np.fromfile(self.lengths_path, dtype="<u4")
+        if len(table) != self.samples:
+            raise DataError(f"token length file {self.lengths_path!r} holds {len(table)} entries, "
+                            f"expected {self.samples} for shard {self.path!r}")
+        return table.astype(np.int64)
 
     def offset_table(self) -> np.ndarray:
         """The n + 1 sample offsets; read from the sidecar on each call (callers cache)."""
@@ -70,8 +85,11 @@ class ShardInfo:
 
     def to_json(self, root: str) -> dict:
         offsets = os.path.relpath(self.offsets_path, root) if self.offsets_path else self.offsets
-        return {"path": os.path.relpath(self.path, root), "samples": self.samples, "bytes": self.bytes,
-                "sha256": self.sha256, "offsets": offsets}
+        out = {"path": os.path.relpath(self.path, root), "samples": self.samples, "bytes": self.bytes,
+               "sha256": self.sha256, "offsets": offsets}
+        if self.lengths_path:
+            out.update(lengths=os.path.relpath(self.lengths_path, root), ids_dtype=self.ids_dtype)
+        return out
 
 
 @dataclass
@@ -147,8 +165,12 @@ def load_index(path: str) -> ShardIndex:
             offsets_path, offsets = os.path.join(root, offsets), None
             if not os.path.exists(offsets_path):
                 raise DataError(f"offset file {offsets_path!r} listed in index {path!r} does not exist")
+        lengths_path = os.path.join(root, entry["lengths"]) if entry.get("lengths") else None
+        if lengths_path and not os.path.exists(lengths_path):
+            raise DataError(f"token length file {lengths_path!r} listed in index {path!r} does not exist")
         shards.append(ShardInfo(path=p, samples=int(entry["samples"]), offsets=offsets, offsets_path=offsets_path,
-                                bytes=int(entry.get("bytes", 0)), sha256=entry.get("sha256")))
+                                bytes=int(entry.get("bytes", 0)), sha256=entry.get("sha256"),
+                                lengths_path=lengths_path, ids_dtype=entry.get("ids_dtype")))
     extra = {k: v for k, v in doc.items() if k not in ("format", "version", "kind", "total_samples", "shards")}
     return ShardIndex(shards=shards, kind=doc.get("kind"), extra=extra)
 

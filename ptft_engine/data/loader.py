@@ -1,7 +1,8 @@
 """The loader the engine iterates: epochs, DataLoader workers, and resumable state.
 
-The state is only (epoch, position): position counts the global samples that all ranks
-together have consumed in this epoch. Every rank yields the same number of batches,
+The state is only (epoch, position): position counts the global samples — for packed
+text (`packing: plan`) the rows of the epoch's packing plan — that all ranks together
+have consumed in this epoch. Every rank yields the same number of batches,
 so the state is the same on every rank, and a resume — on any world size or worker
 count — continues the epoch order at that position.
 """
@@ -11,8 +12,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from ptft_engine.data.config import DataConfig
-from ptft_engine.data.errors import BadSamples, DataError
-from ptft_engine.data.index import ShardIndex, resolve_source
+import numpy as np
+
+from ptft_engine.data.errors import BadSamples, DataError, log
+from ptft_engine.data.index import ShardIndex, resolve_source, sha256_file
 from ptft_engine.data.order import EpochOrder
 from ptft_engine.data.stream import ShardStream, steps_left
 
@@ -44,12 +47,63 @@ class Loader:
         self.split = split
         self.sources: list[ShardIndex] = [resolve_source(s) for s in specs]  # a missing shard fails here
         self.builder = self._builder()
-        self.docs = self._docs_per_batch()
-        self.epoch, self.position = epoch, 0
+        self.planned = cfg.kind == "text" and cfg.packing == "plan"
         self.stats: dict[str, int] = {}
+        self._plans: dict[int, object] = {}
+        if self.planned:
+            self._use_pretokenised()
+            self._lengths = self._token_lengths()
+        self.docs = cfg.batch_size if self.planned else self._docs_per_batch()
+        self.epoch, self.position = epoch, 0
         if len(self) == 0:
-            raise DataError(f"{self.epoch_length()} samples cannot fill one step of {world_size} ranks x "
-                            f"{self.docs} samples per batch")
+            unit = f"{self._plan().n_rows} packed rows" if self.planned else f"{self.epoch_length()} samples"
+            raise DataError(f"{unit} cannot fill one step of {world_size} ranks x {self.docs} per batch")
+
+    # --- packing plan (text, packing: plan)
+    def _use_pretokenised(self) -> None:
+        """Read .ids members instead of tokenising where a source was pre-tokenised with
+        this very tokenizer.json; with another one its text is tokenised (and we say so)."""
+        from ptft_engine.data.tokenizer import tokenizer_file
+
+        ours = None
+        for src in self.sources:
+            theirs = src.extra.get("tokenizer_sha256")
+            if not theirs:
+                continue
+            ours = ours or sha256_file(tokenizer_file(self.cfg.tokenizer))
+            if theirs != ours:
+                log.warning("shards %s were pre-tokenised with another tokenizer.json; tokenising their text "
+                            "with %s instead", src.shards[0].path if src.shards else "?", self.cfg.tokenizer)
+                continue
+            self.builder.id_shards.update({s.path: s.ids_dtype for s in src.shards if s.lengths_path and s.ids_dtype})
+
+    def _token_lengths(self) -> dict[str, np.ndarray]:
+        """Token count of every sample, per shard path: from the index, or one tokenising pass."""
+        from ptft_engine.data.lengths import shard_lengths
+
+        bad = BadSamples(self.cfg.strict)  # strict: a bad sample fails here, at start
+        out = {s.path: shard_lengths(s, self.builder, bad) for src in self.sources for s in src.shards}
+        if bad.count:
+            self.stats["skipped"] = bad.count
+        return out
+
+    def _plan(self, epoch: int | None = None):
+        """The packing plan of an epoch (the current one by default); eval always uses epoch 0's."""
+        from ptft_engine.data.plan import PackingPlan
+
+        epoch = (self.epoch if epoch is None else epoch) if self.split == "train" else 0
+        if epoch not in self._plans:
+            order = self._order(epoch)
+            flat = np.concatenate([self._lengths[s.path] for s in order.shards])
+            base = np.concatenate([[0], np.cumsum([s.samples for s in order.shards])])
+            shard_ids, idxs = order.slice(0, len(order))
+            self._plans = {epoch: PackingPlan(flat[base[shard_ids] + idxs], self.cfg.seq_len, self.objective,
+                                              add_bos=self.cfg.add_bos)}  # keep one: plans can be large
+        return self._plans[epoch]
+
+    def epoch_units(self) -> int:
+        """What a position counts to in this epoch: packed rows, or samples."""
+        return self._plan().n_rows if self.planned else self.epoch_length()
 
     def _docs_per_batch(self) -> int:
         cfg = self.cfg
@@ -99,8 +153,8 @@ class Loader:
         return sum(src.total for src in self.sources)
 
     def __len__(self) -> int:
-        """Batches per rank in a whole epoch."""
-        return steps_left(self.epoch_length(), 0, self.world_size, self.docs)
+        """Batches per rank in a whole epoch (packed text: of the current epoch's plan)."""
+        return steps_left(self.epoch_units(), 0, self.world_size, self.docs)
 
     def mask_kwargs(self) -> dict:
         """Arguments of ptft_engine.data.apply_mlm_mask for batches of the current epoch
@@ -111,7 +165,7 @@ class Loader:
 
     def batches_left(self) -> int:
         """Batches per rank still to come in the current epoch (after a resume: fewer)."""
-        return steps_left(self.epoch_length(), self.position, self.world_size, self.docs)
+        return steps_left(self.epoch_units(), self.position, self.world_size, self.docs)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self.position = epoch, 0
@@ -121,9 +175,17 @@ class Loader:
         step_samples = self.world_size * self.docs
         # eval sees the same order and the same masks every time, so its losses compare
         order = self._order(self.epoch if self.split == "train" else 0)
-        stream = ShardStream(order, self.builder, rank=self.rank, world_size=self.world_size,
-                             docs=self.docs, start=self.position, strict=cfg.strict,
-                             emit_sample_index=cfg.emit_sample_index)
+        if self.planned:
+            from ptft_engine.data.planned import PlannedStream
+
+            plan = self._plan()
+            stream = PlannedStream(order, self.builder, plan, rank=self.rank, world_size=self.world_size,
+                                   rows=self.docs, start=self.position, strict=cfg.strict,
+                                   emit_sample_index=cfg.emit_sample_index)
+        else:
+            stream = ShardStream(order, self.builder, rank=self.rank, world_size=self.world_size,
+                                 docs=self.docs, start=self.position, strict=cfg.strict,
+                                 emit_sample_index=cfg.emit_sample_index)
         kw = {}
         if cfg.num_workers > 0:
             kw = dict(num_workers=cfg.num_workers, prefetch_factor=cfg.prefetch_factor, worker_init_fn=_worker_init)
@@ -133,12 +195,16 @@ class Loader:
             self.stats["batches"] = self.stats.get("batches", 0) + 1
             self.position += step_samples  # counted as consumed once handed out
             yield batch
+        if self.planned and self.rank == 0:
+            # the rows after the last whole step: the epoch's only lost tokens, counted once
+            tail = int(plan.row_fill[self.position:].sum())
+            self.stats["dropped_tokens"] = self.stats.get("dropped_tokens", 0) + tail
         self.epoch, self.position = self.epoch + 1, 0
 
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "epoch": self.epoch, "position": self.position, "seed": self.cfg.seed,
                 "epoch_length": self.epoch_length(), "world_size": self.world_size, "docs_per_batch": self.docs,
-                "split": self.split}
+                "split": self.split, "unit": "rows" if self.planned else "samples"}
 
     def load_state_dict(self, sd: dict) -> None:
         if sd.get("version") != STATE_VERSION:
@@ -148,9 +214,14 @@ class Loader:
         if sd["epoch_length"] != self.epoch_length():
             raise DataError(f"data state was saved for an epoch of {sd['epoch_length']} samples, but these shards "
                             f"give {self.epoch_length()}: the shards changed")
-        if not 0 <= sd["position"] <= sd["epoch_length"]:
+        unit = "rows" if self.planned else "samples"
+        if sd.get("unit", "samples") != unit:
+            raise DataError(f"data state counts {sd.get('unit', 'samples')}, but this config counts {unit} "
+                            f"(packing: {self.cfg.packing}): resume with the packing the run started with")
+        self.epoch = int(sd["epoch"])
+        if not 0 <= sd["position"] <= self.epoch_units():
             raise DataError(f"data state position {sd['position']} is outside the epoch")
-        self.epoch, self.position = int(sd["epoch"]), int(sd["position"])
+        self.position = int(sd["position"])
 
 
 def build_loader(cfg: DataConfig, *, objective: str, rank: int = 0, world_size: int = 1, epoch: int = 0,

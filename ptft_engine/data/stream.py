@@ -49,10 +49,15 @@ class ShardStream(IterableDataset):
             self._files.move_to_end(shard_id)
         return entry
 
-    def read(self, first: int, bad: BadSamples) -> list[tuple[int, str, str, dict]]:
-        shard_ids, idxs = self.order.slice(first, first + self.docs)
+    def read(self, first: int, bad: BadSamples, stop: int | None = None,
+             want=None) -> list[tuple[int, str, str, dict]]:
+        """Records of positions [first, stop) (default: one batch of docs); `want`, a bool
+        per position, leaves out positions the caller does not need (not read at all)."""
+        shard_ids, idxs = self.order.slice(first, first + self.docs if stop is None else stop)
         records = []
         for j, (s, i) in enumerate(zip(shard_ids.tolist(), idxs.tolist())):
+            if want is not None and not want[j]:
+                continue
             shard: ShardInfo = self.order.shards[s]
             try:
                 fh, table = self._open(s)  # a wrong offset file raises DataError: the index is broken

@@ -6,7 +6,7 @@ import torch
 
 from ptft_engine.data.config import DataConfig
 from ptft_engine.data.errors import BadSamples
-from ptft_engine.data.packing import pack_causal, pack_segments
+from ptft_engine.data.packing import pack_causal, pack_plan_rows, pack_segments
 from ptft_engine.data.tokenizer import TokenizerInfo
 
 
@@ -38,6 +38,7 @@ class TextBuilder:
     def __init__(self, cfg: DataConfig, objective: str, tok: TokenizerInfo):
         self.cfg, self.objective, self.tok = cfg, objective, tok
         self._backend: str | None = None
+        self.id_shards: dict[str, str] = {}  # pre-tokenised shard path -> dtype of its .ids members
 
     def texts(self, records, bad: BadSamples) -> tuple[list[str], list[int]]:
         field = self.cfg.text_field
@@ -68,11 +69,47 @@ class TextBuilder:
         # Row ids are unique per (batch start, row), so the mask depends only on the
         # stream position: a resumed run masks exactly as an uninterrupted one.
         batch["mlm_sample_ids"] = first_pos * rows + torch.arange(rows, dtype=torch.int64)
-        if cfg.mask_in == "step":
-            return batch, stats.as_dict(), kept  # the step masks it on its device: apply_mlm_mask
+        return self._mask(batch, epoch), stats.as_dict(), kept
+
+    def _mask(self, batch: dict, epoch: int) -> dict:
+        if self.cfg.mask_in == "step":
+            return batch  # the step masks it on its device: apply_mlm_mask
         if self._backend is None:
-            self._backend = cpu_mask_backend(cfg.mask_backend)
-        return apply_mlm_mask(batch, **self.mask_kwargs(epoch), backend=self._backend), stats.as_dict(), kept
+            self._backend = cpu_mask_backend(self.cfg.mask_backend)
+        return apply_mlm_mask(batch, **self.mask_kwargs(epoch), backend=self._backend)
+
+    def doc_tokens(self, records, bad: BadSamples) -> dict[int, np.ndarray]:
+        """Epoch position -> token ids: a pre-tokenised shard's .ids member as stored,
+        the text of any other shard tokenised now."""
+        out, to_encode = {}, []
+        for rec in records:
+            pos, shard, key, members = rec
+            dtype = self.id_shards.get(shard)
+            raw = members.get("ids") if dtype else None
+            if raw is None:
+                to_encode.append(rec)
+            elif len(raw) % np.dtype(dtype).itemsize:
+                bad.skip(shard, key, f".ids holds {len(raw)} bytes, not a whole number of {dtype} ids")
+            else:
+                out[pos] = np.frombuffer(raw, dtype=dtype)
+        texts, kept = self.texts(to_encode, bad)
+        for pos, ids in zip(kept, self.tok.encode_batch(texts) if texts else []):
+            out[pos] = np.asarray(ids, dtype=np.int64)
+        return out
+
+    def build_rows(self, plan, lo: int, hi: int, records, *, epoch: int, bad: BadSamples) -> tuple[dict, dict]:
+        """Rows [lo, hi) of the epoch's packing plan from the records of their documents."""
+        tok = self.tok
+        docs = self.doc_tokens(records, bad)
+        batch, stats = pack_plan_rows(plan, lo, hi, docs, pad_id=tok.pad_id, eos_id=tok.eos_id,
+                                      bos_id=tok.bos_id if self.cfg.add_bos else None, cls_id=tok.cls_id,
+                                      sep_id=tok.sep_id)
+        if self.objective == "clm":
+            return batch, stats.as_dict()
+        # the global row index keys the mask: (seed, epoch, row, position) -> the same masks
+        # on any world size, worker count or resume
+        batch["mlm_sample_ids"] = torch.arange(lo, hi, dtype=torch.int64)
+        return self._mask(batch, epoch), stats.as_dict()
 
     def mask_kwargs(self, epoch: int) -> dict:
         cfg, tok = self.cfg, self.tok
