@@ -1,0 +1,240 @@
+"""Packing plan (packing: plan): every token once per epoch, documents never attend across
+segments, the epoch tail, exact and elastic resume, pre-tokenised shards."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from data_helpers import doc_text, write_text_shards
+
+from ptft_engine.data import CorruptSampleError, DataConfig, DataError, build_loader, sources
+from ptft_engine.data.index import load_index, read_members, resolve_source
+from ptft_engine.data.order import EpochOrder
+from ptft_engine.data.shards import write_shards
+from ptft_engine.data.tokenizer import load_tokenizer
+
+
+def _cfg(shards, tok, **kw) -> DataConfig:
+    base = dict(shards=[shards], tokenizer=tok, seq_len=16, batch_size=2, num_workers=0, shuffle_buffer=16,
+                seed=3, emit_sample_index=True, mask_in="step")  # step: batches come unmasked
+    return DataConfig(**{**base, **kw})
+
+
+def _take(loader, n=None) -> list[dict]:
+    out = []
+    for batch in loader:
+        out.append(batch)
+        if n is not None and len(out) == n:
+            break
+    return out
+
+
+def _same(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for k in x:
+            assert torch.equal(x[k], y[k]), k
+
+
+def _docs_in_epoch_order(cfg, tok, epoch=0) -> list[list[int]]:
+    """The corpus tokenised one document at a time, in the epoch's order (no packing code)."""
+    order = EpochOrder([resolve_source(s) for s in cfg.shards], seed=cfg.seed, epoch=epoch, block=cfg.shuffle_buffer)
+    shard_ids, idxs = order.slice(0, len(order))
+    docs = []
+    for s, i in zip(shard_ids.tolist(), idxs.tolist()):
+        with open(order.shards[s].path, "rb") as fh:
+            text = read_members(fh, order.shards[s].offset_table(), i)["txt"].decode()
+        docs.append(tok.encode_batch([text])[0])
+    return docs
+
+
+@pytest.mark.parametrize("objective", ["clm", "mlm"])
+def test_every_token_of_the_corpus_appears_exactly_once(text_shards, tok_path, objective):
+    tok = load_tokenizer(tok_path)
+    cfg = _cfg(text_shards, tok_path, batch_size=1)  # one rank, one row per step: no tail to drop
+    docs = _docs_in_epoch_order(cfg, tok)
+    loader = build_loader(cfg, objective=objective)
+    batches = list(loader)
+    mask = torch.cat([b["attention_mask"] for b in batches])
+    ids = torch.cat([b["input_ids"] for b in batches])
+    if objective == "clm":
+        # concatenate-and-chunk: the rows, read in order, are the epoch's documents each ended by <eos>
+        expected = [t for d in docs for t in d + [tok.eos_id]]
+        assert ids[mask].tolist() == expected and bool(mask.flatten()[: len(expected)].all())
+    else:
+        body = mask & (ids != tok.cls_id) & (ids != tok.sep_id)
+        assert ids[body].tolist() == [t for d in docs for t in d]  # pieces in order: docs continue across rows
+        assert Counter(ids[mask].tolist())[tok.cls_id] == int(mask.sum() - body.sum()) // 2
+    assert loader.stats["dropped_tokens"] == 0 and loader.stats["samples"] == 61
+    assert loader.stats["tokens"] == int(mask.sum()) and loader.stats["tokens"] + loader.stats["pad_tokens"] == mask.numel()
+    assert loader.stats["pad_tokens"] <= (16 if objective == "clm" else 2 * len(batches))
+
+
+@pytest.mark.parametrize("objective", ["clm", "mlm"])
+def test_epoch_tail_is_the_only_loss_across_2_ranks_x_2_workers(text_shards, tok_path, objective):
+    tok = load_tokenizer(tok_path)
+    cfg = _cfg(text_shards, tok_path, batch_size=3, num_workers=2)
+    docs = _docs_in_epoch_order(cfg, tok)
+    loaders = [build_loader(cfg, objective=objective, rank=r, world_size=2) for r in range(2)]
+    seen, rows = Counter(), []
+    for ld in loaders:
+        for b in ld:
+            m = b["attention_mask"] & (b["input_ids"] != tok.cls_id if objective == "mlm" else True)
+            m &= b["input_ids"] != tok.sep_id if objective == "mlm" else True
+            seen.update(b["input_ids"][m].tolist())
+            rows += b["sample_index"].tolist()
+    corpus = Counter(t for d in docs for t in (d + [tok.eos_id] if objective == "clm" else d))
+    assert not seen - corpus  # nothing twice, nothing foreign
+    assert sorted(rows) == list(range(len(rows))) and len(loaders[0]) == len(loaders[1])
+    lost = sum((corpus - seen).values())
+    step_tokens = 2 * 3 * 16
+    assert lost < step_tokens  # only the rows after the last whole step of 2 ranks x 3 rows
+    dropped = [ld.stats.get("dropped_tokens", 0) for ld in loaders]
+    assert dropped[1] == 0  # the tail is counted once, by rank 0
+    if objective == "clm":
+        assert dropped[0] == lost
+    else:
+        assert lost <= dropped[0] < lost + 2 * 3 * 3  # + the tail rows' [CLS]/[SEP]
+    total = sum(ld.stats["tokens"] for ld in loaders)
+    assert sum(ld.stats["pad_tokens"] for ld in loaders) < 0.02 * total + 16
+
+
+def test_documents_never_attend_across_segments(text_shards, tok_path):
+    from ptft_engine.ops import attention
+
+    tok = load_tokenizer(tok_path)
+    cfg = _cfg(text_shards, tok_path, seq_len=24, batch_size=4)
+    docs = _docs_in_epoch_order(cfg, tok)
+    pieces, split = [], 0
+    g = torch.Generator().manual_seed(0)
+    for b in _take(build_loader(cfg, objective="mlm"), 3):
+        ids, seg = b["input_ids"], b["segment_ids"]
+        assert torch.equal(b["attention_mask"], seg > 0)
+        q, k, v = (torch.randn(4, 2, 24, 8, generator=g) for _ in range(3))  # (B, H, S, D)
+        out = attention(q, k, v, segment_ids=seg, key_padding_mask=~b["attention_mask"], backend="reference")
+        for r in range(4):
+            for s in seg[r].unique().tolist():
+                if s == 0:
+                    continue
+                idx = (seg[r] == s).nonzero().flatten()
+                assert torch.equal(idx, torch.arange(int(idx[0]), int(idx[-1]) + 1))  # contiguous
+                tokens = ids[r, idx].tolist()
+                assert tokens[0] == tok.cls_id and tokens[-1] == tok.sep_id
+                pieces.append(tokens[1:-1])
+                alone = attention(q[r:r + 1, :, idx], k[r:r + 1, :, idx], v[r:r + 1, :, idx], backend="reference")
+                torch.testing.assert_close(out[r:r + 1, :, idx], alone)
+    # each piece is a contiguous part of one document; consecutive pieces rebuild the documents
+    stream = [t for d in docs for t in d]
+    assert [t for p in pieces for t in p] == stream[: sum(map(len, pieces))]
+    at = 0
+    for p in pieces:
+        d = next(i for i, e in enumerate(np.cumsum([len(x) for x in docs])) if e > at)
+        start = int(sum(len(x) for x in docs[:d]))
+        split += at > start
+        assert at + len(p) <= start + len(docs[d])  # never runs into the next document
+        at += len(p)
+    assert split > 0  # some documents did continue in the next row
+
+
+@pytest.mark.parametrize("objective", ["mlm", "clm"])
+def test_resume_at_a_row_is_bit_identical(text_shards, tok_path, objective):
+    cfg = _cfg(text_shards, tok_path, num_workers=2, mask_in="worker")
+    full = _take(build_loader(cfg, objective=objective, rank=1, world_size=2))
+    for k, workers in [(1, 0), (5, 2)]:
+        first = build_loader(cfg, objective=objective, rank=1, world_size=2)
+        _same(_take(first, k), full[:k])
+        state = json.loads(json.dumps(first.state_dict()))
+        assert state["position"] == k * 2 * 2 and state["unit"] == "rows"
+        resumed = build_loader(cfg.model_copy(update={"num_workers": workers}), objective=objective, rank=1,
+                               world_size=2)
+        resumed.load_state_dict(state)
+        assert resumed.batches_left() == len(full) - k
+        _same(_take(resumed), full[k:])
+    with pytest.raises(DataError, match="counts rows, but this config counts samples"):
+        build_loader(cfg.model_copy(update={"packing": "batch"}), objective=objective).load_state_dict(state)
+
+
+def test_resume_on_another_world_size_continues_the_plan(text_shards, tok_path):
+    cfg = _cfg(text_shards, tok_path, mask_in="worker")
+    old = [build_loader(cfg, objective="mlm", rank=r, world_size=2) for r in range(2)]
+    before = [p for ld in old for b in _take(ld, 3) for p in b["sample_index"].tolist()]
+    states = [ld.state_dict() for ld in old]
+    assert states[0] == states[1] and sorted(before) == list(range(12))
+    new = [build_loader(cfg, objective="mlm", rank=r, world_size=3) for r in range(3)]
+    for ld in new:
+        ld.load_state_dict(states[0])
+    batches = [_take(ld) for ld in new]
+    after = sorted(p for rank in batches for b in rank for p in b["sample_index"].tolist())
+    assert len({len(rank) for rank in batches}) == 1 and after == list(range(12, 12 + len(after)))
+    fresh = _take(build_loader(cfg, objective="mlm", rank=2, world_size=3))
+    _same(batches[2], fresh[2:])  # rows (and their masks) depend only on their index
+
+
+def test_pretokenised_shards_equal_read_time_tokenisation(tmp_path, tok_path):
+    src = tmp_path / "c.jsonl"
+    src.write_text("".join(json.dumps({"text": doc_text(i), "y": i % 3}) + "\n" for i in range(40)))
+    raw = str(tmp_path / "raw")
+    pre = str(tmp_path / "pre")
+    write_shards([str(src)], raw, sources.Options(format="jsonl"), shard_samples=7, workers=1, progress=False)
+    write_shards([str(src)], pre, sources.Options(format="jsonl", tokenizer=tok_path), shard_samples=7, workers=2,
+                 progress=False)
+    tok = load_tokenizer(tok_path)
+    index = load_index(os.path.join(pre, "index.json"))
+    for shard in index.shards:
+        assert shard.ids_dtype == "<u2" and os.path.basename(shard.lengths_path) == os.path.basename(shard.path)[:-4] + ".lens"
+        with open(shard.path, "rb") as fh:
+            samples = [read_members(fh, shard.offset_table(), i) for i in range(shard.samples)]
+        expected = tok.encode_batch([s["txt"].decode() for s in samples])
+        assert [np.frombuffer(s["ids"], "<u2").tolist() for s in samples] == expected
+        assert shard.token_lengths().tolist() == [len(e) for e in expected]
+    for objective in ("clm", "mlm"):
+        a = build_loader(_cfg(raw, tok_path, mask_in="worker"), objective=objective)
+        b = build_loader(_cfg(pre, tok_path, mask_in="worker"), objective=objective)
+        assert len(b.builder.id_shards) == len(index.shards) and not a.builder.id_shards
+        _same(list(a), list(b))
+        assert a.stats == b.stats
+
+
+def test_pretokenised_with_another_tokenizer_tokenises_the_text(tmp_path, tok_path, caplog):
+    from ptft_engine.data.tokenizer import train_tokenizer
+
+    other = str(tmp_path / "other.json")
+    train_tokenizer([doc_text(i) for i in range(30)], kind="bpe", vocab_size=300, min_frequency=1).save(other)
+    src = tmp_path / "c.jsonl"
+    src.write_text("".join(json.dumps({"text": doc_text(i)}) + "\n" for i in range(20)))
+    pre = str(tmp_path / "pre")
+    write_shards([str(src)], pre, sources.Options(format="jsonl", tokenizer=other), shard_samples=7, workers=1,
+                 progress=False)
+    raw = write_text_shards(tmp_path, 20, name="raw")
+    with caplog.at_level(logging.WARNING, logger="ptft_engine.data"):
+        ld = build_loader(_cfg(pre, tok_path), objective="clm")
+    assert "another tokenizer.json" in caplog.text and not ld.builder.id_shards
+    _same(list(ld), list(build_loader(_cfg(raw, tok_path), objective="clm")))
+
+
+def test_corrupt_samples_are_left_out_of_the_plan_and_counted(tmp_path, tok_path, caplog):
+    shards = write_text_shards(tmp_path, 21)
+    victim = load_index(os.path.join(shards, "index.json")).shards[1]
+    with open(victim.path, "r+b") as f:
+        f.truncate(victim.offset_table()[4] + 100)  # samples 4..6 of shard 1 are cut off
+    with caplog.at_level(logging.WARNING, logger="ptft_engine.data"):
+        loader = build_loader(_cfg(shards, tok_path, batch_size=1), objective="clm")
+    assert loader.stats["skipped"] == 3 and "truncated" in caplog.text
+    list(loader)
+    assert loader.stats["samples"] == 18 and loader.stats["dropped_tokens"] == 0
+    with pytest.raises(CorruptSampleError, match="shard-000001.tar"):
+        build_loader(_cfg(shards, tok_path, strict=True), objective="clm")  # at start, before any step
+
+
+def test_config_keeps_docs_per_batch_to_batch_packing(text_shards):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="docs_per_batch is for packing: batch"):
+        DataConfig(shards=[text_shards], docs_per_batch=4)
+    assert DataConfig(shards=[text_shards], docs_per_batch=4, packing="batch").docs_per_batch == 4
