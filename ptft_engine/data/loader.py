@@ -4,16 +4,19 @@ The state is only (epoch, position): position counts the global samples — for 
 text (`packing: plan`) the rows of the epoch's packing plan — that all ranks together
 have consumed in this epoch. Every rank yields the same number of batches,
 so the state is the same on every rank, and a resume — on any world size or worker
-count — continues the epoch order at that position.
+count — continues the epoch order at that position. Packed text adds `carry`: the row
+of the previous epoch's plan from which its tail (the rows after its last whole step)
+opens this epoch, so the tail is trained instead of dropped.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from ptft_engine.data.config import DataConfig
-import numpy as np
-
 from ptft_engine.data.errors import BadSamples, DataError, log
 from ptft_engine.data.index import ShardIndex, resolve_source, sha256_file
 from ptft_engine.data.order import EpochOrder
@@ -49,12 +52,14 @@ class Loader:
         self.builder = self._builder()
         self.planned = cfg.kind == "text" and cfg.packing == "plan"
         self.stats: dict[str, int] = {}
-        self._plans: dict[int, object] = {}
+        self._plans: OrderedDict[int, object] = OrderedDict()
+        self._rows: dict[int, int] = {}  # rows of each epoch's own plan
         if self.planned:
             self._use_pretokenised()
             self._lengths = self._token_lengths()
         self.docs = cfg.batch_size if self.planned else self._docs_per_batch()
         self.epoch, self.position = epoch, 0
+        self.carry = self._chain_carry(epoch)
         if len(self) == 0:
             unit = f"{self._plan().n_rows} packed rows" if self.planned else f"{self.epoch_length()} samples"
             raise DataError(f"{unit} cannot fill one step of {world_size} ranks x {self.docs} per batch")
@@ -97,13 +102,41 @@ class Loader:
             flat = np.concatenate([self._lengths[s.path] for s in order.shards])
             base = np.concatenate([[0], np.cumsum([s.samples for s in order.shards])])
             shard_ids, idxs = order.slice(0, len(order))
-            self._plans = {epoch: PackingPlan(flat[base[shard_ids] + idxs], self.cfg.seq_len, self.objective,
-                                              add_bos=self.cfg.add_bos)}  # keep one: plans can be large
+            self._plans[epoch] = PackingPlan(flat[base[shard_ids] + idxs], self.cfg.seq_len, self.objective,
+                                             add_bos=self.cfg.add_bos)
+            self._rows[epoch] = self._plans[epoch].n_rows
+            if len(self._plans) > 2:  # this epoch's and the one whose tail it carries: plans can be large
+                self._plans.popitem(last=False)
+        self._plans.move_to_end(epoch)
         return self._plans[epoch]
 
+    def _n_rows(self, epoch: int) -> int:
+        return self._rows[epoch] if epoch in self._rows else self._plan(epoch).n_rows
+
+    def _chain_carry(self, epoch: int) -> int | None:
+        """The row of the previous epoch's plan from which its tail (the rows after its last
+        whole step) opens `epoch`, as a run on this world size from epoch 0 carries it; a
+        resumed run takes it from the checkpoint instead. None: nothing carried (eval:
+        never; its tail is dropped and counted)."""
+        if not self.planned or self.split != "train":
+            return None
+        step, carried, carry = self.world_size * self.docs, 0, None
+        for e in range(epoch):
+            n = self._n_rows(e)
+            carry = max(0, n - (carried + n) % step)
+            carried = n - carry
+            carry = carry if carried else None
+        return carry
+
+    def _carried_rows(self) -> int:
+        return 0 if self.carry is None else self._n_rows(self.epoch - 1) - self.carry
+
     def epoch_units(self) -> int:
-        """What a position counts to in this epoch: packed rows, or samples."""
-        return self._plan().n_rows if self.planned else self.epoch_length()
+        """What a position counts to in this epoch: packed rows (the carried tail of the
+        previous epoch, then this epoch's plan), or samples."""
+        if not self.planned:
+            return self.epoch_length()
+        return self._carried_rows() + self._n_rows(self.epoch if self.split == "train" else 0)
 
     def _docs_per_batch(self) -> int:
         cfg = self.cfg
@@ -169,6 +202,7 @@ class Loader:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self.position = epoch, 0
+        self.carry = self._chain_carry(epoch)
 
     def __iter__(self):
         cfg = self.cfg
@@ -178,10 +212,12 @@ class Loader:
         if self.planned:
             from ptft_engine.data.planned import PlannedStream
 
-            plan = self._plan()
-            stream = PlannedStream(order, self.builder, plan, rank=self.rank, world_size=self.world_size,
+            carry = None
+            if self.carry is not None:
+                carry = (self._order(self.epoch - 1), self._plan(self.epoch - 1), self.carry)
+            stream = PlannedStream(order, self.builder, self._plan(), rank=self.rank, world_size=self.world_size,
                                    rows=self.docs, start=self.position, strict=cfg.strict,
-                                   emit_sample_index=cfg.emit_sample_index)
+                                   emit_sample_index=cfg.emit_sample_index, carry=carry)
         else:
             stream = ShardStream(order, self.builder, rank=self.rank, world_size=self.world_size,
                                  docs=self.docs, start=self.position, strict=cfg.strict,
@@ -195,16 +231,22 @@ class Loader:
             self.stats["batches"] = self.stats.get("batches", 0) + 1
             self.position += step_samples  # counted as consumed once handed out
             yield batch
-        if self.planned and self.rank == 0:
-            # the rows after the last whole step: the epoch's only lost tokens, counted once
-            tail = int(plan.row_fill[self.position:].sum())
-            self.stats["dropped_tokens"] = self.stats.get("dropped_tokens", 0) + tail
-        self.epoch, self.position = self.epoch + 1, 0
+        next_carry = None
+        if self.planned:
+            # the rows after the last whole step: training carries them into the next
+            # epoch; eval (a fixed set) drops them, counted once, by rank 0
+            own_first = self.position - self._carried_rows()
+            if self.split == "train":
+                next_carry = own_first if own_first < self._n_rows(self.epoch) else None
+            elif self.rank == 0:
+                tail = int(self._plan().row_fill[own_first:].sum())
+                self.stats["dropped_tokens"] = self.stats.get("dropped_tokens", 0) + tail
+        self.epoch, self.position, self.carry = self.epoch + 1, 0, next_carry
 
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "epoch": self.epoch, "position": self.position, "seed": self.cfg.seed,
                 "epoch_length": self.epoch_length(), "world_size": self.world_size, "docs_per_batch": self.docs,
-                "split": self.split, "unit": "rows" if self.planned else "samples"}
+                "split": self.split, "unit": "rows" if self.planned else "samples", "carry": self.carry}
 
     def load_state_dict(self, sd: dict) -> None:
         if sd.get("version") != STATE_VERSION:
@@ -219,6 +261,7 @@ class Loader:
             raise DataError(f"data state counts {sd.get('unit', 'samples')}, but this config counts {unit} "
                             f"(packing: {self.cfg.packing}): resume with the packing the run started with")
         self.epoch = int(sd["epoch"])
+        self.carry = sd.get("carry") if self.planned else None
         if not 0 <= sd["position"] <= self.epoch_units():
             raise DataError(f"data state position {sd['position']} is outside the epoch")
         self.position = int(sd["position"])

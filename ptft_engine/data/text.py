@@ -97,19 +97,21 @@ class TextBuilder:
             out[pos] = np.asarray(ids, dtype=np.int64)
         return out
 
-    def build_rows(self, plan, lo: int, hi: int, records, *, epoch: int, bad: BadSamples) -> tuple[dict, dict]:
-        """Rows [lo, hi) of the epoch's packing plan from the records of their documents."""
+    def pack_rows(self, plan, lo: int, hi: int, records, bad: BadSamples) -> tuple[dict, dict]:
+        """Rows [lo, hi) of a packing plan from the records of their documents (unmasked)."""
         tok = self.tok
-        docs = self.doc_tokens(records, bad)
-        batch, stats = pack_plan_rows(plan, lo, hi, docs, pad_id=tok.pad_id, eos_id=tok.eos_id,
-                                      bos_id=tok.bos_id if self.cfg.add_bos else None, cls_id=tok.cls_id,
-                                      sep_id=tok.sep_id)
+        batch, stats = pack_plan_rows(plan, lo, hi, self.doc_tokens(records, bad), pad_id=tok.pad_id,
+                                      eos_id=tok.eos_id, bos_id=tok.bos_id if self.cfg.add_bos else None,
+                                      cls_id=tok.cls_id, sep_id=tok.sep_id)
+        return batch, stats.as_dict()
+
+    def finish_rows(self, batch: dict, row_ids: torch.Tensor, epoch: int) -> dict:
+        """MLM: mask packed rows keyed by their row index in the epoch, so the masks are a
+        pure function of (seed, epoch, row, position) on any world size, worker count or resume."""
         if self.objective == "clm":
-            return batch, stats.as_dict()
-        # the global row index keys the mask: (seed, epoch, row, position) -> the same masks
-        # on any world size, worker count or resume
-        batch["mlm_sample_ids"] = torch.arange(lo, hi, dtype=torch.int64)
-        return self._mask(batch, epoch), stats.as_dict()
+            return batch
+        batch["mlm_sample_ids"] = row_ids
+        return self._mask(batch, epoch)
 
     def mask_kwargs(self, epoch: int) -> dict:
         cfg, tok = self.cfg, self.tok

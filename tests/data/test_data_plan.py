@@ -76,33 +76,48 @@ def test_every_token_of_the_corpus_appears_exactly_once(text_shards, tok_path, o
     assert loader.stats["pad_tokens"] <= (16 if objective == "clm" else 2 * len(batches))
 
 
+def _content(batches, tok, objective) -> Counter:
+    """Document tokens (and <eos>) of batches, without [CLS]/[SEP] and padding."""
+    out = Counter()
+    for b in batches:
+        m = b["attention_mask"]
+        if objective == "mlm":
+            m = m & (b["input_ids"] != tok.cls_id) & (b["input_ids"] != tok.sep_id)
+        out.update(b["input_ids"][m].tolist())
+    return out
+
+
 @pytest.mark.parametrize("objective", ["clm", "mlm"])
-def test_epoch_tail_is_the_only_loss_across_2_ranks_x_2_workers(text_shards, tok_path, objective):
+def test_epoch_tail_opens_the_next_epoch_across_2_ranks_x_2_workers(text_shards, tok_path, objective):
     tok = load_tokenizer(tok_path)
     cfg = _cfg(text_shards, tok_path, batch_size=3, num_workers=2)
     docs = _docs_in_epoch_order(cfg, tok)
-    loaders = [build_loader(cfg, objective=objective, rank=r, world_size=2) for r in range(2)]
-    seen, rows = Counter(), []
-    for ld in loaders:
-        for b in ld:
-            m = b["attention_mask"] & (b["input_ids"] != tok.cls_id if objective == "mlm" else True)
-            m &= b["input_ids"] != tok.sep_id if objective == "mlm" else True
-            seen.update(b["input_ids"][m].tolist())
-            rows += b["sample_index"].tolist()
     corpus = Counter(t for d in docs for t in (d + [tok.eos_id] if objective == "clm" else d))
-    assert not seen - corpus  # nothing twice, nothing foreign
-    assert sorted(rows) == list(range(len(rows))) and len(loaders[0]) == len(loaders[1])
-    lost = sum((corpus - seen).values())
-    step_tokens = 2 * 3 * 16
-    assert lost < step_tokens  # only the rows after the last whole step of 2 ranks x 3 rows
-    dropped = [ld.stats.get("dropped_tokens", 0) for ld in loaders]
-    assert dropped[1] == 0  # the tail is counted once, by rank 0
-    if objective == "clm":
-        assert dropped[0] == lost
-    else:
-        assert lost <= dropped[0] < lost + 2 * 3 * 3  # + the tail rows' [CLS]/[SEP]
+    loaders = [build_loader(cfg, objective=objective, rank=r, world_size=2) for r in range(2)]
+    epochs = [[list(ld) for ld in loaders] for _ in range(2)]  # each loader runs on into epoch 1
+    seen0 = _content([b for rank in epochs[0] for b in rank], tok, objective)
+    rows0 = sorted(p for rank in epochs[0] for b in rank for p in b["sample_index"].tolist())
+    assert not seen0 - corpus and rows0 == list(range(len(rows0)))  # nothing twice, nothing foreign
+    tail = corpus - seen0
+    assert 0 < sum(tail.values()) < 2 * 3 * 16  # the rows after the last whole step of 2 ranks x 3 rows
+    first_step = _content([rank[0] for rank in epochs[1]], tok, objective)
+    assert not tail - first_step  # ... are trained first thing in the next epoch, not dropped
+    assert all(ld.stats.get("dropped_tokens", 0) == 0 for ld in loaders)
     total = sum(ld.stats["tokens"] for ld in loaders)
     assert sum(ld.stats["pad_tokens"] for ld in loaders) < 0.02 * total + 16
+    # a loader made for epoch 1 (as the trainer makes one per epoch) carries the same tail
+    for r in range(2):
+        _same(list(build_loader(cfg, objective=objective, rank=r, world_size=2, epoch=1)), epochs[1][r])
+
+
+def test_eval_drops_its_tail_and_counts_it_once(text_shards, tok_path):
+    tok = load_tokenizer(tok_path)
+    cfg = _cfg(text_shards, tok_path, batch_size=3, eval_shards=[text_shards])
+    corpus = Counter(t for d in _docs_in_epoch_order(cfg, tok) for t in d + [tok.eos_id])
+    loaders = [build_loader(cfg, objective="clm", rank=r, world_size=2, split="eval") for r in range(2)]
+    seen = _content([b for ld in loaders for b in ld], tok, "clm")
+    assert loaders[0].stats["dropped_tokens"] == sum((corpus - seen).values()) > 0
+    assert loaders[1].stats["dropped_tokens"] == 0
 
 
 def test_documents_never_attend_across_segments(text_shards, tok_path):
