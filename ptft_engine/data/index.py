@@ -32,6 +32,7 @@ from typing import Iterator
 import numpy as np
 
 from ptft_engine.data.errors import DataError, log
+from ptft_engine.data.tarblocks import plain_members
 
 INDEX_NAME = "index.json"
 FORMAT = "ptft-shards"
@@ -207,6 +208,9 @@ def read_members(fh: io.BufferedReader, offsets, i: int) -> dict[str, bytes]:
     buf = fh.read(stop - start)
     if len(buf) < stop - start:
         raise ValueError(f"truncated: expected {stop - start} bytes at offset {start}, got {len(buf)}")
+    fast = plain_members(buf)
+    if fast is not None:
+        return _as_sample((name, split_key(name), data) for name, data in fast)
     sample: dict[str, bytes] = {}
     with tarfile.open(fileobj=io.BytesIO(buf), mode="r:") as tar:
         for info, key, ext in sample_members(tar):
@@ -216,6 +220,21 @@ def read_members(fh: io.BufferedReader, offsets, i: int) -> dict[str, bytes]:
             if len(data) != info.size:
                 raise ValueError(f"member {info.name!r} is truncated")
             sample[ext] = data
+    if "__key__" not in sample:
+        raise ValueError("no members")
+    return sample
+
+
+def _as_sample(members) -> dict[str, bytes]:
+    """{"__key__": key, ext: bytes} of (name, (key, ext) or None, data) members of one sample."""
+    sample: dict[str, bytes] = {}
+    for name, parts, data in members:
+        if parts is None:
+            continue  # not a sample member (as sample_members skips it)
+        key, ext = parts
+        if sample.setdefault("__key__", key) != key:
+            raise ValueError(f"member {name!r} does not belong to sample {sample['__key__']!r}")
+        sample[ext] = data
     if "__key__" not in sample:
         raise ValueError("no members")
     return sample
