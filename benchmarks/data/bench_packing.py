@@ -10,7 +10,9 @@ and seq_len, one epoch on one rank through `Loader(...).stats`:
          packs each batch from its own documents and drops what does not fit
 
 dropped fraction = dropped / (placed + dropped) tokens; pad fraction = pad / (rows x seq_len).
-Lower is better, so ratio = ours / peer. Each line also says what the plan cost: the
+Lower is better, so ratio = ours / peer. The plan drops nothing: the rows after the
+epoch's last whole step open the next epoch (`carried` says what share of the epoch's
+tokens that is; `placed + carried = plan` checks the accounting). Each line also says what the plan cost: the
 tokenising pass that gives the raw-text shards' token lengths (`lengths_s`, once per
 process) and building the epoch's plan (`plan_s`), beside the epoch itself (`epoch_s`).
 """
@@ -44,6 +46,10 @@ def epoch_stats(shards, tok, objective, seq_len, batch, packing) -> tuple[dict, 
     t2 = time.perf_counter()
     timing = {"setup_s": round(t1 - t0, 3), "epoch_s": round(t2 - t1, 3)}
     if packing == "plan":
+        plan0 = loader._plan(0)
+        carried = int(plan0.row_fill[loader.carry:].sum()) if loader.carry is not None else 0
+        timing.update(carried=round(carried / plan0.tokens, 5),
+                      placed_plus_carried_equals_plan=loader.stats["tokens"] + carried == plan0.tokens)
         lengths._CACHE.clear()
         t3 = time.perf_counter()
         lens = loader._token_lengths()

@@ -57,7 +57,7 @@ class DataConfig(BaseModel):
     samples_per_epoch: int | None = Field(None, ge=1)
     weights: list[float] | None = None
     strict: bool = False
-    emit_sample_index: bool = False  # add "sample_index": global positions of the batch (for checks)
+    emit_sample_index: bool = False  # add "sample_index": the batch's global positions (packed text: rows)
 
     @field_validator("shards", "eval_shards", mode="before")
     @classmethod

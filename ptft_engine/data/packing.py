@@ -99,6 +99,34 @@ def _causal_stream(doc: np.ndarray | None, n: int, *, eos_id: int, bos_id: int |
     return np.concatenate([np.asarray(head, dtype=np.int64), np.asarray(doc, dtype=np.int64), [eos_id]])
 
 
+def _causal_rows(plan, lo: int, hi: int, docs: dict, *, pad_id: int, eos_id: int,
+                 bos_id: int | None) -> tuple[dict, PackStats] | None:
+    """Causal rows [lo, hi) in one slice of the documents' stream, or None when a document
+    is unreadable or differs from the plan (pack_plan_rows then fits it row by row)."""
+    first, stop = plan.docs_of(lo, hi)
+    streams = []
+    for p in range(first, stop):
+        n = int(plan.lengths[p])
+        if n == 0:
+            continue
+        stream = _causal_stream(docs.get(p), n, eos_id=eos_id, bos_id=bos_id)
+        if stream is None:
+            return None
+        streams.append(stream)
+    rows, seq = hi - lo, plan.seq_len
+    flat = np.concatenate(streams) if streams else np.empty(0, dtype=np.int64)
+    start = int(plan.row_off[lo])
+    used = flat[start: start + rows * seq]
+    ids = np.full(rows * seq, pad_id, dtype=np.int64)
+    ids[: len(used)] = used
+    real = np.zeros(rows * seq, dtype=bool)
+    real[: len(used)] = True
+    input_ids, mask = torch.from_numpy(ids.reshape(rows, seq)), torch.from_numpy(real.reshape(rows, seq))
+    labels = torch.where(mask, input_ids, torch.full_like(input_ids, IGNORE))
+    stats = PackStats(tokens=len(used), padded=rows * seq - len(used))
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}, stats
+
+
 def pack_plan_rows(plan, lo: int, hi: int, docs: dict, *, pad_id: int, eos_id: int = 0,
                    bos_id: int | None = None, cls_id: int = 0, sep_id: int = 0) -> tuple[dict, PackStats]:
     """Rows [lo, hi) of `plan` from `docs` (epoch position -> token ids; None = unreadable).
@@ -108,6 +136,10 @@ def pack_plan_rows(plan, lo: int, hi: int, docs: dict, *, pad_id: int, eos_id: i
     padding (masked out) and count as dropped, so rows stay where the plan put them.
     """
     rows, seq = hi - lo, plan.seq_len
+    if plan.objective == "clm":
+        fast = _causal_rows(plan, lo, hi, docs, pad_id=pad_id, eos_id=eos_id, bos_id=bos_id)
+        if fast is not None:
+            return fast
     ids = np.full((rows, seq), pad_id, dtype=np.int64)
     real = np.zeros((rows, seq), dtype=bool)
     seg = np.zeros((rows, seq), dtype=np.int64)
