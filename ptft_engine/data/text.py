@@ -1,6 +1,8 @@
 """Text batches: decode -> tokenise -> pack -> (MLM) mask, all inside a loader worker."""
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import torch
 
@@ -8,6 +10,9 @@ from ptft_engine.data.config import DataConfig
 from ptft_engine.data.errors import BadSamples
 from ptft_engine.data.packing import pack_causal, pack_plan_rows, pack_segments
 from ptft_engine.data.tokenizer import TokenizerInfo
+
+
+RECENT_DOCS = 8  # tokenised long documents kept per worker
 
 
 def mask_seed(seed: int, epoch: int) -> int:
@@ -39,6 +44,8 @@ class TextBuilder:
         self.cfg, self.objective, self.tok = cfg, objective, tok
         self._backend: str | None = None
         self.id_shards: dict[str, str] = {}  # pre-tokenised shard path -> dtype of its .ids members
+        # a document longer than a batch is read by every batch it spans: tokenise it once per worker
+        self._recent: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 
     def texts(self, records, bad: BadSamples) -> tuple[list[str], list[int]]:
         field = self.cfg.text_field
@@ -86,7 +93,9 @@ class TextBuilder:
             pos, shard, key, members = rec
             dtype = self.id_shards.get(shard)
             raw = members.get("ids") if dtype else None
-            if raw is None:
+            if raw is None and (shard, key) in self._recent:
+                out[pos] = self._recent[(shard, key)]
+            elif raw is None:
                 to_encode.append(rec)
             elif len(raw) % np.dtype(dtype).itemsize:
                 bad.skip(shard, key, f".ids holds {len(raw)} bytes, not a whole number of {dtype} ids")
@@ -95,6 +104,12 @@ class TextBuilder:
         texts, kept = self.texts(to_encode, bad)
         for pos, ids in zip(kept, self.tok.encode_batch(texts) if texts else []):
             out[pos] = np.asarray(ids, dtype=np.int64)
+        # keep the batch's last documents: the only ones the next batches may continue
+        for pos, shard, key, _ in records[-2:]:
+            if pos in out and len(out[pos]) > self.cfg.seq_len and shard not in self.id_shards:
+                self._recent[(shard, key)] = out[pos]
+        while len(self._recent) > RECENT_DOCS:
+            self._recent.popitem(last=False)
         return out
 
     def pack_rows(self, plan, lo: int, hi: int, records, bad: BadSamples) -> tuple[dict, dict]:

@@ -272,3 +272,25 @@ def test_a_document_unreadable_at_read_time_keeps_the_rows_in_place(objective):
     keep = broken["attention_mask"]
     assert torch.equal(broken["input_ids"][keep], whole["input_ids"][keep])  # nothing else moved
     assert (broken["input_ids"][~keep] == 0).all() and whole_stats.dropped == 0
+
+
+def test_a_long_document_is_tokenised_once_not_per_batch(tmp_path, tok_path, monkeypatch):
+    from ptft_engine.data import text
+    from ptft_engine.data.tokenizer import TokenizerInfo
+
+    src = tmp_path / "long.jsonl"
+    src.write_text("".join(json.dumps({"text": " ".join(doc_text(i) for i in range(j, j + 12))}) + "\n"
+                           for j in range(3)))
+    shards = str(tmp_path / "long")
+    write_shards([str(src)], shards, sources.Options(format="jsonl"), workers=1, progress=False)
+    cfg = _cfg(shards, tok_path, shuffle=False)
+    calls = []
+    real = TokenizerInfo.encode_batch
+    monkeypatch.setattr(TokenizerInfo, "encode_batch", lambda self, texts: calls.append(len(texts)) or real(self, texts))
+    loader = build_loader(cfg, objective="clm")
+    calls.clear()  # the lengths pass tokenises each document once; now the epoch
+    cached = list(loader)
+    assert len(cached) > 3 * 5 and sum(calls) <= 3 + 2  # each doc spans many batches
+    monkeypatch.setattr(text, "RECENT_DOCS", 0)
+    _same(list(build_loader(cfg, objective="clm")), cached)
+    assert sum(calls) > 3 * 5
