@@ -99,8 +99,10 @@ class Loader:
         epoch = (self.epoch if epoch is None else epoch) if self.split == "train" else 0
         if epoch not in self._plans:
             order = self._order(epoch)
+            from ptft_engine.data.index_columns import shard_counts
+
             flat = np.concatenate([self._lengths[s.path] for s in order.shards])
-            base = np.concatenate([[0], np.cumsum([s.samples for s in order.shards])])
+            base = np.concatenate([[0], np.cumsum(shard_counts(order.shards))])
             shard_ids, idxs = order.slice(0, len(order))
             self._plans[epoch] = PackingPlan(flat[base[shard_ids] + idxs], self.cfg.seq_len, self.objective,
                                              add_bos=self.cfg.add_bos)
