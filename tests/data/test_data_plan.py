@@ -294,3 +294,16 @@ def test_a_long_document_is_tokenised_once_not_per_batch(tmp_path, tok_path, mon
     monkeypatch.setattr(text, "RECENT_DOCS", 0)
     _same(list(build_loader(cfg, objective="clm")), cached)
     assert sum(calls) > 3 * 5
+
+
+def test_shard_options_that_do_not_fit_the_format_are_named(tmp_path, tok_path):
+    (tmp_path / "a.txt").write_text("some text")
+    with pytest.raises(DataError, match="--label-field keeps a JSONL field; --format text has none"):
+        write_shards([str(tmp_path / "a.txt")], str(tmp_path / "o1"), sources.Options(format="text", label_field="y"),
+                     workers=1, progress=False)
+    with pytest.raises(DataError, match="--tokenizer pre-tokenises text shards"):
+        write_shards([str(tmp_path)], str(tmp_path / "o2"), sources.Options(format="images", tokenizer=tok_path),
+                     workers=1, progress=False)
+    with pytest.raises(DataError, match="tokenizer file .*missing.json.* does not exist"):
+        write_shards([str(tmp_path / "a.txt")], str(tmp_path / "o3"),
+                     sources.Options(format="text", tokenizer=str(tmp_path / "missing.json")), workers=1, progress=False)
