@@ -307,3 +307,29 @@ def test_shard_options_that_do_not_fit_the_format_are_named(tmp_path, tok_path):
     with pytest.raises(DataError, match="tokenizer file .*missing.json.* does not exist"):
         write_shards([str(tmp_path / "a.txt")], str(tmp_path / "o3"),
                      sources.Options(format="text", tokenizer=str(tmp_path / "missing.json")), workers=1, progress=False)
+
+
+def test_elastic_resume_then_the_next_epoch_carries_the_actual_tail(text_shards, tok_path):
+    """2 ranks stop mid-epoch, 3 ranks finish it; the next epoch (a new loader per epoch, given
+    the ended one's state, as the trainer does) opens with exactly the rows 3 ranks left over."""
+    tok = load_tokenizer(tok_path)
+    cfg = _cfg(text_shards, tok_path, batch_size=2)
+    old = [build_loader(cfg, objective="clm", rank=r, world_size=2) for r in range(2)]
+    for ld in old:
+        _take(ld, 4)  # 16 rows: not a whole number of 3-rank steps
+    new = [build_loader(cfg, objective="clm", rank=r, world_size=3) for r in range(3)]
+    for ld in new:
+        ld.load_state_dict(old[0].state_dict())
+    epoch0 = [b for ld in old for b in _take(build_loader(cfg, objective="clm", rank=ld.rank, world_size=2), 4)]
+    epoch0 += [b for ld in new for b in ld]
+    ended = new[0].state_dict()
+    assert ended["epoch"] == 1 and ended["carry"] is not None and all(ld.state_dict() == ended for ld in new)
+    # a loader made for epoch 1 alone would assume 3 ranks from the start: another tail
+    assert build_loader(cfg, objective="clm", rank=0, world_size=3, epoch=1).carry != ended["carry"]
+    nxt = [build_loader(cfg, objective="clm", rank=r, world_size=3, epoch=1) for r in range(3)]
+    for ld in nxt:
+        ld.load_state_dict(ended)
+    first_step = _content([next(iter(ld)) for ld in nxt], tok, "clm")
+    corpus = Counter(t for d in _docs_in_epoch_order(cfg, tok) for t in d + [tok.eos_id])
+    seen = _content(epoch0, tok, "clm")
+    assert not seen - corpus and not (corpus - seen) - first_step and sum((corpus - seen).values()) > 0
