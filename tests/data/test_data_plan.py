@@ -333,3 +333,29 @@ def test_elastic_resume_then_the_next_epoch_carries_the_actual_tail(text_shards,
     corpus = Counter(t for d in _docs_in_epoch_order(cfg, tok) for t in d + [tok.eos_id])
     seen = _content(epoch0, tok, "clm")
     assert not seen - corpus and not (corpus - seen) - first_step and sum((corpus - seen).values()) > 0
+
+
+def test_a_vocabulary_beyond_uint16_stores_uint32_ids(tmp_path, tok_path, monkeypatch):
+    from ptft_engine.data import tokenizer
+
+    real = tokenizer.load_tokenizer
+
+    def big_vocab(path):
+        info = real(path)
+        info.vocab_size = 70_000  # as a 70 k-token tokenizer reports it
+        return info
+
+    src = tmp_path / "c.jsonl"
+    src.write_text("".join(json.dumps({"text": doc_text(i)}) + "\n" for i in range(12)))
+    pre = str(tmp_path / "pre")
+    monkeypatch.setattr(tokenizer, "load_tokenizer", big_vocab)
+    write_shards([str(src)], pre, sources.Options(format="jsonl", tokenizer=tok_path), shard_samples=7, workers=1,
+                 progress=False)
+    monkeypatch.setattr(tokenizer, "load_tokenizer", real)
+    index = load_index(os.path.join(pre, "index.json"))
+    assert {s.ids_dtype for s in index.shards} == {"<u4"}
+    with open(index.shards[0].path, "rb") as fh:
+        sample = read_members(fh, index.shards[0].offset_table(), 0)
+    assert np.frombuffer(sample["ids"], "<u4").tolist() == load_tokenizer(tok_path).encode_batch([sample["txt"].decode()])[0]
+    raw = write_text_shards(tmp_path, 12, name="raw")
+    _same(list(build_loader(_cfg(pre, tok_path), objective="mlm")), list(build_loader(_cfg(raw, tok_path), objective="mlm")))
