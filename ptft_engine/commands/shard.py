@@ -8,6 +8,11 @@ parallel; unreadable files, undecodable images and empty texts are skipped and l
 in the summary (--strict makes the first one an error). --tokenizer tok.json pre-tokenises
 text: each sample also holds .ids (its token ids), shard-NNNNNN.lens their counts.
 
+With --index-only, nothing is written but OUTPUT/index.json and the .idx sidecars of
+tars that exist already (local paths, brace ranges, http(s)/s3/gs URLs or pipe:
+commands): what the stream needs to read tars made elsewhere. For remote tars, put
+the written files beside the shards.
+
 Formats:
   text        plain text files or directories (--text-unit file|line|paragraph)
   jsonl       one JSON object per line, text in --text-field (--label-field: keep a label too)
@@ -16,6 +21,7 @@ Formats:
 """
 from __future__ import annotations
 
+import os
 import re
 
 from ptft_engine.cli import UserError
@@ -26,6 +32,7 @@ EXAMPLE = """Examples:
   ptft shard corpus/ --text-unit paragraph --tokenizer tok/tokenizer.json --output shards/pretok
   ptft shard reviews.jsonl --format jsonl --label-field label --output shards/reviews
   ptft shard imagenet/train --format images --output shards/imagenet --workers 8
+  ptft shard --index-only 'https://host/data/shard-{000000..000127}.tar' --output index/
 """
 
 _UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
@@ -39,8 +46,11 @@ def parse_size(text: str) -> int:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("inputs", nargs="+", help="input files, directories or globs")
-    p.add_argument("--output", "-o", required=True, help="output directory for shards and index.json")
+    p.add_argument("inputs", nargs="+", help="input files, directories or globs (with --index-only: tars or URLs)")
+    p.add_argument("--output", "-o", default=None,
+                   help="output directory for shards and index.json (--index-only: default the tars' folder)")
+    p.add_argument("--index-only", action="store_true",
+                   help="write only index.json and .idx sidecars for existing tars (local or remote)")
     p.add_argument("--format", default="text", choices=["text", "jsonl", "images", "image_text"])
     p.add_argument("--text-unit", default="file", choices=["file", "line", "paragraph"],
                    help="for --format text: one sample per file, per line or per blank-line paragraph")
@@ -64,6 +74,15 @@ def run(args) -> int:
     from ptft_engine.data import sources
     from ptft_engine.data.shards import write_shards
 
+    if args.index_only:
+        from ptft_engine.data.reindex import index_existing
+
+        index = index_existing(args.inputs, args.output)
+        print(f"indexed {index.total} samples in {len(index.shards)} shards (kind {index.kind}); "
+              f"wrote index.json and .idx files to {args.output or os.path.dirname(os.path.abspath(index.shards[0].path))}")
+        return 0
+    if args.output is None:
+        raise UserError("--output is required (the folder for the shards and index.json)")
     if args.max_samples < 1:
         raise UserError("--max-samples must be at least 1")
     opts = sources.Options(format=args.format, text_unit=args.text_unit, text_field=args.text_field,

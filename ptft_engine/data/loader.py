@@ -10,19 +10,24 @@ opens this epoch, so the tail is trained instead of dropped.
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ptft_engine.data.cache import ShardCache
 from ptft_engine.data.config import DataConfig
 from ptft_engine.data.errors import BadSamples, DataError, log
 from ptft_engine.data.index import ShardIndex, resolve_source, sha256_file
+from ptft_engine.data.index_columns import shard_counts
 from ptft_engine.data.order import EpochOrder
+from ptft_engine.data.remote import is_remote, redact
 from ptft_engine.data.stream import ShardStream, steps_left
 
 AUTO_SAMPLE_DOCS = 256
+MAX_AUTO_PREFETCH = 64
 OBJECTIVE_KIND = {"mlm": "text", "clm": "text", "simclr": "image", "clip": "image_text"}
 STATE_VERSION = 1
 
@@ -48,7 +53,12 @@ class Loader:
             raise DataError("no eval_shards in the data config")
         self.cfg, self.objective, self.rank, self.world_size = cfg, objective, rank, world_size
         self.split = split
-        self.sources: list[ShardIndex] = [resolve_source(s) for s in specs]  # a missing shard fails here
+        self.cache = ShardCache.from_config(cfg)
+        if any(is_remote(s) for s in specs):
+            self.cache.check_writable()
+        # a missing local shard fails here; remote sources fetch only their index.json
+        self.sources: list[ShardIndex] = [resolve_source(s, timeout=cfg.fetch_timeout_s, retries=cfg.fetch_retries,
+                                                         cache_dir=self.cache.root) for s in specs]
         self.builder = self._builder()
         self.planned = cfg.kind == "text" and cfg.packing == "plan"
         self.stats: dict[str, int] = {}
@@ -78,16 +88,19 @@ class Loader:
             ours = ours or sha256_file(tokenizer_file(self.cfg.tokenizer))
             if theirs != ours:
                 log.warning("shards %s were pre-tokenised with another tokenizer.json; tokenising their text "
-                            "with %s instead", src.shards[0].path if src.shards else "?", self.cfg.tokenizer)
+                            "with %s instead", redact(src.shards[0].path) if len(src.shards) else "?",
+                            self.cfg.tokenizer)
                 continue
-            self.builder.id_shards.update({s.path: s.ids_dtype for s in src.shards if s.lengths_path and s.ids_dtype})
+            # keyed as the stream names shards in its records (URLs without credentials)
+            self.builder.id_shards.update({redact(s.path): s.ids_dtype for s in src.shards
+                                           if s.lengths_path and s.ids_dtype})
 
     def _token_lengths(self) -> dict[str, np.ndarray]:
         """Token count of every sample, per shard path: from the index, or one tokenising pass."""
         from ptft_engine.data.lengths import shard_lengths
 
         bad = BadSamples(self.cfg.strict)  # strict: a bad sample fails here, at start
-        out = {s.path: shard_lengths(s, self.builder, bad) for src in self.sources for s in src.shards}
+        out = {s.path: shard_lengths(s, self.builder, bad, self.cache) for src in self.sources for s in src.shards}
         if bad.count:
             self.stats["skipped"] = bad.count
         return out
@@ -99,8 +112,6 @@ class Loader:
         epoch = (self.epoch if epoch is None else epoch) if self.split == "train" else 0
         if epoch not in self._plans:
             order = self._order(epoch)
-            from ptft_engine.data.index_columns import shard_counts
-
             flat = np.concatenate([self._lengths[s.path] for s in order.shards])
             base = np.concatenate([[0], np.cumsum(shard_counts(order.shards))])
             shard_ids, idxs = order.slice(0, len(order))
@@ -150,12 +161,22 @@ class Loader:
         # a pure function of the data, so a resumed run computes the same number.
         order = EpochOrder(self.sources, seed=0, epoch=0, shuffle=False)
         n = min(AUTO_SAMPLE_DOCS, len(order))
-        reader = ShardStream(order, self.builder, rank=0, world_size=1, docs=n, start=0, strict=False)
+        reader = ShardStream(order, self.builder, rank=0, world_size=1, docs=n, start=0, strict=False,
+                             cache=self.cache)
         texts, _ = self.builder.texts(reader.read(0, BadSamples(strict=False)), BadSamples(strict=False))
+        self._add_stats(reader.counters())
         reader.close()
         extra = 1 if self.objective == "clm" else 2  # <eos>, or [CLS] and [SEP]
         per_doc = sum(len(ids) + extra for ids in self.builder.tok.encode_batch(texts)) / max(1, len(texts))
         return max(1, int(cfg.batch_size * cfg.seq_len / max(per_doc, 1.0)))
+
+    def _prefetch_shards(self) -> int:
+        if self.cfg.prefetch_shards != "auto":
+            return self.cfg.prefetch_shards
+        counts = np.concatenate([shard_counts(src.shards) for src in self.sources])
+        per_shard = max(1.0, float(counts.mean()) if len(counts) else 1.0)
+        span = self.cfg.shuffle_buffer if self.cfg.shuffle else self.world_size * self.docs
+        return min(MAX_AUTO_PREFETCH, math.ceil(span / per_shard) + 2)
 
     def _builder(self):
         from ptft_engine.data.tokenizer import load_tokenizer
@@ -211,25 +232,23 @@ class Loader:
         step_samples = self.world_size * self.docs
         # eval sees the same order and the same masks every time, so its losses compare
         order = self._order(self.epoch if self.split == "train" else 0)
+        common = dict(rank=self.rank, world_size=self.world_size, start=self.position, strict=cfg.strict,
+                      emit_sample_index=cfg.emit_sample_index, cache=self.cache,
+                      prefetch_shards=self._prefetch_shards())
         if self.planned:
             from ptft_engine.data.planned import PlannedStream
 
             carry = None
             if self.carry is not None:
                 carry = (self._order(self.epoch - 1), self._plan(self.epoch - 1), self.carry)
-            stream = PlannedStream(order, self.builder, self._plan(), rank=self.rank, world_size=self.world_size,
-                                   rows=self.docs, start=self.position, strict=cfg.strict,
-                                   emit_sample_index=cfg.emit_sample_index, carry=carry)
+            stream = PlannedStream(order, self.builder, self._plan(), rows=self.docs, carry=carry, **common)
         else:
-            stream = ShardStream(order, self.builder, rank=self.rank, world_size=self.world_size,
-                                 docs=self.docs, start=self.position, strict=cfg.strict,
-                                 emit_sample_index=cfg.emit_sample_index)
+            stream = ShardStream(order, self.builder, docs=self.docs, **common)
         kw = {}
         if cfg.num_workers > 0:
             kw = dict(num_workers=cfg.num_workers, prefetch_factor=cfg.prefetch_factor, worker_init_fn=_worker_init)
         for batch in DataLoader(stream, batch_size=None, **kw):
-            for key, value in batch.pop("_stats").items():
-                self.stats[key] = self.stats.get(key, 0) + int(value)
+            self._add_stats(batch.pop("_stats"))
             self.stats["batches"] = self.stats.get("batches", 0) + 1
             self.position += step_samples  # counted as consumed once handed out
             yield batch
@@ -244,6 +263,10 @@ class Loader:
                 tail = int(self._plan().row_fill[own_first:].sum())
                 self.stats["dropped_tokens"] = self.stats.get("dropped_tokens", 0) + tail
         self.epoch, self.position, self.carry = self.epoch + 1, 0, next_carry
+
+    def _add_stats(self, stats: dict) -> None:
+        for key, value in stats.items():
+            self.stats[key] = self.stats.get(key, 0) + int(value)
 
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "epoch": self.epoch, "position": self.position, "seed": self.cfg.seed,

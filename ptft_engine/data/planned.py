@@ -18,34 +18,50 @@ from ptft_engine.data.stream import ShardStream, steps_left
 
 
 class PlannedStream(ShardStream):
-    def __init__(self, order: EpochOrder, builder, plan: PackingPlan, *, rank: int, world_size: int, rows: int,
-                 start: int, strict: bool, emit_sample_index: bool = False,
-                 carry: tuple[EpochOrder, PackingPlan, int] | None = None):
-        """carry: (order, plan, first row) of the previous epoch, whose rows from `first` on open this one."""
-        super().__init__(order, builder, rank=rank, world_size=world_size, docs=rows, start=start, strict=strict,
-                         emit_sample_index=emit_sample_index)
+    def __init__(self, order: EpochOrder, builder, plan: PackingPlan, *, rows: int,
+                 carry: tuple[EpochOrder, PackingPlan, int] | None = None, **stream):
+        """carry: (order, plan, first row) of the previous epoch, whose rows from `first` on open
+        this one; `stream`: ShardStream's keywords (rank, world_size, start, strict, cache, ...)."""
+        super().__init__(order, builder, docs=rows, **stream)
         self.parts: list[tuple[ShardStream, PackingPlan, int, int]] = []  # (reader, plan, first row, rows)
         if carry is not None:
             prev_order, prev_plan, first = carry
-            reader = ShardStream(prev_order, builder, rank=rank, world_size=world_size, docs=rows, start=0,
-                                 strict=strict)
+            # the same shards (an epoch's order only moves positions), read in that epoch's order
+            reader = ShardStream(prev_order, builder, rank=self.rank, world_size=self.world_size, docs=rows,
+                                 start=0, strict=self.strict, cache=self.cache)
             self.parts.append((reader, prev_plan, first, prev_plan.n_rows - first))
         self.parts.append((self, plan, 0, plan.n_rows))
-        self.steps = steps_left(sum(p[3] for p in self.parts), start, world_size, rows)
+        self.steps = steps_left(sum(p[3] for p in self.parts), self.start, self.world_size, rows)
 
-    def batch(self, step: int, bad: BadSamples) -> dict:
-        lo = self.start + (step * self.world_size + self.rank) * self.docs
-        hi = lo + self.docs
-        skipped = bad.count
-        pieces, stats, at = [], {}, 0
+    def _spans(self, lo: int, hi: int):
+        """(reader, plan, rows [plo, phi) of that plan, docs [d0, d1)) for the rows [lo, hi) of the epoch."""
+        at = 0
         for reader, plan, first, n in self.parts:
             a, b = max(lo, at), min(hi, at + n)
+            if a < b:
+                plo, phi = first + a - at, first + b - at
+                yield (reader, plan, plo, phi, *plan.docs_of(plo, phi))
             at += n
-            if a >= b:
-                continue
-            plo, phi = first + a - (at - n), first + b - (at - n)  # rows of this part's plan
-            d0, d1 = plan.docs_of(plo, phi)
+
+    def _upcoming(self, steps: range):
+        """Shard ids in the order these steps first read them (what the prefetcher fetches)."""
+        seen: set[int] = set()
+        for step in steps:
+            lo = self._first(step)
+            for reader, _, _, _, d0, d1 in self._spans(lo, lo + self.docs):
+                for sid in dict.fromkeys(reader._slice(d0, d1)[0].tolist()):
+                    if sid not in seen:
+                        seen.add(sid)
+                        yield sid
+
+    def batch(self, step: int, bad: BadSamples) -> dict:
+        lo = self._first(step)
+        hi = lo + self.docs
+        skipped = bad.count
+        pieces, stats = [], {}
+        for reader, plan, plo, phi, d0, d1 in self._spans(lo, hi):
             records = reader.read(d0, bad, stop=d1, want=plan.lengths[d0:d1] > 0)
+            reader._unpin(reader._step_shards)
             part, part_stats = self.builder.pack_rows(plan, plo, phi, records, bad)
             pieces.append(part)
             for key, value in part_stats.items():
@@ -58,6 +74,7 @@ class PlannedStream(ShardStream):
         rows = torch.arange(lo, hi, dtype=torch.int64)
         batch = self.builder.finish_rows(batch, rows, self.order.epoch)
         stats["skipped"] = bad.count - skipped
+        stats.update(self.counters())
         batch["_stats"] = stats
         if self.emit_sample_index:
             batch["sample_index"] = rows  # row indices in the epoch's list
