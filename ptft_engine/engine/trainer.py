@@ -160,7 +160,10 @@ class Trainer:
         except StopIteration:  # epoch over: every rank ends together (equal batch counts)
             self.state.epoch += 1
             self.faults.collect(self.loader)  # its last counts, before it is replaced
+            ended = self.loader.state_dict()
             self.loader = self._make_loader(self.state.epoch)
+            if ended.get("carry") is not None:  # packed text: the ended epoch's tail opens this one
+                self.loader.load_state_dict(ended)
             self.data_iter = iter(self.loader)
             batch = next(self.data_iter)
         return self._to_device(batch)
