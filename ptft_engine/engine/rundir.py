@@ -44,8 +44,23 @@ def check_start(run_dir: Path, ckpt_dir: Path, *, resume: bool, overwrite: bool)
                               f"--overwrite (the old run is moved to {path.name}.old-<time>), or pick another run.name")
 
 
+_HELD: list = []  # lock files this process holds
+
+
+def _drop_inherited_locks() -> None:
+    # A forked child (a DataLoader worker) shares the open file description, and with it the flock:
+    # a worker outliving a killed rank for a few seconds would keep the run locked against the resume.
+    # Closing the child's copy leaves the parent's lock as it is.
+    while _HELD:
+        _HELD.pop().close()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 class RunLock:
-    """An exclusive fcntl lock on `<run_dir>/.lock`, held for the life of the run."""
+    """An exclusive fcntl lock on `<run_dir>/.lock`, held for the life of the run (by this process only:
+    forked children drop their copy)."""
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / LOCK_NAME
@@ -63,6 +78,7 @@ class RunLock:
             raise RunDirError(f"{self.path.parent} is in use by a live job ({holder}); stop it first, "
                               "or pick another run.name") from None
         self._fh = fh
+        _HELD.append(fh)
         if not record:  # only to move an old run aside: its last holder's line stays
             return self
         fh.seek(0)
@@ -74,6 +90,8 @@ class RunLock:
     def release(self) -> None:
         if self._fh is not None:
             fh, self._fh = self._fh, None
+            if fh in _HELD:
+                _HELD.remove(fh)
             fcntl.flock(fh, fcntl.LOCK_UN)
             fh.close()
 

@@ -13,8 +13,13 @@ from ptft_engine.engine.launcher import Supervisor, _layout, read_hostfile
 from ptft_engine.engine.signals import EXIT_STOPPED
 
 
+def _default_sigint() -> None:
+    # a test run started in the background of a non-interactive shell inherits SIGINT ignored
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def ranks(*scripts: str) -> list[subprocess.Popen]:
-    return [subprocess.Popen(["sh", "-c", s]) for s in scripts]
+    return [subprocess.Popen(["sh", "-c", s], preexec_fn=_default_sigint) for s in scripts]
 
 
 def test_exit_code_is_stopped_when_ranks_saved_on_a_signal_else_zero():

@@ -5,6 +5,8 @@ refuse a bad config/data pair before anything is written."""
 from __future__ import annotations
 
 import json
+import os
+import time
 import sys
 from pathlib import Path
 
@@ -129,7 +131,7 @@ def real_cfg(tmp_path, text_data, *overrides):
     tree = yaml.safe_load(RECIPE.read_text())
     tree["model"] = {**yaml.safe_load((RECIPE.parent / tree["model"]).read_text()), "vocab_size": vocab}
     tree["data"] = {"shards": [shards], "eval_shards": [small_eval], "tokenizer": tok, "seq_len": 32,
-                    "batch_size": 2, "docs_per_batch": 4, "num_workers": 0}
+                    "batch_size": 2, "packing": "batch", "docs_per_batch": 4, "num_workers": 0}
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(tree))
     return load_run_config(recipe, [f"run.output_dir={tmp_path / 'runs'}", "run.max_steps=2", "run.progress_bar=false",
@@ -165,3 +167,22 @@ def test_a_tokenizer_without_the_objectives_special_tokens_is_refused_at_start(t
 def test_start_checks_pass_on_a_good_pair(tmp_path, text_data):
     trainer = Trainer(real_cfg(tmp_path, text_data, "run.eval_every=0"))
     assert run(trainer).step == 2
+
+
+def test_a_forked_child_does_not_keep_the_run_locked(tmp_path):
+    # DataLoader workers are forked from the rank: one that outlives a kill -9'd rank must not hold its lock
+    held = RunLock(tmp_path / "t").acquire()
+    to_child, from_child = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: running (fork hooks done); wait until the parent's lock is gone, live on a moment
+        os.write(from_child[1], b"r")
+        os.read(to_child[0], 1)
+        time.sleep(0.5)
+        os._exit(0)
+    try:
+        os.read(from_child[0], 1)
+        held._fh.close()  # what the parent's death does: its descriptor closes, no explicit unlock
+        os.write(to_child[1], b"x")
+        RunLock(tmp_path / "t").acquire().release()  # free while the child still lives
+    finally:
+        os.waitpid(pid, 0)

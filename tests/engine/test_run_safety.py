@@ -279,7 +279,8 @@ def test_strict_data_error_in_a_worker_is_one_line(recipe, tmp_path):
         (bad / f.name).write_bytes(f.read_bytes())
     victim = sorted(bad.glob("*.tar"))[0]
     victim.write_bytes(victim.read_bytes()[:1500])  # cut inside the first samples
-    tree["data"].update(shards=[str(bad)], strict=True)
+    # packing: batch reads documents in the workers only (the default plan reads lengths at start, in the rank)
+    tree["data"].update(shards=[str(bad)], strict=True, packing="batch")
     path = tmp_path / "strict.yaml"
     path.write_text(yaml.safe_dump(tree))
     out = subprocess.run([sys.executable, "-m", "ptft_engine.cli", "pretrain", "--config", str(path),
