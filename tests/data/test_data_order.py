@@ -56,3 +56,99 @@ def test_weighted_mixing_and_resampling(tmp_path):
     assert np.array_equal(res.slice(100, 120)[0], shard_r[100:120])
     for s, i in zip(shard_r.tolist(), sample_r.tolist()):
         assert 0 <= i < res.shards[s].samples
+
+
+# --- hand-checked tiny orders on in-memory indexes (no files: only the sample counts matter)
+from ptft_engine.data.index import ShardIndex, ShardInfo  # noqa: E402
+
+
+def _index(*counts: int, name: str = "s") -> ShardIndex:
+    return ShardIndex(shards=[ShardInfo(path=f"/nowhere/{name}{i}.tar", samples=n) for i, n in enumerate(counts)])
+
+
+def test_unshuffled_order_is_shard_by_shard_sample_by_sample():
+    # two unweighted sources pool: shards 0, 1 (source a) then 2 (source b), in index order
+    order = EpochOrder([_index(3, 2, name="a"), _index(2, name="b")], seed=7, epoch=3, shuffle=False)
+    assert _pairs(order) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (2, 0), (2, 1)]
+    # the block size only matters with shuffling
+    assert _pairs(EpochOrder([_index(3, 2, 2)], seed=7, epoch=3, shuffle=False, block=2)) == _pairs(order)
+
+
+def test_block_of_one_only_permutes_whole_shards():
+    counts = [3, 1, 4, 2, 5]
+    pairs = _pairs(EpochOrder([_index(*counts)], seed=11, epoch=0, block=1))
+    runs = []  # maximal runs of one shard, in stream order
+    for s, i in pairs:
+        if runs and runs[-1][0] == s:
+            runs[-1][1].append(i)
+        else:
+            runs.append((s, [i]))
+    # each shard is read once, start to end, in one piece; the shard order itself is seeded
+    assert sorted(s for s, _ in runs) == list(range(len(counts)))
+    assert all(samples == list(range(counts[s])) for s, samples in runs)
+    orders = {tuple(s for s, _ in _runs_of(EpochOrder([_index(*counts)], seed=11, epoch=e, block=1)))
+              for e in range(6)}
+    assert len(orders) > 1  # epochs reorder the shards
+
+
+def _runs_of(order):
+    out = []
+    for s, _ in _pairs(order):
+        if not out or out[-1][0] != s:
+            out.append((s, None))
+    return out
+
+
+def test_each_block_is_a_different_permutation_of_its_unshuffled_block():
+    counts = [8] * 8  # 64 samples, 8 blocks of 8
+    src = _index(*counts)
+    base = _pairs(EpochOrder([src], seed=5, epoch=0, block=1))  # same shard order, no block shuffle
+    shuffled = _pairs(EpochOrder([src], seed=5, epoch=0, block=8))
+    patterns = []
+    for b in range(8):
+        chunk, ref = shuffled[8 * b:8 * b + 8], base[8 * b:8 * b + 8]
+        assert sorted(chunk) == sorted(ref)  # a block keeps its own samples
+        patterns.append(tuple(ref.index(p) for p in chunk))
+    # a permutation per block: 8! patterns, so repeats would mean one seed for all blocks
+    assert len(set(patterns)) == 8
+    assert all(p != tuple(range(8)) for p in patterns)
+
+
+def _occurrences(order, first_shard, n_shards):
+    """The (shard, sample) pairs of one source in stream order."""
+    return [p for p in _pairs(order) if first_shard <= p[0] < first_shard + n_shards]
+
+
+def _own_order(counts, first_shard=0):
+    return [(first_shard + s, i) for s, n in enumerate(counts) for i in range(n)]
+
+
+def test_weighted_mixing_consumes_each_source_in_its_own_order_once_before_wrapping():
+    # a property any correct interleave has (not a pinned sequence): without shuffling, the
+    # k-th sample drawn from a source is its k-th sample, until the source wraps around
+    a_counts, b_counts = [7, 5, 9], [4, 6]
+    order = EpochOrder([_index(*a_counts, name="a"), _index(*b_counts, name="b")], seed=1, epoch=2,
+                       shuffle=False, block=16, weights=[1, 3], length=160)
+    # a holds 21 samples and gets ~40 draws, b holds 10 and gets ~120: both wrap
+    a_seen, b_seen = _occurrences(order, 0, 3), _occurrences(order, 3, 2)
+    assert len(a_seen) + len(b_seen) == 160
+    a_own, b_own = _own_order(a_counts), _own_order(b_counts, first_shard=3)
+    for seen, own in ((a_seen, a_own), (b_seen, b_own)):
+        assert len(seen) > len(own)  # both wrap at least once here
+        assert seen[:len(own)] == own  # the first pass: the source's own order, each sample once
+        uses = [seen.count(p) for p in own]
+        assert max(uses) - min(uses) <= 1  # later passes stay even
+
+
+def test_weighted_mixing_proportions_hold_in_every_window():
+    a, b = _index(100, 100, name="a"), _index(50, name="b")
+    for shuffle in (False, True):
+        order = EpochOrder([a, b], seed=3, epoch=0, shuffle=shuffle, block=50, weights=[1, 3], length=1000)
+        shard, _ = order.slice(0, 1000)
+        from_b = (shard >= 2).reshape(10, 100).mean(axis=1)  # fraction from b in each window of 100
+        assert (from_b > 0.6).all() and (from_b < 0.9).all(), from_b
+
+
+def test_unweighted_sources_appear_exactly_once_each_even_with_shuffle():
+    order = EpochOrder([_index(5, 3, name="a"), _index(4, name="b")], seed=2, epoch=1, block=4)
+    assert sorted(_pairs(order)) == _own_order([5, 3, 4])
