@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from data_helpers import write_text_shards
 
 from ptft_engine.data.index import resolve_source
@@ -152,3 +153,46 @@ def test_weighted_mixing_proportions_hold_in_every_window():
 def test_unweighted_sources_appear_exactly_once_each_even_with_shuffle():
     order = EpochOrder([_index(5, 3, name="a"), _index(4, name="b")], seed=2, epoch=1, block=4)
     assert sorted(_pairs(order)) == _own_order([5, 3, 4])
+
+
+def test_empty_sources_are_never_drawn_and_all_empty_is_an_error():
+    empty = ShardIndex(shards=[ShardInfo(path="/nowhere/e0.tar", samples=0)])
+    order = EpochOrder([_index(4, 3, name="a"), empty], seed=0, epoch=0, shuffle=False, block=4,
+                       weights=[1, 1], length=14)
+    assert _pairs(order) == _own_order([4, 3]) * 2  # everything from a, in a's order, twice
+    with pytest.raises(ValueError, match="hold no samples"):
+        EpochOrder([empty], seed=0, epoch=0)
+    with pytest.raises(ValueError, match="positive weight is empty"):
+        EpochOrder([_index(4, name="a"), empty], seed=0, epoch=0, weights=[0, 1])
+
+
+def test_resampling_draws_by_weight_in_every_block():
+    a, b = _index(30, 30, name="a"), _index(20, name="b")
+    order = EpochOrder([a, b], seed=4, epoch=0, resample=True, block=100, weights=[1, 1], length=1000)
+    shard, sample = order.slice(0, 1000)
+    assert all(0 <= i < order.shards[s].samples for s, i in zip(shard.tolist(), sample.tolist()))
+    from_b = (shard == 2).reshape(10, 100).mean(axis=1)
+    assert (from_b > 0.3).all() and (from_b < 0.7).all(), from_b  # 1:1 in every block
+    # with replacement, uniformly: all of b's 20 samples turn up, and a's 60 too
+    assert set(sample[shard == 2].tolist()) == set(range(20))
+    assert len(set(zip(shard[shard < 2].tolist(), sample[shard < 2].tolist()))) == 60
+    # blocks draw independently (not one seed for all)
+    assert not all(np.array_equal(shard[:100], shard[100 * k:100 * k + 100]) for k in range(1, 10))
+    assert np.array_equal(order.slice(250, 420)[1], sample[250:420])
+
+
+def test_slice_bounds():
+    order = EpochOrder([_index(3, 2)], seed=0, epoch=0, block=2)
+    assert order.slice(5, 5)[0].size == 0 and order.slice(0, 0)[0].size == 0
+    whole = _pairs(order)
+    for start in range(6):  # every slice, also inside later blocks, is that part of the whole
+        for stop in range(start, 6):
+            assert _pairs(order, start, stop) == whole[start:stop], (start, stop)
+    for start, stop in ((0, 6), (-1, 2), (3, 2)):
+        with pytest.raises(IndexError):
+            order.slice(start, stop)
+
+
+def test_a_block_size_below_one_means_one():
+    src = _index(3, 4)
+    assert _pairs(EpochOrder([src], seed=2, epoch=0, block=0)) == _pairs(EpochOrder([src], seed=2, epoch=0, block=1))

@@ -12,6 +12,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+pytestmark = pytest.mark.slow  # the whole workflow, in subprocesses
 
 
 @pytest.fixture(scope="module")

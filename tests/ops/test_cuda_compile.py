@@ -11,6 +11,7 @@ CU_FILES = sorted((ROOT / "csrc").rglob("*.cu"))
 NVCC = shutil.which("nvcc")
 
 
+@pytest.mark.slow  # nvcc compiles
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found: the CUDA sources are not compiled on this machine")
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("cu", CU_FILES, ids=[p.name for p in CU_FILES])
