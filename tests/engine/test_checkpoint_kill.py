@@ -169,3 +169,48 @@ def test_latest_is_written_only_after_the_checkpoint_is_complete(tmp_path, monke
         save(tmp_path, step, keep_last=2)
     assert seen == [("step-00000001", True), ("step-00000002", True), ("step-00000003", True)]
     assert [p.name for p in checkpoint.complete_checkpoints(tmp_path)] == ["step-00000002", "step-00000003"]
+
+
+def test_rng_state_round_trips_every_generator():
+    import random
+
+    import numpy as np
+
+    state = checkpoint.rng_state()
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.random(), np.random.rand(), torch.rand(3)  # move every stream on
+    checkpoint.set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+class LoadingEngine(FakeEngine):
+    def __init__(self, ok: bool = True):
+        super().__init__(0.0)
+        self.ok, self.loaded_from = ok, None
+
+    def load_checkpoint(self, load_dir, tag, load_optimizer_states, load_lr_scheduler_states):
+        self.loaded_from = (Path(load_dir), tag, load_optimizer_states)
+        return (str(Path(load_dir) / tag) if self.ok else None), {}
+
+
+def test_load_restores_rank_state_and_checks_world_size(tmp_path):
+    import random
+
+    random.seed(123)
+    expect = random.random()
+    random.seed(123)
+    path = checkpoint.save(FakeEngine(1.0), tmp_path, 7, rank=0, rank_state={"data": {"position": 42}},
+                           meta={"world_size": 1}, keep_last=2)
+    random.random()
+    engine = LoadingEngine()
+    meta, state = checkpoint.load(engine, path, rank=0, world_size=1)
+    assert meta["step"] == 7 and state["data"] == {"position": 42}
+    assert engine.loaded_from == (tmp_path, "step-00000007", True)
+    assert random.random() == expect  # the RNG is back where the save left it
+    with pytest.raises(ValueError, match="saved with 1 ranks, this run has 2"):
+        checkpoint.load(LoadingEngine(), path, rank=0, world_size=2)
+    with pytest.raises(ValueError, match="could not load"):
+        checkpoint.load(LoadingEngine(ok=False), path, rank=0, world_size=1)
+    with pytest.raises(ValueError, match="no meta.json"):
+        checkpoint.read_meta(tmp_path / "step-00000099")
+    assert checkpoint.find_latest(tmp_path / "missing") is None and checkpoint.complete_checkpoints(tmp_path / "x") == []
