@@ -214,3 +214,4 @@ def test_load_restores_rank_state_and_checks_world_size(tmp_path):
     with pytest.raises(ValueError, match="no meta.json"):
         checkpoint.read_meta(tmp_path / "step-00000099")
     assert checkpoint.find_latest(tmp_path / "missing") is None and checkpoint.complete_checkpoints(tmp_path / "x") == []
+    assert checkpoint.find_latest(str(tmp_path)) == path  # a str path works too (the CLI passes one)
