@@ -13,6 +13,8 @@ from ptft_engine.config import load_run_config
 from ptft_engine.engine import Trainer, TrainingStopped, checkpoint
 from toy import ToyCausalLM
 
+pytestmark = pytest.mark.slow  # training runs through DeepSpeed (the save/kill unit tests are test_checkpoint_kill.py)
+
 BASE = ["data.synthetic=true", "data.batch_size=4", "data.seq_len=16", "run.log_every=1",
         "run.progress_bar=false", "train.lr=1e-2", "train.warmup_steps=2"]
 

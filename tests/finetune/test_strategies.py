@@ -30,6 +30,7 @@ def test_partial_freezing_keeps_embeddings_and_lower_blocks_bit_identical(assets
     assert result["best"]["accuracy"] >= result["initial"]["accuracy"] + 0.2
 
 
+@pytest.mark.slow  # a whole fine-tuning run
 def test_linear_probe_trains_only_the_head(assets, tmp_path):
     # random-init features: mean pooling keeps the sentiment words' signal linearly readable
     cfg = base_config(assets, tmp_path, "sequence_classification", strategy={"kind": "linear_probe"},
@@ -44,6 +45,7 @@ def test_linear_probe_trains_only_the_head(assets, tmp_path):
     assert result["best"]["accuracy"] >= result["initial"]["accuracy"] + 0.1
 
 
+@pytest.mark.slow  # a whole fine-tuning run
 def test_lora_trains_adapters_keeps_base_and_saves_merged(assets, tmp_path):
     cfg = base_config(assets, tmp_path, "sequence_classification",
                       strategy={"kind": "lora", "lora": {"r": 4, "alpha": 8, "targets": ["attn", "mlp"]}},

@@ -44,9 +44,12 @@ def test_philox_known_answer():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2**32 + 17, 2**64 - 1])
-@pytest.mark.parametrize("shape", [(4, 33), (1, 1), (3, 257), (7, 512), (40, 1000)])  # last: several threads
+@pytest.mark.parametrize("shape", [(4, 33), (1, 1), (3, 257), (7, 512),
+                                   pytest.param((40, 1000), marks=pytest.mark.slow)])  # last: several threads
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
 def test_cpu_bit_identical_to_reference(seed, shape, dtype):
+    if shape[0] * shape[1] > 16384:
+        torch.set_num_threads(2)  # rows split over threads (one_torch_thread restores the count)
     ids, sids = _batch(*shape, seed=seed % 1000)
     ids = ids.to(dtype)
     kw = dict(mask_prob=0.4, replace_prob=0.5, random_prob=0.3)  # all three outcomes frequent
