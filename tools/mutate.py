@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # module (under ptft_engine/) -> the tests that guard it (pytest arguments)
 TARGETS: dict[str, list[str]] = {
-    "ops/mlm/reference.py": ["tests/ops/test_mlm.py", "-k", "rederivation or known or special or edges or errors or empty"],
+    "ops/mlm/reference.py": ["tests/ops/test_mlm.py", "-k", "rederivation or known or special or edges or errors or empty or boundary or outside"],
     "ops/attention/reference.py": ["tests/ops/test_attention.py", "-k", "reference or sdpa or hand"],
     "ops/contrastive/reference.py": ["tests/ops/test_contrastive.py", "-k", "references or naive_fp32 or bad_inputs"],
     "data/order.py": ["tests/data/test_data_order.py"],

@@ -287,3 +287,44 @@ def test_every_position_matches_a_plain_python_rederivation(shape, backend):
     # not vacuous: the last positions (the vector loop's tail) hold selected, changed tokens
     tail = slice(max(0, seq - 7), seq)
     assert (labels[:, tail] != -100).any() and (masked[:, tail] != ids[:, tail]).any()
+
+
+@pytest.mark.parametrize("backend", _tail_backends())
+def test_thresholds_are_strict_at_the_exact_boundary(backend):
+    # choose p so that T(p) equals this token's own draw: "u < T(p)" must then be false
+    ids, sids = torch.tensor([[7, 8, 9]]), torch.tensor([12345])
+    seed, pos = 99, 1
+    u0, u1, _, _ = _philox_py(pos, 12345, 0, 0, seed, 0)
+    at = lambda p, **kw: _run(ids, sids, backend, seed, **{"mask_prob": p, **kw})  # noqa: E731
+    assert at(u0 / 2**32)[1][0, pos] == -100  # u0 == T(mask_prob): not selected
+    assert at(min(1.0, (u0 + 1) / 2**32))[1][0, pos] == 8  # one step above: selected
+    masked, labels = at(1.0, replace_prob=u1 / 2**32, random_prob=0.0)
+    assert labels[0, pos] == 8 and masked[0, pos] == 8  # u1 == T(replace_prob): kept, not [MASK]
+    masked, _ = at(1.0, replace_prob=(u1 + 1) / 2**32, random_prob=0.0)
+    assert masked[0, pos] == MASK_ID
+
+
+def test_reference_never_selects_ids_outside_the_vocabulary():
+    # the CUDA path skips the range check; the reference spec must still leave such ids alone
+    from ptft_engine.ops.mlm.reference import make_plan, mlm_mask_reference
+
+    plan = make_plan(seed=1, mask_token_id=MASK_ID, vocab_size=VOCAB, special_token_ids=[1], mask_prob=1.0,
+                     replace_prob=1.0, random_prob=0.0)
+    ids = torch.tensor([[-7, 0, VOCAB, VOCAB + 1, 5, 1]])
+    masked, labels = mlm_mask_reference(ids, torch.tensor([3]), plan)
+    assert labels.tolist() == [[-100, 0, -100, -100, 5, -100]]  # id 0 is not special here: selected
+    assert masked.tolist() == [[-7, MASK_ID, VOCAB, VOCAB + 1, MASK_ID, 1]]
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(seed=2**64), "seed must be"), (dict(seed=True), "seed must be"),
+    (dict(vocab_size=0), "vocab_size must be"), (dict(vocab_size=2**31), "vocab_size must be"),
+    (dict(vocab_size=True), "vocab_size must be"), (dict(mask_token_id=-1), "mask_token_id must be"),
+    (dict(special_token_ids=list(range(VOCAB)), random_prob=2**-32), "every id"),
+])
+def test_scalar_argument_edges(kw, match):
+    ids, sids = _batch(2, 6)
+    args = dict(seed=0, sample_ids=sids, mask_token_id=MASK_ID, vocab_size=VOCAB, special_token_ids=SPECIAL)
+    args.update(kw)
+    with pytest.raises(ValueError, match=match):
+        mlm_mask(ids, backend="reference", **args)
