@@ -9,7 +9,7 @@ Cases (one JSON object each, ours and the peer measured in this run):
 - --device cuda: a ~1.3B GPT-2-style model (configs/models/gpt2-1.3b.yaml), bf16, seq 2048:
   engine vs plain-loop tokens/s, and the engine's MFU (goal >= 0.40 on an H100/H200).
 
-    python benchmarks/e2e/bench_engine.py [--device cpu|cuda] [--quick]
+    python benchmarks/e2e/bench_engine.py [--device cpu|cuda] [--dry] [--quick]
 """
 from __future__ import annotations
 
@@ -112,12 +112,14 @@ def timed(fn, device):
     return time.perf_counter() - t0
 
 
-def bench_step_time(device, quick):
+def bench_step_time(device, quick, dry=False):
+    """dry: the GPU run's steps (ZeRO-1, throughput and MFU rows) with the tiny CPU model, for gpu_check's dry mode."""
     from ptft_engine.engine import Trainer
-    steps, warmup = (6, 2) if device == "cuda" else ((15, 3) if quick else (40, 5))
+    gpu_path = device == "cuda" or dry
+    steps, warmup = (2, 1) if dry else (6, 2) if device == "cuda" else ((15, 3) if quick else (40, 5))
     with tempfile.TemporaryDirectory() as tmp:
         over, shape = model_overrides(device, quick)
-        cfg = load_cfg([*over, "deepspeed.zero_stage=0" if device == "cpu" else "deepspeed.zero_stage=1"], tmp)
+        cfg = load_cfg([*over, "deepspeed.zero_stage=1" if gpu_path else "deepspeed.zero_stage=0"], tmp)
         plain = PlainLoop(cfg, device)
         trainer = Trainer(cfg)
         # alternate the two step by step, so both see the same machine load
@@ -132,11 +134,11 @@ def bench_step_time(device, quick):
     engine, plain = statistics.median(t_engine), statistics.median(t_plain)
     emit("engine_step_time", engine, plain, "s/step", device=device, batch=shape["batch"], seq=shape["seq"],
          zero_stage=cfg.deepspeed.zero_stage, goal="ratio <= 1.10")
-    if device == "cuda":
+    if gpu_path:
         tokens = shape["batch"] * shape["seq"]
         emit("gpt_1b_tokens_per_s", tokens / engine, tokens / plain, "tokens/s", device=device)
         from ptft_engine.engine.metrics import peak_tflops
-        peak = peak_tflops(torch.device("cuda"), None)
+        peak = peak_tflops(torch.device(device), None)
         mfu = flops_per_token * tokens / engine / (peak * 1e12) if peak else None
         mfu_plain = flops_per_token * tokens / plain / (peak * 1e12) if peak else None
         emit("gpt_1b_mfu", mfu, mfu_plain, "fraction of peak", device=device, peak_tflops=peak, goal=">= 0.40")
@@ -210,6 +212,8 @@ def main():
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json-out", help="also append the JSON lines to this file")
+    p.add_argument("--dry", action="store_true", help="the GPU run's rows with a tiny model on the CPU "
+                   "(benchmarks/gpu_check.sh's dry mode)")
     p.add_argument("--memory-worker", nargs=2, metavar=("STAGE", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     global JSON_OUT
@@ -217,12 +221,14 @@ def main():
     if args.memory_worker:
         memory_worker(int(args.memory_worker[0]), args.memory_worker[1])
         return
+    if args.dry:
+        args.device = "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_engine: --device cuda needs a CUDA device")
     if args.device == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    bench_step_time(args.device, args.quick)
-    if args.device == "cpu":
+    bench_step_time(args.device, args.quick, args.dry)
+    if args.device == "cpu" and not args.dry:
         bench_zero3_memory()
 
 

@@ -4,12 +4,14 @@
 and not, forward and forward+backward, in milliseconds (ratio = peer / ours, so > 1 means
 we are faster); calls alternate so both see the same machine load. One extra case packs
 4 documents per row (segment_ids + causal), where SDPA needs an explicit boolean mask.
---device cuda: bf16, D = 128, S in {2048, 4096}, forward and backward TFLOP/s of the
-triton and cuda backends vs SDPA's flash backend (ratio = ours / peer). FLOPs: 4*B*H*S^2*D
-forward, half when causal, 2.5x that for backward.
-Prints one JSON object per case; --json-out appends the same lines to a file.
+--device cuda: bf16, D = 128, S in {2048, 4096}, full, causal and 4 packed documents per
+row: forward, backward and forward+backward TFLOP/s of the triton and cuda backends vs SDPA
+(flash; with the packed rows' mask SDPA picks its masked kernel), ratio = ours / peer.
+FLOPs: 4*B*H*S^2*D forward, half when causal, 2.5x that for backward. --dry runs these
+cases tiny on the CPU (fp32, Triton interpreted) so the GPU path is exercised without a GPU.
+Prints one JSON object per case as it is measured; --json-out appends the same lines to a file.
 
-    python benchmarks/ops/bench_attention.py [--device cpu|cuda] [--quick] [--json-out PATH]
+    python benchmarks/ops/bench_attention.py [--device cpu|cuda] [--dry] [--quick] [--json-out PATH]
 """
 from __future__ import annotations
 
@@ -27,15 +29,7 @@ sys.path.insert(0, ROOT)
 
 from ptft_engine.ops import BackendUnavailable, attention  # noqa: E402
 from ptft_engine.ops.attention.reference import visible_mask  # noqa: E402
-from timing import time_cpu_pair  # noqa: E402
-
-
-def emit(record: dict, json_out: str | None) -> None:
-    line = json.dumps(record)
-    print(line, flush=True)
-    if json_out:
-        with open(json_out, "a") as f:
-            f.write(line + "\n")
+from timing import emit, error_row, gpu_target, sig, time_cpu_pair, time_device  # noqa: E402
 
 
 def fwd_bwd(fn, q, k, v, do):
@@ -72,59 +66,67 @@ def bench_cpu(args) -> None:
              args.json_out)
 
 
-def cuda_ms(fn, repeats: int) -> float:
-    for _ in range(3):  # warm-up, including Triton autotuning on the first call
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(repeats):
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+def gpu_cases(dry: bool):
+    """(B, H, S, D) shapes of the GPU run; --dry: tiny ones that the Triton interpreter finishes in seconds."""
+    return ((1, 2, 64, 32),) if dry else ((4, 16, 2048, 128), (2, 16, 4096, 128))
 
 
 def bench_cuda(args) -> None:
+    """Forward, backward and forward+backward TFLOP/s of the triton and cuda backends vs SDPA, per case; a case
+    that fails (compile error, unavailable backend) is written as an error row and the rest still run."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    repeats = 5 if args.quick else 20
-    dtype, d, h = torch.bfloat16, 128, 16
-    for s, b in ((2048, 4), (4096, 2)):
-        q, k, v, do = (torch.randn(b, h, s, d, device="cuda", dtype=dtype) for _ in range(4))
-        for causal in (False, True):
+    device, dtype = gpu_target(args.dry)
+    repeats = 2 if args.dry else (5 if args.quick else 20)
+    for b, h, s, d in gpu_cases(args.dry):
+        g = torch.Generator().manual_seed(0)
+        q, k, v, do = (torch.randn(b, h, s, d, generator=g).to(device, dtype) for _ in range(4))
+        seg = (torch.arange(s, device=device) // (s // 4)).expand(b, s).contiguous()  # 4 packed documents per row
+        packed_mask = visible_mask(b, s, s, q.device, causal=True, segment_ids=seg)  # (B, 1, S, S)
+
+        def sdpa(q, k, v, causal, mask=None):
+            if mask is not None:  # flash cannot take a mask: SDPA picks its masked kernel itself
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+        for layout in ("full", "causal", "packed4_causal"):
+            causal = layout != "full"
+            # FLOPs of the dense (causal: half) problem for every contender, so TFLOP/s compare like for like
             fwd_flops = 4 * b * h * s * s * d * (0.5 if causal else 1.0)
-            runs = {}
-            for name in ("sdpa_flash", "triton", "cuda"):
-                if name == "sdpa_flash":
-                    def fn(q, k, v, causal=causal):
-                        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-                else:
-                    fn = lambda q, k, v, name=name, causal=causal: attention(q, k, v, causal=causal, backend=name)  # noqa: E731
-                try:
-                    with torch.no_grad():
-                        t_fwd = cuda_ms(lambda: fn(q, k, v), repeats)
-                    qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
-                    out = fn(qg, kg, vg)
-                    t_bwd = cuda_ms(lambda: torch.autograd.grad(out, (qg, kg, vg), do, retain_graph=True), repeats)
-                except (BackendUnavailable, RuntimeError) as exc:
-                    runs[name] = str(exc).splitlines()[0]
-                    continue
-                runs[name] = (fwd_flops / t_fwd / 1e9, 2.5 * fwd_flops / t_bwd / 1e9)  # TFLOP/s
-            peer = runs["sdpa_flash"]
+            if layout == "packed4_causal":
+                peer_fn = lambda q, k, v: sdpa(q, k, v, True, packed_mask)  # noqa: E731
+                our_kw = dict(causal=True, segment_ids=seg)
+            else:
+                peer_fn = lambda q, k, v, causal=causal: sdpa(q, k, v, causal)  # noqa: E731
+                our_kw = dict(causal=causal)
+            peer = _tflops(peer_fn, q, k, v, do, fwd_flops, repeats, device)
             for name in ("triton", "cuda"):
-                for i, phase in enumerate(("fwd", "bwd")):
-                    case = f"attention_cuda_{phase}_{name}_{'causal' if causal else 'full'}_bf16_{b}x{h}x{s}x{d}"
-                    ours = runs[name]
-                    if isinstance(ours, str) or isinstance(peer, str):
-                        emit({"case": case, "ours": None, "peer": None, "ratio": None, "unit": "TFLOP/s",
-                              "error": ours if isinstance(ours, str) else peer}, args.json_out)
+                fn = lambda q, k, v, name=name, kw=our_kw: attention(q, k, v, backend=name, **kw)  # noqa: E731
+                ours = _tflops(fn, q, k, v, do, fwd_flops, repeats, device)
+                for phase in ("fwd", "bwd", "fwdbwd"):
+                    case = f"attention_{device}_{phase}_{name}_{layout}_{str(dtype)[6:]}_{b}x{h}x{s}x{d}"
+                    unit = "TFLOP/s (peer: SDPA, flash where no mask)"
+                    bad = ours if isinstance(ours, BaseException) else peer if isinstance(peer, BaseException) else None
+                    if bad is not None:
+                        emit(error_row(case, bad, unit), args.json_out)
                         continue
-                    emit({"case": case, "ours": round(ours[i], 2), "peer": round(peer[i], 2),
-                          "ratio": round(ours[i] / peer[i], 3), "unit": "TFLOP/s (peer: SDPA flash)"}, args.json_out)
+                    emit({"case": case, "ours": sig(ours[phase]), "peer": sig(peer[phase]),
+                          "ratio": sig(ours[phase] / peer[phase]), "unit": unit}, args.json_out)
+
+
+def _tflops(fn, q, k, v, do, fwd_flops, repeats, device):
+    """{phase: TFLOP/s} of fn, or the exception it raised (any kind: Triton compile errors are not RuntimeErrors)."""
+    try:
+        with torch.no_grad():
+            t_fwd = time_device(lambda: fn(q, k, v), repeats, device)
+        qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+        out = fn(qg, kg, vg)
+        t_bwd = time_device(lambda: torch.autograd.grad(out, (qg, kg, vg), do, retain_graph=True), repeats, device)
+    except Exception as exc:  # noqa: BLE001 - recorded as the case's result
+        return exc
+    return {"fwd": fwd_flops / t_fwd / 1e12, "bwd": 2.5 * fwd_flops / t_bwd / 1e12,
+            "fwdbwd": 3.5 * fwd_flops / (t_fwd + t_bwd) / 1e12}
 
 
 def main() -> None:
@@ -132,9 +134,13 @@ def main() -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--quick", action="store_true", help="fewer repeats")
     p.add_argument("--json-out", help="also append the JSON lines to this file")
+    p.add_argument("--dry", action="store_true", help="with --device cuda: the GPU cases on the CPU, tiny, "
+                   "fp32, Triton interpreted (benchmarks/gpu_check.sh's dry mode)")
     args = p.parse_args()
+    if args.dry:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     if args.device == "cuda":
-        if not torch.cuda.is_available():
+        if not args.dry and not torch.cuda.is_available():
             sys.exit("bench_attention: --device cuda needs a CUDA device")
         bench_cuda(args)
     else:

@@ -8,9 +8,10 @@ warm-up, so library start-up costs are excluded for both) and the median time of
 
 CUDA: N=65536, D=512 in bf16 and fp32; cuda and triton backends vs naive, time by CUDA
 events and torch.cuda.max_memory_allocated growth; naive is skipped (noted in the JSON)
-when it runs out of memory.
+when it runs out of memory. Rows are written as they are measured; --dry runs the CUDA
+cases tiny on the CPU (fp32, Triton interpreted) for benchmarks/gpu_check.sh's dry mode.
 
-    python benchmarks/ops/bench_contrastive.py [--device cpu|cuda] [--quick] [--json-out PATH]
+    python benchmarks/ops/bench_contrastive.py [--device cpu|cuda] [--dry] [--quick] [--json-out PATH]
 """
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # timing.py, also when imported by a subprocess
 
 from ptft_engine.ops.contrastive import op  # noqa: E402
+from timing import emit, error_row, gpu_target, time_device  # noqa: E402
 
 
 def _inputs(n, d, dtype, device, seed=0):
@@ -42,7 +45,7 @@ def _inputs(n, d, dtype, device, seed=0):
 def _fwd_bwd(backend, a0, b0):
     a, b = a0.detach().requires_grad_(), b0.detach().requires_grad_()
     s = torch.tensor(1 / 0.07, device=a0.device, requires_grad=True)
-    loss = op.clip_loss_on(backend, a, b, s, True, op.DEFAULT_CHUNK)
+    loss = op.contrastive_loss(a, b, s, symmetric=True, chunk_size=op.DEFAULT_CHUNK, backend=backend)
     loss.backward()
     return loss.detach()
 
@@ -88,50 +91,52 @@ def bench_cpu(quick, repeats):
     ]
 
 
-def _cuda_variant(backend, a, b, repeats):
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    _fwd_bwd(backend, a, b)  # also the warm-up (Triton compile)
-    torch.cuda.synchronize()
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        _fwd_bwd(backend, a, b)
-        end.record()
+def _gpu_variant(backend, a, b, repeats, device):
+    """{seconds, peak_mib} of one fwd+bwd; peak memory is CUDA's allocator growth (None on the dry run's CPU)."""
+    if device == "cuda":
         torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1000)
-    return {"seconds": statistics.median(times), "peak_mib": peak}
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    _fwd_bwd(backend, a, b)  # also the warm-up (Triton compile)
+    peak = None
+    if device == "cuda":
+        torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    return {"seconds": time_device(lambda: _fwd_bwd(backend, a, b), repeats, device, warmup=0), "peak_mib": peak}
 
 
-def bench_cuda(quick, repeats):
-    n, d = (8192, 512) if quick else (65536, 512)
-    rows = []
-    for dtype in (torch.bfloat16, torch.float32):
-        a, b = _inputs(n, d, dtype, "cuda")
+def bench_cuda(quick, repeats, dry, json_out):
+    """cuda and triton backends vs the naive loss, each row written as soon as it is measured; a failing backend
+    is an error row. --dry: tiny, fp32, on the CPU with Triton interpreted."""
+    device, low = gpu_target(dry)
+    n, d = (48, 32) if dry else ((8192, 512) if quick else (65536, 512))
+    repeats = 1 if dry else repeats
+    for dtype in (low, torch.float32) if low != torch.float32 else (torch.float32,):
+        a, b = _inputs(n, d, dtype, device)
         try:
-            naive, note = _cuda_variant("reference", a, b, repeats), None
+            naive, note = _gpu_variant("reference", a, b, repeats, device), None
         except torch.OutOfMemoryError as exc:
             naive, note = None, f"naive skipped: out of memory ({str(exc).splitlines()[0]})"
-        torch.cuda.empty_cache()
+        if device == "cuda":
+            torch.cuda.empty_cache()
         for backend in ("cuda", "triton"):
+            tag = f"contrastive_loss {backend} {device} N={n} D={d} {str(dtype).replace('torch.', '')} symmetric fwd+bwd"
             try:
-                ours = _cuda_variant(backend, a, b, repeats)
-            except Exception as exc:  # an unavailable backend is a result, not a crash
-                rows.append({"case": f"contrastive_loss {backend} N={n} D={d} {dtype}", "ours": None, "peer": None,
-                             "ratio": None, "unit": "s", "note": f"{backend} failed: {exc}"})
+                ours = _gpu_variant(backend, a, b, repeats, device)
+            except Exception as exc:  # noqa: BLE001 - an unavailable backend is a result, not a crash
+                emit(error_row(tag, exc, "s"), json_out)
                 continue
-            tag = f"contrastive_loss {backend} N={n} D={d} {str(dtype).replace('torch.', '')} symmetric fwd+bwd"
-            for key, unit, what in (("seconds", "s (median)", "time"), ("peak_mib", "MiB max_memory_allocated growth", "peak memory")):
+            for key, unit, what in (("seconds", "s (median)", "time"),
+                                    ("peak_mib", "MiB max_memory_allocated growth", "peak memory")):
                 peer = naive[key] if naive else None
+                if ours[key] is None:
+                    continue  # no allocator statistics on the dry run's CPU
                 row = {"case": f"{tag} {what}", "ours": ours[key], "peer": peer,
-                       "ratio": ours[key] / peer if peer else None, "unit": unit, "peer_name": "naive full-matrix PyTorch"}
+                       "ratio": ours[key] / peer if peer else None, "unit": unit,
+                       "peer_name": "naive full-matrix PyTorch"}
                 if note:
                     row["note"] = note
-                rows.append(row)
-    return rows
+                emit(row, json_out)
 
 
 def main(argv=None):
@@ -140,16 +145,18 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="smaller N for a fast smoke run")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json-out", help="append the JSON lines to this file")
+    p.add_argument("--dry", action="store_true", help="with --device cuda: the GPU cases on the CPU, tiny, "
+                   "Triton interpreted (benchmarks/gpu_check.sh's dry mode)")
     args = p.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
+    if args.dry:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    if args.device == "cuda" and not args.dry and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device here")
-    rows = bench_cpu(args.quick, args.repeats) if args.device == "cpu" else bench_cuda(args.quick, args.repeats)
-    for row in rows:
-        line = json.dumps(row)
-        print(line, flush=True)
-        if args.json_out:
-            with open(args.json_out, "a") as f:
-                f.write(line + "\n")
+    if args.device == "cuda":
+        bench_cuda(args.quick, args.repeats, args.dry, args.json_out)
+        return
+    for row in bench_cpu(args.quick, args.repeats):
+        emit(row, args.json_out)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,13 @@ Prints one JSON object per case; --json-out appends the same lines to a file.
 from __future__ import annotations
 
 import argparse
-import json
+import os
 
 import torch
 
-from ptft_engine.ops import BackendUnavailable, mlm_mask
-from timing import time_cpu_pair
+from ptft_engine.ops import mlm_mask
+from timing import emit as emit_row
+from timing import error_row, sig, time_cpu_pair, time_device
 
 VOCAB = 30522  # BERT-base
 SPECIAL = (0, 100, 101, 102, 103)  # [PAD] [UNK] [CLS] [SEP] [MASK]
@@ -47,26 +48,9 @@ def make_batch(rows: int, seq: int, device: str):
     return ids.to(device), torch.arange(rows, dtype=torch.int64).to(device)
 
 
-def time_cuda(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1e3 / repeats
-
-
 def emit(case: str, ours: float, peer: float, unit: str, out, **extra) -> None:
-    line = json.dumps({"case": case, "ours": round(ours, 4), "peer": round(peer, 4),
-                       "ratio": round(ours / peer, 3), "unit": unit, **extra})
-    print(line, flush=True)
-    if out:
-        with open(out, "a") as f:
-            f.write(line + "\n")
+    emit_row({"case": case, "ours": sig(ours), "peer": sig(peer), "ratio": sig(ours / peer), "unit": unit, **extra},
+             out)
 
 
 def ours_fn(ids, sids, backend):
@@ -87,31 +71,34 @@ def bench_cpu(args) -> None:
 
 
 def bench_cuda(args) -> None:
-    rows, seq = (1024, 2048) if args.quick else (4096, 2048)
-    repeats = 10 if args.quick else 50
-    ids, sids = make_batch(rows, seq, "cuda")
+    """GB/s of each GPU backend against a device-to-device copy, then tokens/s against the HF recipe on the same
+    device; a backend that fails is an error row and the others still run. --dry: tiny, on the CPU."""
+    device = "cpu" if args.dry else "cuda"
+    rows, seq = (4, 96) if args.dry else ((1024, 2048) if args.quick else (4096, 2048))
+    repeats = 2 if args.dry else (10 if args.quick else 50)
+    where = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (dry run)"}
+    ids, sids = make_batch(rows, seq, device)
     # the ceiling: a device-to-device copy moves 2 bytes of traffic per byte copied
-    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    src = torch.empty(2**20 if args.dry else 2**30, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    copy_s = time_cuda(lambda: dst.copy_(src), repeats)
-    copy_gbs = 2 * src.numel() / copy_s / 1e9
+    copy_gbs = 2 * src.numel() / time_device(lambda: dst.copy_(src), repeats, device) / 1e9
     del src, dst
     moved = 3 * ids.numel() * ids.element_size()  # read ids; write masked ids and labels
     tokens = ids.numel()
     times = {}
     for backend in ("cuda", "triton"):
+        case = f"mlm_mask {backend} ({rows}, {seq}) int64 vs device copy"
         try:
-            times[backend] = time_cuda(ours_fn(ids, sids, backend), repeats)
-        except BackendUnavailable as exc:  # e.g. _C built without CUDA: still measure the rest
-            print(json.dumps({"case": f"mlm_mask {backend} ({rows}, {seq})", "error": str(exc)}), flush=True)
+            times[backend] = time_device(ours_fn(ids, sids, backend), repeats, device)
+        except Exception as exc:  # noqa: BLE001 - e.g. _C built without CUDA: still measure the rest
+            emit_row(error_row(case, exc, "GB/s"), args.json_out)
             continue
-        emit(f"mlm_mask {backend} ({rows}, {seq}) int64 vs device copy", moved / times[backend] / 1e9, copy_gbs,
-             "GB/s", args.json_out, device=torch.cuda.get_device_name())
-    special = torch.tensor(SPECIAL, device="cuda")
-    peer = time_cuda(lambda: peer_recipe(ids, special), repeats)
+        emit(case, moved / times[backend] / 1e9, copy_gbs, "GB/s", args.json_out, **where)
+    special = torch.tensor(SPECIAL, device=device)
+    peer = time_device(lambda: peer_recipe(ids, special), repeats, device)
     for backend in times:
         emit(f"mlm_mask {backend} ({rows}, {seq}) vs HF collator recipe on GPU", tokens / times[backend] / 1e9,
-             tokens / peer / 1e9, "Gtokens/s", args.json_out, device=torch.cuda.get_device_name())
+             tokens / peer / 1e9, "Gtokens/s", args.json_out, **where)
 
 
 def main() -> None:
@@ -120,11 +107,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller shapes")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json-out", default=None, help="also append the JSON lines to this file")
+    parser.add_argument("--dry", action="store_true", help="with --device cuda: the GPU cases on the CPU, tiny, "
+                        "Triton interpreted (benchmarks/gpu_check.sh's dry mode)")
     args = parser.parse_args()
+    if args.dry:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.device == "cuda":
-        if not torch.cuda.is_available():
+        if not args.dry and not torch.cuda.is_available():
             raise SystemExit("bench_mlm: --device cuda but no CUDA device is available")
         bench_cuda(args)
     else:

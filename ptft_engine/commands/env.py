@@ -50,6 +50,7 @@ def collect() -> dict:
         "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "0"),
         registry.ENV_VAR: os.environ.get(registry.ENV_VAR),
         "backends": {},
+        "tensor_core_kernels": {op: list(names) for op, names in registry.TENSOR_CORE_KERNELS.items()},
     }
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if cuda else [])
     for dev in devices:
@@ -66,7 +67,7 @@ def run(args) -> int:
         return 0
     width = 26
     for key, value in report.items():
-        if key in ("packages", "backends"):
+        if key in ("packages", "backends", "tensor_core_kernels"):
             continue
         print(f"{key:<{width}} {value}")
     print("packages:")
@@ -77,4 +78,7 @@ def run(args) -> int:
         for name, why in backends.items():
             mark = "yes" if why is None else f"no  - {why}"
             print(f"  {dev + ' tensors / ' + name:<{width - 2}} {mark}")
+    print("tensor-core kernels (automatic GPU choice takes these first for matmul-heavy ops):")
+    for op, names in report["tensor_core_kernels"].items():
+        print(f"  {op:<{width - 2}} {', '.join(names) or 'none (no matmul)'}")
     return 0

@@ -3,7 +3,8 @@
 SOURCE may be a run directory (its newest complete checkpoint is used), one checkpoint
 directory (any ZeRO stage, any world size: consolidated tensor by tensor from the fp32
 master partitions), or an existing export / transformers directory (re-exported, e.g.
-to bf16 or another layout). --format hf writes the transformers layout (BERT for the
+to bf16 or another layout; a fine-tuned model keeps its task head, task.json and
+metrics.json). --format hf writes the transformers layout (BERT for the
 encoder, GPT-2 or Llama for the decoder); native keeps engine names (any model).
 """
 from __future__ import annotations
@@ -26,6 +27,8 @@ def add_arguments(p) -> None:
                    help="auto: hf for text models, native otherwise")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json to include (default: the run's)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("--require-manifest", action="store_true",
+                   help="re-exporting an export: refuse one without manifest.json (default: a warning)")
 
 
 def run(args) -> int:
@@ -35,7 +38,8 @@ def run(args) -> int:
     from ptft_engine.export.zero import export_any
 
     manifest = export_any(Path(args.source), Path(args.out_dir), fmt=args.format, dtype=args.dtype,
-                          max_shard_size=args.max_shard_size, tokenizer=args.tokenizer, overwrite=args.overwrite)
+                          max_shard_size=args.max_shard_size, tokenizer=args.tokenizer, overwrite=args.overwrite,
+                          require_manifest=args.require_manifest)
     print(json.dumps({"out_dir": args.out_dir, "layout": manifest["layout"], "dtype": manifest["dtype"],
                       "files": sorted(manifest["files"]), "source": manifest["source"]}))
     return 0

@@ -2,7 +2,8 @@
 
 Writes OUTPUT/shard-NNNNNN.tar, a shard-NNNNNN.idx of sample offsets next to each (the
 stream seeks with them, so a resume costs no re-reading), and OUTPUT/index.json with
-each shard's sample count and sha256. Inputs are read in
+each shard's sample count and sha256 (from 1,000 shards on, these go to columns in
+OUTPUT/index.columns.safetensors, which loads in milliseconds). Inputs are read in
 parallel; unreadable files, undecodable images and empty texts are skipped and listed
 in the summary (--strict makes the first one an error).
 

@@ -10,7 +10,8 @@ Index file (JSON): {"format": "ptft-shards", "version": 1, "kind": ..., "shards"
 The offsets (n + 1 little-endian int64: start of each sample's first tar header, then
 the end of the last sample) live in a sidecar file per shard, read only by the worker
 that opens the shard, so the index stays small however many samples there are. An
-inline list of ints is accepted too.
+inline list of ints is accepted too. A big index keeps its shards as columns in a
+binary sidecar instead of the "shards" list (index_columns.py).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import os
 import re
 import tarfile
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -76,18 +77,31 @@ class ShardInfo:
 
 @dataclass
 class ShardIndex:
-    shards: list[ShardInfo]
+    shards: Sequence[ShardInfo]  # a list, or index_columns.ShardColumns for a column sidecar
     kind: str | None = None
     extra: dict = field(default_factory=dict)
 
     @property
     def total(self) -> int:
-        return sum(s.samples for s in self.shards)
+        from ptft_engine.data.index_columns import shard_counts
 
-    def save(self, path: str) -> None:
+        return int(shard_counts(self.shards).sum())
+
+    def save(self, path: str, columns: bool | None = None) -> None:
+        """Write index.json; with `columns` (default: from COLUMNS_MIN_SHARDS shards on) the
+        shards go to a binary sidecar beside it, written first so index.json never names
+        a missing one."""
+        from ptft_engine.data import index_columns as ic
+
         root = os.path.dirname(os.path.abspath(path))
-        doc = {"format": FORMAT, "version": 1, "kind": self.kind, "total_samples": self.total, **self.extra,
-               "shards": [s.to_json(root) for s in self.shards]}
+        doc = {"format": FORMAT, "version": 1, "kind": self.kind, "total_samples": self.total, **self.extra}
+        if columns is None:
+            columns = len(self.shards) >= ic.COLUMNS_MIN_SHARDS and all(s.offsets is None for s in self.shards)
+        if columns:
+            ic.write_columns(os.path.join(root, ic.COLUMNS_NAME), self.shards, root)
+            doc.update(columns=ic.COLUMNS_NAME, num_shards=len(self.shards))
+        else:
+            doc["shards"] = [s.to_json(root) for s in self.shards]
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(doc, f)
@@ -137,7 +151,17 @@ def load_index(path: str) -> ShardIndex:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise DataError(f"{path!r} is not a ptft shard index (missing \"format\": \"{FORMAT}\")")
     root = os.path.dirname(os.path.abspath(path))
+    extra = {k: v for k, v in doc.items()
+             if k not in ("format", "version", "kind", "total_samples", "shards", "columns", "num_shards")}
+    if "columns" in doc:
+        # Big index: shards come from the binary sidecar, and nothing per shard touches the
+        # filesystem here (a missing shard or offset file shows when a worker first opens it).
+        from ptft_engine.data.index_columns import ShardColumns
+
+        columns = ShardColumns(os.path.join(root, doc["columns"]), root, path, int(doc["num_shards"]))
+        return ShardIndex(shards=columns, kind=doc.get("kind"), extra=extra)
     shards = []
+    # Small index (a JSON list): each shard is checked here, so a missing one fails at start.
     for entry in doc["shards"]:
         p = os.path.join(root, entry["path"])
         if not os.path.exists(p):
@@ -149,7 +173,6 @@ def load_index(path: str) -> ShardIndex:
                 raise DataError(f"offset file {offsets_path!r} listed in index {path!r} does not exist")
         shards.append(ShardInfo(path=p, samples=int(entry["samples"]), offsets=offsets, offsets_path=offsets_path,
                                 bytes=int(entry.get("bytes", 0)), sha256=entry.get("sha256")))
-    extra = {k: v for k, v in doc.items() if k not in ("format", "version", "kind", "total_samples", "shards")}
     return ShardIndex(shards=shards, kind=doc.get("kind"), extra=extra)
 
 

@@ -3,6 +3,10 @@
     export_model(model, "out/")                     # live model -> export dir
     export_checkpoint("runs/x", "out/")             # DeepSpeed run/checkpoint -> export dir
     model = load_pretrained("out/")                 # export or transformers dir -> engine model
+    load_pretrained("out/", require_manifest=True)  # refuse a directory without manifest.json
+
+A fine-tuned model (finetune.save_task_model) is an export whose head is saved as the
+transformers task class that reproduces it (task_heads.py); `ptft export` keeps it.
 """
 from ptft_engine.export.errors import ExportError
 from ptft_engine.export.loader import LoadedExport, load_export, load_pretrained

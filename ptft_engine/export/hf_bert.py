@@ -81,5 +81,9 @@ class BertLayout(Layout):
         # ops.attention applies no dropout to attention probabilities: imported as 0
         return EncoderConfig(**{k: hf[k] for k in keys if hf.get(k) is not None})
 
+    def architectures(self, config: dict[str, Any], written: set[str]) -> list[str]:
+        # an encoder without its MLM head (a fine-tuned backbone, a CLIP tower) is a BertModel
+        return config["architectures"] if any(n.startswith("cls.") for n in written) else ["BertModel"]
+
     def build_kwargs(self, names: set[str]) -> dict[str, Any]:
         return {"with_mlm_head": any(n.startswith("mlm_head.") for n in names)}

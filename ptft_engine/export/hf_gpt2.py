@@ -30,14 +30,17 @@ class GPT2Layout(Layout):
         ("lm_head", "lm_head"),
     ]
     transposed = (f"{_H}.attn.c_attn", f"{_H}.attn.c_proj", f"{_H}.mlp.c_fc", f"{_H}.mlp.c_proj")
-    ignore = (r"^transformer\.h\.\d+\.attn\.(masked_)?bias$",)
+    # buffers of old checkpoints; heads of GPT2For{Sequence,Token}Classification (not the decoder's)
+    ignore = (r"^transformer\.h\.\d+\.attn\.(masked_)?bias$", r"^score\.", r"^classifier\.")
 
     def __init__(self, tie: bool = True):
         super().__init__()
         self.tied = {"lm_head.weight": "transformer.wte.weight"} if tie else {}
 
     def normalise_import_name(self, name: str) -> str:
-        return name if name.startswith(("transformer.", "lm_head.")) else "transformer." + name  # GPT2Model saves
+        if name.startswith(("transformer.", "lm_head.", "score.", "classifier.")):
+            return name
+        return "transformer." + name  # GPT2Model saves without the prefix
 
     def target_config(self, cfg) -> dict[str, Any]:
         return {
@@ -95,7 +98,7 @@ class LlamaLayout(Layout):
         ("final_norm", "model.norm"),
         ("lm_head", "lm_head"),
     ]
-    ignore = (r"\.rotary_emb\.inv_freq$",)
+    ignore = (r"\.rotary_emb\.inv_freq$", r"^score\.")  # score: LlamaFor{Sequence,Token}Classification
 
     def __init__(self, tie: bool = True):
         super().__init__()

@@ -1,8 +1,10 @@
 """ViT <-> transformers ViTModel (a pure renaming; the patch projection is a Conv2d in both).
 
 ViTModel has no notion of mean pooling, so a mean-pooled engine ViT exports natively only.
-Pooler and classifier weights of ViTModel / ViTForImageClassification are not part of the
-engine's encoder and are skipped on import.
+ViTModel always builds a pooler, tanh(dense(h[CLS])): the export writes an identity dense
+with pooler_act="linear" (writer.py), so pooler_output is the engine's [CLS] feature rather
+than random. Pooler and classifier weights of ViTModel / ViTForImageClassification are not
+part of the engine's encoder and are skipped on import (a fine-tuned head: task_heads.py).
 """
 from __future__ import annotations
 

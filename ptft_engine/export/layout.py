@@ -86,6 +86,11 @@ class Layout:
     def engine_config(self, target: dict[str, Any]) -> Any:
         raise NotImplementedError
 
+    def architectures(self, config: dict[str, Any], written: set[str]) -> list[str]:
+        """config.json's `architectures` for the tensors actually written (a class whose
+        weights are all there, so transformers initialises nothing at random)."""
+        return config["architectures"]
+
     def build_kwargs(self, names: set[str]) -> dict[str, Any]:
         """Extra keyword arguments for the engine model, decided by which tensors exist."""
         return {}

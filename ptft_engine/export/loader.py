@@ -1,8 +1,10 @@
 """Load an export (ours or a transformers checkpoint directory) into an engine model.
 
 Safe by construction: only JSON and safetensors are read. Pickle files (*.bin, *.pt ...)
-are refused when they are the only weights; the manifest's sha256 are checked first;
-a tensor whose shape the config does not predict is a one-line error naming it.
+are refused when they are the only weights, and ignored with a warning beside safetensors;
+the manifest's sha256 are checked first (no manifest: a warning, or an error with
+require_manifest=True); a tensor whose shape the config does not predict is a one-line
+error naming it. A fine-tuned model's head (task.json) is read from the same files.
 """
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ import torch
 
 from ptft_engine.export.errors import ExportError
 from ptft_engine.export.formats import layout_of_config
-from ptft_engine.export.manifest import verify
+from ptft_engine.export.manifest import MANIFEST, verify
 from ptft_engine.export.safetensors_io import PICKLE_SUFFIXES, iter_tensors, refuse_pickle, weight_files
+from ptft_engine.export.task_heads import HEAD_FILE, TASK_FILE, task_head
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,8 @@ class LoadedExport:
     manifest: dict[str, Any] | None   # None for a plain transformers directory
     path: Path
     extras: dict[str, Any] = field(default_factory=dict)
+    task: dict[str, Any] | None = None     # task.json of a fine-tuned model
+    head: dict[str, torch.Tensor] = field(default_factory=dict)  # its head tensors (TaskModel names)
 
 
 def read_config(directory: Path) -> dict[str, Any]:
@@ -57,8 +62,47 @@ def _tensor_names(files: list[Path]) -> list[str]:
     return names
 
 
+def _checked_manifest(directory: Path, verify_checksums: bool, require_manifest: bool) -> dict[str, Any] | None:
+    if not verify_checksums:
+        return None
+    manifest = verify(directory)
+    if manifest is None:
+        if require_manifest:
+            raise ExportError(f"{directory}: no {MANIFEST} (required): the files' integrity cannot be checked")
+        log.warning("%s: no %s: file integrity is NOT checked (require_manifest=True / --require-manifest "
+                    "refuses such a directory)", directory, MANIFEST)
+    return manifest
+
+
+def _read_task(directory: Path, cfg, layout, config: dict[str, Any]) -> tuple[dict | None, Any]:
+    """task.json and the TaskHead that says where its head tensors are (None, None: no task)."""
+    path = directory / TASK_FILE
+    if not path.is_file():
+        return None, None
+    try:
+        task = json.loads(path.read_text())
+        task["kind"]  # noqa: B018 - presence check
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ExportError(f"{path}: not a valid task file ({exc.__class__.__name__}: {exc})") from None
+    th = task_head(cfg, task, layout is not None, config.get("pad_token_id"), config.get("eos_token_id"))
+    if task.get("transformers_class") and th.architecture != task["transformers_class"]:
+        raise ExportError(f"{path}: transformers_class {task['transformers_class']!r} does not fit config.json "
+                          f"(expected {th.architecture})")
+    if not task.get("transformers_class"):
+        th = None  # the head is in head.safetensors
+    return task, th
+
+
+def _head_file(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    state = load_file(str(directory / HEAD_FILE))
+    # older saves held the output layer alone ("weight", "bias")
+    return {k if "." in k else f"head.{k}": v for k, v in state.items()}
+
+
 def load_export(path: str | Path, *, dtype: torch.dtype | None = None, device: str = "cpu",
-                verify_checksums: bool = True) -> LoadedExport:
+                verify_checksums: bool = True, require_manifest: bool = False) -> LoadedExport:
     directory = Path(path)
     if not directory.is_dir():
         raise ExportError(f"{directory}: not a directory")
@@ -66,9 +110,10 @@ def load_export(path: str | Path, *, dtype: torch.dtype | None = None, device: s
     pickles = [p.name for p in directory.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
     if pickles:
         log.warning("%s: ignoring pickle file(s) %s; only safetensors are read", directory, ", ".join(sorted(pickles)))
-    manifest = verify(directory) if verify_checksums else None
+    manifest = _checked_manifest(directory, verify_checksums, require_manifest)
     config = read_config(directory)
     layout, cfg = layout_of_config(config, str(directory / "config.json"))
+    task, th = _read_task(directory, cfg, layout, config)
 
     from ptft_engine.models import build_model
     from ptft_engine.models.registry import _builders
@@ -77,17 +122,28 @@ def load_export(path: str | Path, *, dtype: torch.dtype | None = None, device: s
     names = _tensor_names(files)
     engine_names = {}
     for name in names:
+        if th is not None and th.from_target(name) is not None:
+            continue
         mapped = [(name, None)] if layout is None else layout.from_target(name, torch.empty(0))
         for engine_name, _ in mapped:
             engine_names[engine_name] = name
-    kwargs = {} if layout is None else layout.build_kwargs(set(engine_names))
+    if layout is not None:
+        kwargs = layout.build_kwargs(set(engine_names))
+    elif cfg.arch == "encoder":  # a fine-tuned encoder is saved without its MLM head
+        kwargs = {"with_mlm_head": any(n.startswith("mlm_head.") for n in engine_names)}
+    else:
+        kwargs = {}
     # built for real (not on meta + assign): tied projections must keep sharing one Parameter
     model = _builders()[type(cfg)](cfg, **kwargs) if kwargs else build_model(cfg)
     from ptft_engine.export.writer import unique_state
 
     expected = dict(unique_state(model))
     loaded: set[str] = set()
+    head: dict[str, torch.Tensor] = {}
     for name, tensor in iter_tensors(directory):
+        if th is not None and th.from_target(name) is not None:
+            head[th.from_target(name)] = tensor
+            continue
         for engine_name, t in ([(name, tensor)] if layout is None else layout.from_target(name, tensor)):
             if engine_name not in expected:
                 raise ExportError(f"{directory}: tensor {name!r} ({engine_name}) does not exist in a model built "
@@ -107,8 +163,12 @@ def load_export(path: str | Path, *, dtype: torch.dtype | None = None, device: s
         model.to(dtype)
     model.to(device)
     model.eval()
+    if task is not None and th is None:
+        if not (directory / HEAD_FILE).is_file():
+            raise ExportError(f"{directory}: {TASK_FILE} names no transformers class and {HEAD_FILE} is missing")
+        head = _head_file(directory)
     return LoadedExport(model=model, config=cfg, layout="native" if layout is None else layout.name,
-                        manifest=manifest, path=directory)
+                        manifest=manifest, path=directory, task=task, head=head)
 
 
 def load_pretrained(path: str | Path, **kwargs) -> torch.nn.Module:
@@ -124,3 +184,25 @@ def load_safetensors_file(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix.lower() in PICKLE_SUFFIXES:
         refuse_pickle(path.parent)
     return load_file(str(path))
+
+
+def read_task_head(path: str | Path) -> tuple[dict[str, Any] | None, dict[str, torch.Tensor]]:
+    """A fine-tuned model's (task.json, head tensors under TaskModel names) without building
+    the backbone; (None, {}) for an export that is not fine-tuned."""
+    from safetensors import safe_open
+
+    directory = Path(path)
+    config = read_config(directory)
+    layout, cfg = layout_of_config(config, str(directory / "config.json"))
+    task, th = _read_task(directory, cfg, layout, config)
+    if task is None:
+        return None, {}
+    if th is None:
+        return task, _head_file(directory)
+    head = {}
+    for file in weight_files(directory):
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():
+                if th.from_target(name) is not None:
+                    head[th.from_target(name)] = f.get_tensor(name)
+    return task, head

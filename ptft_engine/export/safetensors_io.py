@@ -1,7 +1,7 @@
 """Streaming safetensors writer (sharded, with an index) and a reader that refuses pickle.
 
-Tensors are written as they arrive: a shard is flushed to disk once it would exceed the
-size threshold, so exporting holds at most one shard in memory, not the whole model.
+Tensors are written to their shard file as they arrive (a new shard starts once one would
+exceed the size threshold), so exporting holds no more than the tensor being written.
 Shards are written under temporary names and renamed to HF's
 `model-0000i-of-0000N.safetensors` once N is known; a single shard is `model.safetensors`.
 """
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import struct
 from pathlib import Path
 from typing import Iterator
 
@@ -20,6 +22,9 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 # Files a loader must never read: they unpickle arbitrary objects.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+_ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+              torch.bool: "BOOL"}
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
@@ -35,7 +40,18 @@ def parse_size(text: str | int) -> int:
 
 
 class ShardedWriter:
-    """add(name, tensor) ... close() -> list of written files (relative names)."""
+    """add(name, tensor) ... close() -> list of written files (relative names).
+
+    Each tensor's bytes go to the open shard file as soon as it is added, so the writer
+    holds no tensor: peak memory is the caller's (one tensor), not a shard. The header
+    (names, shapes, offsets) is known only at the end: the data is written after a
+    reserved header room, and the header lands in that room, padded with spaces as the
+    safetensors format allows; a header that outgrows the room (thousands of tensors in
+    a shard) makes the shard be rewritten once, copied in bounded chunks.
+    """
+
+    HEADER_ROOM = 64 * 1024
+    _COPY_CHUNK = 16 * 2**20
 
     def __init__(self, out_dir: str | Path, max_shard_bytes: int, dtype: torch.dtype | None = None,
                  metadata: dict[str, str] | None = None):
@@ -43,47 +59,61 @@ class ShardedWriter:
         self.max_bytes = max_shard_bytes
         self.dtype = dtype
         self.metadata = {"format": "pt", **(metadata or {})}
-        self._buf: dict[str, torch.Tensor] = {}
-        self._buf_bytes = 0
-        self._storages: set[int] = set()
+        self._file = None
+        self._entries: dict[str, dict] = {}  # the open shard's header entries
+        self._shard_bytes = 0
         self._tmp_files: list[Path] = []
         self._where: dict[str, int] = {}  # tensor name -> shard number
         self.total_bytes = 0
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        if name in self._where or name in self._buf:
+        if name in self._where or name in self._entries:
             raise ExportError(f"tensor {name!r} written twice")
         t = tensor.detach()
         if self.dtype is not None and t.is_floating_point():
             t = t.to(self.dtype)
-        t = t.contiguous()
-        # safetensors refuses tensors sharing storage (tied weights, slices of flat buffers): own copies
-        ptr = t.untyped_storage().data_ptr()
-        if ptr in self._storages or t.untyped_storage().nbytes() != t.numel() * t.element_size():
-            t = t.clone()
-            ptr = t.untyped_storage().data_ptr()
-        self._storages.add(ptr)
+        if t.dtype not in _ST_DTYPES:
+            raise ExportError(f"tensor {name!r}: dtype {t.dtype} cannot be stored in safetensors")
+        t = t.contiguous().cpu()
         nbytes = t.numel() * t.element_size()
-        if self._buf and self._buf_bytes + nbytes > self.max_bytes:
-            self._flush()
-        self._buf[name] = t
-        self._buf_bytes += nbytes
+        if self._entries and self._shard_bytes + nbytes > self.max_bytes:
+            self._finish_shard()
+        if self._file is None:
+            path = self.out_dir / f".shard-{len(self._tmp_files):05d}.tmp"
+            self._tmp_files.append(path)
+            self._file = open(path, "wb")
+            self._file.seek(8 + self.HEADER_ROOM)
+        if nbytes:
+            self._file.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        self._entries[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape),
+                               "data_offsets": [self._shard_bytes, self._shard_bytes + nbytes]}
+        self._where[name] = len(self._tmp_files) - 1
+        self._shard_bytes += nbytes
         self.total_bytes += nbytes
 
-    def _flush(self) -> None:
-        from safetensors.torch import save_file
-
-        if not self._buf:
+    def _finish_shard(self) -> None:
+        if self._file is None:
             return
-        path = self.out_dir / f".shard-{len(self._tmp_files):05d}.tmp"
-        save_file(self._buf, str(path), metadata=self.metadata)
-        for name in self._buf:
-            self._where[name] = len(self._tmp_files)
-        self._tmp_files.append(path)
-        self._buf, self._buf_bytes, self._storages = {}, 0, set()
+        header = json.dumps({"__metadata__": self.metadata, **self._entries}, separators=(",", ":")).encode()
+        f, path = self._file, self._tmp_files[-1]
+        if len(header) <= self.HEADER_ROOM:
+            f.seek(0)
+            f.write(struct.pack("<Q", self.HEADER_ROOM) + header + b" " * (self.HEADER_ROOM - len(header)))
+            f.close()
+        else:  # rare: rewrite with a header of the right size
+            f.close()
+            header += b" " * (-len(header) % 8)
+            moved = path.with_suffix(".data")
+            path.rename(moved)
+            with open(moved, "rb") as src, open(path, "wb") as dst:
+                dst.write(struct.pack("<Q", len(header)) + header)
+                src.seek(8 + self.HEADER_ROOM)
+                shutil.copyfileobj(src, dst, self._COPY_CHUNK)
+            moved.unlink()
+        self._file, self._entries, self._shard_bytes = None, {}, 0
 
     def close(self) -> list[str]:
-        self._flush()
+        self._finish_shard()
         n = len(self._tmp_files)
         if n == 0:
             raise ExportError("nothing to export: the model has no tensors")

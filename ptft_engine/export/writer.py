@@ -52,8 +52,45 @@ def _ensure_post_processor(path: Path) -> None:
         log.info("%s: added the [CLS] $A [SEP] post-processor the tokenizer lacked", path)
 
 
-def copy_tokenizer(src: str | Path | None, out_dir: Path) -> list[str]:
-    """Copy tokenizer files; add a tokenizer_config.json so AutoTokenizer can load tokenizer.json."""
+def special_tokens(out_dir: Path) -> dict[str, tuple[str, int]]:
+    """role ("pad_token", "eos_token" ...) -> (token, id) in the exported tokenizer.json."""
+    path = out_dir / "tokenizer.json"
+    if not path.is_file():
+        return {}
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(path))
+    found = {}
+    for role, names in _SPECIAL_ROLES.items():
+        name = next((n for n in names if tok.token_to_id(n) is not None), None)
+        if name is not None:
+            found[role] = (name, tok.token_to_id(name))
+    return found
+
+
+def _set_post_processor(path: Path, task: dict | None) -> None:
+    """The special tokens transformers' tokenizer adds must be the ones the model saw.
+    A fine-tuned decoder saw `text <eos>` (finetune.data pools at the last token); a
+    pre-trained decoder's prompts must not end in <eos>, so no template is kept."""
+    from tokenizers import Tokenizer, processors
+
+    tok = Tokenizer.from_file(str(path))
+    eos = next((n for n in _SPECIAL_ROLES["eos_token"] if tok.token_to_id(n) is not None), None)
+    if task is not None and eos is not None:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"$A {eos}", pair=f"$A {eos} $B:1 {eos}:1", special_tokens=[(eos, tok.token_to_id(eos))])
+    elif type(tok.post_processor).__name__ in ("TemplateProcessing", "BertProcessing", "RobertaProcessing"):
+        tok.post_processor = processors.TemplateProcessing(single="$A", pair="$A $B:1", special_tokens=[])
+    else:
+        return
+    tok.save(str(path))
+
+
+def copy_tokenizer(src: str | Path | None, out_dir: Path, model_cfg=None, task: dict | None = None) -> list[str]:
+    """Copy tokenizer files and write the tokenizer_config.json transformers reads: the
+    special tokens, model_max_length (so truncation=True truncates), the padding side
+    (left for decoders, so batched generation pads before the prompt) and the inputs
+    the model takes (no token_type_ids for decoders: GPT-2 would add them as embeddings)."""
     if src is None:
         return []
     src = Path(src)
@@ -66,23 +103,46 @@ def copy_tokenizer(src: str | Path | None, out_dir: Path) -> list[str]:
         if name not in copied and (src_dir / name).is_file():
             shutil.copyfile(src_dir / name, out_dir / name)
             copied.append(name)
-    if "tokenizer.json" in copied:
-        _ensure_post_processor(out_dir / "tokenizer.json")
-    if "tokenizer.json" in copied and "tokenizer_config.json" not in copied:
-        model = json.loads((out_dir / "tokenizer.json").read_text()).get("model", {})
-        vocab = model.get("vocab", {}) if isinstance(model.get("vocab"), dict) else {}
-        cfg: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast"}
-        if model.get("type") == "WordPiece":  # BERT-style: sentence pairs carry token type ids
-            cfg["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
-        for role, names in _SPECIAL_ROLES.items():
-            found = next((n for n in names if n in vocab), None)
-            if found:
-                cfg[role] = found
-        (out_dir / "tokenizer_config.json").write_text(json.dumps(cfg, indent=1))
-        copied.append("tokenizer_config.json")
     if not copied:
         log.warning("no tokenizer files found at %s; export has none", src)
+        return []
+    arch = getattr(model_cfg, "arch", None)
+    if "tokenizer.json" in copied:
+        _ensure_post_processor(out_dir / "tokenizer.json")
+        if arch == "decoder":
+            _set_post_processor(out_dir / "tokenizer.json", task)
+    cfg_path = out_dir / "tokenizer_config.json"
+    cfg: dict[str, Any] = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    if "tokenizer.json" in copied:
+        cfg.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
+        for role, (name, _) in special_tokens(out_dir).items():
+            cfg.setdefault(role, name)
+    if arch in ("encoder", "decoder"):
+        limit = model_cfg.max_position_embeddings
+        if task is not None and task.get("max_length"):
+            limit = min(limit, int(task["max_length"]))  # what fine-tuning truncated to
+        cfg["model_max_length"] = limit
+        # a fine-tuned decoder was trained right-padded (GPT-2's positions are absolute)
+        cfg["padding_side"] = "left" if arch == "decoder" and task is None else "right"
+        types = arch == "encoder" and model_cfg.type_vocab_size > 0
+        cfg["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"] if types else \
+            ["input_ids", "attention_mask"]
+    cfg_path.write_text(json.dumps(cfg, indent=1))
+    if "tokenizer_config.json" not in copied:
+        copied.append("tokenizer_config.json")
     return copied
+
+
+def _decoder_ids(model_cfg, special: dict[str, int]) -> dict[str, Any]:
+    """config.json / generation_config.json ids: `generate` stops at <eos> and pads with [PAD]."""
+    return {"bos_token_id": special.get("bos_token"), "eos_token_id": special.get("eos_token"),
+            "pad_token_id": special.get("pad_token")}
+
+
+def _identity_pooler(cfg) -> dict[str, torch.Tensor]:
+    """ViTModel always builds a pooler (tanh(dense(h[CLS]))); the engine ViT pools the [CLS]
+    state as it is. An identity dense with pooler_act="linear" makes pooler_output exactly that."""
+    return {"pooler.dense.weight": torch.eye(cfg.hidden_size), "pooler.dense.bias": torch.zeros(cfg.hidden_size)}
 
 
 def export_tensors(
@@ -95,37 +155,86 @@ def export_tensors(
     max_shard_size: str | int = "2GB",
     tokenizer: str | Path | None = None,
     source: dict[str, Any] | None = None,
-    extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None,
+    task: dict[str, Any] | None = None,
+    head: dict[str, torch.Tensor] | None = None,
     extra_json: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Stream engine-named tensors into an export; returns the manifest."""
+    """Stream engine-named tensors into an export; returns the manifest.
+
+    A fine-tuned model passes `task` (task.json contents) and `head` (TaskModel's head
+    tensors, engine names): they are saved as the transformers task class where one
+    reproduces the head (see task_heads), otherwise as head.safetensors."""
+    from ptft_engine.export.task_heads import HEAD_FILE, TASK_FILE, task_config, task_head
+
     if dtype not in DTYPES:
         raise ExportError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     out_dir = Path(out_dir)
+    if task is not None and fmt == "auto" and model_cfg.arch == "vit" and model_cfg.pooling == "cls":
+        fmt = "hf"  # a fine-tuned ViT becomes ViTForImageClassification
     layout = layout_for(model_cfg, fmt)
+    native_why = None
+    if task is not None and fmt == "auto" and layout is not None:
+        try:  # a backbone transformers cannot hold (e.g. no token types) saves natively
+            layout.target_config(model_cfg)
+        except ExportError as exc:
+            layout, native_why = None, str(exc).split(";")[0]
     _prepare_out_dir(out_dir, overwrite)
+    files = copy_tokenizer(tokenizer, out_dir, model_cfg, task)  # first: config.json needs its special ids
+    special = {role: i for role, (_, i) in special_tokens(out_dir).items()}
+    decoder_ids = _decoder_ids(model_cfg, special) if model_cfg.arch == "decoder" else {}
+    th = None
+    if task is not None:
+        th = task_head(model_cfg, task, layout is not None, decoder_ids.get("pad_token_id"),
+                       decoder_ids.get("eos_token_id"))
+        if native_why:
+            th.reason = native_why
+    prefix = th.backbone_prefix if th is not None and th.architecture else ""
     writer = ShardedWriter(out_dir, parse_size(max_shard_size), DTYPES[dtype])
-    count = 0
+    count, written = 0, set()
     for name, tensor in tensors:
         pairs = [(name, tensor)] if layout is None else layout.to_target(name, tensor)
         for target, t in pairs:
-            writer.add(target, t)
+            writer.add(prefix + target, t)
+            written.add(target)
         count += 1
-    files = writer.close()
+        tensor = pairs = t = None  # the writer has the bytes: let the tensor go before the next is built
+    vit_pooler = layout is not None and model_cfg.arch == "vit" and th is None
+    if vit_pooler:
+        for target, t in _identity_pooler(model_cfg).items():
+            writer.add(target, t)
+    if th is not None and th.architecture:
+        for name, t in (head or {}).items():
+            writer.add(th.to_target(name), t)
+    files += writer.close()
+    if th is not None and not th.architecture:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().to(DTYPES[dtype]).contiguous() for k, v in (head or {}).items()},
+                  str(out_dir / HEAD_FILE))
+        files.append(HEAD_FILE)
     if layout is None:
         config = {"ptft_format": NATIVE, "model": model_cfg.model_dump()}
     else:
-        config = {**layout.target_config(model_cfg), "torch_dtype": str(DTYPES[dtype]).removeprefix("torch."),
+        config = layout.target_config(model_cfg)
+        config = {**config, "architectures": layout.architectures(config, written), **decoder_ids,
+                  "torch_dtype": str(DTYPES[dtype]).removeprefix("torch."),
                   "dtype": str(DTYPES[dtype]).removeprefix("torch.")}
+        if vit_pooler:
+            config["pooler_act"] = "linear"
+        if th is not None:
+            config.update(task_config(th, task, decoder_ids.get("pad_token_id")))
     (out_dir / "config.json").write_text(json.dumps(config, indent=1))
     files.append("config.json")
-    files += copy_tokenizer(tokenizer, out_dir)
-    for name, tensor_dict in (extra_tensors or {}).items():
-        from safetensors.torch import save_file
-        save_file({k: v.detach().contiguous().clone() for k, v in tensor_dict.items()}, str(out_dir / name))
-        files.append(name)
-    for name, obj in (extra_json or {}).items():
+    if layout is not None and model_cfg.arch == "decoder" and task is None:
+        gen = {k: v for k, v in decoder_ids.items() if v is not None}
+        (out_dir / "generation_config.json").write_text(json.dumps({**gen, "_from_model_config": False}, indent=1))
+        files.append("generation_config.json")
+    json_files = dict(extra_json or {})
+    if task is not None:
+        json_files[TASK_FILE] = {**task, "transformers_class": th.architecture,
+                                 **({"transformers_class_why_none": th.reason} if not th.architecture else {})}
+    for name, obj in json_files.items():
         (out_dir / name).write_text(json.dumps(obj, indent=1, default=str))
         files.append(name)
     info = {
@@ -135,6 +244,7 @@ def export_tensors(
         "model_config": model_cfg.model_dump(),
         "config_sha256": sha256_json(model_cfg.model_dump()),
         "tied_weights": {} if layout is None else dict(layout.tied),
+        "task": None if th is None else {"kind": task["kind"], "transformers_class": th.architecture},
         "source": source or {},
     }
     manifest = write_manifest(out_dir, files, info)

@@ -7,21 +7,30 @@ The fp32 master weights are read from the optimizer partitions, tensor by tensor
   the weights are never loaded); each tensor is emitted as soon as its last slice has
   been read, so at most one partial tensor per group is held besides the shard writer.
 - stage 3: every parameter is split over all ranks (ceil(numel / world) each, padded).
-  All rank files are memory-mapped and each tensor gathers its slices from them, so the
-  peak is one tensor plus the shard being written.
+  All rank files are memory-mapped and each tensor gathers its slices from them; the
+  mapped pages of a slice are handed back to the OS once copied (they would otherwise
+  stay in this process's resident memory until the whole file is done), and the writer
+  puts each tensor on disk as it comes, so the peak is about one tensor.
 - stage 0 (no optimizer partitions): the full module state in mp_rank_00_model_states.pt.
 
 DeepSpeed's files are pickles: they are unpickled with torch's weights_only loader,
 allowing only the few DeepSpeed classes its optimizer state is known to contain.
-Exports themselves never contain pickle.
+Exports themselves never contain pickle. A missing or damaged rank file is one line
+naming the rank and the file (meta.json records the world size the run saved with).
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib
 import json
 import logging
 import math
+import mmap
+import pickle
 import re
+import sys
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -41,24 +50,74 @@ _SAFE_DS_GLOBALS = {
 _RANK_RE = re.compile(r"zero_pp_rank_(\d+)_mp_rank_(\d+)_(optim|model)_states\.pt$")
 
 
+def _rank_of(path: Path) -> str:
+    m = _RANK_RE.search(path.name)
+    return f"rank {int(m.group(1))} file" if m else "file"
+
+
 def torch_load(path: Path) -> dict[str, Any]:
-    """Unpickle a DeepSpeed file with weights_only, allowing only known DeepSpeed classes."""
-    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    unknown = sorted(set(unsafe) - _SAFE_DS_GLOBALS)
-    if unknown:
-        raise ExportError(f"{path}: refusing to unpickle unexpected class(es) {', '.join(unknown)}")
-    allowed = []
-    for dotted in unsafe:
-        module, _, name = dotted.rpartition(".")
-        allowed.append(getattr(importlib.import_module(module), name))
-    with torch.serialization.safe_globals(allowed):
-        try:
-            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-            return torch.load(str(path), map_location="cpu", weights_only=True)
+    """Unpickle a DeepSpeed file with weights_only, allowing only known DeepSpeed classes;
+    memory-mapped where the file allows it. A damaged file is one line naming it."""
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        unknown = sorted(set(unsafe) - _SAFE_DS_GLOBALS)
+        if unknown:
+            raise ExportError(f"{path}: refusing to unpickle unexpected class(es) {', '.join(unknown)}")
+        allowed = []
+        for dotted in unsafe:
+            module, _, name = dotted.rpartition(".")
+            allowed.append(getattr(importlib.import_module(module), name))
+        with torch.serialization.safe_globals(allowed):
+            try:
+                return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:  # legacy (non-zip) files cannot be memory-mapped
+                if "zip" not in str(exc) or zipfile.is_zipfile(path):
+                    raise
+                return torch.load(str(path), map_location="cpu", weights_only=True)
+    except ExportError:
+        raise
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        why = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        raise ExportError(f"{path}: {_rank_of(path)} is damaged or truncated ({why})") from None
 
 
-def _rank_files(ckpt: Path, kind: str) -> list[Path]:
+def _check_complete(path: Path) -> None:
+    """torch's zip files end with a central directory: a truncated file has none."""
+    try:
+        with zipfile.ZipFile(path):
+            pass
+    except zipfile.BadZipFile:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":
+                return  # a legacy (non-zip) torch file: torch_load judges it
+        raise ExportError(f"{path}: {_rank_of(path)} is damaged or truncated (no zip central directory; "
+                          f"{path.stat().st_size} bytes)") from None
+    except OSError as exc:
+        raise ExportError(f"{path}: {_rank_of(path)} cannot be read ({exc.strerror or exc})") from None
+
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platform.startswith("linux") else None
+_MADV_DONTNEED = 4
+
+
+def release_pages(t: torch.Tensor) -> None:
+    """Drop the resident pages of a slice of a memory-mapped (read-only, private) rank file
+    from this process: they count in its RSS until the whole file is unmapped, and the
+    kernel re-reads them from the file if they are touched again. Callers pass only slices
+    of files torch_load memory-mapped. Only pages that lie wholly inside the slice are
+    dropped, and only on Linux; elsewhere this does nothing."""
+    if _LIBC is None or t.numel() == 0:
+        return
+    start = t.data_ptr()
+    end = start + t.numel() * t.element_size()
+    lo = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+    hi = end // mmap.PAGESIZE * mmap.PAGESIZE
+    if hi > lo:
+        _LIBC.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_DONTNEED)
+
+
+def _rank_files(ckpt: Path, kind: str, world: int | None = None) -> list[Path]:
+    """The rank files of one kind, ranks 0..world-1; a missing one is named with its rank."""
     found = {}
     for p in ckpt.iterdir():
         m = _RANK_RE.search(p.name)
@@ -66,9 +125,19 @@ def _rank_files(ckpt: Path, kind: str) -> list[Path]:
             if int(m.group(2)) != 0:
                 raise ExportError(f"{p}: model-parallel checkpoints (mp_rank > 0) are not supported")
             found[int(m.group(1))] = p
+    if not found:
+        return []
     ranks = sorted(found)
-    if ranks != list(range(len(ranks))):
-        raise ExportError(f"{ckpt}: {kind} states of ranks {sorted(set(range(max(ranks) + 1)) - set(ranks))} are missing")
+    expected = range(world if world else max(ranks) + 1)
+    missing = [r for r in expected if r not in found]
+    if missing:
+        some = found[ranks[0]]
+        name = some.name.replace(f"zero_pp_rank_{ranks[0]}_", f"zero_pp_rank_{missing[0]}_")
+        more = f" (and {len(missing) - 1} more rank(s))" if len(missing) > 1 else ""
+        saved = f"meta.json: world_size={world}" if world else f"ranks up to {max(ranks)} exist"
+        raise ExportError(f"{ckpt}: rank {missing[0]} file {name} is missing{more} ({saved})")
+    if world and len(ranks) > world:
+        raise ExportError(f"{ckpt}: {kind} files of {len(ranks)} ranks but meta.json says world_size={world}")
     return [found[r] for r in ranks]
 
 
@@ -92,6 +161,7 @@ def _zero12_tensors(files: list[Path], param_shapes: list[dict]) -> Iterator[tup
         offsets.append(table)
     cursor = [0] * len(param_shapes)  # next parameter index to complete, per group
     for rank, path in enumerate(files):
+        mapped = zipfile.is_zipfile(path)  # torch_load memory-maps zip files only
         sd = _optimizer_state(torch_load(path), path)
         parts = sd.get("single_partition_of_fp32_groups")
         if parts is None:
@@ -106,7 +176,10 @@ def _zero12_tensors(files: list[Path], param_shapes: list[dict]) -> Iterator[tup
                 name, shape, start, numel = table[cursor[g]]
                 a, b = max(start, lo), min(start + numel, hi)
                 if a < b:
-                    pending.setdefault(name, []).append(part[a - lo:b - lo].clone())
+                    piece = part[a - lo:b - lo]
+                    pending.setdefault(name, []).append(piece.clone())
+                    if mapped:
+                        release_pages(piece)
                 if start + numel > hi:
                     break  # continues on the next rank
                 pieces = pending.pop(name, [])
@@ -126,6 +199,7 @@ def _zero3_tensors(files: list[Path], param_shapes: list[dict]) -> Iterator[tupl
     """Stage 3: each param split over all ranks; rank files memory-mapped, one tensor at a time."""
     world = len(files)
     flats = []
+    mapped = all(zipfile.is_zipfile(p) for p in files)  # torch_load memory-maps zip files only
     for path in files:
         sd = _optimizer_state(torch_load(path), path)
         groups = sd.get("fp32_flat_groups")
@@ -137,10 +211,17 @@ def _zero3_tensors(files: list[Path], param_shapes: list[dict]) -> Iterator[tupl
         for name, shape in shapes.items():
             numel = math.prod(shape)
             part = math.ceil(numel / world)
-            pieces = [flats[r][g][offset:offset + part] for r in range(world)]
-            if any(p.numel() != part for p in pieces):
-                raise ExportError(f"{files[0].parent}: partitions of tensor {name!r} are truncated")
-            yield name, torch.cat(pieces)[:numel].view(tuple(shape)).clone()
+            out = torch.empty(part * world, dtype=flats[0][g].dtype)
+            for r in range(world):
+                piece = flats[r][g][offset:offset + part]
+                if piece.numel() != part:
+                    raise ExportError(f"{files[r]}: {_rank_of(files[r])} holds {piece.numel()} of the {part} "
+                                      f"elements of tensor {name!r} (truncated partition)")
+                out[r * part:(r + 1) * part].copy_(piece)
+                if mapped:
+                    release_pages(piece)
+            yield name, out[:numel].view(tuple(shape))
+            del out  # the consumer has written it
             offset += part
 
 
@@ -154,10 +235,28 @@ def _frozen_zero3(files: list[Path], model_sd: dict) -> Iterator[tuple[str, torc
         yield name, torch.cat([f[name].flatten() for f in frags])[:numel].view(tuple(shape)).clone()
 
 
+def _saved_layout(ckpt: Path) -> tuple[int | None, int | None]:
+    """(world size, ZeRO stage) as meta.json recorded them (None where it does not say)."""
+    try:
+        meta = json.loads((ckpt / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None, None
+    meta = meta if isinstance(meta, dict) else {}
+    world, stage = meta.get("world_size"), meta.get("zero_stage")
+    return (world if isinstance(world, int) and world > 0 else None), (stage if isinstance(stage, int) else None)
+
+
 def consolidated_tensors(ckpt: Path) -> tuple[Iterator[tuple[str, torch.Tensor]], dict[str, Any]]:
     """(iterator of (engine-objective name, fp32 tensor), info) for one DeepSpeed checkpoint dir."""
-    optim_files = _rank_files(ckpt, "optim")
-    stage3_models = _rank_files(ckpt, "model")
+    world, saved_stage = _saved_layout(ckpt)
+    optim_files = _rank_files(ckpt, "optim", world)
+    stage3_models = _rank_files(ckpt, "model", world)
+    if not optim_files and (stage3_models or (saved_stage or 0) > 0):
+        prefix = stage3_models[0].name.split("zero_pp_rank_")[0] if stage3_models else ""
+        raise ExportError(f"{ckpt}: rank 0 file {prefix}zero_pp_rank_0_mp_rank_00_optim_states.pt is missing "
+                          f"(no optimizer partitions of a ZeRO-{saved_stage or 3} checkpoint)")
+    for path in optim_files + stage3_models:
+        _check_complete(path)  # before anything is written
     if stage3_models:
         model_file = stage3_models[0]
     else:
@@ -281,18 +380,26 @@ def export_checkpoint(source: str | Path, out_dir: str | Path, *, tokenizer: str
     return manifest
 
 
-def export_any(source: Path, out_dir: Path, *, tokenizer=None, **kwargs):
-    """`ptft export`: a run/checkpoint is consolidated; an export is re-exported."""
+def export_any(source: Path, out_dir: Path, *, tokenizer=None, require_manifest: bool = False, **kwargs):
+    """`ptft export`: a run/checkpoint is consolidated; an export is re-exported (a
+    fine-tuned model with its task head, task.json and metrics.json)."""
     if not source.exists():
         raise ExportError(f"{source}: no such file or directory")
     is_export = (source / "config.json").is_file() and any(
         (source / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"))
     if is_export:
         from ptft_engine.export.loader import load_export
-        from ptft_engine.export.writer import export_model
+        from ptft_engine.export.task_heads import METRICS_FILE
+        from ptft_engine.export.writer import export_tensors, unique_state
 
-        loaded = load_export(source)
+        loaded = load_export(source, require_manifest=require_manifest)
         tok = tokenizer or ((source / "tokenizer.json") if (source / "tokenizer.json").is_file() else None)
-        return export_model(loaded.model, out_dir, tokenizer=tok,
-                            source={"kind": "export", "path": str(source), "layout": loaded.layout}, **kwargs)
+        extra = {}
+        if loaded.task is not None and (source / METRICS_FILE).is_file():
+            extra[METRICS_FILE] = json.loads((source / METRICS_FILE).read_text())
+        task = None if loaded.task is None else {k: v for k, v in loaded.task.items()
+                                                 if not k.startswith("transformers_class")}  # decided anew
+        return export_tensors(unique_state(loaded.model), loaded.config, out_dir, tokenizer=tok, task=task,
+                              head=loaded.head, extra_json=extra,
+                              source={"kind": "export", "path": str(source), "layout": loaded.layout}, **kwargs)
     return export_checkpoint(source, out_dir, tokenizer=tokenizer, **kwargs)

@@ -30,7 +30,7 @@ def apply_strategy(model: nn.Module, strategy) -> dict[str, int]:
     if strategy.kind == "lora":
         lo = strategy.lora
         apply_lora(backbone, lo.targets, lo.r, lo.alpha, lo.dropout)  # new A/B train; wrapped W stays frozen
-    for p in model.head.parameters():
+    for p in model.head_parameters():
         p.requires_grad_(True)
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -15,7 +15,7 @@ _BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
 def depth_of(name: str, num_layers: int) -> int:
-    if name.startswith("head.") or not name.startswith("backbone."):
+    if not name.startswith("backbone."):  # the task head (and BERT's pooler)
         return num_layers + 1
     if ".embeddings." in name or name.startswith("backbone.embeddings"):
         return 0
@@ -32,7 +32,7 @@ def param_groups(model: nn.Module, lr: float, *, layer_decay: float = 1.0, weigh
         if not p.requires_grad:
             continue
         depth = depth_of(name, num_layers)
-        is_head = name.startswith("head.")
+        is_head = not name.startswith("backbone.")
         decay = p.ndim >= 2
         key = (depth, decay, is_head)
         if key not in groups:

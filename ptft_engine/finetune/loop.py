@@ -136,6 +136,10 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     metric, sign = cfg.metric, (-1.0 if cfg.metric in MINIMISED else 1.0)
     task_info = {"kind": kind, "num_outputs": num_outputs, "labels": data.label_names, "pooling": model.pooling,
                  "strategy": cfg.strategy.kind, "metric": metric}
+    if kind != "image_classification":
+        task_info["max_length"] = cfg.data.max_length  # what the served tokenizer truncates to
+    if kind == "regression":
+        task_info["target"] = cfg.data.label_field
 
     history: dict[str, list] = {"train": [], "val": []}
     best: dict[str, Any] = {"score": -math.inf, "step": None, "metrics": None}

@@ -1,10 +1,10 @@
-"""A fine-tuned model on disk, in the export format: the backbone (LoRA merged) as an
-export (HF layout for text models, so `transformers` loads the backbone too), plus
-head.safetensors, task.json (kind, labels, pooling) and metrics.json, all in the
-manifest. `load_task_model` reads it back (safetensors + JSON only)."""
+"""A fine-tuned model on disk, in the export format: the backbone (LoRA merged) and the
+head as the transformers task class that computes the same thing (config.json names it,
+with id2label), or as head.safetensors where no class does (export/task_heads.py says
+which); task.json (kind, labels, pooling, which transformers class) and metrics.json, all
+in the manifest. `load_task_model` reads either form back (safetensors + JSON only)."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,12 +13,10 @@ import torch
 
 from ptft_engine.export import export_tensors, load_export
 from ptft_engine.export.errors import ExportError
+from ptft_engine.export.loader import read_task_head
+from ptft_engine.export.task_heads import METRICS_FILE, TASK_FILE
 from ptft_engine.finetune.lora import merged_state_dict
 from ptft_engine.finetune.tasks import TaskModel
-
-HEAD_FILE = "head.safetensors"
-TASK_FILE = "task.json"
-METRICS_FILE = "metrics.json"
 
 
 def save_task_model(model: TaskModel, out_dir: str | Path, *, task_info: dict[str, Any], metrics: dict[str, Any],
@@ -27,42 +25,41 @@ def save_task_model(model: TaskModel, out_dir: str | Path, *, task_info: dict[st
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     state = {k: v.detach().cpu() for k, v in merged_state_dict(model.backbone).items()}
-    head = {k: v.detach().cpu() for k, v in model.head.state_dict().items()}
+    head = {k: v.cpu() for k, v in model.head_state().items()}
     export_tensors(state.items(), model.backbone.config, tmp, dtype=dtype, tokenizer=tokenizer,
-                   source=source or {"kind": "finetune"}, extra_tensors={HEAD_FILE: head},
-                   extra_json={TASK_FILE: task_info, METRICS_FILE: metrics}, overwrite=True)
+                   source=source or {"kind": "finetune"}, task=task_info, head=head,
+                   extra_json={METRICS_FILE: metrics}, overwrite=True)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
     return out_dir
 
 
+def _task_model(backbone, info: dict[str, Any], head: dict[str, torch.Tensor], dropout: float = 0.0) -> TaskModel:
+    # the head's own tensors say whether it has a pooler / a bias (saves before both were transformers')
+    model = TaskModel(backbone, info["kind"], info["num_outputs"], info.get("pooling", "cls"), dropout,
+                      pooler="pooler.weight" in head, head_bias="head.bias" in head)
+    model.load_head(head)
+    return model
+
+
 def load_task_model(path: str | Path, device: str = "cpu") -> tuple[TaskModel, dict[str, Any]]:
     """A saved fine-tuned model -> (TaskModel in eval mode, task info incl. label names)."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     loaded = load_export(path, device=device)  # verifies every file's sha256, head and task.json included
-    task_file, head_file = path / TASK_FILE, path / HEAD_FILE
-    if not task_file.is_file() or not head_file.is_file():
-        raise ExportError(f"{path}: not a fine-tuned model (no {TASK_FILE} / {HEAD_FILE}); use load_pretrained")
-    info = json.loads(task_file.read_text())
-    model = TaskModel(loaded.model, info["kind"], info["num_outputs"], info.get("pooling", "cls"), 0.0)
-    model.head.load_state_dict(load_file(str(head_file), device=device))
-    return model.eval(), info
+    if loaded.task is None:
+        raise ExportError(f"{path}: not a fine-tuned model (no {TASK_FILE}); use load_pretrained")
+    model = _task_model(loaded.model, loaded.task, loaded.head)
+    return model.to(device).eval(), loaded.task
 
 
 def head_if_fits(path: str | Path, model: TaskModel) -> bool:
-    """Keep a saved head (task.reinit_head=false) when the export has one of the same shape."""
-    from safetensors.torch import load_file
-
-    head_file = Path(path) / HEAD_FILE
-    if not head_file.is_file():
+    """Keep a saved head (task.reinit_head=false) when the export has one of the same shapes."""
+    _, head = read_task_head(path)
+    mine = model.head_state()
+    if not head or set(head) != set(mine) or any(head[k].shape != v.shape for k, v in mine.items()):
         return False
-    state = load_file(str(head_file))
-    if any(state[k].shape != v.shape for k, v in model.head.state_dict().items() if k in state):
-        return False
-    model.head.load_state_dict(state)
+    model.load_head(head)
     return True
 
 

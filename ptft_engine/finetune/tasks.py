@@ -7,6 +7,13 @@
 
 Pooling: `cls` (first token), `mean` (over real tokens), `last` (last real token: what
 a causal decoder has seen everything at; used for decoders whatever is asked).
+
+The heads are transformers' own, so a saved model is served by its task class
+(export/task_heads.py): an encoder pooled at [CLS] goes through BERT's pooler,
+tanh(dense(h[CLS])), before the output layer (BertForSequenceClassification); a decoder's
+sequence head has no bias and reads the rightmost kept token (GPT2/Llama
+ForSequenceClassification's `score`); token heads and ViT's [CLS] head are plain Linear
+layers on the final hidden states (BertForTokenClassification, ViTForImageClassification).
 """
 from __future__ import annotations
 
@@ -15,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 TEXT_TASKS = ("sequence_classification", "token_classification", "regression")
+SEQUENCE_TASKS = ("sequence_classification", "regression")
+HEAD_MODULES = ("head", "pooler")  # what a task adds to the backbone (trained as the head, saved with it)
 
 
 def select_backbone(model: nn.Module, kind: str) -> nn.Module:
@@ -30,11 +39,15 @@ def select_backbone(model: nn.Module, kind: str) -> nn.Module:
 def _init_head(head: nn.Linear, std: float) -> None:
     with torch.no_grad():
         head.weight.normal_(0.0, std)
-        head.bias.zero_()
+        if head.bias is not None:
+            head.bias.zero_()
 
 
 class TaskModel(nn.Module):
-    def __init__(self, backbone: nn.Module, kind: str, num_outputs: int, pooling: str = "cls", dropout: float = 0.1):
+    def __init__(self, backbone: nn.Module, kind: str, num_outputs: int, pooling: str = "cls", dropout: float = 0.1,
+                 *, pooler: bool | None = None, head_bias: bool | None = None):
+        """pooler / head_bias: None = transformers' choice for this backbone and task (see
+        the module notes); given explicitly only to load a head saved before that rule."""
         super().__init__()
         self.backbone = backbone
         self.kind = kind
@@ -47,8 +60,30 @@ class TaskModel(nn.Module):
         self.pooling = "last" if self.arch == "decoder" else pooling
         self.num_outputs = num_outputs
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(cfg.hidden_size, num_outputs)
+        sequence = kind in SEQUENCE_TASKS
+        if pooler is None:
+            pooler = self.arch == "encoder" and sequence and self.pooling == "cls"
+        if head_bias is None:
+            head_bias = not (self.arch == "decoder" and sequence)
+        self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size) if pooler else None
+        if self.pooler is not None:
+            _init_head(self.pooler, cfg.initializer_range)
+        self.head = nn.Linear(cfg.hidden_size, num_outputs, bias=head_bias)
         _init_head(self.head, cfg.initializer_range)
+
+    # ------------------------------------------------------------------ head state
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [p for m in (self.head, self.pooler) if m is not None for p in m.parameters()]
+
+    def head_state(self) -> dict[str, torch.Tensor]:
+        """{"head.weight": ..., "pooler.weight": ...}: what a save adds to the backbone."""
+        return {k: v.detach() for k, v in self.state_dict().items() if k.split(".")[0] in HEAD_MODULES}
+
+    def load_head(self, state: dict[str, torch.Tensor]) -> None:
+        mine = self.head_state()
+        if set(state) != set(mine):
+            raise ValueError(f"saved head has {sorted(state)}, this task model needs {sorted(mine)}")
+        self.load_state_dict(state, strict=False)
 
     # ------------------------------------------------------------------ features
     def _hidden(self, batch: dict) -> torch.Tensor:
@@ -70,14 +105,19 @@ class TaskModel(nn.Module):
         if self.pooling == "mean":
             m = mask.to(h.dtype)[..., None]  # (B, S, 1)
             return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
-        last = mask.long().sum(1).clamp(min=1) - 1  # (B,) index of the last real token
+        # rightmost kept token (right or left padding), as transformers' *ForSequenceClassification
+        positions = torch.arange(h.shape[1], device=h.device)
+        last = (positions * mask.bool().long()).argmax(-1)  # (B,)
         return h[torch.arange(h.shape[0], device=h.device), last]
 
     def forward(self, batch: dict) -> torch.Tensor:
         h = self._hidden(batch)
         if self.kind == "token_classification":
             return self.head(self.dropout(h))  # (B, S, C)
-        out = self.head(self.dropout(self._pool(h, batch)))  # (B, C)
+        pooled = self._pool(h, batch)
+        if self.pooler is not None:
+            pooled = torch.tanh(self.pooler(pooled))  # BERT's pooler
+        out = self.head(self.dropout(pooled))  # (B, C)
         return out.squeeze(-1) if self.kind == "regression" else out
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -105,6 +105,14 @@ def _requested(backend: str | None) -> str | None:
     return None if name == "auto" else name
 
 
+# Kernels whose matmuls run on tensor cores (tl.dot). The CUDA attention and contrastive kernels are scalar
+# FMA so far: on matmul-heavy ops automatic GPU choice takes a tensor-core kernel first; mlm_mask has no
+# matmul and keeps the default order. `ptft env` prints this table.
+TENSOR_CORE_KERNELS = {"attention": ("triton",), "contrastive_loss": ("triton",), "nt_xent_loss": ("triton",),
+                       "mlm_mask": ()}
+MATMUL_GPU_ORDER = ("triton", "cuda", "reference")
+
+
 def choose(
     op: str,
     device: torch.device,

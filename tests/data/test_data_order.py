@@ -59,6 +59,50 @@ def test_weighted_mixing_and_resampling(tmp_path):
         assert 0 <= i < res.shards[s].samples
 
 
+def test_weighted_blocks_hold_the_weights_and_the_prefix_is_a_closed_form(tmp_path):
+    srcs = [resolve_source(write_text_shards(tmp_path, n, name=name)) for n, name in ((40, "a"), (25, "b"), (9, "c"))]
+    firsts = np.cumsum([0] + [len(s.shards) for s in srcs])
+    for weights, block, length in (([5, 3, 2], 16, 333), ([0.7, 0.2, 0.1], 7, 100), ([1, 1, 1], 10, 74)):
+        order = EpochOrder(srcs, seed=1, epoch=2, block=block, weights=weights, length=length)
+        shard, _ = order.slice(0, length)
+        src = np.searchsorted(firsts, shard, side="right") - 1
+        n_blocks = -(-length // block)
+        per_block = np.array([np.bincount(src[b * block:(b + 1) * block], minlength=3) for b in range(n_blocks)])
+        brute = np.vstack([np.zeros(3, dtype=np.int64), np.cumsum(per_block, axis=0)])
+        for b in range(n_blocks + 1):  # samples of each source before block b: closed form == counted
+            assert order.source_prefix(min(b * block, length)) == brute[b].tolist()
+        w = np.array(weights, dtype=float) / sum(weights)
+        for i in range(n_blocks - 1):  # every window of whole blocks, proportions within 1/block
+            for j in range(i + 1, n_blocks):
+                frac = per_block[i:j].sum(axis=0) / ((j - i) * block)
+                assert np.all(np.abs(frac - w) <= 1 / block + 1e-12), (weights, i, j, frac)
+        # each source is read in its own order: ranks 0, 1, 2, ... wrapping round
+        pairs = set(zip(*order.slice(0, length)))
+        for s, source in enumerate(order.sources):
+            k = np.arange(order.source_prefix(length)[s])
+            assert set(zip(*source.lookup(k))) <= pairs
+        assert np.array_equal(order.slice(30, 70)[0], shard[30:70])  # any slice is the same part of the whole
+
+
+def test_big_blocks_are_permuted_position_by_position(tmp_path, monkeypatch):
+    from ptft_engine.data import order as order_mod
+
+    for n in (1, 2, 3, 7, 100, 1025):
+        perm = order_mod._Feistel(n, np.random.SeedSequence([5, n]))
+        assert sorted(perm[0:n].tolist()) == list(range(n))
+        assert perm[3:n].tolist() == perm[0:n].tolist()[3:]  # any range is the same part of the whole
+    monkeypatch.setattr(order_mod, "TABLE_MAX", 0)
+    a = resolve_source(write_text_shards(tmp_path, 50, name="a"))
+    b = resolve_source(write_text_shards(tmp_path, 20, name="b"))
+    order = EpochOrder([a, b], seed=0, epoch=0, block=32)
+    pairs = _pairs(order)
+    assert len(pairs) == 70 and len(set(pairs)) == 70 and _pairs(order, 11, 45) == pairs[11:45]
+    mixed = EpochOrder([a, b], seed=0, epoch=0, block=32, weights=[1, 1], shuffle=False)
+    shard, _ = mixed.slice(0, 70)
+    from_b = shard[:32] >= len(a.shards)
+    assert from_b.sum() == 16 and from_b[:16].any() and not from_b[16:].all()  # half each, interleaved
+
+
 # --- hand-checked tiny orders on in-memory indexes (no files: only the sample counts matter)
 from ptft_engine.data.index import ShardIndex, ShardInfo  # noqa: E402
 
@@ -124,21 +168,30 @@ def _own_order(counts, first_shard=0):
     return [(first_shard + s, i) for s, n in enumerate(counts) for i in range(n)]
 
 
+def _assert_read_in_own_order_by_block(order, first_shard, counts, block):
+    """Source s's draws, block by block, are its next samples in its own order (any order
+    inside a block), starting at its first sample and wrapping only after its last."""
+    own = _own_order(counts, first_shard)
+    rank = {p: r for r, p in enumerate(own)}
+    pairs, taken = _pairs(order), 0
+    for lo in range(0, len(pairs), block):
+        ranks = sorted(rank[p] for p in pairs[lo:lo + block] if p in rank)
+        expect = sorted((taken + i) % len(own) for i in range(len(ranks)))
+        assert ranks == expect, f"block {lo // block}: ranks {ranks}, expected {expect}"
+        taken += len(ranks)
+    return taken
+
+
 def test_weighted_mixing_consumes_each_source_in_its_own_order_once_before_wrapping():
-    # a property any correct interleave has (not a pinned sequence): without shuffling, the
-    # k-th sample drawn from a source is its k-th sample, until the source wraps around
+    # a property any correct interleave has (not a pinned sequence): without shuffling, each
+    # block continues every source where the previous block left it, each sample once per pass
     a_counts, b_counts = [7, 5, 9], [4, 6]
     order = EpochOrder([_index(*a_counts, name="a"), _index(*b_counts, name="b")], seed=1, epoch=2,
                        shuffle=False, block=16, weights=[1, 3], length=160)
     # a holds 21 samples and gets ~40 draws, b holds 10 and gets ~120: both wrap
-    a_seen, b_seen = _occurrences(order, 0, 3), _occurrences(order, 3, 2)
-    assert len(a_seen) + len(b_seen) == 160
-    a_own, b_own = _own_order(a_counts), _own_order(b_counts, first_shard=3)
-    for seen, own in ((a_seen, a_own), (b_seen, b_own)):
-        assert len(seen) > len(own)  # both wrap at least once here
-        assert seen[:len(own)] == own  # the first pass: the source's own order, each sample once
-        uses = [seen.count(p) for p in own]
-        assert max(uses) - min(uses) <= 1  # later passes stay even
+    taken_a = _assert_read_in_own_order_by_block(order, 0, a_counts, 16)
+    taken_b = _assert_read_in_own_order_by_block(order, 3, b_counts, 16)
+    assert taken_a + taken_b == 160 and taken_a > 21 and taken_b > 20
 
 
 def test_weighted_mixing_proportions_hold_in_every_window():
@@ -159,7 +212,7 @@ def test_empty_sources_are_never_drawn_and_all_empty_is_an_error():
     empty = ShardIndex(shards=[ShardInfo(path="/nowhere/e0.tar", samples=0)])
     order = EpochOrder([_index(4, 3, name="a"), empty], seed=0, epoch=0, shuffle=False, block=4,
                        weights=[1, 1], length=14)
-    assert _pairs(order) == _own_order([4, 3]) * 2  # everything from a, in a's order, twice
+    assert _assert_read_in_own_order_by_block(order, 0, [4, 3], 4) == 14  # all from a, twice over
     with pytest.raises(ValueError, match="hold no samples"):
         EpochOrder([empty], seed=0, epoch=0)
     with pytest.raises(ValueError, match="positive weight is empty"):

@@ -15,10 +15,12 @@ def test_pickle_only_checkpoint_is_refused(tmp_path):
         load_pretrained(tmp_path)
 
 
-def test_pickle_beside_safetensors_is_never_read(tmp_path):
+def test_pickle_beside_safetensors_is_never_read(tmp_path, caplog):
     export_model(tiny_encoder(), tmp_path)
     (tmp_path / "evil.pt").write_bytes(b"not even a pickle")  # would fail loudly if unpickled
-    load_pretrained(tmp_path)
+    with caplog.at_level("WARNING"):
+        load_pretrained(tmp_path)
+    assert any("ignoring pickle file(s) evil.pt" in r.getMessage() for r in caplog.records)
 
 
 def test_corrupted_weights_fail_the_checksum(tmp_path):

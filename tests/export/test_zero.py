@@ -88,6 +88,7 @@ def test_missing_rank_file_is_named(zero_runs, tmp_path):
     ckpt = next((zero_runs[2] / "checkpoints").glob("step-*"))
     broken = tmp_path / "run"
     shutil.copytree(zero_runs[2], broken, ignore=shutil.ignore_patterns("zero_pp_rank_0_*"))
-    with pytest.raises(ExportError, match=r"states of ranks \[0\] are missing"):
+    missing = r"rank 0 file \S*zero_pp_rank_0_mp_rank_00_optim_states\.pt is missing \(meta.json: world_size=2\)"
+    with pytest.raises(ExportError, match=missing):
         export_checkpoint(broken, tmp_path / "out")
     assert ckpt.is_dir()

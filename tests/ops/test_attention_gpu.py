@@ -57,8 +57,8 @@ def test_gpu_fully_masked_rows_give_zeros(backend):
 
 def test_automatic_choice_on_gpu_prefers_triton_explicit_cuda_still_works():
     from ptft_engine.ops import registry
-    from ptft_engine.ops.attention.op import GPU_ORDER, _op_reason
+    from ptft_engine.ops.attention.op import _op_reason
 
     q = torch.randn(1, 1, 8, 64, device="cuda", dtype=torch.bfloat16)
-    assert registry.choose("attention", q.device, None, _op_reason(q), gpu_order=GPU_ORDER) == "triton"
+    assert registry.choose("attention", q.device, None, _op_reason(q), gpu_order=registry.MATMUL_GPU_ORDER) == "triton"
     assert registry.choose("attention", q.device, "cuda", _op_reason(q)) == "cuda"

@@ -70,9 +70,6 @@ def _check_inputs(q, k, v, causal, key_padding_mask, segment_ids):
             raise ValueError(f"attention: segment_ids is on {segment_ids.device}, q on {q.device}")
 
 
-# The CUDA kernel is scalar FMA (no tensor cores) and slower than the Triton one, so
-# automatic choice on GPUs tries Triton first; an explicit backend="cuda" still uses it.
-GPU_ORDER = ("triton", "cuda", "reference")
 
 
 def _op_reason(q: torch.Tensor):
@@ -127,7 +124,7 @@ def attention(
     """
     _check_inputs(q, k, v, causal, key_padding_mask, segment_ids)
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
-    name = registry.choose("attention", q.device, backend, _op_reason(q), gpu_order=GPU_ORDER)
+    name = registry.choose("attention", q.device, backend, _op_reason(q), gpu_order=registry.MATMUL_GPU_ORDER)
     if name == "reference":
         return attention_reference(q, k, v, causal=causal, key_padding_mask=key_padding_mask,
                                    segment_ids=segment_ids, scale=scale)

@@ -18,19 +18,21 @@ LOG2E = 1.4426950408889634  # kernels work in base 2: exp(x) = exp2(x * log2(e))
 
 
 @triton.jit
-def _visible(rows, cols, s_q, s_k, pad_row_ptr, seg_row_ptr,
+def _visible(r, c, s_q, s_k, pad_row_ptr, seg_row_ptr,
              CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, HAS_SEG: tl.constexpr):
-    """(len(rows), len(cols)) bool: query row may attend key col (bounds included)."""
-    ok = (rows[:, None] < s_q) & (cols[None, :] < s_k)
+    """Query row r may attend key col c (bounds included), for r and c already laid out to broadcast:
+    rows[:, None] and cols[None, :] give (M, N), rows[None, :] and cols[:, None] the transposed (N, M),
+    so the backward builds its mask in its own layout instead of transposing a boolean tile."""
+    ok = (r < s_q) & (c < s_k)
     if CAUSAL:
-        ok = ok & (cols[None, :] <= rows[:, None])
+        ok = ok & (c <= r)
     if HAS_PAD:
-        is_pad = tl.load(pad_row_ptr + cols, mask=cols < s_k, other=1)
-        ok = ok & (is_pad == 0)[None, :]
+        is_pad = tl.load(pad_row_ptr + c, mask=c < s_k, other=1)
+        ok = ok & (is_pad == 0)
     if HAS_SEG:
-        seg_q = tl.load(seg_row_ptr + rows, mask=rows < s_q, other=-1)
-        seg_k = tl.load(seg_row_ptr + cols, mask=cols < s_k, other=-2)
-        ok = ok & (seg_q[:, None] == seg_k[None, :])
+        seg_q = tl.load(seg_row_ptr + r, mask=r < s_q, other=-1)
+        seg_k = tl.load(seg_row_ptr + c, mask=c < s_k, other=-2)
+        ok = ok & (seg_q == seg_k)
     return ok
 
 
@@ -61,7 +63,7 @@ def _fwd_inner(acc, l_i, m_i, q, rows, dims, dim_ok, k_base, v_base, lo, hi, s_q
         k = tl.load(k_base + cols[:, None] * head_dim + dims[None, :], mask=kv_mask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
         if MASKED:
-            ok = _visible(rows, cols, s_q, s_k, pad_row, seg_row, CAUSAL, HAS_PAD, HAS_SEG)
+            ok = _visible(rows[:, None], cols[None, :], s_q, s_k, pad_row, seg_row, CAUSAL, HAS_PAD, HAS_SEG)
             s = tl.where(ok, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
@@ -143,7 +145,7 @@ def _dkdv_inner(dk, dv, k, v, cols, dims, dim_ok, q_base, do_base, lse_row, delt
         s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * (scale * 1.4426950408889634)
         p_t = tl.exp2(s_t - lse[None, :] * 1.4426950408889634)  # (BLOCK_N, BLOCK_M)
         if MASKED:
-            ok_t = tl.trans(_visible(rows, cols, s_q, s_k, pad_row, seg_row, CAUSAL, HAS_PAD, HAS_SEG))
+            ok_t = _visible(rows[None, :], cols[:, None], s_q, s_k, pad_row, seg_row, CAUSAL, HAS_PAD, HAS_SEG)
             p_t = tl.where(ok_t, p_t, 0.0)
         dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PREC)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
@@ -211,7 +213,7 @@ def _dq_inner(dq, q, do, lse, delta, rows, dims, dim_ok, k_base, v_base, lo, hi,
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * (scale * 1.4426950408889634)
         p = tl.exp2(s - lse[:, None] * 1.4426950408889634)
         if MASKED:
-            ok = _visible(rows, cols, s_q, s_k, pad_row, seg_row, CAUSAL, HAS_PAD, HAS_SEG)
+            ok = _visible(rows[:, None], cols[None, :], s_q, s_k, pad_row, seg_row, CAUSAL, HAS_PAD, HAS_SEG)
             p = tl.where(ok, p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
         ds = p * (dp - delta[:, None])
@@ -281,10 +283,32 @@ _raw = {"fwd": _attn_fwd_kernel, "dkdv": _attn_bwd_dkdv_kernel, "dq": _attn_bwd_
 _INTERPRET_META = {"BLOCK_M": 32, "BLOCK_N": 32}
 
 
+# kind -> launch meta that every call uses instead of tuning (pin_config): ranks that pin the same
+# config run identical kernels, and tests run each autotune entry under the interpreter.
+_pinned: dict[str, dict] = {}
+
+
+def configs(kind: str) -> list[dict]:
+    """The autotune list of kernel `kind` ("fwd", "dkdv", "dq") as launch meta dicts."""
+    return [{**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages} for c in _configs(kind)]
+
+
+def pin_config(kind: str, meta: dict | None) -> None:
+    """Use `meta` (BLOCK_M, BLOCK_N, num_warps, num_stages) for every launch of `kind`; None unpins."""
+    if kind not in _raw:
+        raise ValueError(f"unknown attention kernel {kind!r}; choose one of {', '.join(_raw)}")
+    if meta is None:
+        _pinned.pop(kind, None)
+    else:
+        _pinned[kind] = dict(meta)
+
+
 def _launch(kind: str, n_blocks_of, bh: int, *args, **consts):
     block = "BLOCK_N" if kind == "dkdv" else "BLOCK_M"
-    if triton_interpret() or not AUTOTUNE:
-        meta = dict(_INTERPRET_META if triton_interpret() else _FIXED_GPU_META)
+    if kind in _pinned or triton_interpret() or not AUTOTUNE:
+        meta = dict(_pinned.get(kind) or (_INTERPRET_META if triton_interpret() else _FIXED_GPU_META))
+        if triton_interpret():  # warps and stages mean nothing to the interpreter
+            meta = {key: meta[key] for key in ("BLOCK_M", "BLOCK_N")}
         _raw[kind][(triton.cdiv(n_blocks_of, meta[block]), bh)](*args, **consts, **meta)
         return
     _tuned[kind][lambda meta: (triton.cdiv(n_blocks_of, meta[block]), bh)](*args, **consts)

@@ -136,7 +136,8 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale, *, symmetric
     _check_pair(a, b, ("a", "b"))
     scale = _as_scale(logit_scale, "logit_scale", a)
     chunk = _check_chunk(chunk_size)
-    name = registry.choose("contrastive_loss", a.device, backend, lambda n: _op_reason(n, a))
+    name = registry.choose("contrastive_loss", a.device, backend, lambda n: _op_reason(n, a),
+                           gpu_order=registry.MATMUL_GPU_ORDER)
     if group is not None:
         from ptft_engine.ops.contrastive import distributed
 
@@ -156,7 +157,8 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature, *, chunk_size:
         raise ValueError(f"temperature must be positive, got {temperature!r}")
     temp = _as_scale(temperature, "temperature", z1)
     chunk = _check_chunk(chunk_size)
-    name = registry.choose("nt_xent_loss", z1.device, backend, lambda n: _op_reason(n, z1))
+    name = registry.choose("nt_xent_loss", z1.device, backend, lambda n: _op_reason(n, z1),
+                           gpu_order=registry.MATMUL_GPU_ORDER)
     if group is not None:
         from ptft_engine.ops.contrastive import distributed
 

@@ -97,10 +97,13 @@ def _contrastive_bwd_kernel(a_ptr, b_ptr, scale_ptr, excl_ptr, rlse_ptr, grow_pt
         tl.store(ds_ptr + pid_m, tl.sum(ds, 0))
 
 
+GPU_CONFIG = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, BLOCK_D=128, num_warps=4)
+INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, BLOCK_D=32, num_warps=1)
+
+
 def _config(x: torch.Tensor) -> dict:
-    if triton_interpret():  # small tiles: the interpreter's cost grows with the tile size
-        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, BLOCK_D=32, num_warps=1)
-    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, BLOCK_D=128, num_warps=4)
+    # small tiles under the interpreter: its cost grows with the tile size (tests run GPU_CONFIG there too)
+    return INTERPRET_CONFIG if triton_interpret() else GPU_CONFIG
 
 
 def _precision(x: torch.Tensor) -> str:
