@@ -111,6 +111,7 @@ def check_survivor(ckpt_dir: Path, allowed_steps: set[int], where: str) -> None:
     if latest_file.exists():
         named = latest_file.read_text().strip()
         assert is_complete(ckpt_dir / named), f"{where}: latest names {named!r}, not a complete checkpoint"
+        assert int(named.split("-")[1]) in allowed_steps, f"{where}: latest names {named!r}"
     found = checkpoint.find_latest(ckpt_dir)
     assert found is not None, f"{where}: no checkpoint found"
     assert is_complete(found), f"{where}: resume would pick {found.name}, which is incomplete"
@@ -140,6 +141,7 @@ def test_kill_at_every_step_of_a_save_keeps_a_complete_checkpoint(tmp_path, keep
 def test_kill_while_resaving_a_step_after_a_rollback(tmp_path):
     # a rollback to step 10 re-saves step 20, which exists: the old copy is replaced
     base = tmp_path / "base"
+    save(base, 5, 5)  # an older one, which `latest` must not fall back to
     save(base, 10, 5)
     save(base, 20, 5)
     dry = tmp_path / "dry"
@@ -215,3 +217,16 @@ def test_load_restores_rank_state_and_checks_world_size(tmp_path):
         checkpoint.read_meta(tmp_path / "step-00000099")
     assert checkpoint.find_latest(tmp_path / "missing") is None and checkpoint.complete_checkpoints(tmp_path / "x") == []
     assert checkpoint.find_latest(str(tmp_path)) == path  # a str path works too (the CLI passes one)
+
+
+def test_a_save_starts_from_an_empty_temp_dir_and_can_resave_without_latest(tmp_path):
+    # leftovers of an earlier killed save of the same step (say, a rank file from a bigger
+    # world) never end up in the new checkpoint
+    (tmp_path / "tmp-step-00000004").mkdir(parents=True)
+    (tmp_path / "tmp-step-00000004" / "rank00007.pt").write_bytes(b"stale")
+    path = checkpoint.save(FakeEngine(4.0), tmp_path, 4, rank=0, rank_state={}, meta={}, keep_last=2)
+    assert not (path / "rank00007.pt").exists() and is_complete(path, 4)
+    (tmp_path / "latest").unlink()  # a directory from before `latest` existed
+    again = checkpoint.save(FakeEngine(4.0), tmp_path, 4, rank=0, rank_state={}, meta={}, keep_last=2)
+    assert again == path and is_complete(path, 4) and (tmp_path / "latest").read_text() == "step-00000004"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000004"]
