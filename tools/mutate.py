@@ -62,6 +62,7 @@ SKIP_LINES: dict[str, dict[str, str]] = {
         "_barrier()": "as above",
         "_barrier()  # every rank's files are on disk before the checkpoint is declared complete": "as above",
         'state["cuda"] = torch.cuda.get_rng_state()': "CUDA only",
+        'torch.cuda.set_rng_state(state["cuda"])': "CUDA only",
         'if "cuda" in state and torch.cuda.is_available():': "CUDA only",
         "json.dumps({\"step\": step, \"saved_at\": time.time(), **meta}, indent=1, default=str))": "JSON indentation",
         "shutil.rmtree(old, ignore_errors=True)": "pruning: its kill safety is the run-safety work's (issue 17)",

@@ -230,3 +230,8 @@ def test_a_save_starts_from_an_empty_temp_dir_and_can_resave_without_latest(tmp_
     again = checkpoint.save(FakeEngine(4.0), tmp_path, 4, rank=0, rank_state={}, meta={}, keep_last=2)
     assert again == path and is_complete(path, 4) and (tmp_path / "latest").read_text() == "step-00000004"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000004"]
+    # str paths work as well as Path ones (the trainer and the CLI pass either)
+    checkpoint.save(FakeEngine(5.0), str(tmp_path), 5, rank=0, rank_state={}, meta={}, keep_last=2)
+    (tmp_path / "tmp-step-00000009").mkdir()
+    checkpoint.remove_partial(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000004", "step-00000005"]
