@@ -32,13 +32,13 @@ ROOT = Path(__file__).resolve().parent.parent
 # module (under ptft_engine/) -> the tests that guard it (pytest arguments)
 TARGETS: dict[str, list[str]] = {
     "ops/mlm/reference.py": ["tests/ops/test_mlm.py", "-k", "rederivation or known or special or edges or errors or empty or boundary or outside"],
-    "ops/attention/reference.py": ["tests/ops/test_attention.py", "-k", "reference or sdpa or hand"],
+    "ops/attention/reference.py": ["tests/ops/test_attention.py", "-k", "reference or sdpa or hand or upcast"],
     "ops/contrastive/reference.py": ["tests/ops/test_contrastive.py", "-k", "references or naive_fp32 or bad_inputs"],
     "data/order.py": ["tests/data/test_data_order.py"],
     "engine/checkpoint.py": ["tests/engine/test_checkpoint_kill.py"],
     "finetune/llrd.py": ["tests/finetune/test_strategies.py", "-k", "layer"],
     "finetune/freezing.py": ["tests/finetune/test_strategies.py", "-k", "freez or probe or lora_trains"],
-    "export/layout.py": ["tests/export/test_hf_layout.py"],
+    "export/layout.py": ["tests/export/test_hf_layout.py", "tests/export/test_hf_roundtrip.py"],
     "data/packing.py": ["tests/data/test_data_packing.py"],
 }
 

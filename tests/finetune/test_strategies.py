@@ -101,6 +101,11 @@ def test_layerwise_lr_decay_follows_electra_convention():
     wd_of = {name: g["weight_decay"] for g in groups for name in g["names"]}
     assert wd_of["backbone.layers.0.attn_norm.weight"] == 0.0 and wd_of["head.weight"] == 0.1
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    # nested towers (a dual encoder's vision side) keep their embeddings at depth 0
+    from ptft_engine.finetune.llrd import depth_of
+    assert depth_of("backbone.vision.embeddings.patch_embeddings.weight", 3) == 0
+    assert depth_of("backbone.vision.layers.1.mlp.fc_in.weight", 3) == 2
+    assert depth_of("backbone.final_norm.weight", 3) == depth_of("head.bias", 3) == 4
 
 
 def test_freeze_more_layers_than_exist_is_a_clear_error(assets, tmp_path):

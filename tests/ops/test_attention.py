@@ -164,6 +164,14 @@ def test_hand_computed_two_token_attention():
         torch.testing.assert_close(run_(segment_ids=torch.tensor([[0, 1]])), torch.tensor([[10.0, 0.0], [0.0, 10.0]]))
 
 
+def test_reference_upcast_computes_in_fp32():
+    (q, k, v, _), masks = make_inputs(2, 2, 17, 8, torch.float32, pad=True)
+    half = [t.half() for t in (q, k, v)]
+    fp32 = attention_reference(*[t.float() for t in half], causal=True, **masks)
+    up = attention_reference(*half, causal=True, upcast=True, **masks)
+    assert up.dtype == torch.float16 and torch.equal(up, fp32.half())
+
+
 def test_reference_agrees_with_sdpa_bool_mask():
     """The spec itself, checked against PyTorch's SDPA with the equivalent boolean mask."""
     (q, k, v, _), masks = make_inputs(2, 2, 50, 32, torch.float32, pad=True, segments=True)
