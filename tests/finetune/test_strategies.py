@@ -108,6 +108,19 @@ def test_layerwise_lr_decay_follows_electra_convention():
     assert depth_of("backbone.final_norm.weight", 3) == depth_of("head.bias", 3) == 4
 
 
+def test_freezing_every_block_is_allowed_and_freezes_exactly_them():
+    from ptft_engine.finetune.config import StrategySection
+    from ptft_engine.finetune.freezing import apply_strategy
+
+    enc = build_model(EncoderConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                    intermediate_size=32, max_position_embeddings=16))
+    enc.mlm_head = None
+    model = TaskModel(enc, "sequence_classification", 2)
+    apply_strategy(model, StrategySection(kind="partial", freeze_layers=2))
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {n for n, _ in model.named_parameters() if n.startswith("backbone.layers.")}
+
+
 def test_freeze_more_layers_than_exist_is_a_clear_error(assets, tmp_path):
     cfg = base_config(assets, tmp_path, "sequence_classification", strategy={"kind": "partial", "freeze_layers": 5})
     with pytest.raises(ValueError, match="freeze_layers=5 but the model has 2 blocks"):

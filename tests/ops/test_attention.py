@@ -4,6 +4,8 @@ gradcheck in float64, fully masked rows, backend choice. Triton runs interpreted
 test_attention_gpu.py, which imports the helpers below."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -170,6 +172,21 @@ def test_reference_upcast_computes_in_fp32():
     fp32 = attention_reference(*[t.float() for t in half], causal=True, **masks)
     up = attention_reference(*half, causal=True, upcast=True, **masks)
     assert up.dtype == torch.float16 and torch.equal(up, fp32.half())
+
+
+def test_reference_log_sum_exp_by_hand():
+    """The saved LSE is log(sum exp(scaled masked scores)) per row; +inf where no key is visible."""
+    (q, k, v, _), masks = make_inputs(1, 2, 6, 4, torch.float64, pad=True)
+    masks["key_padding_mask"][0, :] = torch.tensor([False, True, False, True, True, True])
+    out, lse = attention_reference(q, k, v, causal=True, scale=0.7, return_lse=True, **masks)
+    allowed = _allowed_by_loops(1, 6, causal=True, **masks)[0, 0]
+    assert lse.dtype == torch.float64 and lse.shape == (1, 2, 6)
+    for h in range(2):
+        for i in range(6):
+            keys = [j for j in range(6) if allowed[i, j]]
+            scores = [0.7 * float(q[0, h, i] @ k[0, h, j]) for j in keys]
+            want = math.log(sum(math.exp(s) for s in scores)) if keys else math.inf
+            assert lse[0, h, i].item() == pytest.approx(want, rel=1e-12), (h, i)
 
 
 def test_reference_agrees_with_sdpa_bool_mask():
