@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 import torch
@@ -9,6 +10,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 HAS_CUDA = torch.cuda.is_available()
+
+# the shard cache (remote shards, sha256 markers of local ones) of test runs stays out of ~/.cache
+os.environ.setdefault("PTFT_CACHE_DIR", tempfile.mkdtemp(prefix="ptft-test-cache-"))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,13 +1,17 @@
 // CUDA kernels for the chunked contrastive log-sum-exps. One block owns 64 rows of
 // S = scale * a @ b.T and sweeps the columns in 64-wide tiles; each of its 256 threads
-// computes a 4x4 piece of the tile from shared-memory slices of a and b (fp32 FMA,
-// inputs fp32/fp16/bf16 converted on load). Rows keep an online max / sum; the backward
+// owns a 4x4 piece of the tile. fp16/bf16 inputs compute the S tile on tensor cores (WMMA
+// 16x16x16, fp32 accumulate, 8 warps x two 16x16 pieces, through a shared fp32 tile);
+// fp32 inputs use shared-memory slices of a and b and fp32 FMA. Rows keep an online max / sum; the backward
 // recomputes each tile, forms dS from the saved lses and accumulates scale * dS @ b.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <mma.h>
+
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "contrastive/contrastive_cuda.h"
 
@@ -18,6 +22,8 @@ constexpr int kBM = 64, kBN = 64, kBK = 16, kBD = 64, kThreads = 256;
 // The gradient kernel covers kSlices * kBD features per block (one b_tile buffer reused per
 // slice), so each S tile is recomputed only ceil(d / 256) times.
 constexpr int kSlices = 4;
+constexpr int kLdTile = kBN + 4;  // fp32 (64, 64) tiles: a WMMA store needs a multiple of 4
+constexpr int kLd16 = kBK + 8;    // 16-bit (64, 16) slices: a WMMA load needs a multiple of 8
 
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
@@ -36,8 +42,10 @@ __device__ __forceinline__ void stage_slice(const T* x, int64_t rows, int64_t d,
 
 // acc[r][c] = a[i0 + ty + 16 r] . b[j0 + tx + 16 c] over all d features.
 template <typename T>
-__device__ void raw_tile(const T* a, const T* b, int64_t n, int64_t m, int64_t d, int64_t i0, int64_t j0,
-                         float (*as)[kBM], float (*bs)[kBM], float acc[4][4]) {
+__device__ void raw_tile_fma(const T* a, const T* b, int64_t n, int64_t m, int64_t d, int64_t i0, int64_t j0,
+                             float acc[4][4]) {
+  __shared__ float as[kBK][kBM];
+  __shared__ float bs[kBK][kBM];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   for (int r = 0; r < 4; ++r)
     for (int c = 0; c < 4; ++c) acc[r][c] = 0.f;
@@ -59,6 +67,62 @@ __device__ void raw_tile(const T* a, const T* b, int64_t n, int64_t m, int64_t d
   }
 }
 
+// The same tile on tensor cores for 16-bit inputs: warp w computes rows 16 (w / 2) and
+// columns 32 (w % 2) + [0, 32) as two 16x16 WMMA accumulators over d in 16-wide slices, stores
+// them to `scratch` (64 x kLdTile fp32, 32-byte aligned), and every thread reads its 4x4 back.
+template <typename T>
+__device__ void raw_tile_tc(const T* a, const T* b, int64_t n, int64_t m, int64_t d, int64_t i0, int64_t j0,
+                            float* scratch, float acc[4][4]) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  namespace wmma = nvcuda::wmma;
+  __shared__ __align__(32) T as16[kBM * kLd16];
+  __shared__ __align__(32) T bs16[kBN * kLd16];
+  const int warp = threadIdx.x / 32, wr = warp / 2, wc = (warp % 2) * 2;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> c0, c1;
+  wmma::fill_fragment(c0, 0.f);
+  wmma::fill_fragment(c1, 0.f);
+  const T zero = T();  // value-initialised: +0 in both 16-bit formats
+  for (int64_t k0 = 0; k0 < d; k0 += kBK) {
+    __syncthreads();
+    for (int e = threadIdx.x; e < kBM * kBK; e += kThreads) {
+      const int r = e / kBK, k = e % kBK;
+      const int64_t gk = k0 + k;
+      as16[r * kLd16 + k] = (i0 + r < n && gk < d) ? a[(i0 + r) * d + gk] : zero;
+      bs16[r * kLd16 + k] = (j0 + r < m && gk < d) ? b[(j0 + r) * d + gk] : zero;
+    }
+    __syncthreads();
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> fb;  // b^T
+    wmma::load_matrix_sync(fa, as16 + wr * 16 * kLd16, kLd16);
+    wmma::load_matrix_sync(fb, bs16 + wc * 16 * kLd16, kLd16);
+    wmma::mma_sync(c0, fa, fb, c0);
+    wmma::load_matrix_sync(fb, bs16 + (wc + 1) * 16 * kLd16, kLd16);
+    wmma::mma_sync(c1, fa, fb, c1);
+  }
+  wmma::store_matrix_sync(scratch + wr * 16 * kLdTile + wc * 16, c0, kLdTile, wmma::mem_row_major);
+  wmma::store_matrix_sync(scratch + wr * 16 * kLdTile + (wc + 1) * 16, c1, kLdTile, wmma::mem_row_major);
+  __syncthreads();
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  for (int r = 0; r < 4; ++r)
+    for (int c = 0; c < 4; ++c) acc[r][c] = scratch[(ty + 16 * r) * kLdTile + tx + 16 * c];
+  __syncthreads();  // scratch is free for the caller again
+#else
+  raw_tile_fma(a, b, n, m, d, i0, j0, acc);
+#endif
+}
+
+// acc = the raw (64, 64) tile a[i0:] . b[j0:]; scratch is a shared 64 x kLdTile fp32 buffer that
+// the tensor-core path passes its result through (and leaves free).
+template <typename T>
+__device__ __forceinline__ void raw_tile(const T* a, const T* b, int64_t n, int64_t m, int64_t d, int64_t i0,
+                                         int64_t j0, float* scratch, float acc[4][4]) {
+  if constexpr (std::is_same<T, float>::value) {
+    raw_tile_fma(a, b, n, m, d, i0, j0, acc);
+  } else {
+    raw_tile_tc(a, b, n, m, d, i0, j0, scratch, acc);
+  }
+}
+
 // Reductions over the 16 threads (one half warp, same ty) that share a row.
 __device__ __forceinline__ float row_max16(float v) {
   for (int off = 8; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
@@ -73,8 +137,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads) contrastive_row_lse_kernel(const T* a, const T* b, const float* scale_p,
                                                                        const int64_t* excl, int64_t n, int64_t m,
                                                                        int64_t d, float* out) {
-  __shared__ float as[kBK][kBM];
-  __shared__ float bs[kBK][kBM];
+  __shared__ __align__(32) float scratch[std::is_same<T, float>::value ? 1 : kBM * kLdTile];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const int64_t i0 = static_cast<int64_t>(blockIdx.x) * kBM;
   const float scale = *scale_p;
@@ -88,7 +151,7 @@ __global__ void __launch_bounds__(kThreads) contrastive_row_lse_kernel(const T* 
   }
   float acc[4][4];
   for (int64_t j0 = 0; j0 < m; j0 += kBN) {
-    raw_tile(a, b, n, m, d, i0, j0, as, bs, acc);
+    raw_tile(a, b, n, m, d, i0, j0, scratch, acc);
     for (int r = 0; r < 4; ++r) {
       float t[4], mx = -INFINITY;
       for (int c = 0; c < 4; ++c) {
@@ -116,9 +179,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads) contrastive_grad_rows_kernel(
     const T* a, const T* b, const float* scale_p, const int64_t* excl, const float* rlse, const float* grow,
     const float* clse, const float* gcol, int64_t n, int64_t m, int64_t d, float* da, float* ds_partial) {
-  __shared__ float as[kBK][kBM];
-  __shared__ float bs[kBK][kBM];
-  __shared__ float ds_tile[kBM][kBN + 1];  // scale * dS of the current tile
+  __shared__ __align__(32) float ds_tile[kBM][kLdTile];  // scale * dS of the current tile (and S scratch)
   __shared__ float b_tile[kBN][kBD];       // b[cols, one 64-feature slice]
   __shared__ float red[kThreads / 32];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
@@ -139,7 +200,7 @@ __global__ void __launch_bounds__(kThreads) contrastive_grad_rows_kernel(
   float ds_local = 0.f;
   float acc[4][4];
   for (int64_t j0 = 0; j0 < m; j0 += kBN) {
-    raw_tile(a, b, n, m, d, i0, j0, as, bs, acc);
+    raw_tile(a, b, n, m, d, i0, j0, &ds_tile[0][0], acc);
     for (int c = 0; c < 4; ++c) {
       const int64_t col = j0 + tx + 16 * c;
       const bool col_ok = col < m;

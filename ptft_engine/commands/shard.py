@@ -7,6 +7,11 @@ OUTPUT/index.columns.safetensors, which loads in milliseconds). Inputs are read 
 parallel; unreadable files, undecodable images and empty texts are skipped and listed
 in the summary (--strict makes the first one an error).
 
+With --index-only, nothing is written but OUTPUT/index.json and the .idx sidecars of
+tars that exist already (local paths, brace ranges, http(s)/s3/gs URLs or pipe:
+commands): what the stream needs to read tars made elsewhere. For remote tars, put
+the written files beside the shards.
+
 Formats:
   text        plain text files or directories (--text-unit file|line|paragraph)
   jsonl       one JSON object per line, text in --text-field
@@ -15,6 +20,7 @@ Formats:
 """
 from __future__ import annotations
 
+import os
 import re
 
 from ptft_engine.cli import UserError
@@ -23,6 +29,7 @@ EXAMPLE = """Examples:
   ptft shard corpus/ --output shards/wiki --shard-size 256MB
   ptft shard data/*.jsonl --format jsonl --text-field content --output shards/web
   ptft shard imagenet/train --format images --output shards/imagenet --workers 8
+  ptft shard --index-only 'https://host/data/shard-{000000..000127}.tar' --output index/
 """
 
 _UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
@@ -36,8 +43,11 @@ def parse_size(text: str) -> int:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("inputs", nargs="+", help="input files, directories or globs")
-    p.add_argument("--output", "-o", required=True, help="output directory for shards and index.json")
+    p.add_argument("inputs", nargs="+", help="input files, directories or globs (with --index-only: tars or URLs)")
+    p.add_argument("--output", "-o", default=None,
+                   help="output directory for shards and index.json (--index-only: default the tars' folder)")
+    p.add_argument("--index-only", action="store_true",
+                   help="write only index.json and .idx sidecars for existing tars (local or remote)")
     p.add_argument("--format", default="text", choices=["text", "jsonl", "images", "image_text"])
     p.add_argument("--text-unit", default="file", choices=["file", "line", "paragraph"],
                    help="for --format text: one sample per file, per line or per blank-line paragraph")
@@ -56,6 +66,15 @@ def run(args) -> int:
     from ptft_engine.data import sources
     from ptft_engine.data.shards import write_shards
 
+    if args.index_only:
+        from ptft_engine.data.reindex import index_existing
+
+        index = index_existing(args.inputs, args.output)
+        print(f"indexed {index.total} samples in {len(index.shards)} shards (kind {index.kind}); "
+              f"wrote index.json and .idx files to {args.output or os.path.dirname(os.path.abspath(index.shards[0].path))}")
+        return 0
+    if args.output is None:
+        raise UserError("--output is required (the folder for the shards and index.json)")
     if args.max_samples < 1:
         raise UserError("--max-samples must be at least 1")
     opts = sources.Options(format=args.format, text_unit=args.text_unit, text_field=args.text_field,

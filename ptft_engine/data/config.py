@@ -10,7 +10,9 @@ class DataConfig(BaseModel):
     """Where the shards are and how the stream turns them into batches.
 
     `shards`: paths, globs, directories or index files (`index.json` written by
-    `ptft shard`); each entry is one *source* for weighted mixing.
+    `ptft shard`), brace ranges (shard-{000000..000127}.tar), or the same at
+    http(s)://, s3://, gs:// or behind `pipe:CMD`; each entry is one *source* for
+    weighted mixing. Remote shards are read through the node-local cache (`cache_*`).
     `batch_size` is per rank. For text objectives `docs_per_batch` documents are packed
     into each (batch_size, seq_len) batch: "auto" (default) sizes it from the token
     count of the corpus's first documents so batches come out about full; the token,
@@ -56,10 +58,30 @@ class DataConfig(BaseModel):
     strict: bool = False
     emit_sample_index: bool = False  # add "sample_index": global positions of the batch (for checks)
 
+    # remote sources (http(s)://, s3://, gs://, pipe:) and the node-local shard cache
+    cache_dir: str | None = None  # default: $PTFT_CACHE_DIR, else ~/.cache/ptft/shards
+    cache_max_gb: float = Field(100.0, gt=0)
+    # shards each worker opens (downloads, verifies) ahead of its batches; "auto": those one
+    # shuffle block spans, plus 2, as a new block needs all of its shards at once
+    prefetch_shards: int | Literal["auto"] = "auto"
+    fetch_retries: int = Field(3, ge=0)
+    fetch_timeout_s: float = Field(60.0, gt=0)  # a download with no byte for this long is retried
+
     @field_validator("shards", "eval_shards", mode="before")
     @classmethod
     def _one_or_many(cls, v):
         return [v] if isinstance(v, str) else v  # `shards: data/wiki` in YAML means one source
+
+    @field_validator("shards", "eval_shards", mode="after")
+    @classmethod
+    def _no_credentials(cls, v):
+        from ptft_engine.data.remote import has_user_info, redact
+
+        for spec in v or []:
+            if has_user_info(spec):  # it would be saved with the run's config.yaml
+                raise ValueError(f"shard source {redact(spec)!r} carries credentials in the URL; put them in the "
+                                 "environment or the tool's config (~/.netrc, ~/.aws, gcloud) instead")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":
@@ -70,6 +92,8 @@ class DataConfig(BaseModel):
                 raise ValueError("weights must be non-negative with a positive sum")
         if self.replace_prob + self.random_prob > 1.0:
             raise ValueError("replace_prob + random_prob must be <= 1")
+        if isinstance(self.prefetch_shards, int) and self.prefetch_shards < 0:
+            raise ValueError("prefetch_shards must be >= 0 (0: no prefetch) or \"auto\"")
         if isinstance(self.docs_per_batch, int) and self.docs_per_batch < 1:
             raise ValueError("docs_per_batch must be at least 1 (or \"auto\")")
         if self.kind != "text" and self.docs_per_batch != "auto":

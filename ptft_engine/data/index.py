@@ -27,6 +27,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ptft_engine.data import remote
 from ptft_engine.data.errors import DataError, log
 
 INDEX_NAME = "index.json"
@@ -148,36 +149,141 @@ def load_index(path: str) -> ShardIndex:
             doc = json.load(f)
     except json.JSONDecodeError as exc:
         raise DataError(f"index file {path!r} is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise DataError(f"{path!r} is not a ptft shard index (missing \"format\": \"{FORMAT}\")")
+    _check_format(doc, path)
     root = os.path.dirname(os.path.abspath(path))
-    extra = {k: v for k, v in doc.items()
-             if k not in ("format", "version", "kind", "total_samples", "shards", "columns", "num_shards")}
     if "columns" in doc:
         # Big index: shards come from the binary sidecar, and nothing per shard touches the
         # filesystem here (a missing shard or offset file shows when a worker first opens it).
         from ptft_engine.data.index_columns import ShardColumns
 
         columns = ShardColumns(os.path.join(root, doc["columns"]), root, path, int(doc["num_shards"]))
-        return ShardIndex(shards=columns, kind=doc.get("kind"), extra=extra)
+        return ShardIndex(shards=columns, kind=doc.get("kind"), extra=_extra(doc))
+    return index_from_doc(doc, path, lambda rel: os.path.join(root, rel), check_files=True)
+
+
+def _check_format(doc, where: str) -> None:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise DataError(f"{where!r} is not a ptft shard index (missing \"format\": \"{FORMAT}\")")
+
+
+def _extra(doc: dict) -> dict:
+    return {k: v for k, v in doc.items()
+            if k not in ("format", "version", "kind", "total_samples", "shards", "columns", "num_shards")}
+
+
+def index_from_doc(doc, where: str, locate, *, check_files: bool) -> ShardIndex:
+    """The index in the parsed JSON list `doc` read from `where`; `locate` turns a path in it into a
+    location (a local path or a URL). Local files are checked for existence at start; remote
+    ones on first open (no per-shard network call at start)."""
+    _check_format(doc, where)
+    extra = _extra(doc)
     shards = []
     # Small index (a JSON list): each shard is checked here, so a missing one fails at start.
     for entry in doc["shards"]:
-        p = os.path.join(root, entry["path"])
-        if not os.path.exists(p):
-            raise DataError(f"shard {p!r} listed in index {path!r} does not exist")
+        p = locate(entry["path"])
+        if check_files and not os.path.exists(p):
+            raise DataError(f"shard {p!r} listed in index {where!r} does not exist")
         offsets, offsets_path = entry.get("offsets"), None
         if isinstance(offsets, str):
-            offsets_path, offsets = os.path.join(root, offsets), None
-            if not os.path.exists(offsets_path):
-                raise DataError(f"offset file {offsets_path!r} listed in index {path!r} does not exist")
+            offsets_path, offsets = locate(offsets), None
+            if check_files and not os.path.exists(offsets_path):
+                raise DataError(f"offset file {offsets_path!r} listed in index {where!r} does not exist")
         shards.append(ShardInfo(path=p, samples=int(entry["samples"]), offsets=offsets, offsets_path=offsets_path,
                                 bytes=int(entry.get("bytes", 0)), sha256=entry.get("sha256")))
     return ShardIndex(shards=shards, kind=doc.get("kind"), extra=extra)
 
 
-def resolve_source(spec: str) -> ShardIndex:
-    """One config entry (index file, directory, glob or tar path) -> its shards, or a clear error."""
+def _select(index: ShardIndex, wanted: list[str], where: str) -> ShardIndex:
+    """The shards of `index` at the locations `wanted`, in that order."""
+    by_location = {s.path: s for s in index.shards}
+    missing = [w for w in wanted if w not in by_location]
+    if missing:
+        raise DataError(f"shard {remote.redact(missing[0])} is not listed in {remote.redact(where)} "
+                        f"({len(missing)} of {len(wanted)} missing); rewrite it with `ptft shard --index-only`")
+    return ShardIndex(shards=[by_location[w] for w in wanted], kind=index.kind, extra=index.extra)
+
+
+def _resolve_remote(spec: str, *, timeout: float, retries: int, cache_dir: str | None) -> ShardIndex:
+    """A URL or pipe: source: fetch its index.json (once, not per shard) and pick the named shards."""
+    groups: dict[str, list[str] | None] = {}  # index location -> the shards named from it (None: all)
+    for location in remote.expand(spec):
+        where = remote.index_location(location, INDEX_NAME)
+        if remote.names_tar(location):
+            groups.setdefault(where, [])
+            if groups[where] is not None:
+                groups[where].append(location)
+        else:
+            groups[where] = None
+    parts = []
+    for where, locations in groups.items():
+        try:
+            doc = json.loads(remote.fetch_bytes(where, timeout=timeout, retries=retries))
+        except (remote.FetchError, ValueError) as exc:
+            raise DataError(f"cannot read the shard index {remote.redact(where)} ({exc}); make one with "
+                            f"`ptft shard --index-only {remote.redact(spec)} --output DIR` and put DIR's files "
+                            "beside the shards") from None
+        if isinstance(doc, dict) and "columns" in doc:
+            index = _remote_columns(doc, where, cache_dir=cache_dir, timeout=timeout, retries=retries)
+        else:
+            index = index_from_doc(doc, remote.redact(where), lambda rel: remote.sibling(where, rel),
+                                   check_files=False)
+        parts.append(index if locations is None else _select(index, locations, where))
+    from ptft_engine.data.index_columns import concat_shards
+
+    return ShardIndex(shards=concat_shards([p.shards for p in parts]), kind=parts[0].kind, extra=parts[0].extra)
+
+
+def _remote_columns(doc: dict, where: str, *, cache_dir: str | None, timeout: float, retries: int) -> ShardIndex:
+    """A big remote index: its column sidecar is fetched once into the cache folder (workers
+    re-open it by name); shard locations are joined to the index's folder URL."""
+    from ptft_engine.data.index_columns import ShardColumns
+
+    _check_format(doc, remote.redact(where))
+    root = remote.sibling(where, ".")
+    if where.startswith("pipe:") or "?" in where or "#" in where:
+        raise DataError(f"the column index {remote.redact(where)} can be read from plain http(s)/s3/gs URLs "
+                        "only; write a JSON-list index for this source (ptft shard --index-only)")
+    if cache_dir is None:
+        from ptft_engine.data.cache import default_cache_dir
+
+        cache_dir = default_cache_dir()
+    local = os.path.join(cache_dir, "index", hashlib.sha256(where.encode()).hexdigest()[:32] + "-" +
+                         os.path.basename(doc["columns"]))
+    try:
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        with open(f"{local}.{os.getpid()}.part", "wb") as f:
+            remote.fetch_file(remote.sibling(where, doc["columns"]), f, timeout=timeout, retries=retries)
+        os.replace(f"{local}.{os.getpid()}.part", local)
+    except remote.FetchError as exc:
+        raise DataError(f"cannot read the column file of {remote.redact(where)} ({exc})") from None
+    return ShardIndex(shards=ShardColumns(local, root, remote.redact(where), int(doc["num_shards"])),
+                      kind=doc.get("kind"), extra=_extra(doc))
+
+
+def _local_tars(paths: list[str]) -> ShardIndex:
+    """Named local tars: their entries of the index.json beside them when it lists them all, else scanned."""
+    dirs = {os.path.dirname(os.path.abspath(p)) for p in paths}
+    idx = os.path.join(dirs.pop(), INDEX_NAME) if len(dirs) == 1 else None
+    if idx and os.path.exists(idx):
+        index = load_index(idx)
+        wanted = [os.path.abspath(p) for p in paths]
+        if set(wanted) <= {s.path for s in index.shards}:
+            return _select(index, wanted, idx)
+    return ShardIndex(shards=[scan_tar(p) for p in paths])
+
+
+def resolve_source(spec: str, *, timeout: float = 60.0, retries: int = 3, cache_dir: str | None = None) -> ShardIndex:
+    """One config entry (index file, directory, glob, tar path, brace range, URL or pipe:
+    command) -> its shards, or a clear error. `timeout`/`retries` bound reading a remote
+    index; a big one's column sidecar is kept in `cache_dir` (default: the shard cache's)."""
+    if remote.is_remote(spec):
+        return _resolve_remote(spec, timeout=timeout, retries=retries, cache_dir=cache_dir)
+    if remote.has_braces(spec):
+        paths = remote.expand(spec)
+        for p in paths:
+            if not os.path.exists(p):
+                raise DataError(f"shard path {p!r} (from {spec!r}) does not exist")
+        return _local_tars(paths)
     if os.path.isdir(spec):
         idx = os.path.join(spec, INDEX_NAME)
         if os.path.exists(idx):
@@ -196,7 +302,7 @@ def resolve_source(spec: str) -> ShardIndex:
     else:
         if not os.path.exists(spec):
             raise DataError(f"shard path {spec!r} does not exist")
-        paths = [spec]
+        return _local_tars([spec])
     return ShardIndex(shards=[scan_tar(p) for p in paths])
 
 

@@ -7,16 +7,23 @@ count — continues the epoch order at that position.
 """
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ptft_engine.data.cache import ShardCache
 from ptft_engine.data.config import DataConfig
 from ptft_engine.data.errors import BadSamples, DataError
 from ptft_engine.data.index import ShardIndex, resolve_source
+from ptft_engine.data.index_columns import shard_counts
 from ptft_engine.data.order import EpochOrder
+from ptft_engine.data.remote import is_remote
 from ptft_engine.data.stream import ShardStream, steps_left
 
 AUTO_SAMPLE_DOCS = 256
+MAX_AUTO_PREFETCH = 64
 OBJECTIVE_KIND = {"mlm": "text", "clm": "text", "simclr": "image", "clip": "image_text"}
 STATE_VERSION = 1
 
@@ -42,11 +49,16 @@ class Loader:
             raise DataError("no eval_shards in the data config")
         self.cfg, self.objective, self.rank, self.world_size = cfg, objective, rank, world_size
         self.split = split
-        self.sources: list[ShardIndex] = [resolve_source(s) for s in specs]  # a missing shard fails here
+        self.cache = ShardCache.from_config(cfg)
+        if any(is_remote(s) for s in specs):
+            self.cache.check_writable()
+        # a missing local shard fails here; remote sources fetch only their index.json
+        self.sources: list[ShardIndex] = [resolve_source(s, timeout=cfg.fetch_timeout_s, retries=cfg.fetch_retries,
+                                                         cache_dir=self.cache.root) for s in specs]
         self.builder = self._builder()
+        self.stats: dict[str, int] = {}
         self.docs = self._docs_per_batch()
         self.epoch, self.position = epoch, 0
-        self.stats: dict[str, int] = {}
         if len(self) == 0:
             raise DataError(f"{self.epoch_length()} samples cannot fill one step of {world_size} ranks x "
                             f"{self.docs} samples per batch")
@@ -61,12 +73,22 @@ class Loader:
         # a pure function of the data, so a resumed run computes the same number.
         order = EpochOrder(self.sources, seed=0, epoch=0, shuffle=False)
         n = min(AUTO_SAMPLE_DOCS, len(order))
-        reader = ShardStream(order, self.builder, rank=0, world_size=1, docs=n, start=0, strict=False)
+        reader = ShardStream(order, self.builder, rank=0, world_size=1, docs=n, start=0, strict=False,
+                             cache=self.cache)
         texts, _ = self.builder.texts(reader.read(0, BadSamples(strict=False)), BadSamples(strict=False))
+        self._add_stats(reader.counters())
         reader.close()
         extra = 1 if self.objective == "clm" else 2  # <eos>, or [CLS] and [SEP]
         per_doc = sum(len(ids) + extra for ids in self.builder.tok.encode_batch(texts)) / max(1, len(texts))
         return max(1, int(cfg.batch_size * cfg.seq_len / max(per_doc, 1.0)))
+
+    def _prefetch_shards(self) -> int:
+        if self.cfg.prefetch_shards != "auto":
+            return self.cfg.prefetch_shards
+        counts = np.concatenate([shard_counts(src.shards) for src in self.sources])
+        per_shard = max(1.0, float(counts.mean()) if len(counts) else 1.0)
+        span = self.cfg.shuffle_buffer if self.cfg.shuffle else self.world_size * self.docs
+        return min(MAX_AUTO_PREFETCH, math.ceil(span / per_shard) + 2)
 
     def _builder(self):
         from ptft_engine.data.tokenizer import load_tokenizer
@@ -123,17 +145,21 @@ class Loader:
         order = self._order(self.epoch if self.split == "train" else 0)
         stream = ShardStream(order, self.builder, rank=self.rank, world_size=self.world_size,
                              docs=self.docs, start=self.position, strict=cfg.strict,
-                             emit_sample_index=cfg.emit_sample_index)
+                             emit_sample_index=cfg.emit_sample_index, cache=self.cache,
+                             prefetch_shards=self._prefetch_shards())
         kw = {}
         if cfg.num_workers > 0:
             kw = dict(num_workers=cfg.num_workers, prefetch_factor=cfg.prefetch_factor, worker_init_fn=_worker_init)
         for batch in DataLoader(stream, batch_size=None, **kw):
-            for key, value in batch.pop("_stats").items():
-                self.stats[key] = self.stats.get(key, 0) + int(value)
+            self._add_stats(batch.pop("_stats"))
             self.stats["batches"] = self.stats.get("batches", 0) + 1
             self.position += step_samples  # counted as consumed once handed out
             yield batch
         self.epoch, self.position = self.epoch + 1, 0
+
+    def _add_stats(self, stats: dict) -> None:
+        for key, value in stats.items():
+            self.stats[key] = self.stats.get(key, 0) + int(value)
 
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "epoch": self.epoch, "position": self.position, "seed": self.cfg.seed,

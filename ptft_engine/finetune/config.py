@@ -40,7 +40,8 @@ class TaskSection(_Section):
 
 class DataSection(_Section):
     format: Literal["jsonl", "csv", "image_folder", "shards"] = Field(
-        "jsonl", description="shards: `ptft shard --format images` output (directory, index.json, tar or glob)")
+        "jsonl", description="shards: `ptft shard --format images` output (directory, index.json, tar, glob, "
+                 "brace range, http(s)/s3/gs URL or pipe:)")
     train: str
     validation: Optional[str] = None
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="held out of train when no validation file")

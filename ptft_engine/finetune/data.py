@@ -29,13 +29,13 @@ class FinetuneDataError(ValueError):
 
 # ---------------------------------------------------------------------------- reading
 def read_records(path: str | Path, fmt: str) -> list[dict[str, Any]]:
-    path = Path(path)
-    if fmt == "image_folder":
-        return read_image_folder(path)
-    if fmt == "shards":
+    if fmt == "shards":  # as given: a URL keeps its "//"
         from ptft_engine.finetune.shard_data import read_shard_records  # it imports this module
 
         return read_shard_records(str(path))
+    path = Path(path)
+    if fmt == "image_folder":
+        return read_image_folder(path)
     if not path.is_file():
         raise FinetuneDataError(f"{path}: data file not found")
     if fmt == "jsonl":

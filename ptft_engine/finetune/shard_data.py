@@ -9,16 +9,20 @@ shards and each record keeps only its sample's byte range, read again on access.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 from dataclasses import dataclass
 from typing import Any
 
+from ptft_engine.data.cache import Opened, ShardCache, ShardFailed
 from ptft_engine.data.errors import DataError
-from ptft_engine.data.index import read_members, resolve_source
+from ptft_engine.data.index import ShardInfo, read_members, resolve_source
+from ptft_engine.data.remote import is_remote, redact
 from ptft_engine.data.sources import IMAGE_EXTS
 from ptft_engine.finetune.data import FinetuneDataError
 
 _IMAGE_MEMBERS = tuple(dict.fromkeys(IMAGE_EXTS.values())) + ("jpeg",)
+_PINNED: list = []  # open cached shards: a shared flock on each keeps it from eviction
 
 
 @dataclass(frozen=True)
@@ -48,8 +52,20 @@ def _label_name(raw: bytes, classes: list[str] | None, shard: str, key: str) -> 
     return str(classes[cls])
 
 
+def _open(shard: ShardInfo) -> Opened:
+    """A shard opened through the node-local cache (remote: downloaded; local: sha256 checked).
+    A cached shard stays open for the process (pinned), as records point into it."""
+    try:
+        opened = ShardCache().open(shard)
+    except (ShardFailed, OSError) as exc:
+        raise FinetuneDataError(f"shard {redact(shard.path)}: {exc}") from None
+    if is_remote(shard.path):
+        _PINNED.append(opened.fh)
+    return opened
+
+
 def read_shard_records(spec: str) -> list[dict[str, Any]]:
-    """Shard directory / index.json / tar / glob -> [{"image": ShardImage, "label": class name}]."""
+    """Shard directory / index.json / tar / glob / URL / pipe: -> [{"image": ShardImage, "label": class name}]."""
     try:
         index = resolve_source(str(spec))
     except DataError as exc:
@@ -58,8 +74,9 @@ def read_shard_records(spec: str) -> list[dict[str, Any]]:
     classes = list(classes) if isinstance(classes, list) and classes else None
     out = []
     for shard in index.shards:
-        table = shard.offset_table()
-        with open(shard.path, "rb") as fh:
+        opened = _open(shard)
+        table, local = opened.table, opened.fh.name
+        with opened.fh if not is_remote(shard.path) else contextlib.nullcontext(opened.fh) as fh:
             for i in range(shard.samples):
                 try:
                     sample = read_members(fh, table, i)
@@ -74,7 +91,7 @@ def read_shard_records(spec: str) -> list[dict[str, Any]]:
                 if ext is None:
                     raise FinetuneDataError(f"shard {shard.path}, key {key}: no image member "
                                             f"(.{', .'.join(_IMAGE_MEMBERS)})")
-                out.append({"image": ShardImage(shard.path, int(table[i]), int(table[i + 1]), ext),
+                out.append({"image": ShardImage(local, int(table[i]), int(table[i + 1]), ext),
                             "label": _label_name(sample["cls"], classes, shard.path, key)})
     if not out:
         raise FinetuneDataError(f"{spec}: the shards hold no samples")

@@ -105,11 +105,12 @@ def _requested(backend: str | None) -> str | None:
     return None if name == "auto" else name
 
 
-# Kernels whose matmuls run on tensor cores (tl.dot). The CUDA attention and contrastive kernels are scalar
-# FMA so far: on matmul-heavy ops automatic GPU choice takes a tensor-core kernel first; mlm_mask has no
-# matmul and keeps the default order. `ptft env` prints this table.
-TENSOR_CORE_KERNELS = {"attention": ("triton",), "contrastive_loss": ("triton",), "nt_xent_loss": ("triton",),
-                       "mlm_mask": ()}
+# Kernels whose matmuls run on tensor cores: Triton (tl.dot) for every float dtype; CUDA (WMMA, fp32
+# accumulate, sm_80+) for fp16/bf16 inputs only, fp32 stays scalar FMA there. On matmul-heavy ops automatic
+# GPU choice takes Triton first (the measured kernel); mlm_mask has no matmul and keeps the default order.
+# `ptft env` prints this table.
+TENSOR_CORE_KERNELS = {"attention": ("triton", "cuda"), "contrastive_loss": ("triton", "cuda"),
+                       "nt_xent_loss": ("triton", "cuda"), "mlm_mask": ()}
 MATMUL_GPU_ORDER = ("triton", "cuda", "reference")
 
 

@@ -2,6 +2,7 @@
 strict mode raises naming them; a missing shard fails at start."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -28,7 +29,37 @@ def shards(tmp_path):
     return write_text_shards(tmp_path, 21)  # 3 shards of 7
 
 
+def _forget_sha256(shards):
+    """Drop the sha256 from the index, so damage reaches the per-sample checks."""
+    path = os.path.join(shards, "index.json")
+    doc = json.loads(open(path).read())
+    for entry in doc["shards"]:
+        entry["sha256"] = None
+    open(path, "w").write(json.dumps(doc))
+
+
+def test_changed_shard_fails_its_sha256_and_is_skipped_whole(shards, tok_path, tmp_path, caplog):
+    victim = load_index(os.path.join(shards, "index.json")).shards[1]
+    reference = _positions(build_loader(_cfg(shards, tok_path, cache_dir=str(tmp_path / "c")), objective="clm"))
+    with open(victim.path, "r+b") as f:  # one byte of a text member, same size: the tar still reads fine
+        f.seek(int(victim.offset_table()[3]) + 512)
+        f.write(b"X")
+    loader = build_loader(_cfg(shards, tok_path, cache_dir=str(tmp_path / "c")), objective="clm")
+    with caplog.at_level(logging.WARNING, logger="ptft_engine.data"):
+        seen = _positions(loader)
+    assert loader.stats["skipped"] == 7 and loader.stats["corrupt_shards"] == 1
+    assert len(reference) == 21 and len(seen) == 21 - 7 and set(seen) < set(reference)
+    assert f"skipping shard {victim.path}: sha256" in caplog.text
+    with pytest.raises(CorruptSampleError, match=r"shard-000001.tar.*sha256 .* does not match") as err:
+        _positions(build_loader(_cfg(shards, tok_path, strict=True, cache_dir=str(tmp_path / "c")), objective="clm"))
+    assert "\n" not in str(err.value)
+    with pytest.raises(CorruptSampleError, match=r"shard-000001.tar.*sha256 .* does not match"):
+        _positions(build_loader(_cfg(shards, tok_path, strict=True, num_workers=2, cache_dir=str(tmp_path / "c")),
+                                objective="clm"))
+
+
 def test_truncated_shard_is_skipped_and_named(shards, tok_path, caplog):
+    _forget_sha256(shards)
     victim = load_index(os.path.join(shards, "index.json")).shards[1]
     with open(victim.path, "r+b") as f:
         f.truncate(victim.offset_table()[4] + 100)  # samples 4..6 of shard 1 are cut off
@@ -45,6 +76,7 @@ def test_truncated_shard_is_skipped_and_named(shards, tok_path, caplog):
 
 
 def test_garbled_header_and_undecodable_member(shards, tok_path, tmp_path, caplog):
+    _forget_sha256(shards)
     index = load_index(os.path.join(shards, "index.json"))
     garbled = index.shards[0]
     with open(garbled.path, "r+b") as f:

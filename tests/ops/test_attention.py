@@ -120,10 +120,10 @@ def test_triton_backend_matches_reference(b, h, s, d, extra, causal, dtype):
 
 
 def test_triton_configs_split_at_query_block_boundaries():
-    """fwd/dq run their unmasked key blocks up to a query-block start: BLOCK_M % BLOCK_N == 0."""
+    """fwd runs its unmasked key blocks up to a query-block start: BLOCK_M % BLOCK_N == 0."""
     from ptft_engine.ops.attention import triton as triton_attention
 
-    for kind in ("fwd", "dq"):
+    for kind in ("fwd",):
         for cfg in triton_attention._configs(kind):
             assert cfg.kwargs["BLOCK_M"] % cfg.kwargs["BLOCK_N"] == 0, (kind, cfg.kwargs)
 

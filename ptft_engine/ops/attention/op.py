@@ -120,7 +120,8 @@ def attention(
     documents), combined with `causal` and the padding mask. Rows that see no key
     return zeros (and zero gradients). `scale` defaults to D**-0.5. `backend`:
     None | "reference" | "cpu" | "triton" | "cuda" (see ops/registry.py); automatic choice
-    takes Triton over the (scalar) CUDA kernel on GPUs, and the C++ kernel on CPUs.
+    takes Triton over the CUDA kernel on GPUs (both on tensor cores for fp16/bf16; CUDA's fp32 path is
+    scalar), and the C++ kernel on CPUs.
     """
     _check_inputs(q, k, v, causal, key_padding_mask, segment_ids)
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)

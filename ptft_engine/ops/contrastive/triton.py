@@ -1,11 +1,16 @@
 """Triton kernels for the chunked contrastive log-sum-exps (forward) and their backward.
 
-Forward: one program per BLOCK_M rows of S = scale * a @ b.T sweeps all columns in
-BLOCK_N tiles (tl.dot over D in BLOCK_K slices) keeping an online row max / sum. The
-column lse is the same kernel on (b, a): the column lse of S is the row lse of S.T.
-Backward: one program per (BLOCK_M rows, BLOCK_D feature slice) recomputes each S tile,
-forms dS = g_row * exp(S - row_lse) + g_col * exp(S - col_lse) and accumulates
-da = scale * dS @ b; db is the same kernel with the roles of a and b swapped.
+Forward: a 2-D grid of (BLOCK_M rows) x (column splits); each program sweeps its share of
+the columns of S = scale * a @ b.T in BLOCK_N tiles (tl.dot over D in BLOCK_K slices) keeping
+an online row max / sum, and writes that partial (max, sum); a tiny torch reduction combines
+the splits. Splitting the columns fills the GPU: n = 4096 rows make only 64 row blocks of 64
+for 132 SMs. The column lse is the same kernel on (b, a): the column lse of S is the row lse
+of S.T.
+Backward: one program per (BLOCK_M rows, BLOCK_D feature slice, column split) recomputes each
+S tile, forms dS = g_row * exp(S - row_lse) + g_col * exp(S - col_lse) and accumulates
+da = scale * dS @ b over its columns; with more than one split the partial da are added by
+fp32 atomics (summation order then varies run to run: not bitwise deterministic; one split,
+as on small inputs, stores directly). db is the same kernel with a and b swapped.
 """
 from __future__ import annotations
 
@@ -30,20 +35,25 @@ def _scaled_tile(a_ptr, b_ptr, rows, cols, n, m, D, stride_a, stride_b,
 
 
 @triton.jit
-def _contrastive_row_lse_kernel(a_ptr, b_ptr, scale_ptr, excl_ptr, out_ptr, n, m, D, stride_a, stride_b,
-                                HAS_EXCL: tl.constexpr, PRECISION: tl.constexpr,
+def _contrastive_row_lse_kernel(a_ptr, b_ptr, scale_ptr, excl_ptr, pmax_ptr, psum_ptr, n, m, D, stride_a, stride_b,
+                                cols_per_split, HAS_EXCL: tl.constexpr, PRECISION: tl.constexpr,
                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Partial (max, sum of exp(S - max)) of rows over columns [split * cols_per_split, +cols_per_split)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    split = tl.program_id(1)
+    n_splits = tl.num_programs(1)
+    j_lo = split * cols_per_split
+    j_hi = tl.minimum(m, j_lo + cols_per_split)
     scale = tl.load(scale_ptr).to(tl.float32)
     row_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     row_sum = tl.zeros((BLOCK_M,), tl.float32)
     if HAS_EXCL:
         excl = tl.load(excl_ptr + rows, mask=rows < n, other=-1)
-    for j0 in range(0, m, BLOCK_N):
+    for j0 in range(j_lo, j_hi, BLOCK_N):
         cols = j0 + tl.arange(0, BLOCK_N)
-        t = _scaled_tile(a_ptr, b_ptr, rows, cols, n, m, D, stride_a, stride_b,
+        t = _scaled_tile(a_ptr, b_ptr, rows, cols, n, j_hi, D, stride_a, stride_b,
                          BLOCK_M, BLOCK_N, BLOCK_K, PRECISION) * scale
-        valid = (cols < m)[None, :] & (rows >= 0)[:, None]
+        valid = (cols < j_hi)[None, :] & (rows >= 0)[:, None]
         if HAS_EXCL:
             valid = valid & (cols[None, :] != excl[:, None])
         t = tl.where(valid, t, float("-inf"))
@@ -51,16 +61,20 @@ def _contrastive_row_lse_kernel(a_ptr, b_ptr, scale_ptr, excl_ptr, out_ptr, n, m
         shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # rows with every entry excluded so far
         row_sum = row_sum * tl.exp(row_max - shift) + tl.sum(tl.exp(t - shift[:, None]), 1)
         row_max = new_max
-    tl.store(out_ptr + rows, row_max + tl.log(row_sum), mask=rows < n)
+    tl.store(pmax_ptr + rows * n_splits + split, row_max, mask=rows < n)
+    tl.store(psum_ptr + rows * n_splits + split, row_sum, mask=rows < n)
 
 
 @triton.jit
 def _contrastive_bwd_kernel(a_ptr, b_ptr, scale_ptr, excl_ptr, rlse_ptr, grow_ptr, clse_ptr, gcol_ptr,
-                            da_ptr, ds_ptr, n, m, D, stride_a, stride_b, stride_da,
+                            da_ptr, ds_ptr, n, m, D, stride_a, stride_b, stride_da, cols_per_split,
                             HAS_EXCL: tl.constexpr, HAS_ROW: tl.constexpr, HAS_COL: tl.constexpr,
                             WANT_DS: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_m, pid_d = tl.program_id(0), tl.program_id(1)
+    pid_m, pid_d, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    n_splits = tl.num_programs(2)
+    j_lo = split * cols_per_split
+    j_hi = tl.minimum(m, j_lo + cols_per_split)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     dcols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     rmask = rows < n
@@ -72,10 +86,10 @@ def _contrastive_bwd_kernel(a_ptr, b_ptr, scale_ptr, excl_ptr, rlse_ptr, grow_pt
         grow = tl.load(grow_ptr + rows, mask=rmask, other=0.0)
     da = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     ds = tl.zeros((BLOCK_M,), tl.float32)
-    for j0 in range(0, m, BLOCK_N):
+    for j0 in range(j_lo, j_hi, BLOCK_N):
         cols = j0 + tl.arange(0, BLOCK_N)
-        cmask = cols < m
-        raw = _scaled_tile(a_ptr, b_ptr, rows, cols, n, m, D, stride_a, stride_b,
+        cmask = cols < j_hi
+        raw = _scaled_tile(a_ptr, b_ptr, rows, cols, n, j_hi, D, stride_a, stride_b,
                            BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
         valid = cmask[None, :] & rmask[:, None]
         if HAS_EXCL:
@@ -92,11 +106,17 @@ def _contrastive_bwd_kernel(a_ptr, b_ptr, scale_ptr, excl_ptr, rlse_ptr, grow_pt
             ds += tl.sum(d * raw, 1)
         b = tl.load(b_ptr + cols[:, None] * stride_b + dcols[None, :], mask=cmask[:, None] & (dcols < D)[None, :], other=0.0)
         da = tl.dot((d * scale).to(b.dtype), b, da, input_precision=PRECISION)
-    tl.store(da_ptr + rows[:, None] * stride_da + dcols[None, :], da, mask=rmask[:, None] & (dcols < D)[None, :])
+    da_mask = rmask[:, None] & (dcols < D)[None, :]
+    if n_splits == 1:
+        tl.store(da_ptr + rows[:, None] * stride_da + dcols[None, :], da, mask=da_mask)
+    else:  # da was zeroed; each split adds its columns' share
+        tl.atomic_add(da_ptr + rows[:, None] * stride_da + dcols[None, :], da, mask=da_mask, sem="relaxed")
     if WANT_DS:
-        tl.store(ds_ptr + pid_m, tl.sum(ds, 0))
+        if pid_d == 0:  # every feature slice computes the same dscale share: count it once
+            tl.store(ds_ptr + pid_m * n_splits + split, tl.sum(ds, 0))
 
 
+KERNELS = {"row_lse": _contrastive_row_lse_kernel, "bwd": _contrastive_bwd_kernel}  # (compile test)
 GPU_CONFIG = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, BLOCK_D=128, num_warps=4)
 INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, BLOCK_D=32, num_warps=1)
 
@@ -104,6 +124,31 @@ INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, BLOCK_D=32, num_warp
 def _config(x: torch.Tensor) -> dict:
     # small tiles under the interpreter: its cost grows with the tile size (tests run GPU_CONFIG there too)
     return INTERPRET_CONFIG if triton_interpret() else GPU_CONFIG
+
+
+# Column splits per launch: None sizes them to fill the GPU (split_count); tests set a number.
+FORCE_SPLITS: int | None = None
+_PROGRAMS_PER_SM = 2
+
+
+def split_count(programs: int, col_blocks: int, device: torch.device) -> int:
+    """Column splits so that `programs` x splits covers every SM about twice (at most one
+    split per BLOCK_N column tile; 1 under the interpreter, where programs run one by one)."""
+    if FORCE_SPLITS is not None:
+        return max(1, min(FORCE_SPLITS, col_blocks))
+    if device.type != "cuda":
+        return 1
+    return splits_to_fill(programs, col_blocks, torch.cuda.get_device_properties(device).multi_processor_count)
+
+
+def splits_to_fill(programs: int, col_blocks: int, sms: int) -> int:
+    return max(1, min(col_blocks, triton.cdiv(_PROGRAMS_PER_SM * sms, programs)))
+
+
+def _split_columns(m: int, block_n: int, splits: int) -> tuple[int, int]:
+    """(columns per split, a whole number of BLOCK_N tiles; splits actually launched)."""
+    per = triton.cdiv(triton.cdiv(m, splits), block_n) * block_n
+    return per, triton.cdiv(m, per)
 
 
 def _precision(x: torch.Tensor) -> str:
@@ -124,14 +169,21 @@ def row_lse(a, b, scale, exclude) -> torch.Tensor:
     """logsumexp over j of scale * a_i . b_j (j != exclude[i]), float32 (n,)."""
     n, d = a.shape
     m = b.shape[0]
-    out = torch.empty(n, dtype=torch.float32, device=a.device)
     cfg = _config(a)
-    grid = (triton.cdiv(n, cfg["BLOCK_M"]),)
-    _contrastive_row_lse_kernel[grid](
-        a, b, scale, exclude if exclude is not None else out, out, n, m, d, a.stride(0), b.stride(0),
+    row_blocks = triton.cdiv(n, cfg["BLOCK_M"])
+    splits = split_count(row_blocks, triton.cdiv(m, cfg["BLOCK_N"]), a.device)
+    per, splits = _split_columns(m, cfg["BLOCK_N"], splits)
+    pmax = torch.empty(n, splits, dtype=torch.float32, device=a.device)
+    psum = torch.empty(n, splits, dtype=torch.float32, device=a.device)
+    _contrastive_row_lse_kernel[(row_blocks, splits)](
+        a, b, scale, exclude if exclude is not None else pmax, pmax, psum, n, m, d, a.stride(0), b.stride(0), per,
         HAS_EXCL=exclude is not None, PRECISION=_precision(a), BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
         BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"])
-    return out
+    if splits == 1:
+        return (pmax + psum.log()).squeeze(1)
+    top = pmax.amax(1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # a split with every column excluded
+    return (top + (psum * torch.exp(pmax - top)).sum(1, keepdim=True).log()).squeeze(1)
 
 
 def grad_rows(a, b, scale, exclude, rlse, grow, clse, gcol, want_ds: bool):
@@ -140,15 +192,18 @@ def grad_rows(a, b, scale, exclude, rlse, grow, clse, gcol, want_ds: bool):
     m = b.shape[0]
     cfg = _config(a)
     block_d = min(cfg["BLOCK_D"], max(16, triton.next_power_of_2(d)))
-    da = torch.empty(n, d, dtype=torch.float32, device=a.device)
-    grid = (triton.cdiv(n, cfg["BLOCK_M"]), triton.cdiv(d, block_d))
-    ds = torch.zeros(grid[0], dtype=torch.float32, device=a.device)
+    row_blocks, d_blocks = triton.cdiv(n, cfg["BLOCK_M"]), triton.cdiv(d, block_d)
+    splits = split_count(row_blocks * d_blocks, triton.cdiv(m, cfg["BLOCK_N"]), a.device)
+    per, splits = _split_columns(m, cfg["BLOCK_N"], splits)
+    da = (torch.zeros if splits > 1 else torch.empty)(n, d, dtype=torch.float32, device=a.device)
+    grid = (row_blocks, d_blocks, splits)
+    ds = torch.zeros(row_blocks * splits, dtype=torch.float32, device=a.device)
     dummy = ds
     _contrastive_bwd_kernel[grid](
         a, b, scale, exclude if exclude is not None else dummy,
         rlse if grow is not None else dummy, grow if grow is not None else dummy,
         clse if gcol is not None else dummy, gcol if gcol is not None else dummy,
-        da, ds, n, m, d, a.stride(0), b.stride(0), da.stride(0),
+        da, ds, n, m, d, a.stride(0), b.stride(0), da.stride(0), per,
         HAS_EXCL=exclude is not None, HAS_ROW=grow is not None, HAS_COL=gcol is not None, WANT_DS=want_ds,
         PRECISION=_precision(a), BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
         BLOCK_D=block_d, num_warps=cfg["num_warps"])
