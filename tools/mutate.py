@@ -229,7 +229,8 @@ def scratch_tree() -> Path:
 
 
 def run_tests(tree: Path, args: list[str], timeout: float) -> tuple[str, float]:
-    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
+    extra = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": str(tree) + (os.pathsep + extra if extra else ""), "PYTHONDONTWRITEBYTECODE": "1"}
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--timeout", str(int(timeout)),
            *args]
     t0 = time.time()
@@ -239,9 +240,11 @@ def run_tests(tree: Path, args: list[str], timeout: float) -> tuple[str, float]:
         return "timeout", time.time() - t0
     if proc.returncode == 0:
         return "survived", time.time() - t0
-    if proc.returncode in (1, 3):  # tests failed (3: internal error, e.g. an import broke)
-        return "killed", time.time() - t0
-    return f"error rc={proc.returncode}", time.time() - t0
+    summary = proc.stdout.strip().splitlines()[-1:] or [""]
+    if proc.returncode == 1 and (" failed" in summary[0] or " error" in summary[0]):
+        return "killed", time.time() - t0  # a test failed (or errored, e.g. an import broke)
+    # anything else (pytest itself missing, a usage error) says nothing about the mutant
+    return f"invalid rc={proc.returncode}", time.time() - t0
 
 
 def mutate_module(tree: Path, module: str, tests: list[str], *, max_mutants: int | None, seed: int,
@@ -258,15 +261,19 @@ def mutate_module(tree: Path, module: str, tests: list[str], *, max_mutants: int
         return 0, len(mutants), []
     status, base_s = run_tests(tree, tests, timeout=900)
     if status != "survived":
-        print(f"   the tests fail without any mutant ({status}): skipping {module}")
+        print(f"   the tests do not pass without any mutant ({status}): skipping {module}")
         return 0, 0, []
     timeout = max(30.0, 3 * base_s + 10)
     lines = original.splitlines(keepends=False)
-    killed, survivors = 0, []
+    killed, survivors, planted = 0, [], len(mutants)
     try:
         for m in mutants:
             path.write_text("\n".join(m.apply(lines)) + "\n")
             status, secs = run_tests(tree, tests, timeout)
+            if status.startswith("invalid"):
+                planted -= 1
+                print(f"   INVALID  {m.describe()}  [{status}, {secs:.0f}s]: not counted", flush=True)
+                continue
             ok = status != "survived"
             killed += ok
             print(f"   {'killed ' if ok else 'SURVIVED'} {m.describe()}  [{status}, {secs:.0f}s]", flush=True)
@@ -274,7 +281,7 @@ def mutate_module(tree: Path, module: str, tests: list[str], *, max_mutants: int
                 survivors.append(f"{module} {m.describe()}")
     finally:
         path.write_text(original)
-    return killed, len(mutants), survivors
+    return killed, planted, survivors
 
 
 def main(argv: list[str] | None = None) -> int:
