@@ -239,3 +239,13 @@ def test_a_save_starts_from_an_empty_temp_dir_and_can_resave_without_latest(tmp_
     (tmp_path / "tmp-step-00000009").mkdir()
     checkpoint.remove_partial(str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000004", "step-00000005"]
+
+
+def test_a_rank_whose_engine_writes_nothing_still_saves(tmp_path):
+    class SilentEngine:  # e.g. a rank that holds no partition of its own
+        def save_checkpoint(self, save_dir, tag, save_latest):
+            pass
+
+    path = checkpoint.save(SilentEngine(), tmp_path / "new", 3, rank=0, rank_state={"data": 1}, meta={}, keep_last=1)
+    assert torch.load(path / "rank00000.pt", weights_only=False)["data"] == 1
+    assert checkpoint.read_meta(path)["step"] == 3
