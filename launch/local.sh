@@ -4,7 +4,9 @@
 #   launch/local.sh N --config configs/clm_tiny.yaml [key=value ...] [--resume auto]
 #
 # Environment: PYTHON (default: the repo's .venv, else python3), MASTER_PORT (default: a
-# free port). Extra deepspeed launcher flags go in DS_LAUNCHER_ARGS (e.g. "--include localhost:0,1").
+# free port); pick GPUs with CUDA_VISIBLE_DEVICES. The launcher (ptft_engine/engine/launcher.py)
+# forwards SIGTERM/SIGINT to the ranks, which save one checkpoint and exit 75; ranks stop
+# when the launcher dies; a failed rank takes the others down (PTFT_FAIL_GRACE_S, 15 s).
 set -euo pipefail
 if [[ $# -lt 1 || ! "$1" =~ ^[0-9]+$ ]]; then
   echo "usage: launch/local.sh NUM_RANKS --config RECIPE.yaml [key=value ...]" >&2
@@ -19,6 +21,4 @@ PORT=${MASTER_PORT:-$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind((
 # no GPU driver: DeepSpeed's CPU accelerator (gloo) instead of guessing
 command -v nvidia-smi > /dev/null 2>&1 || export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-# shellcheck disable=SC2086
-exec "$PYTHON" -m deepspeed.launcher.runner --num_gpus "$NPROC" --master_port "$PORT" ${DS_LAUNCHER_ARGS:-} \
-  --no_local_rank --module ptft_engine.cli pretrain "$@"
+exec "$PYTHON" -m ptft_engine.engine.launcher --nproc "$NPROC" --master-port "$PORT" -- pretrain "$@"

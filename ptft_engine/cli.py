@@ -93,7 +93,7 @@ def _user_message(exc: BaseException) -> str | None:
     """One line for an error the user can fix; None lets a bug show its traceback."""
     if isinstance(exc, (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
                         PermissionError, FileExistsError)):
-        return str(exc)
+        return _from_worker(str(exc))
     kind = type(exc).__name__  # by name: importing torch here would slow every command
     if kind == "BackendUnavailable":  # an explicitly requested kernel backend (ops.registry)
         return f"{exc} — use a machine that has it, or PTFT_KERNEL_BACKEND=auto"
@@ -105,6 +105,18 @@ def _user_message(exc: BaseException) -> str | None:
         return (f"cannot reach the rank-0 rendezvous at {where} ({first}) — check that rank 0 is running, that "
                 "MASTER_ADDR/MASTER_PORT (or the hostfile) name it, and that the port is open between the nodes")
     return None
+
+
+def _from_worker(message: str) -> str:
+    """A DataLoader worker's error arrives as 'Caught X in DataLoader worker process N.
+    Original Traceback ...': keep the original one-line message, say where it came from."""
+    lines = message.strip().splitlines()
+    if len(lines) < 2 or "DataLoader worker" not in lines[0]:
+        return message
+    last = lines[-1].strip()
+    kind, sep, text = last.partition(": ")
+    original = text if sep and " " not in kind else last  # drop 'package.module.ErrorClass: '
+    return f"{original} (in {lines[0].removeprefix('Caught ').split(' in ', 1)[-1].rstrip('.')})"
 
 
 if __name__ == "__main__":

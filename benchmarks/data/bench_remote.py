@@ -52,7 +52,8 @@ def run_epoch(spec: str, tok: str, cache: str, args, **kw) -> dict:
     from ptft_engine.data import DataConfig, build_loader
 
     cfg = DataConfig(shards=[spec], tokenizer=tok, seq_len=args.seq_len, batch_size=args.batch_size,
-                     docs_per_batch=args.docs, num_workers=args.workers, shuffle_buffer=args.shuffle_buffer,
+                     docs_per_batch=args.docs, packing="batch", num_workers=args.workers,
+                     shuffle_buffer=args.shuffle_buffer,
                      cache_dir=cache, **kw)
     loader = build_loader(cfg, objective="clm")
     waits, tokens, last = [], 0, 0

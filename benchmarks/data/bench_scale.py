@@ -248,7 +248,7 @@ def checkpoint_state_bytes() -> None:
     from ptft_engine.data.loader import Loader
 
     fake = SimpleNamespace(epoch=3, position=9_999_000_000, cfg=SimpleNamespace(seed=1234), world_size=4096,
-                           docs=DOCS, split="train", epoch_length=lambda: 10_000_000_000)
+                           docs=DOCS, split="train", epoch_length=lambda: 10_000_000_000, planned=False, carry=None)
     state = Loader.state_dict(fake)
     emit("checkpoint_data_state_bytes", float(len(json.dumps(state))), None, "bytes", state=state)
 

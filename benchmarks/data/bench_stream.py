@@ -7,6 +7,9 @@ Cases (one JSON object each, ours and the peer measured in the same run):
   vs webdataset.WebDataset + the same tokenizer (PreTrainedTokenizerFast, truncation)
   + DataCollatorForLanguageModeling with 2 workers. Counts real (non-pad) tokens.
 - clm_stream_tokens_per_s: ours (concatenate-and-chunk) vs the same peer.
+- pretok_mlm_stream_tokens_per_s / pretok_clm_stream_tokens_per_s: ours on pre-tokenised
+  shards (`ptft shard --tokenizer`: .ids members, lengths in the index, no tokenising at
+  read time) vs the same peer.
 - stream_vs_train_step: our MLM tokens/s vs the tokens/s a small BERT-like training
   step consumes on --device (what the stream must stay above).
 """
@@ -142,19 +145,28 @@ def main() -> None:
         shards = bench_write(corpus, root)
         tok = os.path.join(root, "tokenizer.json")
         train_tokenizer(iter_texts([shards]), kind="bpe", vocab_size=4000).save(tok)
+        from ptft_engine.data import sources
+        from ptft_engine.data.shards import write_shards
+
+        pretok = os.path.join(root, "pretok")
+        write_shards([corpus], pretok, sources.Options(format="jsonl", tokenizer=tok), shard_bytes=1 << 20,
+                     workers=2, progress=False)
         common = dict(seq_len=args.seq_len, batch=args.batch_size, n_batches=n_batches, workers=args.workers)
         # The machine is shared: alternate ours and the peer over several rounds and
         # compare medians, so a burst of load elsewhere hits both alike.
         rounds = 1 if args.quick else 3
         results = {}
         for objective in ("mlm", "clm"):
-            ours, peer = [], []
+            ours, pre, peer = [], [], []
             for _ in range(rounds):
                 peer.append(peer_tokens_per_s(shards, tok, mlm=objective == "mlm", **common))
                 ours.append(ours_tokens_per_s(shards, tok, objective, docs="auto", **common))
+                pre.append(ours_tokens_per_s(pretok, tok, objective, docs="auto", **common))
             results[objective] = statistics.median(ours)
             emit(f"{objective}_stream_tokens_per_s", results[objective], statistics.median(peer), "tokens/s",
                  workers=args.workers, rounds=rounds)
+            emit(f"pretok_{objective}_stream_tokens_per_s", statistics.median(pre), statistics.median(peer),
+                 "tokens/s", workers=args.workers, rounds=rounds)
         step = train_step_tokens_per_s(args.device, 4000, args.seq_len, args.batch_size, 3 if args.quick else 6)
         emit("stream_vs_train_step", results["mlm"], step, "tokens/s", device=args.device,
              note="peer = tokens/s a 4-layer 256-wide encoder step consumes")

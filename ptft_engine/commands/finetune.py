@@ -3,8 +3,9 @@
 Tasks: sequence_classification, token_classification, regression, image_classification.
 Strategies: full, partial (freeze embeddings / lower N blocks), linear_probe, lora; with
 warmup + decay, layer-wise lr decay (optim.layer_decay) and early stopping on a
-validation metric. Data (data.format): jsonl, csv, image folders, or image shards written
-by `ptft shard --format images`. Writes OUTPUT_DIR/best (export format + head + metrics),
+validation metric. Data (data.format): jsonl, csv, image folders, or shards written by
+`ptft shard --format images` (image classification) or `ptft shard --format jsonl
+--label-field F` (sequence classification, regression). Writes OUTPUT_DIR/best (export format + head + metrics),
 OUTPUT_DIR/report.json and OUTPUT_DIR/curves.png.
 """
 from __future__ import annotations

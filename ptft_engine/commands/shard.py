@@ -5,7 +5,8 @@ stream seeks with them, so a resume costs no re-reading), and OUTPUT/index.json 
 each shard's sample count and sha256 (from 1,000 shards on, these go to columns in
 OUTPUT/index.columns.safetensors, which loads in milliseconds). Inputs are read in
 parallel; unreadable files, undecodable images and empty texts are skipped and listed
-in the summary (--strict makes the first one an error).
+in the summary (--strict makes the first one an error). --tokenizer tok.json pre-tokenises
+text: each sample also holds .ids (its token ids), shard-NNNNNN.lens their counts.
 
 With --index-only, nothing is written but OUTPUT/index.json and the .idx sidecars of
 tars that exist already (local paths, brace ranges, http(s)/s3/gs URLs or pipe:
@@ -14,7 +15,7 @@ the written files beside the shards.
 
 Formats:
   text        plain text files or directories (--text-unit file|line|paragraph)
-  jsonl       one JSON object per line, text in --text-field
+  jsonl       one JSON object per line, text in --text-field (--label-field: keep a label too)
   images      a folder with one subfolder per class (.jpg/.png + .cls members)
   image_text  JSONL with --image-field (path, relative to the JSONL file) and --caption-field
 """
@@ -28,6 +29,8 @@ from ptft_engine.cli import UserError
 EXAMPLE = """Examples:
   ptft shard corpus/ --output shards/wiki --shard-size 256MB
   ptft shard data/*.jsonl --format jsonl --text-field content --output shards/web
+  ptft shard corpus/ --text-unit paragraph --tokenizer tok/tokenizer.json --output shards/pretok
+  ptft shard reviews.jsonl --format jsonl --label-field label --output shards/reviews
   ptft shard imagenet/train --format images --output shards/imagenet --workers 8
   ptft shard --index-only 'https://host/data/shard-{000000..000127}.tar' --output index/
 """
@@ -52,6 +55,11 @@ def add_arguments(p) -> None:
     p.add_argument("--text-unit", default="file", choices=["file", "line", "paragraph"],
                    help="for --format text: one sample per file, per line or per blank-line paragraph")
     p.add_argument("--text-field", default="text", help="JSONL field holding the text")
+    p.add_argument("--label-field", default=None,
+                   help="jsonl: also keep this field (as a .label member) for `ptft finetune` with data.format shards")
+    p.add_argument("--tokenizer", default=None,
+                   help="text/jsonl: also store each sample's token ids made with this tokenizer.json (pre-tokenised "
+                        "shards: training reads them instead of tokenising, packing reads lengths from the index)")
     p.add_argument("--image-field", default="image", help="image_text: JSONL field with the image path")
     p.add_argument("--caption-field", default="caption", help="image_text: JSONL field with the caption")
     p.add_argument("--shard-size", default="256MB", help="target bytes per shard (default 256MB)")
@@ -78,7 +86,8 @@ def run(args) -> int:
     if args.max_samples < 1:
         raise UserError("--max-samples must be at least 1")
     opts = sources.Options(format=args.format, text_unit=args.text_unit, text_field=args.text_field,
-                           image_field=args.image_field, caption_field=args.caption_field)
+                           image_field=args.image_field, caption_field=args.caption_field,
+                           label_field=args.label_field, tokenizer=args.tokenizer)
     summary = write_shards(args.inputs, args.output, opts, shard_bytes=parse_size(args.shard_size),
                            shard_samples=args.max_samples, workers=args.workers, strict=args.strict,
                            overwrite=args.overwrite, progress=not args.no_progress)

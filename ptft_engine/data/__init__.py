@@ -8,7 +8,7 @@
 
 Batches (B = batch_size per rank, S = seq_len):
     mlm     input_ids (B,S) int64 masked, labels (B,S) int64 (-100 = not selected),
-            segment_ids (B,S) int64 (1, 2, ... per packed document, 0 = pad),
+            segment_ids (B,S) int64 (1, 2, ... per packed piece of a document, 0 = pad),
             attention_mask (B,S) bool (True = real token)
     clm     input_ids (B,S) int64, labels (B,S) int64 (= input_ids, -100 on pad; the model
             shifts), attention_mask (B,S) bool

@@ -13,9 +13,12 @@ class DataConfig(BaseModel):
     `ptft shard`), brace ranges (shard-{000000..000127}.tar), or the same at
     http(s)://, s3://, gs:// or behind `pipe:CMD`; each entry is one *source* for
     weighted mixing. Remote shards are read through the node-local cache (`cache_*`).
-    `batch_size` is per rank. For text objectives `docs_per_batch` documents are packed
-    into each (batch_size, seq_len) batch: "auto" (default) sizes it from the token
-    count of the corpus's first documents so batches come out about full; the token,
+    `batch_size` is per rank. Text batches hold batch_size rows of seq_len tokens packed
+    as the epoch's packing plan says (`packing: plan`, the default): a document that does
+    not fit continues in the next row, and the rows after the epoch's last whole step open
+    the next epoch. `packing: batch` packs each batch from its own `docs_per_batch`
+    documents and drops what does not fit ("auto" sizes it from the corpus's first
+    documents). The token,
     pad and dropped counts are in `loader.stats`. Image batches hold batch_size images. `shuffle_buffer` is the size of the blocks whose
     order is shuffled after the shard order is (bigger = better mixed, still local reads).
     """
@@ -29,7 +32,8 @@ class DataConfig(BaseModel):
     # text
     tokenizer: str | None = None
     seq_len: int = Field(128, ge=4)
-    docs_per_batch: int | Literal["auto"] = "auto"
+    packing: Literal["plan", "batch"] = "plan"
+    docs_per_batch: int | Literal["auto"] = "auto"  # packing: batch only
     mask_prob: float = Field(0.15, ge=0.0, le=1.0)
     replace_prob: float = Field(0.8, ge=0.0, le=1.0)
     random_prob: float = Field(0.1, ge=0.0, le=1.0)
@@ -56,7 +60,7 @@ class DataConfig(BaseModel):
     samples_per_epoch: int | None = Field(None, ge=1)
     weights: list[float] | None = None
     strict: bool = False
-    emit_sample_index: bool = False  # add "sample_index": global positions of the batch (for checks)
+    emit_sample_index: bool = False  # add "sample_index": the batch's global positions (packed text: rows)
 
     # remote sources (http(s)://, s3://, gs://, pipe:) and the node-local shard cache
     cache_dir: str | None = None  # default: $PTFT_CACHE_DIR, else ~/.cache/ptft/shards
@@ -98,6 +102,9 @@ class DataConfig(BaseModel):
             raise ValueError("docs_per_batch must be at least 1 (or \"auto\")")
         if self.kind != "text" and self.docs_per_batch != "auto":
             raise ValueError("docs_per_batch is for text data; image batches hold batch_size images")
+        if self.packing == "plan" and self.docs_per_batch != "auto":
+            raise ValueError("docs_per_batch is for packing: batch; packing: plan fills batch_size rows "
+                             "from as many documents as they hold")
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")

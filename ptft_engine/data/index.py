@@ -12,6 +12,11 @@ the end of the last sample) live in a sidecar file per shard, read only by the w
 that opens the shard, so the index stays small however many samples there are. An
 inline list of ints is accepted too. A big index keeps its shards as columns in a
 binary sidecar instead of the "shards" list (index_columns.py).
+
+Pre-tokenised shards (`ptft shard --tokenizer`) add per shard "lengths" (a sidecar of n
+little-endian uint32: each sample's token count, what the packing plan needs) and
+"ids_dtype" (numpy dtype of the samples' .ids members), and at the top level
+"tokenizer_sha256" (of the tokenizer.json the ids were made with).
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import numpy as np
 
 from ptft_engine.data import remote
 from ptft_engine.data.errors import DataError, log
+from ptft_engine.data.tarblocks import plain_members
 
 INDEX_NAME = "index.json"
 FORMAT = "ptft-shards"
@@ -57,6 +63,20 @@ class ShardInfo:
     offsets_path: str | None = None  # a sidecar of n + 1 little-endian int64
     bytes: int = 0
     sha256: str | None = None
+    lengths_path: str | None = None  # pre-tokenised: n little-endian uint32 token counts
+    ids_dtype: str | None = None  # pre-tokenised: dtype of the .ids members
+
+    def token_lengths(self, timeout: float = 60.0, retries: int = 3) -> np.ndarray:
+        """Each sample's token count (pre-tokenised shards only; a remote sidecar is fetched)."""
+        if remote.is_remote(self.lengths_path):
+            raw = remote.fetch_bytes(self.lengths_path, timeout=timeout, retries=retries)
+            table = np.frombuffer(raw, dtype="<u4")
+        else:
+            table = np.fromfile(self.lengths_path, dtype="<u4")
+        if len(table) != self.samples:
+            raise DataError(f"token length file {remote.redact(self.lengths_path)!r} holds {len(table)} entries, "
+                            f"expected {self.samples} for shard {remote.redact(self.path)!r}")
+        return table.astype(np.int64)
 
     def offset_table(self) -> np.ndarray:
         """The n + 1 sample offsets; read from the sidecar on each call (callers cache)."""
@@ -72,8 +92,11 @@ class ShardInfo:
 
     def to_json(self, root: str) -> dict:
         offsets = os.path.relpath(self.offsets_path, root) if self.offsets_path else self.offsets
-        return {"path": os.path.relpath(self.path, root), "samples": self.samples, "bytes": self.bytes,
-                "sha256": self.sha256, "offsets": offsets}
+        out = {"path": os.path.relpath(self.path, root), "samples": self.samples, "bytes": self.bytes,
+               "sha256": self.sha256, "offsets": offsets}
+        if self.lengths_path:
+            out.update(lengths=os.path.relpath(self.lengths_path, root), ids_dtype=self.ids_dtype)
+        return out
 
 
 @dataclass
@@ -97,7 +120,9 @@ class ShardIndex:
         root = os.path.dirname(os.path.abspath(path))
         doc = {"format": FORMAT, "version": 1, "kind": self.kind, "total_samples": self.total, **self.extra}
         if columns is None:
-            columns = len(self.shards) >= ic.COLUMNS_MIN_SHARDS and all(s.offsets is None for s in self.shards)
+            # the columns hold no token lengths: pre-tokenised shards keep the JSON list
+            columns = len(self.shards) >= ic.COLUMNS_MIN_SHARDS and all(
+                s.offsets is None and s.lengths_path is None for s in self.shards)
         if columns:
             ic.write_columns(os.path.join(root, ic.COLUMNS_NAME), self.shards, root)
             doc.update(columns=ic.COLUMNS_NAME, num_shards=len(self.shards))
@@ -188,8 +213,12 @@ def index_from_doc(doc, where: str, locate, *, check_files: bool) -> ShardIndex:
             offsets_path, offsets = locate(offsets), None
             if check_files and not os.path.exists(offsets_path):
                 raise DataError(f"offset file {offsets_path!r} listed in index {where!r} does not exist")
+        lengths_path = locate(entry["lengths"]) if entry.get("lengths") else None
+        if check_files and lengths_path and not os.path.exists(lengths_path):
+            raise DataError(f"token length file {lengths_path!r} listed in index {where!r} does not exist")
         shards.append(ShardInfo(path=p, samples=int(entry["samples"]), offsets=offsets, offsets_path=offsets_path,
-                                bytes=int(entry.get("bytes", 0)), sha256=entry.get("sha256")))
+                                bytes=int(entry.get("bytes", 0)), sha256=entry.get("sha256"),
+                                lengths_path=lengths_path, ids_dtype=entry.get("ids_dtype")))
     return ShardIndex(shards=shards, kind=doc.get("kind"), extra=extra)
 
 
@@ -314,6 +343,9 @@ def read_members(fh: io.BufferedReader, offsets, i: int) -> dict[str, bytes]:
     buf = fh.read(stop - start)
     if len(buf) < stop - start:
         raise ValueError(f"truncated: expected {stop - start} bytes at offset {start}, got {len(buf)}")
+    fast = plain_members(buf)
+    if fast is not None:
+        return _as_sample((name, split_key(name), data) for name, data in fast)
     sample: dict[str, bytes] = {}
     with tarfile.open(fileobj=io.BytesIO(buf), mode="r:") as tar:
         for info, key, ext in sample_members(tar):
@@ -323,6 +355,21 @@ def read_members(fh: io.BufferedReader, offsets, i: int) -> dict[str, bytes]:
             if len(data) != info.size:
                 raise ValueError(f"member {info.name!r} is truncated")
             sample[ext] = data
+    if "__key__" not in sample:
+        raise ValueError("no members")
+    return sample
+
+
+def _as_sample(members) -> dict[str, bytes]:
+    """{"__key__": key, ext: bytes} of (name, (key, ext) or None, data) members of one sample."""
+    sample: dict[str, bytes] = {}
+    for name, parts, data in members:
+        if parts is None:
+            continue  # not a sample member (as sample_members skips it)
+        key, ext = parts
+        if sample.setdefault("__key__", key) != key:
+            raise ValueError(f"member {name!r} does not belong to sample {sample['__key__']!r}")
+        sample[ext] = data
     if "__key__" not in sample:
         raise ValueError("no members")
     return sample

@@ -1,13 +1,19 @@
 """The loader the engine iterates: epochs, DataLoader workers, and resumable state.
 
-The state is only (epoch, position): position counts the global samples that all ranks
-together have consumed in this epoch. Every rank yields the same number of batches,
+The state is only (epoch, position): position counts the global samples — for packed
+text (`packing: plan`) the rows of the epoch's packing plan — that all ranks together
+have consumed in this epoch. Every rank yields the same number of batches,
 so the state is the same on every rank, and a resume — on any world size or worker
-count — continues the epoch order at that position.
+count — continues the epoch order at that position. Packed text adds `carry`: the row
+of the previous epoch's plan from which its tail (the rows after its last whole step)
+opens this epoch, so the tail is trained instead of dropped.
 """
 from __future__ import annotations
 
 import math
+import os
+import signal
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -15,11 +21,11 @@ from torch.utils.data import DataLoader
 
 from ptft_engine.data.cache import ShardCache
 from ptft_engine.data.config import DataConfig
-from ptft_engine.data.errors import BadSamples, DataError
-from ptft_engine.data.index import ShardIndex, resolve_source
+from ptft_engine.data.errors import BadSamples, DataError, log
+from ptft_engine.data.index import ShardIndex, resolve_source, sha256_file
 from ptft_engine.data.index_columns import shard_counts
 from ptft_engine.data.order import EpochOrder
-from ptft_engine.data.remote import is_remote
+from ptft_engine.data.remote import is_remote, redact
 from ptft_engine.data.stream import ShardStream, steps_left
 
 AUTO_SAMPLE_DOCS = 256
@@ -29,6 +35,19 @@ STATE_VERSION = 1
 
 
 def _worker_init(_: int) -> None:
+    # The main process owns shutdown. A SIGTERM/SIGINT to the process group (Ctrl-C, Slurm,
+    # `kill -TERM -PGID`) must not kill the workers before their rank has saved its
+    # checkpoint ("DataLoader worker killed by signal"): a process group of their own keeps
+    # group signals out, and SIGINT/SIGHUP are ignored. SIGTERM keeps its default action:
+    # that is how the DataLoader (and multiprocessing at exit) ends a worker that does not
+    # stop by itself; the rank's stop handler, inherited through fork, must not swallow it.
+    try:
+        os.setpgid(0, 0)
+    except OSError:  # pragma: no cover - not permitted here: the ignored signals still hold
+        pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     torch.set_num_threads(1)  # workers are many; the step owns the cores
 
 
@@ -56,12 +75,96 @@ class Loader:
         self.sources: list[ShardIndex] = [resolve_source(s, timeout=cfg.fetch_timeout_s, retries=cfg.fetch_retries,
                                                          cache_dir=self.cache.root) for s in specs]
         self.builder = self._builder()
+        self.planned = cfg.kind == "text" and cfg.packing == "plan"
         self.stats: dict[str, int] = {}
-        self.docs = self._docs_per_batch()
+        self._plans: OrderedDict[int, object] = OrderedDict()
+        self._rows: dict[int, int] = {}  # rows of each epoch's own plan
+        if self.planned:
+            self._use_pretokenised()
+            self._lengths = self._token_lengths()
+        self.docs = cfg.batch_size if self.planned else self._docs_per_batch()
         self.epoch, self.position = epoch, 0
+        self.carry = self._chain_carry(epoch)
         if len(self) == 0:
-            raise DataError(f"{self.epoch_length()} samples cannot fill one step of {world_size} ranks x "
-                            f"{self.docs} samples per batch")
+            unit = f"{self._plan().n_rows} packed rows" if self.planned else f"{self.epoch_length()} samples"
+            raise DataError(f"{unit} cannot fill one step of {world_size} ranks x {self.docs} per batch")
+
+    # --- packing plan (text, packing: plan)
+    def _use_pretokenised(self) -> None:
+        """Read .ids members instead of tokenising where a source was pre-tokenised with
+        this very tokenizer.json; with another one its text is tokenised (and we say so)."""
+        from ptft_engine.data.tokenizer import tokenizer_file
+
+        ours = None
+        for src in self.sources:
+            theirs = src.extra.get("tokenizer_sha256")
+            if not theirs:
+                continue
+            ours = ours or sha256_file(tokenizer_file(self.cfg.tokenizer))
+            if theirs != ours:
+                log.warning("shards %s were pre-tokenised with another tokenizer.json; tokenising their text "
+                            "with %s instead", redact(src.shards[0].path) if len(src.shards) else "?",
+                            self.cfg.tokenizer)
+                continue
+            # keyed as the stream names shards in its records (URLs without credentials)
+            self.builder.id_shards.update({redact(s.path): s.ids_dtype for s in src.shards
+                                           if s.lengths_path and s.ids_dtype})
+
+    def _token_lengths(self) -> dict[str, np.ndarray]:
+        """Token count of every sample, per shard path: from the index, or one tokenising pass."""
+        from ptft_engine.data.lengths import shard_lengths
+
+        bad = BadSamples(self.cfg.strict)  # strict: a bad sample fails here, at start
+        out = {s.path: shard_lengths(s, self.builder, bad, self.cache) for src in self.sources for s in src.shards}
+        if bad.count:
+            self.stats["skipped"] = bad.count
+        return out
+
+    def _plan(self, epoch: int | None = None):
+        """The packing plan of an epoch (the current one by default); eval always uses epoch 0's."""
+        from ptft_engine.data.plan import PackingPlan
+
+        epoch = (self.epoch if epoch is None else epoch) if self.split == "train" else 0
+        if epoch not in self._plans:
+            order = self._order(epoch)
+            flat = np.concatenate([self._lengths[s.path] for s in order.shards])
+            base = np.concatenate([[0], np.cumsum(shard_counts(order.shards))])
+            shard_ids, idxs = order.slice(0, len(order))
+            self._plans[epoch] = PackingPlan(flat[base[shard_ids] + idxs], self.cfg.seq_len, self.objective,
+                                             add_bos=self.cfg.add_bos)
+            self._rows[epoch] = self._plans[epoch].n_rows
+            if len(self._plans) > 2:  # this epoch's and the one whose tail it carries: plans can be large
+                self._plans.popitem(last=False)
+        self._plans.move_to_end(epoch)
+        return self._plans[epoch]
+
+    def _n_rows(self, epoch: int) -> int:
+        return self._rows[epoch] if epoch in self._rows else self._plan(epoch).n_rows
+
+    def _chain_carry(self, epoch: int) -> int | None:
+        """The row of the previous epoch's plan from which its tail (the rows after its last
+        whole step) opens `epoch`, as a run on this world size from epoch 0 carries it; a
+        resumed run takes it from the checkpoint instead. None: nothing carried (eval:
+        never; its tail is dropped and counted)."""
+        if not self.planned or self.split != "train":
+            return None
+        step, carried, carry = self.world_size * self.docs, 0, None
+        for e in range(epoch):
+            n = self._n_rows(e)
+            carry = max(0, n - (carried + n) % step)
+            carried = n - carry
+            carry = carry if carried else None
+        return carry
+
+    def _carried_rows(self) -> int:
+        return 0 if self.carry is None else self._n_rows(self.epoch - 1) - self.carry
+
+    def epoch_units(self) -> int:
+        """What a position counts to in this epoch: packed rows (the carried tail of the
+        previous epoch, then this epoch's plan), or samples."""
+        if not self.planned:
+            return self.epoch_length()
+        return self._carried_rows() + self._n_rows(self.epoch if self.split == "train" else 0)
 
     def _docs_per_batch(self) -> int:
         cfg = self.cfg
@@ -121,8 +224,8 @@ class Loader:
         return sum(src.total for src in self.sources)
 
     def __len__(self) -> int:
-        """Batches per rank in a whole epoch."""
-        return steps_left(self.epoch_length(), 0, self.world_size, self.docs)
+        """Batches per rank in a whole epoch (packed text: of the current epoch's plan)."""
+        return steps_left(self.epoch_units(), 0, self.world_size, self.docs)
 
     def mask_kwargs(self) -> dict:
         """Arguments of ptft_engine.data.apply_mlm_mask for batches of the current epoch
@@ -133,20 +236,29 @@ class Loader:
 
     def batches_left(self) -> int:
         """Batches per rank still to come in the current epoch (after a resume: fewer)."""
-        return steps_left(self.epoch_length(), self.position, self.world_size, self.docs)
+        return steps_left(self.epoch_units(), self.position, self.world_size, self.docs)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self.position = epoch, 0
+        self.carry = self._chain_carry(epoch)
 
     def __iter__(self):
         cfg = self.cfg
         step_samples = self.world_size * self.docs
         # eval sees the same order and the same masks every time, so its losses compare
         order = self._order(self.epoch if self.split == "train" else 0)
-        stream = ShardStream(order, self.builder, rank=self.rank, world_size=self.world_size,
-                             docs=self.docs, start=self.position, strict=cfg.strict,
-                             emit_sample_index=cfg.emit_sample_index, cache=self.cache,
-                             prefetch_shards=self._prefetch_shards())
+        common = dict(rank=self.rank, world_size=self.world_size, start=self.position, strict=cfg.strict,
+                      emit_sample_index=cfg.emit_sample_index, cache=self.cache,
+                      prefetch_shards=self._prefetch_shards())
+        if self.planned:
+            from ptft_engine.data.planned import PlannedStream
+
+            carry = None
+            if self.carry is not None:
+                carry = (self._order(self.epoch - 1), self._plan(self.epoch - 1), self.carry)
+            stream = PlannedStream(order, self.builder, self._plan(), rows=self.docs, carry=carry, **common)
+        else:
+            stream = ShardStream(order, self.builder, docs=self.docs, **common)
         kw = {}
         if cfg.num_workers > 0:
             kw = dict(num_workers=cfg.num_workers, prefetch_factor=cfg.prefetch_factor, worker_init_fn=_worker_init)
@@ -155,7 +267,17 @@ class Loader:
             self.stats["batches"] = self.stats.get("batches", 0) + 1
             self.position += step_samples  # counted as consumed once handed out
             yield batch
-        self.epoch, self.position = self.epoch + 1, 0
+        next_carry = None
+        if self.planned:
+            # the rows after the last whole step: training carries them into the next
+            # epoch; eval (a fixed set) drops them, counted once, by rank 0
+            own_first = self.position - self._carried_rows()
+            if self.split == "train":
+                next_carry = own_first if own_first < self._n_rows(self.epoch) else None
+            elif self.rank == 0:
+                tail = int(self._plan().row_fill[own_first:].sum())
+                self.stats["dropped_tokens"] = self.stats.get("dropped_tokens", 0) + tail
+        self.epoch, self.position, self.carry = self.epoch + 1, 0, next_carry
 
     def _add_stats(self, stats: dict) -> None:
         for key, value in stats.items():
@@ -164,7 +286,7 @@ class Loader:
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "epoch": self.epoch, "position": self.position, "seed": self.cfg.seed,
                 "epoch_length": self.epoch_length(), "world_size": self.world_size, "docs_per_batch": self.docs,
-                "split": self.split}
+                "split": self.split, "unit": "rows" if self.planned else "samples", "carry": self.carry}
 
     def load_state_dict(self, sd: dict) -> None:
         if sd.get("version") != STATE_VERSION:
@@ -174,9 +296,15 @@ class Loader:
         if sd["epoch_length"] != self.epoch_length():
             raise DataError(f"data state was saved for an epoch of {sd['epoch_length']} samples, but these shards "
                             f"give {self.epoch_length()}: the shards changed")
-        if not 0 <= sd["position"] <= sd["epoch_length"]:
+        unit = "rows" if self.planned else "samples"
+        if sd.get("unit", "samples") != unit:
+            raise DataError(f"data state counts {sd.get('unit', 'samples')}, but this config counts {unit} "
+                            f"(packing: {self.cfg.packing}): resume with the packing the run started with")
+        self.epoch = int(sd["epoch"])
+        self.carry = sd.get("carry") if self.planned else None
+        if not 0 <= sd["position"] <= self.epoch_units():
             raise DataError(f"data state position {sd['position']} is outside the epoch")
-        self.epoch, self.position = int(sd["epoch"]), int(sd["position"])
+        self.position = int(sd["position"])
 
 
 def build_loader(cfg: DataConfig, *, objective: str, rank: int = 0, world_size: int = 1, epoch: int = 0,

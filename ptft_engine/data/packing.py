@@ -1,9 +1,11 @@
 """Pack tokenised documents into fixed (rows, seq_len) batches.
 
-Each batch is packed from its own documents only, with no carry-over into the next
-batch: the packing state is then nothing but the stream position, so a resumed run
-packs exactly as an uninterrupted one. Tokens that do not fit are dropped and pads
-fill the rest; both are counted so `docs_per_batch` can be tuned to the corpus.
+`pack_plan_rows` (the default, `packing: plan`) fills rows as the epoch's packing plan
+(data/plan.py) says: a document that does not fit continues in the next row, so no
+token is lost but at most the epoch's tail. `pack_causal` / `pack_segments`
+(`packing: batch`) pack each batch from its own `docs_per_batch` documents only and
+drop what does not fit; they are kept for comparison. All count real, pad and dropped
+tokens.
 """
 from __future__ import annotations
 
@@ -85,3 +87,95 @@ def pack_segments(docs: list[list[int]], rows: int, seq_len: int, *, cls_id: int
     stats.padded = rows * seq_len - stats.tokens
     seg_t = torch.from_numpy(seg)
     return {"input_ids": torch.from_numpy(ids), "segment_ids": seg_t, "attention_mask": seg_t > 0}, stats
+
+
+# --- rows of a packing plan (data/plan.py): nothing is dropped, the plan says what goes where
+def _causal_stream(doc: np.ndarray | None, n: int, *, eos_id: int, bos_id: int | None) -> np.ndarray | None:
+    """[<bos>] doc <eos> of a planned length-n document; None when the document is
+    unreadable or its tokens are not the n the plan counted."""
+    if doc is None or len(doc) != n:
+        return None
+    head = [bos_id] if bos_id is not None else []
+    return np.concatenate([np.asarray(head, dtype=np.int64), np.asarray(doc, dtype=np.int64), [eos_id]])
+
+
+def _causal_rows(plan, lo: int, hi: int, docs: dict, *, pad_id: int, eos_id: int,
+                 bos_id: int | None) -> tuple[dict, PackStats] | None:
+    """Causal rows [lo, hi) in one slice of the documents' stream, or None when a document
+    is unreadable or differs from the plan (pack_plan_rows then fits it row by row)."""
+    first, stop = plan.docs_of(lo, hi)
+    streams = []
+    for p in range(first, stop):
+        n = int(plan.lengths[p])
+        if n == 0:
+            continue
+        stream = _causal_stream(docs.get(p), n, eos_id=eos_id, bos_id=bos_id)
+        if stream is None:
+            return None
+        streams.append(stream)
+    rows, seq = hi - lo, plan.seq_len
+    flat = np.concatenate(streams) if streams else np.empty(0, dtype=np.int64)
+    start = int(plan.row_off[lo])
+    used = flat[start: start + rows * seq]
+    ids = np.full(rows * seq, pad_id, dtype=np.int64)
+    ids[: len(used)] = used
+    real = np.zeros(rows * seq, dtype=bool)
+    real[: len(used)] = True
+    input_ids, mask = torch.from_numpy(ids.reshape(rows, seq)), torch.from_numpy(real.reshape(rows, seq))
+    labels = torch.where(mask, input_ids, torch.full_like(input_ids, IGNORE))
+    stats = PackStats(tokens=len(used), padded=rows * seq - len(used))
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}, stats
+
+
+def pack_plan_rows(plan, lo: int, hi: int, docs: dict, *, pad_id: int, eos_id: int = 0,
+                   bos_id: int | None = None, cls_id: int = 0, sep_id: int = 0) -> tuple[dict, PackStats]:
+    """Rows [lo, hi) of `plan` from `docs` (epoch position -> token ids; None = unreadable).
+
+    Causal: input_ids / labels / attention_mask as pack_causal. Masked LM: as
+    pack_segments, one segment id per piece. Tokens of an unreadable document become
+    padding (masked out) and count as dropped, so rows stay where the plan put them.
+    """
+    rows, seq = hi - lo, plan.seq_len
+    if plan.objective == "clm":
+        fast = _causal_rows(plan, lo, hi, docs, pad_id=pad_id, eos_id=eos_id, bos_id=bos_id)
+        if fast is not None:
+            return fast
+    ids = np.full((rows, seq), pad_id, dtype=np.int64)
+    real = np.zeros((rows, seq), dtype=bool)
+    seg = np.zeros((rows, seq), dtype=np.int64)
+    stats = PackStats()
+    streams: dict[int, np.ndarray | None] = {}
+    for r, j in enumerate(range(lo, hi)):
+        at = 0
+        for n_seg, (p, a, b) in enumerate(plan.spans(j), 1):
+            n = int(plan.lengths[p])
+            if plan.objective == "clm":
+                if p not in streams:
+                    streams[p] = _causal_stream(docs.get(p), n, eos_id=eos_id, bos_id=bos_id)
+                stream = streams[p]
+                if stream is not None:
+                    ids[r, at: at + b - a] = stream[a:b]
+                    real[r, at: at + b - a] = True
+                else:
+                    stats.dropped += b - a
+                at += b - a
+                continue
+            doc = docs.get(p)
+            need = b - a + 2
+            if doc is None or len(doc) != n:
+                stats.dropped += need  # the piece's place stays padding
+                at += need
+                continue
+            ids[r, at] = cls_id
+            ids[r, at + 1: at + need - 1] = doc[a:b]
+            ids[r, at + need - 1] = sep_id
+            real[r, at: at + need] = True
+            seg[r, at: at + need] = n_seg
+            at += need
+    stats.tokens = int(real.sum())
+    stats.padded = rows * seq - stats.tokens
+    input_ids, mask = torch.from_numpy(ids), torch.from_numpy(real)
+    if plan.objective == "clm":
+        labels = torch.where(mask, input_ids, torch.full_like(input_ids, IGNORE))
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}, stats
+    return {"input_ids": input_ids, "segment_ids": torch.from_numpy(seg), "attention_mask": mask}, stats

@@ -6,6 +6,7 @@ Sample offsets and the sha256 are taken while a shard is written: nothing is rea
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import multiprocessing as mp
@@ -44,31 +45,37 @@ def tar_sample(key: str, sample: dict[str, bytes]) -> bytes:
     return b"".join(parts)
 
 
-def encode_item(job: tuple[int, sources.Item], opts: sources.Options) -> tuple[list[bytes], list, int]:
-    """Read one work item and encode its samples as tar bytes; keys are item_sample."""
+def encode_item(job: tuple[int, sources.Item], opts: sources.Options) -> tuple[list[bytes], list, int, list]:
+    """Read one work item and encode its samples as tar bytes; keys are item_sample.
+    With a tokenizer, also the samples' token counts (else an empty list)."""
     n, item = job
     samples, bad, nbytes = sources.process(item, opts)
-    return [tar_sample(f"{n:07d}_{j:06d}", s) for j, s in enumerate(samples)], bad, nbytes
+    lengths = sources.add_token_ids(samples, opts) if opts.tokenizer and samples else []
+    return [tar_sample(f"{n:07d}_{j:06d}", s) for j, s in enumerate(samples)], bad, nbytes, lengths
 
 
 class ShardFiles:
     """Appends encoded samples to shard-NNNNNN.tar files, rotating by size / sample
     count, and records each sample's offset and the file's sha256 as it goes."""
 
-    def __init__(self, pattern: str, max_bytes: int, max_samples: int):
+    def __init__(self, pattern: str, max_bytes: int, max_samples: int, ids_dtype: str | None = None):
         self.pattern, self.max_bytes, self.max_samples = pattern, max_bytes, max_samples
+        self.ids_dtype = ids_dtype  # pre-tokenised: each write() brings the sample's token count
         self.shards: list[ShardInfo] = []
         self.file = None
 
-    def write(self, buf: bytes) -> None:
+    def write(self, buf: bytes, length: int | None = None) -> None:
         if self.file is None or len(self.offsets) >= self.max_samples or self.pos >= self.max_bytes:
             self.finish()
             self.path = os.path.abspath(self.pattern % len(self.shards))
             self.file = open(self.path, "wb")
             self.sha = hashlib.sha256()
             self.offsets: list[int] = []
+            self.lengths: list[int] = []
             self.pos = 0
         self.offsets.append(self.pos)
+        if length is not None:
+            self.lengths.append(length)
         self.file.write(buf)
         self.sha.update(buf)
         self.pos += len(buf)
@@ -83,8 +90,13 @@ class ShardFiles:
         self.file = None
         idx_path = self.path[: -len(".tar")] + ".idx"
         np.asarray(self.offsets + [self.pos], dtype="<i8").tofile(idx_path)
+        lens_path = None
+        if self.ids_dtype:
+            lens_path = self.path[: -len(".tar")] + ".lens"
+            np.asarray(self.lengths, dtype="<u4").tofile(lens_path)
         self.shards.append(ShardInfo(path=self.path, samples=len(self.offsets), offsets_path=idx_path,
-                                     bytes=self.pos + len(tail), sha256=self.sha.hexdigest()))
+                                     bytes=self.pos + len(tail), sha256=self.sha.hexdigest(),
+                                     lengths_path=lens_path, ids_dtype=self.ids_dtype))
 
 
 @dataclass
@@ -131,11 +143,24 @@ def write_shards(
     index_path = os.path.join(output, INDEX_NAME)
     if os.path.exists(index_path) and not overwrite:
         raise DataError(f"{index_path} already exists; pass --overwrite to replace those shards")
-    for old in (p for p in os.listdir(output) if p.startswith("shard-") and p.endswith((".tar", ".idx"))):
+    if opts.tokenizer:
+        if opts.format not in ("text", "jsonl"):
+            raise DataError(f"--tokenizer pre-tokenises text shards (--format text or jsonl), not {opts.format}")
+        from ptft_engine.data.index import sha256_file
+        from ptft_engine.data.tokenizer import load_tokenizer, tokenizer_file
+
+        tok_path = os.path.abspath(tokenizer_file(opts.tokenizer))
+        vocab = load_tokenizer(tok_path).vocab_size  # a missing or unusable tokenizer fails before any work
+        opts = dataclasses.replace(opts, tokenizer=tok_path, ids_dtype="<u2" if vocab <= 1 << 16 else "<u4")
+    if opts.label_field and opts.format != "jsonl":
+        raise DataError(f"--label-field keeps a JSONL field; --format {opts.format} has none")
+    for old in (p for p in os.listdir(output) if p.startswith("shard-") and p.endswith((".tar", ".idx", ".lens"))):
         os.remove(os.path.join(output, old))  # stale shards of an earlier run would mix in
 
     items, meta = sources.plan(inputs, opts)
     summary = WriteSummary(index_path=index_path)
+    if opts.tokenizer:
+        meta = {**meta, "tokenizer_sha256": sha256_file(opts.tokenizer)}
     index = ShardIndex(shards=[], kind={"text": "text", "jsonl": "text", "images": "image"}.get(opts.format, "image_text"),
                        extra=meta)
 
@@ -146,17 +171,18 @@ def write_shards(
     ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
     pool = ctx.Pool(workers) if workers > 1 else None
     results = pool.imap(work, enumerate(items), chunksize=1) if pool else map(work, enumerate(items))
-    writer = ShardFiles(os.path.join(output, SHARD_PATTERN), shard_bytes, shard_samples)
+    writer = ShardFiles(os.path.join(output, SHARD_PATTERN), shard_bytes, shard_samples,
+                        ids_dtype=opts.ids_dtype if opts.tokenizer else None)
     try:
         bar = tqdm(total=len(items), unit="input", disable=not progress, desc="shard")
-        for samples, bad, nbytes in results:
+        for samples, bad, nbytes, lengths in results:
             if bad and strict:
                 name, reason = bad[0]
                 raise DataError(f"bad input {name}: {reason} (--strict)")
             summary.bad += bad
             summary.bytes_read += nbytes
-            for buf in samples:
-                writer.write(buf)
+            for j, buf in enumerate(samples):
+                writer.write(buf, lengths[j] if lengths else None)
             summary.samples += len(samples)
             bar.update(1)
             bar.set_postfix(samples=summary.samples, bad=len(summary.bad), refresh=False)

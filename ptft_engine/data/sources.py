@@ -7,6 +7,7 @@ the writer process only appends them to tars.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import io
 import json
@@ -26,6 +27,9 @@ class Options:
     text_field: str = "text"
     image_field: str = "image"
     caption_field: str = "caption"
+    label_field: str | None = None  # jsonl: keep this field as the sample's .label member (JSON)
+    tokenizer: str | None = None  # text: also store the token ids (.ids) made with this tokenizer.json
+    ids_dtype: str = "<u2"  # of the .ids members; "<u4" when the vocabulary exceeds 65,536
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,11 @@ def process(item: Item, opts: Options) -> tuple[list[dict], list[tuple[str, str]
                 bad.append((where, f"missing or empty text field {field!r}"))
                 continue
             sample = {"txt": text.strip().encode()}
+            if opts.format == "jsonl" and opts.label_field:
+                if opts.label_field not in rec:
+                    bad.append((where, f"missing label field {opts.label_field!r}"))
+                    continue
+                sample["label"] = json.dumps(rec[opts.label_field], ensure_ascii=False).encode()
             if opts.format == "image_text":
                 img = rec.get(opts.image_field)
                 if not isinstance(img, str):
@@ -182,3 +191,22 @@ def process(item: Item, opts: Options) -> tuple[list[dict], list[tuple[str, str]
     except OSError as exc:
         bad.append((item.path, f"unreadable ({exc.strerror or exc})"))
     return samples, bad, nbytes
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer(path: str):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(path)
+
+
+def add_token_ids(samples: list[dict], opts: Options) -> list[int]:
+    """Give each text sample an .ids member (its token ids, no special tokens, as
+    opts.ids_dtype bytes); returns the token counts."""
+    import numpy as np
+
+    tok = _tokenizer(opts.tokenizer)
+    encoded = tok.encode_batch([s["txt"].decode("utf-8") for s in samples], add_special_tokens=False)
+    for sample, enc in zip(samples, encoded):
+        sample["ids"] = np.asarray(enc.ids, dtype=opts.ids_dtype).tobytes()
+    return [len(enc.ids) for enc in encoded]

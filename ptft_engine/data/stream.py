@@ -54,9 +54,9 @@ class ShardStream(IterableDataset):
         self._reported = dict(self.cache.counts)
         self.corrupt_shards = 0
 
-    def _slice(self, first: int):
+    def _slice(self, first: int, stop: int | None = None):
         with self._order_lock:
-            return self.order.slice(first, first + self.docs)
+            return self.order.slice(first, first + self.docs if stop is None else stop)
 
     def _first(self, step: int) -> int:
         return self.start + (step * self.world_size + self.rank) * self.docs
@@ -100,11 +100,16 @@ class ShardStream(IterableDataset):
         for sid in [s for s in self._files if s not in keep and s in self._cached]:
             self._files.pop(sid).fh.close()
 
-    def read(self, first: int, bad: BadSamples) -> list[tuple[int, str, str, dict]]:
-        shard_ids, idxs = self._slice(first)
+    def read(self, first: int, bad: BadSamples, stop: int | None = None,
+             want=None) -> list[tuple[int, str, str, dict]]:
+        """Records of positions [first, stop) (default: one batch of docs); `want`, a bool
+        per position, leaves out positions the caller does not need (not read at all)."""
+        shard_ids, idxs = self._slice(first, stop)
         self._step_shards = set(shard_ids.tolist())
         records = []
         for j, (s, i) in enumerate(zip(shard_ids.tolist(), idxs.tolist())):
+            if want is not None and not want[j]:
+                continue
             shard: ShardInfo = self.order.shards[s]
             name = redact(shard.path)
             if s not in self._failed:

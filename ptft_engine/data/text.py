@@ -1,13 +1,18 @@
 """Text batches: decode -> tokenise -> pack -> (MLM) mask, all inside a loader worker."""
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import torch
 
 from ptft_engine.data.config import DataConfig
 from ptft_engine.data.errors import BadSamples
-from ptft_engine.data.packing import pack_causal, pack_segments
+from ptft_engine.data.packing import pack_causal, pack_plan_rows, pack_segments
 from ptft_engine.data.tokenizer import TokenizerInfo
+
+
+RECENT_DOCS = 8  # tokenised long documents kept per worker
 
 
 def mask_seed(seed: int, epoch: int) -> int:
@@ -38,6 +43,9 @@ class TextBuilder:
     def __init__(self, cfg: DataConfig, objective: str, tok: TokenizerInfo):
         self.cfg, self.objective, self.tok = cfg, objective, tok
         self._backend: str | None = None
+        self.id_shards: dict[str, str] = {}  # pre-tokenised shard path -> dtype of its .ids members
+        # a document longer than a batch is read by every batch it spans: tokenise it once per worker
+        self._recent: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 
     def texts(self, records, bad: BadSamples) -> tuple[list[str], list[int]]:
         field = self.cfg.text_field
@@ -68,11 +76,57 @@ class TextBuilder:
         # Row ids are unique per (batch start, row), so the mask depends only on the
         # stream position: a resumed run masks exactly as an uninterrupted one.
         batch["mlm_sample_ids"] = first_pos * rows + torch.arange(rows, dtype=torch.int64)
-        if cfg.mask_in == "step":
-            return batch, stats.as_dict(), kept  # the step masks it on its device: apply_mlm_mask
+        return self._mask(batch, epoch), stats.as_dict(), kept
+
+    def _mask(self, batch: dict, epoch: int) -> dict:
+        if self.cfg.mask_in == "step":
+            return batch  # the step masks it on its device: apply_mlm_mask
         if self._backend is None:
-            self._backend = cpu_mask_backend(cfg.mask_backend)
-        return apply_mlm_mask(batch, **self.mask_kwargs(epoch), backend=self._backend), stats.as_dict(), kept
+            self._backend = cpu_mask_backend(self.cfg.mask_backend)
+        return apply_mlm_mask(batch, **self.mask_kwargs(epoch), backend=self._backend)
+
+    def doc_tokens(self, records, bad: BadSamples) -> dict[int, np.ndarray]:
+        """Epoch position -> token ids: a pre-tokenised shard's .ids member as stored,
+        the text of any other shard tokenised now."""
+        out, to_encode = {}, []
+        for rec in records:
+            pos, shard, key, members = rec
+            dtype = self.id_shards.get(shard)
+            raw = members.get("ids") if dtype else None
+            if raw is None and (shard, key) in self._recent:
+                out[pos] = self._recent[(shard, key)]
+            elif raw is None:
+                to_encode.append(rec)
+            elif len(raw) % np.dtype(dtype).itemsize:
+                bad.skip(shard, key, f".ids holds {len(raw)} bytes, not a whole number of {dtype} ids")
+            else:
+                out[pos] = np.frombuffer(raw, dtype=dtype)
+        texts, kept = self.texts(to_encode, bad)
+        for pos, ids in zip(kept, self.tok.encode_batch(texts) if texts else []):
+            out[pos] = np.asarray(ids, dtype=np.int64)
+        # keep the batch's last documents: the only ones the next batches may continue
+        for pos, shard, key, _ in records[-2:]:
+            if pos in out and len(out[pos]) > self.cfg.seq_len and shard not in self.id_shards:
+                self._recent[(shard, key)] = out[pos]
+        while len(self._recent) > RECENT_DOCS:
+            self._recent.popitem(last=False)
+        return out
+
+    def pack_rows(self, plan, lo: int, hi: int, records, bad: BadSamples) -> tuple[dict, dict]:
+        """Rows [lo, hi) of a packing plan from the records of their documents (unmasked)."""
+        tok = self.tok
+        batch, stats = pack_plan_rows(plan, lo, hi, self.doc_tokens(records, bad), pad_id=tok.pad_id,
+                                      eos_id=tok.eos_id, bos_id=tok.bos_id if self.cfg.add_bos else None,
+                                      cls_id=tok.cls_id, sep_id=tok.sep_id)
+        return batch, stats.as_dict()
+
+    def finish_rows(self, batch: dict, row_ids: torch.Tensor, epoch: int) -> dict:
+        """MLM: mask packed rows keyed by their row index in the epoch, so the masks are a
+        pure function of (seed, epoch, row, position) on any world size, worker count or resume."""
+        if self.objective == "clm":
+            return batch
+        batch["mlm_sample_ids"] = row_ids
+        return self._mask(batch, epoch)
 
     def mask_kwargs(self, epoch: int) -> dict:
         cfg, tok = self.cfg, self.tok

@@ -131,11 +131,15 @@ class TokenizerInfo:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
+def tokenizer_file(path: str) -> str:
+    """A tokenizer.json path, or a directory holding one -> the file's path."""
+    return os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+
+
 def load_tokenizer(path: str) -> TokenizerInfo:
     from tokenizers import Tokenizer
 
-    if os.path.isdir(path):
-        path = os.path.join(path, "tokenizer.json")
+    path = tokenizer_file(path)
     if not os.path.exists(path):
         raise DataError(f"tokenizer file {path!r} does not exist (train one with `ptft tokenizer train`)")
     tok = Tokenizer.from_file(path)

@@ -1,5 +1,5 @@
 """Numbered, timed stages; CLI commands run in this process, pre-training under the
-deepspeed launcher (launch/local.sh) with its output filtered down to the progress."""
+launcher (launch/local.sh) with its output filtered down to the progress."""
 from __future__ import annotations
 
 import contextlib

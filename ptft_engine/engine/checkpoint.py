@@ -62,14 +62,23 @@ def _fsync_write(path: Path, text: str) -> None:
         os.fsync(f.fileno())
 
 
+def _write_order(path: Path) -> tuple:
+    """Sort key: the save sequence number of this run lineage (then time, then step)."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    return (meta.get("seq", -1), meta.get("saved_at", 0.0), int(STEP_RE.match(path.name).group(1)))
+
+
 def complete_checkpoints(ckpt_dir: str | Path) -> list[Path]:
-    """Complete checkpoints (meta.json present), oldest first."""
+    """Complete checkpoints (meta.json present), oldest first in write order: after a resume
+    from an older checkpoint, the newer saves of the abandoned branch sort before this run's."""
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir()
-             if (m := STEP_RE.match(p.name)) and (p / "meta.json").is_file()]
-    return [p for _, p in sorted(found)]
+    found = [p for p in ckpt_dir.iterdir() if STEP_RE.match(p.name) and (p / "meta.json").is_file()]
+    return sorted(found, key=_write_order)
 
 
 def find_latest(ckpt_dir: str | Path) -> Path | None:
@@ -100,19 +109,21 @@ def save(engine, ckpt_dir: str | Path, step: int, *, rank: int, rank_state: dict
     torch.save({"rng": rng_state(), **rank_state}, ckpt_dir / tmp_tag / f"rank{rank:05d}.pt")
     _barrier()  # every rank's files are on disk before the checkpoint is declared complete
     if rank == 0:
+        done = complete_checkpoints(ckpt_dir)
+        seq = _write_order(done[-1])[0] + 1 if done else 0  # write order of this lineage, for pruning
         _fsync_write(ckpt_dir / tmp_tag / "meta.json",
-                     json.dumps({"step": step, "saved_at": time.time(), **meta}, indent=1, default=str))
-        stale = ckpt_dir / f"{tmp_tag}-replaced"  # "tmp-step-*": remove_partial clears it after a kill
+                     json.dumps({"step": step, "seq": seq, "saved_at": time.time(), **meta}, indent=1, default=str))
+        replaced = ckpt_dir / f"tmp-replaced-{tag}"  # "tmp-*": remove_partial clears it after a kill
         if final.exists():  # re-saving a step (after a rollback): move the old copy aside in one rename,
             # after pointing `latest` back at the newest other complete checkpoint, so that neither
             # `latest` nor find_latest can meet a missing or half-deleted directory
-            others = [p for p in complete_checkpoints(ckpt_dir) if p.name != tag]
+            others = [p for p in done if p.name != tag]
             _write_latest(ckpt_dir, others[-1].name if others else None)
-            shutil.rmtree(stale, ignore_errors=True)
-            os.rename(final, stale)
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.rename(final, replaced)
         os.rename(ckpt_dir / tmp_tag, final)
         _write_latest(ckpt_dir, tag)
-        shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(replaced, ignore_errors=True)
         prune(ckpt_dir, keep_last)
     _barrier()
     return final
@@ -128,6 +139,8 @@ def _write_latest(ckpt_dir: Path, tag: str | None) -> None:
 
 
 def prune(ckpt_dir: Path, keep_last: int) -> None:
+    """Keep the newest `keep_last` by write order (never the highest step numbers of whatever
+    is in the directory)."""
     for old in complete_checkpoints(ckpt_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -138,6 +151,12 @@ def remove_partial(ckpt_dir: str | Path) -> None:
     if ckpt_dir.is_dir():
         for p in ckpt_dir.glob("tmp-step-*"):
             shutil.rmtree(p, ignore_errors=True)
+        for p in ckpt_dir.glob("tmp-replaced-step-*"):  # a kill between the two renames of a re-save
+            final = ckpt_dir / p.name.removeprefix("tmp-replaced-")
+            if final.exists():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                os.rename(p, final)
 
 
 def load(engine, path: str | Path, *, rank: int, world_size: int) -> tuple[dict[str, Any], dict[str, Any]]:

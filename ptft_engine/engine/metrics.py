@@ -93,3 +93,41 @@ class MetricsLogger:
             self._tb.close()
         if self._jsonl is not None:
             self._jsonl.close()
+
+
+class DataCounters:
+    """The data loader's counters (`Loader.stats`: samples, skipped samples, dropped and pad
+    tokens, ...), per log interval and summed over ranks, plus totals for the end-of-run
+    summary. A loader replaced at an epoch's end is collected first, so nothing is lost."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, int] = {}
+        self._interval: dict[str, int] = {}
+        self._loader = None
+        self._seen: dict[str, int] = {}
+
+    def collect(self, loader) -> None:
+        stats = dict(getattr(loader, "stats", None) or {})
+        if loader is not self._loader:
+            self._loader, self._seen = loader, {}
+        for key, value in stats.items():
+            delta = int(value) - self._seen.get(key, 0)
+            if delta:
+                self._interval[key] = self._interval.get(key, 0) + delta
+        self._seen = stats
+
+    def take(self, world_size: int) -> dict[str, int]:
+        """Collective (every rank calls it): this interval's counts of all ranks together."""
+        parts = [self._interval]
+        if world_size > 1:
+            import torch.distributed as dist
+            parts = [None] * world_size
+            dist.all_gather_object(parts, self._interval)
+        self._interval = {}
+        out: dict[str, int] = {}
+        for part in parts:
+            for key, value in part.items():
+                out[key] = out.get(key, 0) + value
+        for key, value in out.items():
+            self.totals[key] = self.totals.get(key, 0) + value
+        return out

@@ -64,7 +64,22 @@ def init_distributed(device: torch.device, timeout_s: float) -> tuple[int, int]:
             release(None)
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo",
                                    timeout=datetime.timedelta(seconds=timeout_s), verbose=False)
+    bind_group_timeout(timeout_s)
     return dist.get_rank(), dist.get_world_size()
+
+
+def bind_group_timeout(timeout_s: float) -> None:
+    """Every group DeepSpeed creates gets our timeout too. deepspeed.comm's new_group calls
+    torch's without one, so its clone of the world group (groups._clone_world_group, used by
+    ZeRO's gradient reduction) and its other subgroups would wait torch's default (30 min
+    on gloo, 10 on NCCL) for a rank that stopped answering, whatever run.dist_timeout_s says."""
+    import deepspeed.comm.comm as ds_comm
+    backend = ds_comm.cdb
+    if backend is None or getattr(backend, "_ptft_timeout_s", None) == timeout_s:
+        return
+    timeout = datetime.timedelta(seconds=timeout_s)
+    backend.new_group = lambda ranks: dist.new_group(ranks, timeout=timeout)
+    backend._ptft_timeout_s = timeout_s
 
 
 def teardown_distributed() -> None:

@@ -21,8 +21,9 @@ import torch.distributed as dist
 import yaml
 
 from ptft_engine.config.schema import RunConfig
-from ptft_engine.engine import checkpoint, setup
-from ptft_engine.engine.metrics import MetricsLogger, memory_stats, peak_tflops
+from ptft_engine.engine import checkpoint, checks, rundir, setup
+from ptft_engine.engine.heartbeat import Heartbeat
+from ptft_engine.engine.metrics import DataCounters, MetricsLogger, memory_stats, peak_tflops
 from ptft_engine.engine.schedules import lr_at
 from ptft_engine.engine.signals import StopRequest
 
@@ -45,35 +46,107 @@ class TrainState:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, *, objective_factory: Callable[[], torch.nn.Module] | None = None,
-                 run_dir: str | Path | None = None):
+                 run_dir: str | Path | None = None, overwrite: bool = False):
         self.cfg = cfg
+        self.stopped_by: str | None = None  # the signal's name when fit() stopped on one
+        self.stop = StopRequest().install()  # from the start: a signal during start-up is not lost
+        self.lock: rundir.RunLock | None = None
+        self.heartbeat: Heartbeat | None = None
+        try:
+            self._start(objective_factory, run_dir, overwrite)
+        except BaseException:
+            self.close()  # handlers, process group and lock back as they were
+            raise
+
+    def _start(self, objective_factory, run_dir, overwrite: bool) -> None:
+        cfg = self.cfg
         self.device = setup.pick_device(cfg)
         self.rank, self.world_size = setup.init_distributed(self.device, cfg.run.dist_timeout_s)
         self.run_dir = Path(run_dir or Path(cfg.run.output_dir) / cfg.run.name)
         self.ckpt_dir = Path(cfg.checkpoint.dir or self.run_dir / "checkpoints")
+        # Start-time checks, before anything is written or DeepSpeed starts; all ranks agree
+        resume = cfg.checkpoint.resume not in (None, "none")
+        self._agree(lambda: self.rank == 0 and rundir.check_start(self.run_dir, self.ckpt_dir, resume=resume,
+                                                                  overwrite=overwrite))
+        resume_path = self._agree(lambda: self._resume_path(cfg.checkpoint.resume))
+        self.loader = self._agree(lambda: self._make_loader(epoch=0))
+        tok = getattr(getattr(self.loader, "builder", None), "tok", None)
+        self._agree(lambda: self._fail(checks.model_fits_data(cfg, getattr(tok, "vocab_size", None))))
+        if cfg.run.eval_every:  # an eval set too small would fail only at the first eval
+            self._agree(self._check_eval)
+        # The run directory is this run's: lock it (moving an old run aside with --overwrite)
+        if self.rank == 0:
+            self.lock, moved = self._agree(lambda: rundir.claim(self.run_dir, self.ckpt_dir, overwrite=overwrite))
+            for path in moved:
+                log.warning("--overwrite: the previous run was moved to %s", path)
+        else:
+            self._agree(lambda: None)
         setup.seed_everything(cfg.run.seed, self.rank)
         build = objective_factory or (lambda: setup.build_objective_from_config(cfg))
         self.engine, self.optimizer, self.ds_config = setup.init_deepspeed(cfg, build, self.world_size, self.device)
         self.objective = self.engine.module
         self.state = TrainState()
-        self.stop = StopRequest()
+        self.faults = DataCounters()
         self.last_saved_step = -1
         if self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             # reloadable: `ptft pretrain --config <run_dir>/config.yaml` repeats the run
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
             (self.run_dir / "deepspeed_config.json").write_text(json.dumps(self.ds_config, indent=1))
             checkpoint.remove_partial(self.ckpt_dir)
-        self.loader = self._make_loader(epoch=0)
         self.data_iter = None  # created lazily so a resume can set the loader state first
-        resumed_from = self._maybe_resume(cfg.checkpoint.resume)
+        if resume_path is not None:
+            self.load(resume_path)
+        elif resume:
+            log.info("resume=auto: no complete checkpoint in %s, starting fresh", self.ckpt_dir)
+        if self.rank == 0 and resume:
+            moved = rundir.trim_metrics(self.run_dir, self.state.step)  # each step once in metrics.jsonl
+            if moved:
+                log.info("metrics.jsonl: %d records past step %d moved to %s", moved, self.state.step,
+                         rundir.SUPERSEDED)
         self.logger = MetricsLogger(self.run_dir, enabled=self.rank == 0, total_steps=cfg.run.max_steps,
                                     start_step=self.state.step, tensorboard=cfg.run.tensorboard,
                                     progress_bar=cfg.run.progress_bar)
-        if resumed_from is not None:
-            self.logger.message(f"resumed from {resumed_from} at step {self.state.step}")
+        if resume_path is not None:
+            self.logger.message(f"resumed from {resume_path} at step {self.state.step}")
         self.peak = peak_tflops(self.device, cfg.run.peak_tflops)
         self.flops_per_unit = setup.flops_per_unit(self.objective, cfg)
+        self.heartbeat = Heartbeat(self.rank, self.world_size)
+
+    def _check_eval(self) -> None:
+        try:
+            loader = setup.make_loader(self.cfg, rank=self.rank, world_size=self.world_size, epoch=0, split="eval")
+        except ValueError as exc:
+            raise checks.StartCheckError(f"eval set (data.eval_shards): {exc}; add eval data, lower "
+                                         "data.batch_size, or set run.eval_every=0") from None
+        self._fail(checks.eval_fits(self.cfg, loader))
+
+    @staticmethod
+    def _fail(message: str | None) -> None:
+        if message is not None:
+            raise checks.StartCheckError(message)
+
+    def _agree(self, fn: Callable[[], Any]) -> Any:
+        """Run a start step on every rank; if it fails on any, every rank raises its line
+        (a rank must not wait in a collective for one that has already given up)."""
+        result, error = None, None
+        try:
+            result = fn()
+        except (ValueError, OSError) as exc:
+            error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        checks.agree(error, self.rank, self.world_size)
+        return result
+
+    def _resume_path(self, resume: str | None) -> Path | None:
+        if not resume or resume == "none":
+            return None
+        path = checkpoint.find_latest(self.ckpt_dir) if resume == "auto" else Path(resume)
+        if path is None:
+            return None
+        meta = checkpoint.read_meta(path)
+        if meta.get("world_size", self.world_size) != self.world_size:
+            raise ValueError(f"{path}: saved with {meta['world_size']} ranks, this run has {self.world_size}; "
+                             "resume with the same number of ranks")
+        return path
 
     # ---------------------------------------------------------------- data
     def _make_loader(self, epoch: int):
@@ -86,7 +159,11 @@ class Trainer:
             batch = next(self.data_iter)
         except StopIteration:  # epoch over: every rank ends together (equal batch counts)
             self.state.epoch += 1
+            self.faults.collect(self.loader)  # its last counts, before it is replaced
+            ended = self.loader.state_dict()
             self.loader = self._make_loader(self.state.epoch)
+            if ended.get("carry") is not None:  # packed text: the ended epoch's tail opens this one
+                self.loader.load_state_dict(ended)
             self.data_iter = iter(self.loader)
             batch = next(self.data_iter)
         return self._to_device(batch)
@@ -138,37 +215,72 @@ class Trainer:
 
     # ---------------------------------------------------------------- loop
     def fit(self) -> TrainState:
+        """Train to run.max_steps, or until a signal (then `self.stopped_by` names it)."""
         cfg = self.cfg
         self.stop.install()
         try:
             t_last, units_last = time.perf_counter(), 0.0
             while self.state.step < cfg.run.max_steps:
-                out = self._train_step()
+                out = self._guarded(self._train_step)
                 self.state.step += 1
+                self.heartbeat.step_done(self.state.step)
                 self.state.tokens_seen += int(out["units"])
                 units_last += out["units"]
                 self.logger.advance()
                 self._count_bad_step(out["bad"])
-                if self.state.step % cfg.run.log_every == 0 or self.state.step == cfg.run.max_steps:
+                if self.state.step % cfg.run.log_every == 0 or self.state.step == cfg.run.max_steps or out["stop"]:
                     now = time.perf_counter()
                     self._log_train(out, units_last / max(now - t_last, 1e-9))
                     t_last, units_last = now, 0.0
                 if self.state.consecutive_bad >= cfg.bad_steps.max_consecutive:
                     self._too_many_bad_steps()
                 if cfg.run.eval_every and self.state.step % cfg.run.eval_every == 0:
-                    self.evaluate()
+                    self._guarded(self.evaluate)
                 if out["stop"]:
-                    self.save()
-                    self.logger.message(f"stopped by signal at step {self.state.step}; checkpoint saved in {self.ckpt_dir}")
+                    self._guarded(self.save)
+                    self.stopped_by = self.stop.name or "on another rank"  # the flag came in the all-reduce
+                    self._summary(f"stopped by a signal ({self.stopped_by}) at step {self.state.step}; checkpoint "
+                                  f"saved in {self.ckpt_dir}, continue with --resume auto")
                     return self.state
                 if cfg.checkpoint.every and self.state.step % cfg.checkpoint.every == 0:
-                    self.save()
+                    self._guarded(self.save)
             if cfg.checkpoint.save_at_end:
-                self.save()
+                self._guarded(self.save)
+            self._summary(f"finished at step {self.state.step}")
             return self.state
         finally:
             self.stop.restore()
             self.logger.close()
+
+    def _guarded(self, fn: Callable[[], Any]) -> Any:
+        """A collective that fails (timed out, or a peer gone) becomes one line naming the rank
+        that did not answer, instead of a wait past run.dist_timeout_s or a gloo traceback."""
+        try:
+            return fn()
+        except RuntimeError as exc:
+            text = str(exc)
+            if self.world_size < 2 or not any(w in text.lower() for w in ("timed out", "timeout", "connection",
+                                                                           "peer", "broken pipe")):
+                raise
+            who = self.heartbeat.silent_ranks() if self.heartbeat is not None else None
+            latest = checkpoint.find_latest(self.ckpt_dir)
+            first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+            first = first.split("] ", 1)[-1]  # drop gloo's source location
+            raise TrainingStopped(
+                f"rank {self.rank}: a collective failed at step {self.state.step + 1} "
+                f"(run.dist_timeout_s={self.cfg.run.dist_timeout_s:g}): {first}; "
+                f"{'not answering: ' + who if who else 'a peer rank failed or stopped answering'}; "
+                f"newest checkpoint: {latest or 'none'}") from None
+
+    def _summary(self, how: str) -> None:
+        """End of run (every rank): data counters of the whole lineage into metrics.jsonl and one line."""
+        self.faults.collect(self.loader)
+        self.faults.take(self.world_size)
+        totals = {f"data_{k}": v for k, v in sorted(self.faults.totals.items())}
+        self.logger.log(self.state.step, {"skipped_steps": self.state.skipped, "tokens_seen": self.state.tokens_seen,
+                                          **totals, "how": how}, split="summary")
+        data = ", ".join(f"{k} {v}" for k, v in sorted(self.faults.totals.items())) or "no counters"
+        self.logger.message(f"{how}. data: {data}; skipped steps {self.state.skipped}")
 
     def _count_bad_step(self, bad: bool) -> None:
         if not bad:
@@ -195,10 +307,12 @@ class Trainer:
 
     def _log_train(self, out: dict[str, Any], units_per_s: float) -> None:
         per_token = hasattr(self.objective, "flops_per_token")
+        self.faults.collect(self.loader)
+        data = {f"data_{k}": v for k, v in self.faults.take(self.world_size).items()}  # all ranks, this interval
         metrics = {"loss": out["loss"], "lr": out["lr"], "grad_norm": out["grad_norm"],
                    "skipped_steps": self.state.skipped, "epoch": self.state.epoch,
                    ("tokens_per_s" if per_token else "samples_per_s"): units_per_s,
-                   **memory_stats(self.device)}
+                   **memory_stats(self.device), **data}
         if self.peak and self.flops_per_unit:
             metrics["mfu"] = self.flops_per_unit * units_per_s / (self.peak * 1e12 * self.world_size)
         self.logger.log(self.state.step, metrics)
@@ -228,7 +342,7 @@ class Trainer:
         s = self.state
         return {"trainer": {"step": s.step, "skipped": s.skipped, "consecutive_bad": s.consecutive_bad,
                             "rollbacks": s.rollbacks, "epoch": s.epoch, "tokens_seen": s.tokens_seen},
-                "data": self.loader.state_dict()}
+                "data": self.loader.state_dict(), "data_totals": dict(self.faults.totals)}
 
     def save(self) -> Path | None:
         if self.state.step == self.last_saved_step:
@@ -246,23 +360,22 @@ class Trainer:
         self.state.step, self.state.skipped, self.state.tokens_seen = t["step"], t["skipped"], t["tokens_seen"]
         self.state.consecutive_bad = 0
         if not keep_data_position:
+            self.faults = DataCounters()
+            self.faults.totals = dict(rank_state.get("data_totals", {}))
             self.state.epoch = t["epoch"]
             self.loader = self._make_loader(self.state.epoch)
             self.loader.load_state_dict(rank_state["data"])
             self.data_iter = None
         self.last_saved_step = self.state.step
 
-    def _maybe_resume(self, resume: str | None) -> Path | None:
-        if not resume or resume == "none":
-            return None
-        path = checkpoint.find_latest(self.ckpt_dir) if resume == "auto" else Path(resume)
-        if path is None:
-            log.info("resume=auto: no complete checkpoint in %s, starting fresh", self.ckpt_dir)
-            return None
-        self.load(path)
-        return path
-
     def close(self) -> None:
         """Tear the process group down so no rank lingers after the others exit (through
-        DeepSpeed, which then forgets its cached subgroups: a later Trainer can start anew)."""
+        DeepSpeed, which then forgets its cached subgroups: a later Trainer can start anew);
+        then give the run directory free."""
+        if getattr(self, "heartbeat", None) is not None:
+            self.heartbeat.close()
+        self.stop.restore()
         setup.teardown_distributed()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None

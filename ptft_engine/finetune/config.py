@@ -11,6 +11,7 @@ TaskKind = Literal["sequence_classification", "token_classification", "regressio
 DEFAULT_METRIC = {"sequence_classification": "accuracy", "token_classification": "entity_f1",
                   "regression": "pearson", "image_classification": "accuracy"}
 MINIMISED = {"mse", "loss"}
+SHARD_TASKS = ("image_classification", "sequence_classification", "regression")  # data.format shards
 
 
 class _Section(BaseModel):
@@ -40,8 +41,9 @@ class TaskSection(_Section):
 
 class DataSection(_Section):
     format: Literal["jsonl", "csv", "image_folder", "shards"] = Field(
-        "jsonl", description="shards: `ptft shard --format images` output (directory, index.json, tar, glob, "
-                 "brace range, http(s)/s3/gs URL or pipe:)")
+        "jsonl", description="shards: `ptft shard --format images` output, or `--format jsonl --label-field F` "
+                             "output for text tasks (directory, index.json, tar, glob, brace range, "
+                             "http(s)/s3/gs URL or pipe:)")
     train: str
     validation: Optional[str] = None
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="held out of train when no validation file")
@@ -104,10 +106,12 @@ class FinetuneConfig(_Section):
     save_best: bool = True
 
     @model_validator(mode="after")
-    def _shards_are_images(self):
-        if self.data.format == "shards" and self.task.kind != "image_classification":
-            raise ValueError(f"data.format=shards needs task.kind image_classification, got {self.task.kind} "
-                             "(ptft shard keeps no JSONL labels; text tasks read jsonl or csv)")
+    def _shards_fit_the_task(self):
+        if self.data.format == "shards" and self.task.kind not in SHARD_TASKS:
+            raise ValueError(f"data.format=shards needs task.kind {' or '.join(SHARD_TASKS)}, got {self.task.kind} "
+                             "(shards hold one text and one label per sample; token tasks read jsonl or csv)")
+        if self.data.format == "shards" and self.data.text_pair_field:
+            raise ValueError("data.text_pair_field needs jsonl or csv: shards hold one text per sample")
         return self
 
     @property

@@ -1,4 +1,5 @@
-"""Fine-tuning data: JSONL / CSV / image folders / image shards -> tokenised examples, train/val split.
+"""Fine-tuning data: JSONL / CSV / image folders / image or labelled text shards -> tokenised examples,
+train/val split.
 
 Token classification aligns word labels to sub-words: the first sub-word of a word gets
 the word's label, the others -100 (ignored) unless label_all_subtokens, in which case
@@ -28,11 +29,11 @@ class FinetuneDataError(ValueError):
 
 
 # ---------------------------------------------------------------------------- reading
-def read_records(path: str | Path, fmt: str) -> list[dict[str, Any]]:
+def read_records(path: str | Path, fmt: str, text_field: str = "text", label_field: str = "label") -> list[dict[str, Any]]:
     if fmt == "shards":  # as given: a URL keeps its "//"
         from ptft_engine.finetune.shard_data import read_shard_records  # it imports this module
 
-        return read_shard_records(str(path))
+        return read_shard_records(str(path), text_field, label_field)
     path = Path(path)
     if fmt == "image_folder":
         return read_image_folder(path)

@@ -34,12 +34,12 @@ def _tag_names(records, tags_field: str, where: str) -> list[str]:
 
 def build_task_data(cfg, model_cfg, tokenizer_path: str | None) -> TaskData:
     d, kind = cfg.data, cfg.task.kind
-    train_recs = read_records(d.train, d.format)
+    train_recs = read_records(d.train, d.format, d.text_field, d.label_field)
     where = str(d.train)
     label_of = (lambda r: str(field(r, d.label_field, where))) if kind in (
         "sequence_classification", "image_classification") else None
     if d.validation:
-        val_recs = read_records(d.validation, d.format)
+        val_recs = read_records(d.validation, d.format, d.text_field, d.label_field)
     else:
         train_recs, val_recs = split_records(train_recs, d.val_fraction, cfg.seed, label_of)
     train_recs = subsample(train_recs, d.train_fraction, cfg.seed, label_of)

@@ -1,8 +1,10 @@
-"""Labelled samples from `ptft shard` output (image-folder shards) for fine-tuning.
+"""Labelled samples from `ptft shard` output for fine-tuning.
 
 An image shard sample holds the image (KEY.png / .jpg / ...) and KEY.cls, the class
-index; index.json keeps the class names ("classes"). Text shards carry no labels:
-`ptft shard --format jsonl` keeps only the text field, so text tasks read JSONL/CSV.
+index; index.json keeps the class names ("classes"). A text shard sample written with
+`ptft shard --format jsonl --label-field F` holds KEY.txt and KEY.label (the field's
+value as JSON); it becomes a record {text_field: text, label_field: value}, as a JSONL
+line would.
 
 The labels are read once up front (splitting needs them); the images stay in the
 shards and each record keeps only its sample's byte range, read again on access.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +55,16 @@ def _label_name(raw: bytes, classes: list[str] | None, shard: str, key: str) -> 
     return str(classes[cls])
 
 
+def _text_record(sample: dict, shard: str, key: str, text_field: str, label_field: str) -> dict[str, Any]:
+    if "label" not in sample:
+        raise FinetuneDataError(f"shard {shard}, key {key}: no .label member; write text shards for fine-tuning "
+                                "with ptft shard --format jsonl --label-field FIELD")
+    try:
+        return {text_field: sample["txt"].decode("utf-8"), label_field: json.loads(sample["label"])}
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise FinetuneDataError(f"shard {shard}, key {key}: undecodable .txt or .label ({exc})") from None
+
+
 def _open(shard: ShardInfo) -> Opened:
     """A shard opened through the node-local cache (remote: downloaded; local: sha256 checked).
     A cached shard stays open for the process (pinned), as records point into it."""
@@ -64,8 +77,9 @@ def _open(shard: ShardInfo) -> Opened:
     return opened
 
 
-def read_shard_records(spec: str) -> list[dict[str, Any]]:
-    """Shard directory / index.json / tar / glob / URL / pipe: -> [{"image": ShardImage, "label": class name}]."""
+def read_shard_records(spec: str, text_field: str = "text", label_field: str = "label") -> list[dict[str, Any]]:
+    """Shard directory / index.json / tar / glob / URL / pipe: -> [{"image": ShardImage, "label": class
+    name}] for image shards, [{text_field: text, label_field: label}] for labelled text shards."""
     try:
         index = resolve_source(str(spec))
     except DataError as exc:
@@ -83,6 +97,9 @@ def read_shard_records(spec: str) -> list[dict[str, Any]]:
                 except (ValueError, OSError, EOFError) as exc:
                     raise FinetuneDataError(f"shard {shard.path}, sample {i}: unreadable ({exc})") from None
                 key = sample["__key__"]
+                if "txt" in sample and not any(e in sample for e in _IMAGE_MEMBERS):
+                    out.append(_text_record(sample, redact(shard.path), key, text_field, label_field))
+                    continue
                 if "cls" not in sample:
                     raise FinetuneDataError(
                         f"shard {shard.path}, key {key}: no .cls label member (has .{', .'.join(e for e in sorted(sample) if e != '__key__')}); "

@@ -17,7 +17,7 @@ from ptft_engine.data.index import load_index, scan_tar
 
 def _cfg(shards, tok, **kw):
     return DataConfig(**{**dict(shards=[shards], tokenizer=tok, seq_len=32, batch_size=2, docs_per_batch=3,
-                                num_workers=0, emit_sample_index=True), **kw})
+                                packing="batch", num_workers=0, emit_sample_index=True), **kw})
 
 
 def _positions(loader):

@@ -82,12 +82,13 @@ def test_loader_over_columns_yields_what_the_json_index_yields(tmp_path, tok_pat
     for d in cols:
         _as_columns(d)
 
-    def batches(dirs, workers):
-        cfg = DataConfig(shards=dirs, tokenizer=tok_path, seq_len=48, batch_size=2, docs_per_batch=3,
-                         num_workers=workers, shuffle_buffer=8, seed=3, weights=[2, 1], emit_sample_index=True)
+    def batches(dirs, workers, **packing):
+        cfg = DataConfig(shards=dirs, tokenizer=tok_path, seq_len=48, batch_size=2, num_workers=workers,
+                         shuffle_buffer=8, seed=3, weights=[2, 1], emit_sample_index=True, **packing)
         return [b for b in build_loader(cfg, objective="clm", rank=1, world_size=2)]
 
-    want, got = batches(listed, 0), batches(cols, 2)  # workers: the column view crosses into them
-    assert len(want) == len(got) == 7
-    for x, y in zip(want, got):
-        assert all(torch.equal(x[k], y[k]) for k in x)
+    for packing in ({"packing": "batch", "docs_per_batch": 3}, {}):  # documents, then packing-plan rows
+        want, got = batches(listed, 0, **packing), batches(cols, 2, **packing)  # workers: the view crosses into them
+        assert len(want) == len(got) == (7 if packing else len(want)) > 0
+        for x, y in zip(want, got):
+            assert all(torch.equal(x[k], y[k]) for k in x)

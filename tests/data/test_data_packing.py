@@ -80,27 +80,27 @@ def test_loader_masks_by_position_and_never_special_tokens(text_shards, tok_path
     from ptft_engine.data.tokenizer import load_tokenizer
     from ptft_engine.ops import mlm_mask
 
-    cfg = DataConfig(shards=[text_shards], tokenizer=tok_path, seq_len=64, batch_size=4, docs_per_batch=4,
-                     num_workers=0, mask_prob=0.3, emit_sample_index=True)
+    cfg = DataConfig(shards=[text_shards], tokenizer=tok_path, seq_len=64, batch_size=4, num_workers=0,
+                     mask_prob=0.3, emit_sample_index=True)
     tok = load_tokenizer(tok_path)
     loader = build_loader(cfg, objective="mlm", rank=0, world_size=1)
     selected = total = 0
+    n_batches = len(loader)  # of this epoch (the next one also holds this one's carried tail)
     for batch in loader:
         labels, seg = batch["labels"], batch["segment_ids"]
         picked = labels != IGNORE
         original = torch.where(picked, labels, batch["input_ids"])  # unmask
         assert not torch.isin(original[picked], torch.tensor(tok.special_ids)).any()
         assert (original[seg == 0] == tok.pad_id).all() and not picked[seg == 0].any()
-        # the mask is the op's, keyed by (seed, epoch) and the batch's first position
-        first = int(batch["sample_index"][0])
-        again, lab = mlm_mask(original, seed=mask_seed(cfg.seed, 0), sample_ids=first * 4 + torch.arange(4),
+        # the mask is the op's, keyed by (seed, epoch) and the rows' indices in the packing plan
+        again, lab = mlm_mask(original, seed=mask_seed(cfg.seed, 0), sample_ids=batch["sample_index"],
                               mask_token_id=tok.mask_id, vocab_size=tok.vocab_size, special_token_ids=tok.special_ids,
                               mask_prob=0.3)
         assert torch.equal(again, batch["input_ids"]) and torch.equal(lab, labels)
         selected += int(picked.sum())
         total += int((batch["attention_mask"] & ~torch.isin(original, torch.tensor(tok.special_ids))).sum())
     assert 0.2 < selected / total < 0.4
-    assert loader.stats["tokens"] > 0 and loader.stats["batches"] == len(loader)
+    assert loader.stats["tokens"] > 0 and loader.stats["batches"] == n_batches
 
 
 def test_run_wide_gpu_backend_does_not_break_cpu_workers(text_shards, tok_path, monkeypatch):
@@ -113,7 +113,8 @@ def test_run_wide_gpu_backend_does_not_break_cpu_workers(text_shards, tok_path, 
 
 
 def test_auto_docs_per_batch_fills_batches(text_shards, tok_path):
-    cfg = DataConfig(shards=[text_shards], tokenizer=tok_path, seq_len=64, batch_size=2, num_workers=0)
+    cfg = DataConfig(shards=[text_shards], tokenizer=tok_path, seq_len=64, batch_size=2, num_workers=0,
+                     packing="batch")
     loader = build_loader(cfg, objective="clm")
     assert loader.docs > 2 and loader.state_dict()["docs_per_batch"] == loader.docs
     one_per_row = build_loader(cfg.model_copy(update={"docs_per_batch": 2}), objective="clm")

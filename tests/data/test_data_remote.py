@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from data_helpers import write_text_shards
+from data_helpers import doc_text, write_text_shards
 from http_helpers import ShardServer
 
 from ptft_engine.data import CorruptSampleError, DataConfig, DataError, build_loader
@@ -30,8 +30,9 @@ def corpus(tmp_path):
 
 
 def _cfg(spec, tok, cache, **kw):
+    # packing: batch, so positions are documents (the packing plan over HTTP: test_plan_rows_over_http)
     return DataConfig(**{**dict(shards=[spec], tokenizer=tok, seq_len=32, batch_size=2, docs_per_batch=3,
-                                num_workers=0, emit_sample_index=True, cache_dir=str(cache), fetch_timeout_s=5,
+                                packing="batch", num_workers=0, emit_sample_index=True, cache_dir=str(cache), fetch_timeout_s=5,
                                 fetch_retries=2), **kw})
 
 
@@ -68,6 +69,28 @@ def test_http_batches_equal_local_on_2_ranks_x_2_workers_and_resume(corpus, tok_
         # each shard and sidecar came over the wire once for the node (ranks and workers share the cache)
         assert all(srv.requests[f"shard-{i:06d}.{ext}"] == 1 for i in range(N_SHARDS) for ext in ("tar", "idx"))
         assert remote.stats["cache_hits"] > 0 and remote.stats["corrupt_shards"] == 0
+
+
+def test_plan_rows_over_http_equal_local_with_raw_and_pretokenised_shards(corpus, tok_path, tmp_path):
+    """The packing plan (the default) through HTTP: token lengths by one pass through the cache
+    for raw text, from the fetched .lens sidecars for pre-tokenised shards; the same rows as local."""
+    from ptft_engine.data import sources
+    from ptft_engine.data.shards import write_shards
+
+    src = tmp_path / "c.jsonl"
+    src.write_text("".join(json.dumps({"text": doc_text(i)}) + "\n" for i in range(61)))
+    write_shards([str(src)], str(tmp_path / "www" / "pre"), sources.Options(format="jsonl", tokenizer=tok_path),
+                 shard_samples=7, workers=1, progress=False)
+    plan = dict(packing="plan", docs_per_batch="auto", num_workers=2)
+    with ShardServer(str(tmp_path / "www")) as srv:
+        for name, local in (("shards", corpus), ("pre", str(tmp_path / "www" / "pre"))):
+            ref = _batches(build_loader(_cfg(local, tok_path, tmp_path / "c0", **plan), objective="mlm", rank=1,
+                                        world_size=2))
+            remote = build_loader(_cfg(f"{srv.url}/{name}/", tok_path, tmp_path / f"c-{name}", **plan),
+                                  objective="mlm", rank=1, world_size=2)
+            _same(ref, _batches(remote))
+        assert all(srv.requests[f"shard-{i:06d}.lens"] == 1 for i in range(N_SHARDS))  # pre/ only
+        assert remote.builder.id_shards  # the pre-tokenised ids were read, not the text tokenised
 
 
 def test_brace_range_and_pipe_sources(corpus, tok_path, tmp_path):
@@ -175,7 +198,7 @@ _FILL = """
 import json, sys
 from ptft_engine.data import DataConfig, build_loader
 cfg = DataConfig(shards=[sys.argv[1]], tokenizer=sys.argv[2], seq_len=32, batch_size=2, docs_per_batch=3,
-                 num_workers=0, emit_sample_index=True, cache_dir=sys.argv[3], prefetch_shards=4)
+                 packing="batch", num_workers=0, emit_sample_index=True, cache_dir=sys.argv[3], prefetch_shards=4)
 loader = build_loader(cfg, objective="clm")
 pos = [p for b in loader for p in b["sample_index"].tolist()]
 print(json.dumps({"pos": pos, "downloads": loader.stats["downloads"], "hits": loader.stats["cache_hits"]}))

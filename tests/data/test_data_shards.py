@@ -130,3 +130,50 @@ def test_text_units(tmp_path, unit, expected):
     with open(shard.path, "rb") as fh:
         got = [read_members(fh, shard.offset_table(), i)["txt"].decode() for i in range(shard.samples)]
     assert got == expected
+
+
+def test_fast_member_reader_matches_tarfile(tmp_path):
+    """read_members parses plain headers itself (pax ones as webdataset writes too); GNU long
+    names fall back to tarfile; damage is a ValueError."""
+    import io
+    import tarfile
+
+    import pytest
+    import webdataset as wds
+
+    from ptft_engine.data.index import read_members, scan_tar
+    from ptft_engine.data.tarblocks import plain_members
+
+    path = str(tmp_path / "mixed.tar")
+    long_key = "d" * 120  # beyond the 100-byte name field: in a pax header
+    with wds.TarWriter(path, encoder=False) as w:
+        w.write({"__key__": "a0", "txt": b"first", "ids": bytes(range(10))})
+        w.write({"__key__": long_key, "txt": b"second" * 100})
+        w.write({"__key__": "dir/c2", "txt": b""})
+    info = scan_tar(path)
+    table = info.offsets
+    with open(path, "rb") as fh:
+        got = [read_members(fh, table, i) for i in range(3)]
+        with tarfile.open(path) as tar:
+            want = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+        fh.seek(table[1])
+        assert plain_members(fh.read(table[2] - table[1]))[0][0] == f"{long_key}.txt"
+    assert got[0] == {"__key__": "a0", "txt": want["a0.txt"], "ids": want["a0.ids"]}
+    assert got[1] == {"__key__": long_key, "txt": want[f"{long_key}.txt"]}
+    assert got[2] == {"__key__": "dir/c2", "txt": b""}
+    gnu = str(tmp_path / "gnu.tar")
+    with tarfile.open(gnu, "w", format=tarfile.GNU_FORMAT) as tar:
+        member = tarfile.TarInfo(f"{long_key}.txt")
+        member.size = 3
+        tar.addfile(member, io.BytesIO(b"abc"))
+    with open(gnu, "rb") as fh:
+        assert plain_members(fh.read()) is None  # a GNU long-name header: tarfile's job
+        assert read_members(fh, scan_tar(gnu).offsets, 0) == {"__key__": long_key, "txt": b"abc"}
+    with open(path, "rb") as fh:
+        first = fh.read(table[1])
+    with pytest.raises(ValueError, match="truncated"):
+        plain_members(first[: 512 + 2])  # a header whose data is cut short
+    damaged = bytearray(first)
+    damaged[5] ^= 0xFF  # a flipped byte in the first header
+    with pytest.raises(ValueError, match="checksum"):
+        read_members(io.BytesIO(bytes(damaged)), table, 0)

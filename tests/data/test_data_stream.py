@@ -14,7 +14,9 @@ from ptft_engine.data.tokenizer import load_tokenizer
 
 
 def _cfg(shards, tok, **kw) -> DataConfig:
-    base = dict(shards=[shards], tokenizer=tok, seq_len=48, batch_size=2, docs_per_batch=3, num_workers=0,
+    # packing: batch, so positions are documents (the packing plan's rows: test_data_plan.py)
+    base = dict(shards=[shards], tokenizer=tok, seq_len=48, batch_size=2, docs_per_batch=3, packing="batch",
+                num_workers=0,
                 shuffle_buffer=16, seed=7, emit_sample_index=True)
     return DataConfig(**{**base, **kw})
 

@@ -231,7 +231,7 @@ def test_a_save_starts_from_an_empty_temp_dir_and_can_resave_without_latest(tmp_
     assert again == path and is_complete(path, 4) and (tmp_path / "latest").read_text() == "step-00000004"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000004"]
     # the moved-aside copy of a re-save killed before its cleanup does not block the next one
-    (tmp_path / "tmp-step-00000004-replaced" / "global").mkdir(parents=True)
+    (tmp_path / "tmp-replaced-step-00000004" / "global").mkdir(parents=True)
     assert checkpoint.save(FakeEngine(4.0), tmp_path, 4, rank=0, rank_state={}, meta={}, keep_last=2) == path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000004"]
     # str paths work as well as Path ones (the trainer and the CLI pass either)

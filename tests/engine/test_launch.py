@@ -1,5 +1,5 @@
-"""Real launches with the deepspeed launcher: two 'nodes' on this machine (one launcher
-per node rank, rendezvous over loopback), and a killed rank that must not hang the rest."""
+"""Real launches: two 'nodes' on this machine (one launcher per node rank, ours or DeepSpeed's
+`--no_ssh --node_rank`, rendezvous over loopback), and a killed rank that must not hang the rest."""
 from __future__ import annotations
 
 import json
@@ -22,7 +22,7 @@ QUIET = ["run.log_every=1", "run.eval_every=0", "run.progress_bar=false", "run.t
          "run.dist_timeout_s=45"]
 
 
-def start_two_nodes(tmp_path: Path, *overrides: str) -> list[subprocess.Popen]:
+def start_two_nodes(tmp_path: Path, *overrides: str, launcher: str = "ptft") -> list[subprocess.Popen]:
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node-a slots=1\nnode-b slots=1\n")
     port = str(free_port())
@@ -30,6 +30,8 @@ def start_two_nodes(tmp_path: Path, *overrides: str) -> list[subprocess.Popen]:
     for node_rank in (0, 1):
         env = dict(base_env(), HOSTFILE=str(hostfile), NODE_RANK=str(node_rank), MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=port, PYTHON=sys.executable)
+        if launcher == "deepspeed":
+            env["LAUNCHER"] = "deepspeed"  # `deepspeed --no_ssh --node_rank N` instead of our launcher
         log = open(tmp_path / f"node{node_rank}.log", "w")
         procs.append(subprocess.Popen(
             [str(ROOT / "launch" / "multinode.sh"), "--config", str(RECIPE), f"run.output_dir={tmp_path}", *QUIET,
@@ -45,8 +47,9 @@ def stop(procs):
             p.kill()
 
 
-def test_two_node_launch_trains_and_both_exit_0(tmp_path):
-    procs = start_two_nodes(tmp_path, "run.max_steps=4", "checkpoint.every=0")
+@pytest.mark.parametrize("launcher", ["ptft", "deepspeed"])
+def test_two_node_launch_trains_and_both_exit_0(tmp_path, launcher):
+    procs = start_two_nodes(tmp_path, "run.max_steps=4", "checkpoint.every=0", launcher=launcher)
     try:
         codes = [p.wait(timeout=300) for p in procs]
     finally:
@@ -55,8 +58,8 @@ def test_two_node_launch_trains_and_both_exit_0(tmp_path):
     run_dir = tmp_path / "clm_tiny"
     assert json.loads((run_dir / "deepspeed_config.json").read_text())["train_batch_size"] == 2 * 8
     assert json.loads((run_dir / "checkpoints" / "step-00000004" / "meta.json").read_text())["world_size"] == 2
-    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4]
 
 
 def test_a_killed_rank_makes_the_other_node_exit_nonzero_quickly(tmp_path):
@@ -86,4 +89,5 @@ def test_local_launch_with_two_ranks(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     run_dir = tmp_path / "clip_tiny"
     assert json.loads((run_dir / "deepspeed_config.json").read_text())["train_batch_size"] == 2 * 16
-    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["split"] for r in records] == ["train"] * 3 + ["summary"]

@@ -63,7 +63,8 @@ def train(cfg, crash_at=None):
 
 
 def losses(run_dir):
-    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    recs = [r for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if (r := json.loads(line))["split"] == "train"]  # not the end-of-run summary
     return {r["step"]: r["loss"] for r in recs}, recs
 
 

@@ -85,7 +85,7 @@ def test_bad_shard_input_is_a_one_line_error(folder_and_shards, tmp_path, capsys
     with pytest.raises(FinetuneDataError, match=f"shard path '{missing}' does not exist"):
         read_records(missing, "shards")
 
-    # text shards carry no label member: the error names the shard and the sample key
+    # text shards without --label-field carry no label member: the error names the shard and the sample key
     (tmp_path / "t.jsonl").write_text('{"text": "hello there"}\n{"text": "general kenobi"}\n')
     assert main(["shard", str(tmp_path / "t.jsonl"), "--format", "jsonl", "--output", str(tmp_path / "text"),
                  "--workers", "1", "--no-progress"]) == 0
@@ -95,7 +95,35 @@ def test_bad_shard_input_is_a_one_line_error(folder_and_shards, tmp_path, capsys
     assert main(["finetune", "--config", str(tmp_path / "ft.yaml")]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert f"shard {tmp_path / 'text' / 'shard-000000.tar'}, key 0000000_000000: no .cls label member" in err
+    assert f"shard {tmp_path / 'text' / 'shard-000000.tar'}, key 0000000_000000: no .label member" in err
 
-    with pytest.raises(ValueError, match="data.format=shards needs task.kind image_classification, got sequence_classification"):
-        parse_finetune_config({**cfg, "task": {"kind": "sequence_classification"}})
+    with pytest.raises(ValueError, match="data.format=shards needs task.kind image_classification or "
+                                         "sequence_classification or regression, got token_classification"):
+        parse_finetune_config({**cfg, "task": {"kind": "token_classification"}})
+
+
+def test_finetune_from_labelled_text_shards(assets, tmp_path, capsys):
+    """ptft shard --label-field keeps the label; a text task reads the shards as it reads the JSONL."""
+    from finetune_fixtures import base_config
+
+    out = tmp_path / "text_shards"
+    assert main(["shard", str(assets["sentiment"]), "--format", "jsonl", "--label-field", "label", "--output",
+                 str(out), "--max-samples", "50", "--workers", "1", "--no-progress"]) == 0
+    jsonl = [json.loads(line) for line in assets["sentiment"].read_text().splitlines()]
+    assert read_records(out, "shards") == [{"text": r["text"], "label": r["label"]} for r in jsonl]
+
+    base = base_config(assets, tmp_path, "sequence_classification", optim__epochs=1, optim__max_steps=3)
+    sharded = {**base, "data": {"format": "shards", "train": str(out)}}
+    vocab = parse_model_config({"arch": "encoder", "vocab_size": 96, "hidden_size": 32, "num_hidden_layers": 2,
+                                "num_attention_heads": 4, "intermediate_size": 64})
+    tok = str(assets["encoder"] / "tokenizer.json")
+    a = build_task_data(parse_finetune_config(base), vocab, tok)
+    b = build_task_data(parse_finetune_config(sharded), vocab, tok)
+    assert a.label_names == b.label_names == ["negative", "positive"]
+    assert [a.train[i] for i in range(len(a.train))] == [b.train[i] for i in range(len(b.train))]
+
+    (tmp_path / "ft.yaml").write_text(yaml.safe_dump(sharded))
+    assert main(["finetune", "--config", str(tmp_path / "ft.yaml")]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 3 and summary["metric"] == "accuracy"
+    assert json.loads((tmp_path / "out" / "best" / "task.json").read_text())["labels"] == ["negative", "positive"]
