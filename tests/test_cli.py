@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from ptft_engine import cli
 from ptft_engine.commands import env
 
@@ -16,6 +18,7 @@ def test_env_reports_backends_truthfully():
         assert report["backends"]["cuda"]["cuda"] == "no CUDA device visible to torch"
 
 
+@pytest.mark.slow  # a CLI subprocess
 def test_env_json_is_valid():
     out = subprocess.run([sys.executable, "-m", "ptft_engine.cli", "env", "--json"], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout)["torch"]

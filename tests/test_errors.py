@@ -38,11 +38,13 @@ def test_every_command_has_help_with_an_example(name):
     assert "xample" in text and f"ptft {name}" in text, text
 
 
+@pytest.mark.slow  # CLI subprocesses
 def test_help_through_the_cli_exits_zero():
     res = ptft("report", "--help")
     assert res.returncode == 0 and "Example" in res.stdout
 
 
+@pytest.mark.slow  # CLI subprocesses
 def test_wrong_paths(tmp_path):
     one_line_error(ptft("shard", str(tmp_path / "nope"), "--output", str(tmp_path / "s")), "nope", "does not exist")
     one_line_error(ptft("export", str(tmp_path / "nope"), str(tmp_path / "e")), "nope")
@@ -52,6 +54,7 @@ def test_wrong_paths(tmp_path):
     one_line_error(ptft("finetune", "--config", str(tmp_path / "nope.yaml")), "nope.yaml")
 
 
+@pytest.mark.slow  # CLI subprocesses
 def test_bad_config_keys():
     one_line_error(ptft("pretrain", "--config", MLM, "train.lrr=1e-3"), "train.lrr", "unknown key")
     one_line_error(ptft("pretrain", "--config", MLM, "train.lr=fast"), "train.lr")
@@ -59,6 +62,7 @@ def test_bad_config_keys():
                    "optim.lrr")
 
 
+@pytest.mark.slow  # CLI subprocesses
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without a GPU")
 def test_cuda_requested_without_a_gpu(tmp_path):
     one_line_error(ptft("pretrain", "--config", MLM, "run.device=cuda", f"run.output_dir={tmp_path}"), "cuda",
@@ -68,6 +72,7 @@ def test_cuda_requested_without_a_gpu(tmp_path):
                         env={"PTFT_KERNEL_BACKEND": "cuda"}), "backend 'cuda' cannot run here", "PTFT_KERNEL_BACKEND=auto")
 
 
+@pytest.mark.slow  # CLI subprocesses
 def test_unreachable_master_address(tmp_path):
     port = free_port()  # nobody listens on it: rank 1 can never reach rank 0
     res = ptft("pretrain", "--config", MLM, "run.dist_timeout_s=2", f"run.output_dir={tmp_path}",
@@ -77,6 +82,7 @@ def test_unreachable_master_address(tmp_path):
     assert "frame #" not in res.stderr  # no C++ stack dump either
 
 
+@pytest.mark.slow  # CLI subprocesses
 def test_debug_shows_the_traceback(tmp_path):
     res = ptft("--debug", "shard", str(tmp_path / "nope"), "--output", str(tmp_path / "s"))
     assert res.returncode != 0 and "Traceback" in res.stderr

@@ -44,6 +44,7 @@ def test_dry_run_writes_every_file_and_row(tmp_path):
     assert env  # `ptft env --json` parsed
 
 
+@pytest.mark.slow  # runs gpu_check.sh in bash
 def test_deadline_skips_steps_but_still_reports(tmp_path):
     proc = run_check(tmp_path, budget=18)
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -113,17 +113,29 @@ def save(engine, ckpt_dir: str | Path, step: int, *, rank: int, rank_state: dict
         seq = _write_order(done[-1])[0] + 1 if done else 0  # write order of this lineage, for pruning
         _fsync_write(ckpt_dir / tmp_tag / "meta.json",
                      json.dumps({"step": step, "seq": seq, "saved_at": time.time(), **meta}, indent=1, default=str))
-        replaced = ckpt_dir / f"tmp-replaced-{tag}"
-        if final.exists():  # re-saving a step (after a rollback): the old copy goes once the new is in place
+        replaced = ckpt_dir / f"tmp-replaced-{tag}"  # "tmp-*": remove_partial clears it after a kill
+        if final.exists():  # re-saving a step (after a rollback): move the old copy aside in one rename,
+            # after pointing `latest` back at the newest other complete checkpoint, so that neither
+            # `latest` nor find_latest can meet a missing or half-deleted directory
+            others = [p for p in done if p.name != tag]
+            _write_latest(ckpt_dir, others[-1].name if others else None)
             shutil.rmtree(replaced, ignore_errors=True)
             os.rename(final, replaced)
         os.rename(ckpt_dir / tmp_tag, final)
+        _write_latest(ckpt_dir, tag)
         shutil.rmtree(replaced, ignore_errors=True)
-        _fsync_write(ckpt_dir / "latest.tmp", tag)
-        os.replace(ckpt_dir / "latest.tmp", ckpt_dir / "latest")
         prune(ckpt_dir, keep_last)
     _barrier()
     return final
+
+
+def _write_latest(ckpt_dir: Path, tag: str | None) -> None:
+    """Point `latest` at `tag` atomically (temp file + os.replace); None removes it."""
+    if tag is None:
+        (ckpt_dir / "latest").unlink(missing_ok=True)
+        return
+    _fsync_write(ckpt_dir / "latest.tmp", tag)
+    os.replace(ckpt_dir / "latest.tmp", ckpt_dir / "latest")
 
 
 def prune(ckpt_dir: Path, keep_last: int) -> None:

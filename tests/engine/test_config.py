@@ -62,6 +62,7 @@ def test_unknown_top_level_section_and_bad_yaml(tmp_path):
         load_run_config(tmp_path / "missing.yaml")
 
 
+@pytest.mark.slow  # a CLI subprocess
 def test_cli_prints_config_errors_as_one_line(recipe):
     out = subprocess.run([sys.executable, "-m", "ptft_engine.cli", "pretrain", "--config", str(recipe), "train.foo=1"],
                          capture_output=True, text=True)

@@ -9,6 +9,8 @@ import pytest
 from ptft_engine.config import load_run_config
 from ptft_engine.engine import Trainer
 
+pytestmark = pytest.mark.slow  # each recipe trains through DeepSpeed
+
 CONFIGS = Path(__file__).parents[2] / "configs"
 
 

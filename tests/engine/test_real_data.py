@@ -17,6 +17,8 @@ from ptft_engine.config import load_run_config  # noqa: E402
 from ptft_engine.data.tokenizer import train_tokenizer  # noqa: E402
 from ptft_engine.engine import Trainer  # noqa: E402
 
+pytestmark = pytest.mark.slow  # training runs over real shards through DeepSpeed
+
 RECIPE = Path(__file__).parents[2] / "configs" / "clm_tiny.yaml"
 
 

@@ -84,3 +84,14 @@ def test_unsupported_hf_settings_are_refused_by_name():
         config_from_hf(bert)
     with pytest.raises(ValueError, match="model_type 't5'"):
         config_from_hf({"model_type": "t5"})
+
+
+@pytest.mark.parametrize("name", ["bert-tiny", "gpt2-tiny"])
+def test_a_tensor_with_no_place_in_the_layout_is_named(name):
+    from ptft_engine.export.errors import ExportError
+
+    model = build_model(load_model_config(PRESETS / f"{name}.yaml"))
+    hf_state = to_hf_state_dict(model)
+    hf_state["encoder.mystery.weight"] = torch.zeros(2, 2)
+    with pytest.raises(ExportError, match=r"encoder\.mystery\.weight' does not belong"):
+        from_hf_state_dict(model, hf_state)

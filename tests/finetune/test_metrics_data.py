@@ -80,6 +80,7 @@ def test_shipped_configs_are_valid():
         load_finetune_config(path)  # raises with the key on any schema problem
 
 
+@pytest.mark.slow  # a subprocess
 def test_finetune_and_loading_never_import_deepspeed(assets):
     import subprocess
     import sys

@@ -177,6 +177,7 @@ def test_reexport_keeps_task_head_and_metadata(backbones, tmp_path, dtype):
     assert info["labels"] == LABELS[kind] and again.pooler is not None
 
 
+@pytest.mark.slow  # a whole fine-tuning run
 def test_finetuned_model_is_served_with_the_accuracy_ptft_measured(assets, tmp_path):
     from ptft_engine.finetune.datasets import build_task_data
 

@@ -30,6 +30,7 @@ def test_partial_freezing_keeps_embeddings_and_lower_blocks_bit_identical(assets
     assert result["best"]["accuracy"] >= result["initial"]["accuracy"] + 0.2
 
 
+@pytest.mark.slow  # a whole fine-tuning run
 def test_linear_probe_trains_only_the_head(assets, tmp_path):
     # random-init features: mean pooling keeps the sentiment words' signal linearly readable
     cfg = base_config(assets, tmp_path, "sequence_classification", strategy={"kind": "linear_probe"},
@@ -44,6 +45,7 @@ def test_linear_probe_trains_only_the_head(assets, tmp_path):
     assert result["best"]["accuracy"] >= result["initial"]["accuracy"] + 0.1
 
 
+@pytest.mark.slow  # a whole fine-tuning run
 def test_lora_trains_adapters_keeps_base_and_saves_merged(assets, tmp_path):
     cfg = base_config(assets, tmp_path, "sequence_classification",
                       strategy={"kind": "lora", "lora": {"r": 4, "alpha": 8, "targets": ["attn", "mlp"]}},
@@ -99,9 +101,72 @@ def test_layerwise_lr_decay_follows_electra_convention():
     wd_of = {name: g["weight_decay"] for g in groups for name in g["names"]}
     assert wd_of["backbone.layers.0.attn_norm.weight"] == 0.0 and wd_of["head.weight"] == 0.1
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    # nested towers (a dual encoder's vision side) keep their embeddings at depth 0
+    from ptft_engine.finetune.llrd import depth_of
+    assert depth_of("backbone.vision.embeddings.patch_embeddings.weight", 3) == 0
+    assert depth_of("backbone.vision.layers.1.mlp.fc_in.weight", 3) == 2
+    assert depth_of("backbone.final_norm.weight", 3) == depth_of("head.bias", 3) == 4
+
+
+def test_freezing_every_block_is_allowed_and_freezes_exactly_them():
+    from ptft_engine.finetune.config import StrategySection
+    from ptft_engine.finetune.freezing import apply_strategy
+
+    enc = build_model(EncoderConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                    intermediate_size=32, max_position_embeddings=16))
+    enc.mlm_head = None
+    model = TaskModel(enc, "sequence_classification", 2)
+    apply_strategy(model, StrategySection(kind="partial", freeze_layers=2))
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {n for n, _ in model.named_parameters() if n.startswith("backbone.layers.")}
 
 
 def test_freeze_more_layers_than_exist_is_a_clear_error(assets, tmp_path):
     cfg = base_config(assets, tmp_path, "sequence_classification", strategy={"kind": "partial", "freeze_layers": 5})
     with pytest.raises(ValueError, match="freeze_layers=5 but the model has 2 blocks"):
         finetune(parse_finetune_config(cfg))
+
+
+def test_layer_decay_reaches_the_optimizer_of_a_real_finetuning_run(assets, tmp_path, monkeypatch):
+    """One step of a real `finetune` run: Adam's first update of a weight is lr * g / (|g| + eps),
+    so the largest change in each tensor measures the lr its layer really got."""
+    groups_seen = []
+    real_adamw = torch.optim.AdamW
+
+    class SpyAdamW(real_adamw):
+        def __init__(self, params, **kw):
+            super().__init__(params, **kw)
+            groups_seen.append([(list(g.get("names", [])), g["lr"]) for g in self.param_groups])
+    monkeypatch.setattr(torch.optim, "AdamW", SpyAdamW)
+    lr, decay, n_blocks = 1e-3, 0.5, 2
+    cfg = base_config(assets, tmp_path, "sequence_classification", save_best=False,
+                      optim={"lr": lr, "layer_decay": decay, "weight_decay": 0.0, "warmup_ratio": 0.0,
+                             "schedule": "constant", "clip_grad": 0.0, "max_steps": 1, "batch_size": 16})
+    before = {f"backbone.{k}": v.clone() for k, v in load_pretrained(assets["encoder"]).state_dict().items()}
+    result = finetune(parse_finetune_config(cfg))
+
+    def expected_lr(name):  # ELECTRA: embeddings depth 0, block i depth i + 1, the rest on top
+        if name.startswith("backbone.embeddings."):
+            depth = 0
+        elif name.startswith("backbone.layers."):
+            depth = int(name.split(".")[2]) + 1
+        else:
+            depth = n_blocks + 1
+        return lr * decay ** (n_blocks + 1 - depth)
+
+    assert len(groups_seen) == 1
+    named_lrs = {name: g_lr for names, g_lr in groups_seen[0] for name in names}
+    trainable = [n for n, p in result["model"].named_parameters() if p.requires_grad]
+    assert sorted(named_lrs) == sorted(trainable)
+    for name in trainable:
+        assert named_lrs[name] == pytest.approx(expected_lr(name), rel=1e-12), name
+    checked = set()
+    for name, p in result["model"].named_parameters():
+        if name not in before:
+            continue
+        step = (p.detach() - before[name]).abs().max().item()
+        assert step <= expected_lr(name) * 1.02, (name, step, expected_lr(name))  # never more than its lr
+        if p.ndim >= 2:  # weight matrices all get real gradients (a key bias, say, gets ~0)
+            assert step == pytest.approx(expected_lr(name), rel=0.02), (name, step, expected_lr(name))
+            checked.add(expected_lr(name))
+    assert len(checked) == n_blocks + 1  # embeddings and both blocks moved (the head is new: not in `before`)

@@ -8,6 +8,8 @@ from finetune_fixtures import base_config
 from ptft_engine.finetune import finetune, load_task_model, parse_finetune_config
 from ptft_engine.finetune.saved import to_device
 
+pytestmark = pytest.mark.slow  # whole fine-tuning runs
+
 
 def run(cfg: dict) -> dict:
     return finetune(parse_finetune_config(cfg))

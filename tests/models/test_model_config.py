@@ -41,10 +41,23 @@ def test_semantic_checks_name_the_field():
     assert _error({"arch": "vit", "image_size": 10, "patch_size": 4}).startswith("model: image_size 10")
 
 
+# Hugging Face's counts for the same architectures (transformers' BertForMaskedLM, GPT2LMHeadModel
+# with vocab 50304, ViTModel without pooler, LlamaForCausalLM as TinyLlama), from their own code
+HF_PARAMETER_COUNTS = {"bert-base": 109_514_298, "bert-large": 335_174_458, "gpt2-small": 124_475_904,
+                       "vit-base": 85_798_656, "llama-1.1b": 1_100_048_384}
+
+
 @pytest.mark.parametrize("path", PRESETS, ids=[p.stem for p in PRESETS])
 def test_presets_validate(path):
     cfg = load_model_config(path)
-    assert count_parameters(cfg) > 0
+    n = count_parameters(cfg)
+    if path.stem in HF_PARAMETER_COUNTS:
+        assert n == HF_PARAMETER_COUNTS[path.stem]
+    elif "tiny" in path.stem:  # small enough to build for real and count tensor by tensor
+        model = build_model(cfg)
+        assert n == sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    else:
+        assert n > 100_000_000  # the remaining presets are the large ones (gpt2-1.3b, clip-base)
 
 
 def test_preset_file_errors_name_the_file(tmp_path):

@@ -4,13 +4,15 @@ gradcheck in float64, fully masked rows, backend choice. Triton runs interpreted
 test_attention_gpu.py, which imports the helpers below."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ptft_engine.ops import BackendUnavailable, attention, registry
 from ptft_engine.ops.attention.op import _op_reason
-from ptft_engine.ops.attention.reference import attention_reference, visible_mask
+from ptft_engine.ops.attention.reference import attention_reference
 
 
 def make_inputs(b, h, s_q, d, dtype, device="cpu", s_k=None, pad=False, segments=False, seed=0):
@@ -132,11 +134,66 @@ def test_reference_backend_matches_float64(causal):
     assert_close_fp32("reference", q, k, v, do, causal=causal, **masks)
 
 
+def _allowed_by_loops(batch, seq, *, causal, key_padding_mask=None, segment_ids=None):
+    """The masking rules of the module docstring, one (query, key) pair at a time."""
+    allowed = torch.zeros(batch, 1, seq, seq, dtype=torch.bool)
+    for b in range(batch):
+        for i in range(seq):
+            for j in range(seq):
+                ok = not (causal and j > i)
+                ok = ok and not (key_padding_mask is not None and bool(key_padding_mask[b, j]))
+                ok = ok and (segment_ids is None or int(segment_ids[b, i]) == int(segment_ids[b, j]))
+                allowed[b, 0, i, j] = ok
+    return allowed
+
+
+def test_hand_computed_two_token_attention():
+    """softmax over hand-picked scores, with the answer worked out on paper."""
+    q = torch.tensor([[[[1.0, 0.0], [0.0, 2.0]]]])  # (1, 1, 2, 2)
+    k = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
+    v = torch.tensor([[[[10.0, 0.0], [0.0, 10.0]]]])
+    # scale 1: query 0 scores (1, 0), query 1 scores (0, 2); causal hides key 1 from query 0
+    e1, e2 = torch.tensor(1.0).exp(), torch.tensor(2.0).exp()
+    full = torch.tensor([[e1 / (e1 + 1) * 10, 1 / (e1 + 1) * 10], [1 / (1 + e2) * 10, e2 / (1 + e2) * 10]])
+    causal = torch.tensor([[10.0, 0.0], [1 / (1 + e2) * 10, e2 / (1 + e2) * 10]])
+    padded = torch.tensor([[10.0, 0.0], [10.0, 0.0]])  # key 1 is padding: everyone sees key 0 only
+    for backend in ("reference", "cpu", "triton"):
+        run_ = lambda **kw: attention(q, k, v, scale=1.0, backend=backend, **kw)[0, 0]  # noqa: E731
+        torch.testing.assert_close(run_(), full)
+        torch.testing.assert_close(run_(causal=True), causal)
+        torch.testing.assert_close(run_(key_padding_mask=torch.tensor([[False, True]])), padded)
+        # segments [0, 1]: each token sees only itself
+        torch.testing.assert_close(run_(segment_ids=torch.tensor([[0, 1]])), torch.tensor([[10.0, 0.0], [0.0, 10.0]]))
+
+
+def test_reference_upcast_computes_in_fp32():
+    (q, k, v, _), masks = make_inputs(2, 2, 17, 8, torch.float32, pad=True)
+    half = [t.half() for t in (q, k, v)]
+    fp32 = attention_reference(*[t.float() for t in half], causal=True, **masks)
+    up = attention_reference(*half, causal=True, upcast=True, **masks)
+    assert up.dtype == torch.float16 and torch.equal(up, fp32.half())
+
+
+def test_reference_log_sum_exp_by_hand():
+    """The saved LSE is log(sum exp(scaled masked scores)) per row; +inf where no key is visible."""
+    (q, k, v, _), masks = make_inputs(1, 2, 6, 4, torch.float64, pad=True)
+    masks["key_padding_mask"][0, :] = torch.tensor([False, True, False, True, True, True])
+    out, lse = attention_reference(q, k, v, causal=True, scale=0.7, return_lse=True, **masks)
+    allowed = _allowed_by_loops(1, 6, causal=True, **masks)[0, 0]
+    assert lse.dtype == torch.float64 and lse.shape == (1, 2, 6)
+    for h in range(2):
+        for i in range(6):
+            keys = [j for j in range(6) if allowed[i, j]]
+            scores = [0.7 * float(q[0, h, i] @ k[0, h, j]) for j in keys]
+            want = math.log(sum(math.exp(s) for s in scores)) if keys else math.inf
+            assert lse[0, h, i].item() == pytest.approx(want, rel=1e-12), (h, i)
+
+
 def test_reference_agrees_with_sdpa_bool_mask():
     """The spec itself, checked against PyTorch's SDPA with the equivalent boolean mask."""
     (q, k, v, _), masks = make_inputs(2, 2, 50, 32, torch.float32, pad=True, segments=True)
     out = attention_reference(q, k, v, causal=True, **masks)
-    allowed = visible_mask(2, 50, 50, q.device, causal=True, **masks)  # (B, 1, S, S)
+    allowed = _allowed_by_loops(2, 50, causal=True, **masks)  # (B, 1, S, S), built without the module
     has_key = allowed.any(-1)  # SDPA gives NaN on empty rows; compare the others
     sdpa = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
     torch.testing.assert_close(out.masked_select(has_key[..., None]), sdpa.masked_select(has_key[..., None]))

@@ -237,3 +237,21 @@ def test_logits_never_materialised_whole(backend):
         assert mode.largest >= 4 * n * n  # the detector sees the naive (N, N) logits
     else:  # at most one (chunk, chunk) tile or the (2N, D) stacked views, in float32
         assert mode.largest <= 4 * max(chunk * chunk, 2 * n * 8), f"{backend}: a tensor of {mode.largest} bytes"
+
+
+def test_local_references_split_the_global_loss_by_rows():
+    """Two "ranks" holding rows 0-3 and 4-7, each against all columns, average to the global
+    loss; the offset is what puts each local row's target on the global diagonal."""
+    from ptft_engine.ops.contrastive.reference import local_contrastive_loss_reference, local_nt_xent_loss_reference
+
+    g = torch.Generator().manual_seed(3)
+    a, b = F.normalize(torch.randn(8, 5, generator=g), dim=-1), F.normalize(torch.randn(8, 5, generator=g), dim=-1)
+    scale = torch.tensor(7.0)
+    for symmetric in (True, False):
+        parts = [local_contrastive_loss_reference(a[i:i + 4], b[i:i + 4], a, b, scale, i, symmetric=symmetric)
+                 for i in (0, 4)]
+        torch.testing.assert_close(sum(parts) / 2, contrastive_loss_reference(a, b, scale, symmetric=symmetric))
+    both = [local_contrastive_loss_reference(a[i:i + 4], b[i:i + 4], a, b, scale, i) for i in (0, 4)]
+    torch.testing.assert_close(sum(both) / 2, contrastive_loss_reference(a, b, scale, symmetric=True))  # default
+    parts = [local_nt_xent_loss_reference(a[i:i + 4], b[i:i + 4], a, b, 0.5, i) for i in (0, 4)]
+    torch.testing.assert_close(sum(parts) / 2, nt_xent_loss_reference(a, b, 0.5))

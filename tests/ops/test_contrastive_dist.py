@@ -67,6 +67,7 @@ def _worker(rank, backends):
         contrastive_loss(uneven, uneven, torch.tensor(1.0), group=dist.group.WORLD, backend="reference")
 
 
+@pytest.mark.slow  # two processes
 def test_two_gloo_ranks_equal_single_process():
     cpu = torch.device("cpu")
     backends = [b for b in ("reference", "cpu", "triton") if registry.generic_reason(b, cpu) is None]

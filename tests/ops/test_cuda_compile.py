@@ -13,6 +13,7 @@ CU_FILES = sorted((ROOT / "csrc").rglob("*.cu"))
 NVCC = shutil.which("nvcc")
 
 
+@pytest.mark.slow  # nvcc compiles
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found: the CUDA sources are not compiled on this machine")
 @pytest.mark.parametrize("cu", CU_FILES, ids=[p.name for p in CU_FILES])
 def test_nvcc_compiles(cu, tmp_path):

@@ -47,6 +47,7 @@ def pinned():
         triton_attention.pin_config(kind, None)
 
 
+@pytest.mark.slow  # every autotune entry x layout through the Triton interpreter: a sweep
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("index", range(N_CONFIGS))
 def test_attention_autotune_entry(pinned, index, layout):
@@ -170,7 +171,8 @@ def _losses_and_grads(n, d, seed=0):
     return list(zip(*results))
 
 
-@pytest.mark.parametrize("splits", [1, 2, 3, 5])
+@pytest.mark.parametrize("splits", [pytest.param(1, marks=pytest.mark.slow), 2,  # the quick suite keeps one split
+                                    pytest.param(3, marks=pytest.mark.slow), pytest.param(5, marks=pytest.mark.slow)])
 def test_contrastive_column_splits(monkeypatch, splits):
     """Forward partial (max, sum) per column split and the backward's atomically added da agree
     with the reference at an odd n (ragged last split) for several split counts."""
