@@ -51,7 +51,13 @@ class Heartbeat:
                 pass
 
     def close(self) -> None:
+        """Stop beating and wait for the thread, before the process group (and its store) is torn down: a
+        thread still inside a store call while the store is destroyed aborts the process at exit
+        ("terminate called without an active exception", exit 134)."""
         self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10 * BEAT_S)
+            self._thread = None
 
     def _read(self, fmt: str) -> dict[int, int]:
         keys = [fmt.format(r) for r in range(self.world_size)]
