@@ -51,13 +51,15 @@ class Heartbeat:
                 pass
 
     def close(self) -> None:
-        """Stop beating and wait for the thread, before the process group (and its store) is torn down: a
-        thread still inside a store call while the store is destroyed aborts the process at exit
-        ("terminate called without an active exception", exit 134)."""
+        """Stop beating, wait for the thread and let go of the store, before the process group is torn down.
+        A store still referenced here outlives the group and is destroyed only at interpreter exit, which
+        aborts the process ("terminate called without an active exception", exit 134 / -6) after a
+        finished run."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10 * BEAT_S)
             self._thread = None
+        self._store = None
 
     def _read(self, fmt: str) -> dict[int, int]:
         keys = [fmt.format(r) for r in range(self.world_size)]
