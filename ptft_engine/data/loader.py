@@ -30,7 +30,7 @@ from ptft_engine.data.stream import ShardStream, steps_left
 
 AUTO_SAMPLE_DOCS = 256
 MAX_AUTO_PREFETCH = 64
-OBJECTIVE_KIND = {"mlm": "text", "clm": "text", "simclr": "image", "clip": "image_text"}
+OBJECTIVE_KIND = {"mlm": "text", "clm": "text", "simclr": "image", "clip": "image_text", "wav2vec2": "audio"}
 STATE_VERSION = 1
 
 
@@ -206,6 +206,11 @@ class Loader:
             from ptft_engine.data.text import TextBuilder
 
             return TextBuilder(cfg, self.objective, tok)
+        if cfg.kind == "audio":
+            from ptft_engine.data.audio import AudioBuilder, check_sources
+
+            self.sample_rate, labelled = check_sources(self.sources, cfg)
+            return AudioBuilder(cfg, labelled=labelled)
         from ptft_engine.data.images import ImageBuilder
 
         return ImageBuilder(cfg, self.objective, tok)
