@@ -57,8 +57,9 @@ def pad_batch(clips: list[np.ndarray], length: int | None = None) -> tuple[torch
     return values, mask
 
 
-def check_sources(sources, cfg: DataConfig) -> tuple[int, bool]:
-    """(sample rate, labelled) of the audio sources; a clear error when they disagree."""
+def check_sources(sources, cfg: DataConfig) -> tuple[int | None, bool]:
+    """(sample rate, labelled) of the audio sources; a clear error when they disagree. An
+    index that does not name its rate is taken to be at data.audio_sample_rate."""
     rates, labelled = set(), []
     for src in sources:
         where = src.shards[0].path if len(src.shards) else "?"
@@ -66,11 +67,12 @@ def check_sources(sources, cfg: DataConfig) -> tuple[int, bool]:
             raise DataError(f"shards {where} hold {src.kind!r} data, not audio")
         if src.extra.get("pcm_dtype", PCM_DTYPE) != PCM_DTYPE:
             raise DataError(f"shards {where} store PCM as {src.extra['pcm_dtype']!r}; this reader reads {PCM_DTYPE!r}")
-        rates.add(src.extra.get("sample_rate"))
+        if src.extra.get("sample_rate"):  # an index made by --index-only does not know it
+            rates.add(src.extra["sample_rate"])
         labelled.append(bool(src.extra.get("classes")))
     if len(rates) > 1:
-        raise DataError(f"audio sources have different sample rates {sorted(map(str, rates))}; reshard them to one")
-    rate = rates.pop()
+        raise DataError(f"audio sources have different sample rates {sorted(rates)}; reshard them to one")
+    rate = rates.pop() if rates else cfg.audio_sample_rate
     if cfg.audio_sample_rate and rate != cfg.audio_sample_rate:
         raise DataError(f"audio shards are at {rate} Hz, but data.audio_sample_rate is {cfg.audio_sample_rate}; "
                         f"reshard with `ptft shard --format audio --sample-rate {cfg.audio_sample_rate}`")

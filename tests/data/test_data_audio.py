@@ -232,6 +232,10 @@ def test_corrupt_clip_is_refilled_and_source_checks(tmp_path, audio_shards, clip
     assert loader.stats["skipped"] == 1 and loader.stats["repeated"] == 1
     with pytest.raises(Exception, match="k2"):
         _take(build_loader(cfg.model_copy(update={"strict": True}), objective="wav2vec2"))
+    # tars made elsewhere: --index-only knows them as audio; their rate is the config's
+    assert cli.main(["shard", "--index-only", str(shard), "--output", str(tmp_path / "idx")]) == 0
+    assert load_index(str(tmp_path / "idx" / "index.json")).kind == "audio"
+    assert build_loader(cfg.model_copy(update={"audio_sample_rate": 8000}), objective="wav2vec2").sample_rate == 8000
     with pytest.raises(DataError, match="data.audio_sample_rate is 8000"):
         build_loader(_cfg(audio_shards, audio_sample_rate=8000), objective="wav2vec2")
     assert _shard([clip_dir / "c05.wav"], tmp_path / "s8", "--sample-rate", "8000") == 0
