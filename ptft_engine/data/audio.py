@@ -16,10 +16,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ptft_engine.data.audio_sources import PCM_DTYPE
 from ptft_engine.data.config import DataConfig
 from ptft_engine.data.errors import BadSamples, DataError
 
-PCM_DTYPE = "<i2"
 NORM_EPS = 1e-7  # added to the variance, as transformers' Wav2Vec2FeatureExtractor does
 
 

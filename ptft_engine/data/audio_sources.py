@@ -54,7 +54,8 @@ def read_manifest(path: str) -> dict[str, dict]:
     root = os.path.dirname(os.path.abspath(path))
     out: dict[str, dict] = {}
     try:
-        lines = open(path, encoding="utf-8").read().splitlines()
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"manifest {path!r} is unreadable ({exc})") from None
     for n, line in enumerate(lines, 1):
@@ -85,6 +86,11 @@ def class_names(entries) -> list[str]:
 
 def plan_audio(inputs: list[str], manifest: str | None) -> tuple[list[tuple], dict]:
     """Groups of (path, class index or -1, transcript or None), and index metadata (classes)."""
+    try:  # here, not in the pool workers, where every clip would fail with it
+        import scipy.signal  # noqa: F401
+        import soundfile  # noqa: F401
+    except (ModuleNotFoundError, OSError) as exc:  # soundfile raises OSError without libsndfile
+        raise DataError(f"--format audio needs soundfile and scipy ({exc}); pip install 'ptft_engine[audio]'") from None
     files = expand_audio(inputs)
     meta: dict = {}
     entries = read_manifest(manifest) if manifest else None

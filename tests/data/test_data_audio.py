@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,7 +93,7 @@ def test_shard_resamples_to_one_rate_and_indexes_durations(tmp_path, capsys):
 
 
 def test_manifest_labels_and_transcripts(audio_shards):
-    doc = json.loads(open(os.path.join(audio_shards, "index.json")).read())
+    doc = json.loads(Path(os.path.join(audio_shards, "index.json")).read_text())
     assert doc["classes"] == ["no", "up", "yes"] and doc["total_samples"] == N_CLIPS
     assert [s["samples"] for s in doc["shards"]] == [5, 5, 5, 5, 3]
     for i, m in enumerate(_members(audio_shards)):  # inputs are written in file-name order

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,9 +55,9 @@ def test_spoken_digits_hold_out_voices_and_label_right(tmp_path):
     assert not set(train_voices) & set(test_voices) and not speakers(train_voices) & speakers(test_voices)
     assert out["train"]["clips"] == 2 * 10 and out["test"]["clips"] == 4 * 10
     for split, voices in (("train", train_voices), ("test", test_voices)):
-        manifest = [json.loads(line) for line in (tmp_path / "wav" / f"digits_{split}" / "manifest.jsonl").open()]
+        manifest = [json.loads(line) for line in (tmp_path / "wav" / f"digits_{split}" / "manifest.jsonl").read_text().splitlines()]
         assert {m["voice"] for m in manifest} == set(voices)
-        doc = json.loads(open(os.path.join(out[split]["shards"], "index.json")).read())
+        doc = json.loads(Path(os.path.join(out[split]["shards"], "index.json")).read_text())
         assert doc["classes"] == [str(d) for d in range(10)] and doc["sample_rate"] == 16_000
         samples = _samples(out[split]["shards"])
         words = [s["txt"].decode() for s in samples]
@@ -72,7 +73,7 @@ def test_pretrain_sentences_are_unlabelled_speech(tmp_path):
     assert all(t[-1] in ".!?" and 20 <= len(t) <= 160 for t in texts)
     out = speech_data.write_pretrain_speech(tmp_path, 6, seed=1, workers=1)
     assert out["clips"] == 6 and out["seconds"] > 6  # sentences last seconds each
-    doc = json.loads(open(os.path.join(out["shards"], "index.json")).read())
+    doc = json.loads(Path(os.path.join(out["shards"], "index.json")).read_text())
     assert "classes" not in doc and doc["kind"] == "audio"
     assert all(set(s) == {"__key__", "pcm"} for s in _samples(out["shards"]))
     with pytest.raises(ValueError, match="size 'huge'"):
