@@ -89,12 +89,12 @@ class AudioBuilder:
     def build(self, records, *, epoch: int, first_pos: int, bad: BadSamples) -> tuple[dict, dict, list[int]]:
         cfg, crop = self.cfg, self.cfg.audio_crop_samples
         clips: list[np.ndarray] = []
-        labels: list[int] = []
+        labels: list[int | None] = []
         kept: list[int] = []
         for pos, shard, key, members in records:
             try:
                 x = decode_pcm(members)
-                label = int(members["cls"]) if self.labelled else -1
+                label = int(members["cls"]) if self.labelled else None
             except KeyError:
                 bad.skip(shard, key, "no .cls label member")
                 continue

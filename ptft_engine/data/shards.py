@@ -207,7 +207,9 @@ def write_shards(
         raise DataError(f"no usable samples in {inputs} ({len(summary.bad)} bad inputs)")
     index.shards = writer.shards
     if opts.format == "audio":
-        index.extra.update(pcm_dtype="<i2", total_seconds=round(sum(s.seconds for s in writer.shards), 3))
+        from ptft_engine.data.audio_sources import PCM_DTYPE
+
+        index.extra.update(pcm_dtype=PCM_DTYPE, total_seconds=round(sum(s.seconds for s in writer.shards), 3))
     index.save(index_path)
     summary.seconds = time.perf_counter() - start
     summary.shards = len(index.shards)

@@ -183,6 +183,8 @@ def test_crops_are_fixed_length_deterministic_and_pure(audio_shards, clip_dir):
             assert np.array_equal(b["input_values"][r, : min(n, crop)].numpy(), _pcm(clip_dir, pos)[start: start + crop])
     starts = {crop_start(_length(i), crop, cfg.seed, e, i) for i in range(5, N_CLIPS) for e in range(3)}
     assert len(starts) > 10  # windows move from clip to clip and epoch to epoch
+    assert {crop_start(crop + 1, crop, seed, 0, 0) for seed in range(40)} == {0, 1}  # both ends reachable
+    assert np.array_equal(normalize(np.zeros(50, np.float32)), np.zeros(50))  # silence stays finite
     e1 = _take(build_loader(cfg, objective="wav2vec2", epoch=1))
     assert any(not torch.equal(a["input_values"], b["input_values"]) for a, b in zip(e0, e1))
 
@@ -218,7 +220,7 @@ def test_resume_is_exact_also_on_another_world_size(audio_shards):
                 assert p >= 6 and torch.equal(b["input_values"][r], by_pos[p][0]) and b["labels"][r] == by_pos[p][1]
 
 
-def test_corrupt_clip_is_refilled_and_source_checks(tmp_path, audio_shards, clip_dir):
+def test_corrupt_clip_is_refilled_and_source_checks(tmp_path, audio_shards, clip_dir, text_shards):
     import webdataset as wds
 
     shard = tmp_path / "raw.tar"
@@ -231,8 +233,14 @@ def test_corrupt_clip_is_refilled_and_source_checks(tmp_path, audio_shards, clip
     (b,) = _take(loader)
     assert b["input_values"].shape == (4, 100) and "labels" not in b  # no classes: unlabelled
     assert loader.stats["skipped"] == 1 and loader.stats["repeated"] == 1
-    with pytest.raises(Exception, match="k2"):
+    with pytest.raises(Exception, match=r"shard '.*raw.tar', key 'k2'"):
         _take(build_loader(cfg.model_copy(update={"strict": True}), objective="wav2vec2"))
+    broken = tmp_path / "broken.tar"
+    with wds.TarWriter(str(broken), encoder=False) as w:
+        for i in range(3):
+            w.write({"__key__": f"b{i}", "pcm": b""})
+    with pytest.raises(ValueError, match="every clip of a batch failed to decode.*b0.*b1.*b2"):
+        _take(build_loader(_cfg(str(broken), shuffle=False), objective="wav2vec2"))
     # tars made elsewhere: --index-only knows them as audio; their rate is the config's
     assert cli.main(["shard", "--index-only", str(shard), "--output", str(tmp_path / "idx")]) == 0
     assert load_index(str(tmp_path / "idx" / "index.json")).kind == "audio"
@@ -242,6 +250,14 @@ def test_corrupt_clip_is_refilled_and_source_checks(tmp_path, audio_shards, clip
     assert _shard([clip_dir / "c05.wav"], tmp_path / "s8", "--sample-rate", "8000") == 0
     with pytest.raises(DataError, match="different sample rates"):
         build_loader(_cfg(audio_shards).model_copy(update={"shards": [audio_shards, str(tmp_path / "s8")]}),
+                     objective="wav2vec2")
+    with pytest.raises(DataError, match=f"shards {text_shards}.* hold 'text' data, not audio"):
+        build_loader(_cfg(text_shards), objective="wav2vec2")
+    manifest = tmp_path / "other.jsonl"
+    manifest.write_text(json.dumps({"path": str(clip_dir / "c05.wav"), "label": "stop"}) + "\n")
+    assert _shard([clip_dir / "c05.wav"], tmp_path / "other", "--manifest", str(manifest)) == 0
+    with pytest.raises(DataError, match="different class lists"):
+        build_loader(_cfg(audio_shards).model_copy(update={"shards": [audio_shards, str(tmp_path / "other")]}),
                      objective="wav2vec2")
     with pytest.raises(DataError, match="needs data kind 'audio'"):
         build_loader(_cfg(audio_shards, kind="image"), objective="wav2vec2")
