@@ -14,7 +14,8 @@ from scipy.signal import resample_poly
 
 from ptft_engine import cli
 from ptft_engine.data import DataConfig, DataError, build_loader
-from ptft_engine.data.audio import crop_start, normalize
+from ptft_engine.data.audio import AudioBuilder, crop_start, normalize
+from ptft_engine.data.errors import BadSamples
 from ptft_engine.data.index import load_index, read_members
 
 N_CLIPS = 23  # clip i: 800 + 40 i frames at 16 kHz, label i % 3 -> a clip's length names it
@@ -241,10 +242,22 @@ def test_corrupt_clip_is_refilled_and_source_checks(tmp_path, audio_shards, clip
             w.write({"__key__": f"b{i}", "pcm": b""})
     with pytest.raises(ValueError, match="every clip of a batch failed to decode.*b0.*b1.*b2"):
         _take(build_loader(_cfg(str(broken), shuffle=False), objective="wav2vec2"))
+    # a labelled batch refills rows with their own labels
+    pcm = lambda n: {"pcm": np.full(n, 1000 * n, "<i2").tobytes()}  # noqa: E731
+    records = [(0, "s", "a", {**pcm(3), "cls": b"4"}), (1, "s", "b", {**pcm(5), "cls": b"1"}),
+               (2, "s", "c", {"pcm": b"\x01", "cls": b"2"}), (3, "s", "d", {**pcm(4), "cls": b"7"})]
+    builder = AudioBuilder(_cfg(str(shard), batch_size=5, audio_normalize=False), labelled=True)
+    batch, stats, kept = builder.build(records, epoch=0, first_pos=0, bad=BadSamples(strict=False))
+    assert kept == [0, 1, 3] and stats["repeated"] == 2 and batch["labels"].tolist() == [4, 1, 7, 4, 1]
+    assert batch["attention_mask"].sum(1).tolist() == [3, 5, 4, 3, 5]
     # tars made elsewhere: --index-only knows them as audio; their rate is the config's
     assert cli.main(["shard", "--index-only", str(shard), "--output", str(tmp_path / "idx")]) == 0
     assert load_index(str(tmp_path / "idx" / "index.json")).kind == "audio"
     assert build_loader(cfg.model_copy(update={"audio_sample_rate": 8000}), objective="wav2vec2").sample_rate == 8000
+    index = Path(tmp_path / "idx" / "index.json")
+    index.write_text(index.read_text().replace('"kind"', '"pcm_dtype": "<f2", "kind"'))
+    with pytest.raises(DataError, match="store PCM as '<f2'"):
+        build_loader(_cfg(str(index)), objective="wav2vec2")
     with pytest.raises(DataError, match="data.audio_sample_rate is 8000"):
         build_loader(_cfg(audio_shards, audio_sample_rate=8000), objective="wav2vec2")
     assert _shard([clip_dir / "c05.wav"], tmp_path / "s8", "--sample-rate", "8000") == 0
