@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -21,6 +22,7 @@ from ptft_engine.engine import Trainer  # noqa: E402
 MODELS = Path(__file__).parents[2] / "configs" / "models"
 
 
+@pytest.mark.slow  # a training run through DeepSpeed
 def test_the_step_masks_as_the_workers_would(tmp_path):
     tok = train_tokenizer([doc_text(i) for i in range(60)], kind="bpe", vocab_size=128, min_frequency=1)
     tok.save(str(tmp_path / "tok.json"))

@@ -124,6 +124,7 @@ def test_the_loader_reads_data_needs_from_the_spec(toy, tmp_path):
         build_loader(DataConfig(shards=[str(tmp_path)]), objective="byol")
 
 
+@pytest.mark.slow  # a training run through DeepSpeed
 def test_a_registered_toy_is_synthesised_and_trained_with_its_unit_and_flops(toy, tmp_path):
     from ptft_engine.engine import Trainer
 
