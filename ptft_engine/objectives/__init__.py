@@ -18,10 +18,13 @@ from ptft_engine.objectives.spec import (
     spec_of,
     unregister,
 )
-from ptft_engine.objectives.mlm import MLMObjectiveConfig  # noqa: E402  (registration order = names())
-from ptft_engine.objectives.clm import CLMObjectiveConfig  # noqa: E402
-from ptft_engine.objectives.simclr import SimCLRObjectiveConfig  # noqa: E402
-from ptft_engine.objectives.clip import CLIPObjectiveConfig  # noqa: E402
+
+# isort: off  (importing registers; this order is the one config errors list them in)
+from ptft_engine.objectives.mlm import MLMObjectiveConfig
+from ptft_engine.objectives.clm import CLMObjectiveConfig
+from ptft_engine.objectives.simclr import SimCLRObjectiveConfig
+from ptft_engine.objectives.clip import CLIPObjectiveConfig
+# isort: on
 
 __all__ = [
     "CLIPObjectiveConfig", "CLMObjectiveConfig", "MLMObjectiveConfig", "ObjectiveConfig", "ObjectiveConfigBase",

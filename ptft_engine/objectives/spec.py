@@ -56,7 +56,7 @@ class ObjectiveSpec:
 
 
 _SPECS: dict[str, ObjectiveSpec] = {}
-_adapters: dict[tuple[str, ...], TypeAdapter] = {}
+_adapters: dict[tuple[type, ...], TypeAdapter] = {}  # per set of registered config classes
 
 
 def register(spec: ObjectiveSpec) -> ObjectiveSpec:
@@ -86,12 +86,11 @@ def spec_of(cfg: ObjectiveConfigBase) -> ObjectiveSpec:
 
 def config_adapter() -> TypeAdapter:
     """The discriminated union (on `name`) of every registered objective's config."""
-    key = tuple(_SPECS)
-    if key not in _adapters:
-        configs = tuple(spec.config for spec in _SPECS.values())
+    configs = tuple(spec.config for spec in _SPECS.values())
+    if configs not in _adapters:
         union = configs[0] if len(configs) == 1 else Annotated[Union[configs], Field(discriminator="name")]
-        _adapters[key] = TypeAdapter(union)
-    return _adapters[key]
+        _adapters[configs] = TypeAdapter(union)
+    return _adapters[configs]
 
 
 def parse_objective_config(data: Any, prefix: str = "objective") -> ObjectiveConfigBase:
