@@ -201,7 +201,7 @@ class Loader:
             if not cfg.tokenizer:
                 raise DataError(f"objective {self.objective!r} needs `tokenizer` (a tokenizer.json) in the data config")
             tok = load_tokenizer(cfg.tokenizer)
-        return BUILDERS[self.needs.kind](cfg, self.needs, tok)
+        return BUILDERS[self.needs.kind](cfg, self.needs, tok, self.sources)
 
     def _order(self, epoch: int) -> EpochOrder:
         cfg = self.cfg
@@ -310,19 +310,19 @@ class Loader:
         self.position = int(sd["position"])
 
 
-def _text_builder(cfg: DataConfig, needs: DataNeeds, tok):
+def _text_builder(cfg: DataConfig, needs: DataNeeds, tok, sources: list[ShardIndex]):
     from ptft_engine.data.text import TextBuilder
 
     return TextBuilder(cfg, needs, tok)
 
 
-def _image_builder(cfg: DataConfig, needs: DataNeeds, tok):
+def _image_builder(cfg: DataConfig, needs: DataNeeds, tok, sources: list[ShardIndex]):
     from ptft_engine.data.images import ImageBuilder
 
     return ImageBuilder(cfg, needs, tok)
 
 
-# data kind -> batch builder(cfg, needs, tokenizer or None); a new kind (audio) adds its own
+# data kind -> its batch builder(cfg, needs, tokenizer or None, sources); a new kind (audio) adds its own
 BUILDERS = {"text": _text_builder, "image": _image_builder, "image_text": _image_builder}
 
 

@@ -202,7 +202,7 @@ class Trainer:
             self.engine.backward(out["loss"])
             self.engine.step()  # DeepSpeed reduces, clips and updates only at the last micro-batch
             loss_sum += out["loss"].detach().double()  # stays on the device: one sync per step
-            units += float(out.get("num_tokens", out.get("num_samples", 0)))
+            units += float(out[f"num_{self.unit}"])  # the count the spec's unit names
         bad = self.optimizer.last_step_bad or not self.engine.was_step_applied()
         # one collective per step: mean loss over ranks, units processed, stop request from any rank
         stats = torch.stack([loss_sum / gas, loss_sum.new_tensor(units), loss_sum.new_tensor(float(self.stop.requested))])

@@ -32,9 +32,10 @@ class ObjectiveSpec:
     """name: the config's `name`. config: its config class. arch: the model arch it trains
     (models.config.ARCHS). data: what it needs from the data stream. synthetic_batch(cfg, g):
     a learnable batch from a SyntheticDataConfig and a seeded torch.Generator. unit: what
-    its throughput counts ("tokens" | "samples"). flops_per_unit(objective, seq_len): training
-    FLOPs per unit of a built objective (seq_len: the data's, None if it has none).
-    build(model, cfg): the objective module around a model of `arch`."""
+    its throughput counts ("tokens" | "samples"; forward(batch) reports `num_<unit>`).
+    flops_per_unit(objective, seq_len): training FLOPs per unit of a built objective
+    (seq_len: the data's, None if it has none). build(model, cfg): the objective module
+    around a model of `arch`."""
 
     name: str
     config: type[ObjectiveConfigBase]
