@@ -79,12 +79,15 @@ def check_sources(sources, cfg: DataConfig) -> tuple[int | None, bool]:
     classes = [tuple(src.extra.get("classes") or ()) for src in sources]
     if all(labelled) and len(set(classes)) > 1:
         raise DataError("labelled audio sources have different class lists; shard them with the same labels")
-    return rate, all(labelled)
+    return rate, bool(labelled) and all(labelled)
 
 
 class AudioBuilder:
-    def __init__(self, cfg: DataConfig, *, labelled: bool):
-        self.cfg, self.labelled = cfg, labelled
+    """Audio batches of the clips of `sources` (their sample rate and labels checked here)."""
+
+    def __init__(self, cfg: DataConfig, sources):
+        self.cfg = cfg
+        self.sample_rate, self.labelled = check_sources(sources, cfg)
 
     def build(self, records, *, epoch: int, first_pos: int, bad: BadSamples) -> tuple[dict, dict, list[int]]:
         cfg, crop = self.cfg, self.cfg.audio_crop_samples

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -17,8 +18,26 @@ from ptft_engine.data import DataConfig, DataError, build_loader
 from ptft_engine.data.audio import AudioBuilder, crop_start, normalize
 from ptft_engine.data.errors import BadSamples
 from ptft_engine.data.index import load_index, read_members
+from ptft_engine.data.needs import DataNeeds
+from ptft_engine.objectives.spec import ObjectiveConfigBase, ObjectiveSpec, register, unregister
 
+AUDIO = "audio_probe"  # an objective registered for these tests: the stream only reads its DataNeeds
 N_CLIPS = 23  # clip i: 800 + 40 i frames at 16 kHz, label i % 3 -> a clip's length names it
+
+
+class _ProbeConfig(ObjectiveConfigBase):
+    name: Literal["audio_probe"] = "audio_probe"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def audio_objective():
+    spec = register(ObjectiveSpec(name=AUDIO, config=_ProbeConfig, arch="encoder", data=DataNeeds(kind="audio"),
+                                  synthetic_batch=lambda cfg, g: {}, unit="samples",
+                                  flops_per_unit=lambda objective, seq_len: 0.0, build=lambda model, cfg: model))
+    try:
+        yield spec.name
+    finally:
+        unregister(AUDIO)
 
 
 def _tone(i: int, n: int, rate: int) -> np.ndarray:
@@ -151,8 +170,8 @@ def _same(a, b) -> None:
 
 
 def test_batches_pad_mask_normalise_and_label(audio_shards, clip_dir):
-    loader = build_loader(_cfg(audio_shards), objective="wav2vec2")
-    assert loader.sample_rate == 16_000
+    loader = build_loader(_cfg(audio_shards), objective=AUDIO)
+    assert loader.builder.sample_rate == 16_000
     batches = _take(loader)
     assert len(batches) == N_CLIPS // 3
     for b in batches:
@@ -173,8 +192,8 @@ def test_batches_pad_mask_normalise_and_label(audio_shards, clip_dir):
 def test_crops_are_fixed_length_deterministic_and_pure(audio_shards, clip_dir):
     crop = 1000  # clips 0..4 are shorter: padded; the rest are cropped
     cfg = _cfg(audio_shards, audio_crop_samples=crop, audio_normalize=False, shuffle=False)
-    e0 = _take(build_loader(cfg, objective="wav2vec2"))
-    _same(e0, _take(build_loader(cfg, objective="wav2vec2")))
+    e0 = _take(build_loader(cfg, objective=AUDIO))
+    _same(e0, _take(build_loader(cfg, objective=AUDIO)))
     for b in e0:
         assert b["input_values"].shape == (3, crop)
         for r, pos in enumerate(b["sample_index"].tolist()):  # unshuffled: position = clip index
@@ -186,33 +205,33 @@ def test_crops_are_fixed_length_deterministic_and_pure(audio_shards, clip_dir):
     assert len(starts) > 10  # windows move from clip to clip and epoch to epoch
     assert {crop_start(crop + 1, crop, seed, 0, 0) for seed in range(40)} == {0, 1}  # both ends reachable
     assert np.array_equal(normalize(np.zeros(50, np.float32)), np.zeros(50))  # silence stays finite
-    e1 = _take(build_loader(cfg, objective="wav2vec2", epoch=1))
+    e1 = _take(build_loader(cfg, objective=AUDIO, epoch=1))
     assert any(not torch.equal(a["input_values"], b["input_values"]) for a, b in zip(e0, e1))
 
 
 def test_exact_once_across_2_ranks_x_2_workers_and_equal_batches(audio_shards):
     cfg = _cfg(audio_shards, num_workers=2, audio_crop_samples=900)
-    per_rank = [[b["sample_index"].tolist() for b in build_loader(cfg, objective="wav2vec2", rank=r, world_size=2)]
+    per_rank = [[b["sample_index"].tolist() for b in build_loader(cfg, objective=AUDIO, rank=r, world_size=2)]
                 for r in range(2)]
     assert len(per_rank[0]) == len(per_rank[1]) == N_CLIPS // 6
     seen = sorted(p for rank in per_rank for batch in rank for p in batch)
     assert seen == list(range(N_CLIPS // 6 * 6))
     alone = [b["sample_index"].tolist() for b in build_loader(cfg.model_copy(update={"num_workers": 0}),
-                                                              objective="wav2vec2", rank=1, world_size=2)]
+                                                              objective=AUDIO, rank=1, world_size=2)]
     assert alone == per_rank[1]  # the worker count does not change what a rank yields
 
 
 def test_resume_is_exact_also_on_another_world_size(audio_shards):
     cfg = _cfg(audio_shards, audio_crop_samples=900, batch_size=2)
-    full = _take(build_loader(cfg, objective="wav2vec2"))
-    first = build_loader(cfg, objective="wav2vec2")
+    full = _take(build_loader(cfg, objective=AUDIO))
+    first = build_loader(cfg, objective=AUDIO)
     _same(_take(first, 3), full[:3])
     state = json.loads(json.dumps(first.state_dict()))
-    resumed = build_loader(cfg.model_copy(update={"num_workers": 1}), objective="wav2vec2")
+    resumed = build_loader(cfg.model_copy(update={"num_workers": 1}), objective=AUDIO)
     resumed.load_state_dict(state)
     _same(_take(resumed), full[3:])
     # two ranks from the same state cover the rest of the single-rank order, same crops per clip
-    two = [build_loader(cfg, objective="wav2vec2", rank=r, world_size=2) for r in range(2)]
+    two = [build_loader(cfg, objective=AUDIO, rank=r, world_size=2) for r in range(2)]
     by_pos = {p: (b["input_values"][r], b["labels"][r]) for b in full for r, p in enumerate(b["sample_index"].tolist())}
     for ld in two:
         ld.load_state_dict(state)
@@ -230,47 +249,48 @@ def test_corrupt_clip_is_refilled_and_source_checks(tmp_path, audio_shards, clip
             pcm = b"\x01" if i == 2 else np.arange(100, dtype="<i2").tobytes()  # one odd-sized member
             w.write({"__key__": f"k{i}", "pcm": pcm})
     cfg = _cfg(str(shard), batch_size=4, shuffle=False)
-    loader = build_loader(cfg, objective="wav2vec2")
+    loader = build_loader(cfg, objective=AUDIO)
     (b,) = _take(loader)
     assert b["input_values"].shape == (4, 100) and "labels" not in b  # no classes: unlabelled
     assert loader.stats["skipped"] == 1 and loader.stats["repeated"] == 1
     with pytest.raises(Exception, match=r"shard '.*raw.tar', key 'k2'"):
-        _take(build_loader(cfg.model_copy(update={"strict": True}), objective="wav2vec2"))
+        _take(build_loader(cfg.model_copy(update={"strict": True}), objective=AUDIO))
     broken = tmp_path / "broken.tar"
     with wds.TarWriter(str(broken), encoder=False) as w:
         for i in range(3):
             w.write({"__key__": f"b{i}", "pcm": b""})
     with pytest.raises(ValueError, match="every clip of a batch failed to decode.*b0.*b1.*b2"):
-        _take(build_loader(_cfg(str(broken), shuffle=False), objective="wav2vec2"))
+        _take(build_loader(_cfg(str(broken), shuffle=False), objective=AUDIO))
     # a labelled batch refills rows with their own labels
     pcm = lambda n: {"pcm": np.full(n, 1000 * n, "<i2").tobytes()}  # noqa: E731
     records = [(0, "s", "a", {**pcm(3), "cls": b"4"}), (1, "s", "b", {**pcm(5), "cls": b"1"}),
                (2, "s", "c", {"pcm": b"\x01", "cls": b"2"}), (3, "s", "d", {**pcm(4), "cls": b"7"})]
-    builder = AudioBuilder(_cfg(str(shard), batch_size=5, audio_normalize=False), labelled=True)
+    builder = AudioBuilder(_cfg(str(shard), batch_size=5, audio_normalize=False), [])
+    builder.labelled = True
     batch, stats, kept = builder.build(records, epoch=0, first_pos=0, bad=BadSamples(strict=False))
     assert kept == [0, 1, 3] and stats["repeated"] == 2 and batch["labels"].tolist() == [4, 1, 7, 4, 1]
     assert batch["attention_mask"].sum(1).tolist() == [3, 5, 4, 3, 5]
     # tars made elsewhere: --index-only knows them as audio; their rate is the config's
     assert cli.main(["shard", "--index-only", str(shard), "--output", str(tmp_path / "idx")]) == 0
     assert load_index(str(tmp_path / "idx" / "index.json")).kind == "audio"
-    assert build_loader(cfg.model_copy(update={"audio_sample_rate": 8000}), objective="wav2vec2").sample_rate == 8000
+    assert build_loader(cfg.model_copy(update={"audio_sample_rate": 8000}), objective=AUDIO).builder.sample_rate == 8000
     index = Path(tmp_path / "idx" / "index.json")
     index.write_text(index.read_text().replace('"kind"', '"pcm_dtype": "<f2", "kind"'))
     with pytest.raises(DataError, match="store PCM as '<f2'"):
-        build_loader(_cfg(str(index)), objective="wav2vec2")
+        build_loader(_cfg(str(index)), objective=AUDIO)
     with pytest.raises(DataError, match="data.audio_sample_rate is 8000"):
-        build_loader(_cfg(audio_shards, audio_sample_rate=8000), objective="wav2vec2")
+        build_loader(_cfg(audio_shards, audio_sample_rate=8000), objective=AUDIO)
     assert _shard([clip_dir / "c05.wav"], tmp_path / "s8", "--sample-rate", "8000") == 0
     with pytest.raises(DataError, match="different sample rates"):
         build_loader(_cfg(audio_shards).model_copy(update={"shards": [audio_shards, str(tmp_path / "s8")]}),
-                     objective="wav2vec2")
+                     objective=AUDIO)
     with pytest.raises(DataError, match=f"shards {text_shards}.* hold 'text' data, not audio"):
-        build_loader(_cfg(text_shards), objective="wav2vec2")
+        build_loader(_cfg(text_shards), objective=AUDIO)
     manifest = tmp_path / "other.jsonl"
     manifest.write_text(json.dumps({"path": str(clip_dir / "c05.wav"), "label": "stop"}) + "\n")
     assert _shard([clip_dir / "c05.wav"], tmp_path / "other", "--manifest", str(manifest)) == 0
     with pytest.raises(DataError, match="different class lists"):
         build_loader(_cfg(audio_shards).model_copy(update={"shards": [audio_shards, str(tmp_path / "other")]}),
-                     objective="wav2vec2")
+                     objective=AUDIO)
     with pytest.raises(DataError, match="needs data kind 'audio'"):
-        build_loader(_cfg(audio_shards, kind="image"), objective="wav2vec2")
+        build_loader(_cfg(audio_shards, kind="image"), objective=AUDIO)
