@@ -46,7 +46,6 @@ def test_espeak_speaks_with_voices_speeds_and_pitches():
         speak("hi", voice="xx-nope")
 
 
-@pytest.mark.slow  # synthesises and shards 60 clips: seconds
 def test_spoken_digits_hold_out_voices_and_label_right(tmp_path):
     out = speech_data.write_spoken_digits(tmp_path, renditions=1, n_train_voices=2, workers=1)
     train_voices, test_voices = out["voices"]["train"], out["voices"]["test"]
