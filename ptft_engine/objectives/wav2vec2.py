@@ -165,6 +165,10 @@ class Wav2Vec2Objective(Objective):
                    c.gumbel_min_temperature)
 
     def forward(self, batch: dict) -> dict:
+        """batch: input_values (B, L) float, attention_mask (B, L) bool (True = real sample),
+        optional: mask_time_indices (B, T) bool frames to mask, sampled_negative_indices (N, K)
+        distractors as indices into the masked frames in row-major order (as transformers'
+        Wav2Vec2ForPreTraining takes them); drawn here when absent."""
         (audio,) = need(batch, "input_values", objective="wav2vec2")
         attention_mask = batch.get("attention_mask")
         c = self.cfg
@@ -181,7 +185,10 @@ class Wav2Vec2Objective(Objective):
         quantized, perplexity = self.quantizer(out.features, temperature, out.frame_mask)
         context = self.project_hid(out.hidden[mask])  # (N, P) masked frames, row-major
         targets = self.project_q(quantized[mask])  # (N, P)
-        negatives = targets[sample_negatives(mask, c.num_negatives)]  # (N, K, P)
+        negative_idx = batch.get("sampled_negative_indices")
+        if negative_idx is None:
+            negative_idx = sample_negatives(mask, c.num_negatives)
+        negatives = targets[negative_idx]  # (N, K, P)
         candidates = torch.cat([targets[:, None], negatives], 1).float()  # (N, 1+K, P)
         logits = F.cosine_similarity(context.float()[:, None], candidates, dim=-1) / c.logit_temperature
         same = (negatives == targets[:, None]).all(-1)  # (N, K) a distractor that is the target itself

@@ -174,3 +174,44 @@ def test_objective_rejects_a_batch_without_audio():
     obj = Wav2Vec2Objective(build_model(load_model_config(TINY)))
     with pytest.raises(KeyError, match="input_values"):
         obj({"pixel_values": torch.zeros(1, 3)})
+
+
+def test_contrastive_loss_equals_transformers_wav2vec2_for_pretraining():
+    """Same weights, masks and distractors: our contrastive loss is transformers' (summed there)
+    divided by the number of masked frames, and the quantised targets are the same."""
+    transformers = pytest.importorskip("transformers")
+    from ptft_engine.export.hf_state import hf_config, to_hf_state_dict
+
+    torch.manual_seed(0)
+    model = build_model(load_model_config(TINY))
+    cfg = Wav2Vec2ObjectiveConfig(num_codevectors_per_group=16, codevector_dim=32, proj_codevector_dim=24,
+                                  num_negatives=7)
+    obj = Wav2Vec2Objective(model, cfg).eval()
+    hf_cfg = transformers.Wav2Vec2Config(**{
+        **hf_config(model), "num_codevector_groups": 2, "num_codevectors_per_group": 16, "codevector_dim": 32,
+        "proj_codevector_dim": 24, "num_negatives": 7, "contrastive_logits_temperature": 0.1})
+    hf = transformers.Wav2Vec2ForPreTraining(hf_cfg).eval()
+    state = {f"wav2vec2.{k}": v for k, v in to_hf_state_dict(model).items()}
+    state.update({k: v for k, v in obj.state_dict().items() if k.startswith(("quantizer.", "project_"))})
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    assert not missing and not unexpected
+    audio = _tones(3)
+    attention_mask = torch.ones_like(audio, dtype=torch.bool)
+    attention_mask[1, 4000:] = False
+    audio = audio * attention_mask
+    frames = model.frame_lengths(attention_mask.sum(-1))
+    mask = compute_span_mask(frames, model.config.num_frames(audio.shape[1]), 0.65, 10, 2,
+                             generator=torch.Generator().manual_seed(0))
+    neg = sample_negatives(mask, 7, generator=torch.Generator().manual_seed(1))  # (N, 7) into masked frames
+    flat = torch.nonzero(mask)  # (N, 2) (utterance, frame) of each masked frame
+    t = mask.shape[1]
+    hf_neg = torch.zeros(*mask.shape, 7, dtype=torch.long)  # transformers: indices into all B*T frames
+    hf_neg[mask] = flat[neg][..., 0] * t + flat[neg][..., 1]
+    with torch.no_grad():
+        ours = obj({"input_values": audio, "attention_mask": attention_mask, "mask_time_indices": mask,
+                    "sampled_negative_indices": neg})
+        theirs = hf(audio, attention_mask=attention_mask.long(), mask_time_indices=mask,
+                    sampled_negative_indices=hf_neg)
+    n = int(mask.sum())
+    assert ours["num_masked"] == n > 20
+    torch.testing.assert_close(ours["contrastive_loss"], theirs.contrastive_loss / n, atol=1e-5, rtol=1e-5)
