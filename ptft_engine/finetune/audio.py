@@ -102,7 +102,8 @@ def finetune_audio(model, extractor, train_clips, train_labels, val_clips, val_l
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     head = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith(("projector.", "classifier."))]
-    body = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(("projector.", "classifier."))]
+    body = [p for n, p in model.named_parameters()
+            if p.requires_grad and not n.startswith(("projector.", "classifier."))]
     groups = [g for g in ({"params": body, "lr": lr}, {"params": head, "lr": head_lr or lr}) if g["params"]]
     optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay)
     steps_per_epoch = max(1, len(train_clips) // batch_size)

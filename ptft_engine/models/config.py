@@ -233,7 +233,10 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
     return "; ".join(parts)
 
 
-def parse_model_config(data: Any, prefix: str = "model") -> EncoderConfig | DecoderConfig | ViTConfig | DualEncoderConfig | Wav2Vec2Config:
+AnyModelConfig = Union[EncoderConfig, DecoderConfig, ViTConfig, DualEncoderConfig, Wav2Vec2Config]
+
+
+def parse_model_config(data: Any, prefix: str = "model") -> AnyModelConfig:
     """dict (or an already-built config) -> typed config; ConfigError with one line otherwise."""
     if isinstance(data, _CONFIG_CLASSES):
         return data
@@ -245,7 +248,7 @@ def parse_model_config(data: Any, prefix: str = "model") -> EncoderConfig | Deco
         raise ConfigError(format_validation_error(exc, prefix)) from None
 
 
-def load_model_config(path: str | Path) -> EncoderConfig | DecoderConfig | ViTConfig | DualEncoderConfig | Wav2Vec2Config:
+def load_model_config(path: str | Path) -> AnyModelConfig:
     """Read a model preset (configs/models/*.yaml)."""
     path = Path(path)
     try:

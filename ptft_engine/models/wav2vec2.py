@@ -4,7 +4,8 @@ Parameter layout (-> transformers Wav2Vec2Model, a renaming; export/hf_wav2vec2.
   feature_encoder.convs.{i}.conv / .norm -> feature_extractor.conv_layers.{i}.conv / .layer_norm
   feature_projection.norm / .proj        -> feature_projection.layer_norm / .projection
   masked_spec_embed                      -> masked_spec_embed
-  pos_conv.weight_g / weight_v / bias    -> encoder.pos_conv_embed.conv.parametrizations.weight.original0 / original1 / bias
+  pos_conv.weight_g / weight_v / bias    -> encoder.pos_conv_embed.conv.{parametrizations.weight.original0
+                                            / parametrizations.weight.original1 / bias}
   encoder_norm                           -> encoder.layer_norm
   layers.{i}.attn.{q,k,v}_proj / o_proj  -> encoder.layers.{i}.attention.{q,k,v}_proj / out_proj
   layers.{i}.attn_norm / mlp_norm        -> encoder.layers.{i}.layer_norm / final_layer_norm

@@ -9,7 +9,7 @@
    the context network sees the rest.
 3. A Gumbel-softmax product quantiser turns the (unmasked) conv features into targets:
    G = 2 codebooks of V = 320 entries, straight-through hard one-hot in training, the
-   temperature annealed from 2 to 0.5 by a factor 0.999995 per update.
+   temperature annealed from 2 to 0.5 by a factor 0.999995 per training step.
 4. Contrastive loss per masked frame t: cross-entropy over cosine similarities / 0.1 between
    the context vector c_t and [q_t, 100 distractors], the distractors drawn uniformly from the
    quantised targets of other masked frames of the same utterance; a distractor equal to
@@ -55,7 +55,8 @@ class Wav2Vec2ObjectiveConfig(BaseModel):
     diversity_loss_weight: float = Field(0.1, ge=0.0)
     gumbel_max_temperature: float = Field(2.0, gt=0.0)
     gumbel_min_temperature: float = Field(0.5, gt=0.0)
-    gumbel_temperature_decay: float = Field(0.999995, gt=0.0, le=1.0, description="per optimizer update")
+    gumbel_temperature_decay: float = Field(0.999995, gt=0.0, le=1.0,
+                                            description="per training forward (an update without accumulation)")
 
 
 def compute_span_mask(frame_lengths: torch.Tensor, num_frames: int, mask_prob: float, mask_length: int,
@@ -155,7 +156,7 @@ class Wav2Vec2Objective(Objective):
                                          cfg.codevector_dim)
         self.project_hid = nn.Linear(c.hidden_size, cfg.proj_codevector_dim)
         self.project_q = nn.Linear(cfg.codevector_dim, cfg.proj_codevector_dim)
-        # optimizer updates seen (a buffer: checkpointed, so a resumed run anneals on from where it was)
+        # training forwards seen (a buffer: checkpointed, so a resumed run anneals on from where it was)
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
 
     @property
