@@ -145,6 +145,23 @@ class GumbelQuantizer(nn.Module):
         return q.reshape(b, t, -1), perplexity
 
 
+def forward_flops(model_cfg, num_samples: int) -> int:
+    """Forward FLOPs (2 per multiply-add) of the wav2vec 2.0 model on one clip of num_samples:
+    the convolutions (which dominate at the bottom: 512 x 512 x 3 per output step), the
+    positional conv, and the Transformer (weight matmuls + attention scores and values)."""
+    c = model_cfg
+    flops, n, c_in = 0, num_samples, 1
+    for dim, k, s in zip(c.conv_dim, c.conv_kernel, c.conv_stride):
+        n = (n - k) // s + 1 if n >= k else 0
+        flops += 2 * c_in * dim * k * n
+        c_in = dim
+    t, d = n, c.hidden_size
+    flops += 2 * c.conv_dim[-1] * d * t  # feature projection
+    flops += 2 * d * (d // c.num_conv_pos_embedding_groups) * c.num_conv_pos_embeddings * t
+    per_layer = 2 * (4 * d * d + 2 * d * c.intermediate_size) * t + 4 * d * t * t
+    return flops + c.num_hidden_layers * per_layer
+
+
 class Wav2Vec2Objective(Objective):
     name = "wav2vec2"
 
@@ -158,6 +175,14 @@ class Wav2Vec2Objective(Objective):
         self.project_q = nn.Linear(cfg.codevector_dim, cfg.proj_codevector_dim)
         # training forwards seen (a buffer: checkpointed, so a resumed run anneals on from where it was)
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+
+    def flops_per_sample(self, num_samples: int) -> int:
+        """Training FLOPs of one clip of num_samples audio samples: 3 x the forward (backward
+        = 2 x forward), the quantiser and projections included."""
+        c, t = self.model.config, self.model.config.num_frames(num_samples)
+        heads = sum(p.numel() for m in (self.quantizer.weight_proj, self.project_hid, self.project_q)
+                    for p in m.parameters())
+        return 3 * (forward_flops(c, num_samples) + 2 * heads * t)
 
     @property
     def gumbel_temperature(self) -> float:
