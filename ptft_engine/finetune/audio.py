@@ -158,3 +158,50 @@ def save_audio_classifier(model, extractor, out_dir: str | Path) -> Path:
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
     return out_dir
+
+
+def finetune_audio_from_config(cfg, device: torch.device) -> dict[str, Any]:
+    """`ptft finetune` with task.kind audio_classification: labelled audio shards (`ptft shard
+    --format audio`) -> the best model in output_dir/best, report.json and curves.png.
+    Evaluates once per epoch; eval.every and eval.patience do not apply here."""
+    from ptft_engine.finetune.data import FinetuneDataError, read_records, split_records, subsample
+    from ptft_engine.finetune.report import write_report
+
+    d, o = cfg.data, cfg.optim
+    if cfg.model.pretrained is None:
+        raise FinetuneDataError("task.kind audio_classification fine-tunes a wav2vec 2.0 export: set model.pretrained")
+    label_of = lambda r: str(r["label"])  # noqa: E731
+    train = read_records(d.train, "shards")
+    if d.validation:
+        val = read_records(d.validation, "shards")
+    else:
+        train, val = split_records(train, d.val_fraction, cfg.seed, label_of)
+    train = subsample(train, d.train_fraction, cfg.seed, label_of)
+    if not train or not val or any("audio" not in r for r in train[:1] + val[:1]):
+        raise FinetuneDataError(f"{d.train}: need audio shards with labels for a train/validation split "
+                                f"({len(train)} train, {len(val)} validation records)")
+    names = cfg.task.labels or sorted({label_of(r) for r in train + val})
+    index = {n: i for i, n in enumerate(names)}
+    unknown = sorted({label_of(r) for r in train + val} - set(index))
+    if unknown:
+        raise FinetuneDataError(f"{d.train}: labels {unknown} are not in task.labels {names}")
+    model, extractor = load_audio_classifier(cfg.model.pretrained, names)
+    rates = {r.get("sample_rate") for r in train + val} - {None}
+    if rates - {extractor.sampling_rate}:
+        raise FinetuneDataError(f"{d.train}: audio at {sorted(rates)} Hz, but the model takes "
+                                f"{extractor.sampling_rate} Hz; reshard with --sample-rate {extractor.sampling_rate}")
+    lo = cfg.strategy.lora
+    counts = apply_audio_strategy(model, cfg.strategy.kind, lora_r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout,
+                                  lora_targets=lo.targets)
+    model.to(device)
+    result = finetune_audio(
+        model, extractor, [r["audio"] for r in train], [index[label_of(r)] for r in train],
+        [r["audio"] for r in val], [index[label_of(r)] for r in val], lr=o.lr, head_lr=o.head_lr,
+        batch_size=o.batch_size, epochs=o.epochs, max_steps=o.max_steps, warmup_ratio=o.warmup_ratio,
+        weight_decay=o.weight_decay, clip_grad=o.clip_grad, seed=cfg.seed,
+        out_dir=cfg.output_dir if cfg.save_best else None)
+    report = {"config": cfg.model_dump(), "source": {"pretrained": cfg.model.pretrained}, "params": counts,
+              "labels": names, "metric": "accuracy", "best_step": result["best"]["step"], **result,
+              "best_model": str(Path(cfg.output_dir) / "best") if cfg.save_best else None}
+    write_report(cfg.output_dir, report, "accuracy")
+    return {**report, "model": model}

@@ -127,3 +127,18 @@ def test_unknown_strategy_is_refused(export_dir):
     model, _ = _load(export_dir)
     with pytest.raises(ValueError, match="strategy 'bitfit'"):
         apply_audio_strategy(model, "bitfit")
+
+
+def test_config_checks_for_audio_classification():
+    from ptft_engine.finetune import parse_finetune_config
+
+    base = {"model": {"pretrained": "x"}, "task": {"kind": "audio_classification"},
+            "data": {"format": "shards", "train": "x"}}
+    assert parse_finetune_config(base).metric == "accuracy"
+    with pytest.raises(ValueError, match="data.format: shards"):
+        parse_finetune_config({**base, "data": {"format": "jsonl", "train": "x"}})
+    with pytest.raises(ValueError, match="strategy.kind partial"):
+        parse_finetune_config({**base, "strategy": {"kind": "partial"}})
+    with pytest.raises(ValueError, match="freeze_feature_encoder needs task.kind audio_classification"):
+        parse_finetune_config({**base, "task": {"kind": "image_classification"},
+                               "strategy": {"kind": "freeze_feature_encoder"}})
