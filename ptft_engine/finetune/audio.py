@@ -186,9 +186,9 @@ def finetune_audio_from_config(cfg, device: torch.device) -> dict[str, Any]:
     if unknown:
         raise FinetuneDataError(f"{d.train}: labels {unknown} are not in task.labels {names}")
     model, extractor = load_audio_classifier(cfg.model.pretrained, names)
-    rates = {r.get("sample_rate") for r in train + val} - {None}
-    if rates - {extractor.sampling_rate}:
-        raise FinetuneDataError(f"{d.train}: audio at {sorted(rates)} Hz, but the model takes "
+    other = {r.get("sample_rate") for r in train + val} - {None, extractor.sampling_rate}
+    if other:
+        raise FinetuneDataError(f"{d.train}: audio at {', '.join(map(str, sorted(other)))} Hz, but the model takes "
                                 f"{extractor.sampling_rate} Hz; reshard with --sample-rate {extractor.sampling_rate}")
     lo = cfg.strategy.lora
     counts = apply_audio_strategy(model, cfg.strategy.kind, lora_r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout,

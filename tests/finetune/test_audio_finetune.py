@@ -142,3 +142,28 @@ def test_config_checks_for_audio_classification():
     with pytest.raises(ValueError, match="freeze_feature_encoder needs task.kind audio_classification"):
         parse_finetune_config({**base, "task": {"kind": "image_classification"},
                                "strategy": {"kind": "freeze_feature_encoder"}})
+
+
+def test_ptft_finetune_config_runs_audio_classification(export_dir, tmp_path, monkeypatch):
+    """The config path end to end, records given in memory in place of the audio shards."""
+    import json
+
+    import ptft_engine.finetune.data as data
+    from ptft_engine.finetune import finetune, parse_finetune_config
+
+    clips, labels = _clips(24, 4)
+    records = [{"audio": c, "label": ["low", "high"][y], "sample_rate": 16000} for c, y in zip(clips, labels)]
+    monkeypatch.setattr(data, "read_records", lambda path, fmt, *a: records if path == "train" else [])
+    cfg = parse_finetune_config({
+        "model": {"pretrained": str(export_dir)}, "task": {"kind": "audio_classification"},
+        "data": {"format": "shards", "train": "train", "val_fraction": 0.25},
+        "strategy": {"kind": "freeze_feature_encoder"},
+        "optim": {"lr": 3e-3, "batch_size": 6, "epochs": 1}, "output_dir": str(tmp_path), "device": "cpu"})
+    result = finetune(cfg)
+    assert result["labels"] == ["high", "low"] and result["steps"] == 3
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["best"]["accuracy"] == result["best"]["accuracy"]
+    assert (tmp_path / "curves.png").is_file() and (tmp_path / "best" / "config.json").is_file()
+    records[0]["sample_rate"] = 8000
+    with pytest.raises(ValueError, match="8000 Hz"):
+        finetune(cfg)
