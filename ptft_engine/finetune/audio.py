@@ -201,7 +201,8 @@ def finetune_audio_from_config(cfg, device: torch.device) -> dict[str, Any]:
         weight_decay=o.weight_decay, clip_grad=o.clip_grad, seed=cfg.seed,
         out_dir=cfg.output_dir if cfg.save_best else None)
     report = {"config": cfg.model_dump(), "source": {"pretrained": cfg.model.pretrained}, "params": counts,
-              "labels": names, "metric": "accuracy", "best_step": result["best"]["step"], **result,
+              "labels": names, "metric": "accuracy", "best_step": result["best"]["step"], "stopped_early": False,
+              **result,
               "best_model": str(Path(cfg.output_dir) / "best") if cfg.save_best else None}
     write_report(cfg.output_dir, report, "accuracy")
     return {**report, "model": model}
