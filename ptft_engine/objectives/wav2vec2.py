@@ -27,20 +27,25 @@ scaling (0.1) and the L2 penalty on its features.
 """
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
+from ptft_engine.data.needs import DataNeeds
 from ptft_engine.objectives.base import Objective, need
+from ptft_engine.objectives.spec import ObjectiveConfigBase, ObjectiveSpec, register
+
+SAMPLE_RATE = 16000
+FRAME_HOP = 320  # samples per frame of the standard feature encoder: 20 ms at 16 kHz
+FRAME_EXTRA = 80  # its receptive field is 400 samples: n frames need n * 320 + 80 samples
 
 
-class Wav2Vec2ObjectiveConfig(BaseModel):
+class Wav2Vec2ObjectiveConfig(ObjectiveConfigBase):
     """Defaults are the paper's BASE settings."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: Literal["wav2vec2"] = "wav2vec2"
     mask_prob: float = Field(0.65, gt=0.0, lt=1.0, description="share of frames that start a span (before overlap)")
@@ -168,6 +173,9 @@ class Wav2Vec2Objective(Objective):
     def __init__(self, model: nn.Module, cfg: Wav2Vec2ObjectiveConfig | None = None):
         super().__init__(model)
         self.cfg = cfg = cfg or Wav2Vec2ObjectiveConfig()
+        if cfg.gumbel_min_temperature > cfg.gumbel_max_temperature:
+            raise ValueError(f"objective.gumbel_min_temperature {cfg.gumbel_min_temperature} is above "
+                             f"gumbel_max_temperature {cfg.gumbel_max_temperature}")
         c = model.config
         self.quantizer = GumbelQuantizer(c.conv_dim[-1], cfg.num_codevector_groups, cfg.num_codevectors_per_group,
                                          cfg.codevector_dim)
@@ -232,3 +240,28 @@ class Wav2Vec2Objective(Objective):
         return {"loss": loss, "num_samples": audio.shape[0], "contrastive_loss": contrastive.detach(),
                 "diversity_loss": diversity.detach(), "accuracy": accuracy, "perplexity": perplexity.detach(),
                 "num_masked": torch.tensor(n), "gumbel_temperature": torch.tensor(temperature)}
+
+
+def synthetic_chirps(cfg, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """Rising tones (150-600 Hz, 1-3 octaves per second, plus noise), each clip normalised:
+    a masked frame's pitch follows from its neighbours, so the contrastive loss can fall.
+    cfg.seq_len counts 20 ms frames; clips hold seq_len * 320 + 80 samples at 16 kHz."""
+    n = cfg.seq_len * FRAME_HOP + FRAME_EXTRA
+    t = torch.arange(n) / SAMPLE_RATE  # (L,)
+    f0 = 150 * 2 ** (2 * torch.rand(cfg.batch_size, 1, generator=g))  # (B, 1)
+    rate = 1 + 2 * torch.rand(cfg.batch_size, 1, generator=g)
+    phase = 2 * math.pi * f0 * (2 ** (rate * t) - 1) / (rate * math.log(2))  # integral of f0 * 2^(rate t)
+    wave = torch.sin(phase) + 0.05 * torch.randn(cfg.batch_size, n, generator=g)
+    wave = (wave - wave.mean(1, keepdim=True)) / wave.std(1, keepdim=True)
+    return {"input_values": wave.float(), "attention_mask": torch.ones(cfg.batch_size, n, dtype=torch.bool)}
+
+
+SPEC = register(ObjectiveSpec(
+    name="wav2vec2", config=Wav2Vec2ObjectiveConfig, arch="wav2vec2",
+    data=DataNeeds(kind="audio"),
+    synthetic_batch=synthetic_chirps, unit="samples",
+    # data.seq_len read as 20 ms frames per clip (None: one second)
+    flops_per_unit=lambda objective, seq_len: objective.flops_per_sample(
+        (seq_len or 50) * FRAME_HOP + FRAME_EXTRA),
+    build=Wav2Vec2Objective,
+))

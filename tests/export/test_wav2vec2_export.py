@@ -105,3 +105,33 @@ def test_a_checkpoint_that_does_not_fit_the_config_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(Exception, match="config"):
         load_pretrained(tmp_path, verify_checksums=False)
+
+
+@pytest.mark.slow  # a training run through DeepSpeed
+def test_ptft_export_of_a_pretraining_run_loads_in_transformers(tmp_path):
+    from pathlib import Path
+
+    from ptft_engine import cli
+    from ptft_engine.config import load_run_config
+    from ptft_engine.engine import Trainer
+
+    recipe = Path(__file__).resolve().parents[2] / "configs" / "wav2vec2_tiny.yaml"
+    cfg = load_run_config(recipe, [
+        "data.batch_size=4", "data.seq_len=24", "run.max_steps=3", "run.log_every=1", "run.eval_every=0",
+        "run.progress_bar=false", "run.tensorboard=false", "run.device=cpu", f"run.output_dir={tmp_path}",
+        "checkpoint.every=0"])
+    trainer = Trainer(cfg)
+    try:
+        trainer.fit()
+        live = trainer.objective.model
+    finally:
+        trainer.close()
+    out = tmp_path / "export"
+    assert cli.main(["export", str(tmp_path / "wav2vec2_tiny"), str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["Wav2Vec2Model"]
+    hf = transformers.Wav2Vec2Model.from_pretrained(out).eval()
+    x, mask = _audio()
+    with torch.no_grad():
+        live.eval()
+        torch.testing.assert_close(hf(x, attention_mask=mask.long()).last_hidden_state, live(x, mask),
+                                   atol=1e-5, rtol=0)

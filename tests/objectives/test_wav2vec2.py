@@ -232,3 +232,25 @@ def test_flops_per_sample_counts_what_the_forward_computes():
     assert abs(forward_flops(cfg, 8000) - measured) <= 0.01 * measured
     obj = Wav2Vec2Objective(model)
     assert obj.flops_per_sample(8000) > 3 * forward_flops(cfg, 8000)
+
+
+def test_spec_declares_audio_samples_and_a_synthetic_batch_of_whole_frames():
+    from ptft_engine.config.schema import SyntheticDataConfig
+    from ptft_engine.objectives import build_objective, get_spec
+
+    spec = get_spec("wav2vec2")
+    assert (spec.arch, spec.data.kind, spec.data.tokenizer, spec.unit) == ("wav2vec2", "audio", False, "samples")
+    cfg = SyntheticDataConfig(synthetic=True, batch_size=3, seq_len=24)
+    batch = spec.synthetic_batch(cfg, torch.Generator().manual_seed(0))
+    again = spec.synthetic_batch(cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(batch["input_values"], again["input_values"])
+    assert batch["input_values"].shape == (3, 24 * 320 + 80) and batch["attention_mask"].all()
+    x = batch["input_values"]
+    torch.testing.assert_close(x.mean(1), torch.zeros(3), atol=1e-5, rtol=0)  # normalised as the stream does
+    model_cfg = load_model_config(TINY)
+    assert model_cfg.num_frames(x.shape[1]) == 24
+    obj = build_objective(model_cfg, {"name": "wav2vec2", "num_negatives": 5})
+    assert math.isfinite(obj(batch)["loss"].item())
+    assert spec.flops_per_unit(obj, 24) == obj.flops_per_sample(24 * 320 + 80)
+    with pytest.raises(ValueError, match="gumbel_min_temperature 3.0 is above"):
+        build_objective(model_cfg, {"name": "wav2vec2", "gumbel_min_temperature": 3.0})
