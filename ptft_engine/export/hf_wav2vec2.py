@@ -29,7 +29,7 @@ class Wav2Vec2Layout(Layout):
         ("feature_encoder.convs.{i}.norm", "feature_extractor.conv_layers.{i}.layer_norm"),
         ("feature_projection.norm", "feature_projection.layer_norm"),
         ("feature_projection.proj", "feature_projection.projection"),
-        ("masked_spec_embed", "masked_spec_embed"),
+        ("feature_projection.mask_embed", "masked_spec_embed"),
         ("pos_conv.weight_g", f"{_POS}.parametrizations.weight.original0"),
         ("pos_conv.weight_v", f"{_POS}.parametrizations.weight.original1"),
         ("pos_conv.bias", f"{_POS}.bias"),

@@ -3,7 +3,7 @@
 Parameter layout (-> transformers Wav2Vec2Model, a renaming; export/hf_wav2vec2.py):
   feature_encoder.convs.{i}.conv / .norm -> feature_extractor.conv_layers.{i}.conv / .layer_norm
   feature_projection.norm / .proj        -> feature_projection.layer_norm / .projection
-  masked_spec_embed                      -> masked_spec_embed
+  feature_projection.mask_embed          -> masked_spec_embed
   pos_conv.weight_g / weight_v / bias    -> encoder.pos_conv_embed.conv.{parametrizations.weight.original0
                                             / parametrizations.weight.original1 / bias}
   encoder_norm                           -> encoder.layer_norm
@@ -90,15 +90,24 @@ class FeatureEncoder(nn.Module):
 
 
 class FeatureProjection(nn.Module):
+    """LayerNorm -> Linear -> dropout, then masked frames replaced by the learned mask
+    embedding. The embedding lives here, not on the model, so DeepSpeed ZeRO-3 gathers it
+    with this module's call (a parameter used directly in a method is never gathered)."""
+
     def __init__(self, c: Wav2Vec2Config):
         super().__init__()
         self.norm = nn.LayerNorm(c.conv_dim[-1], eps=c.layer_norm_eps)
         self.proj = nn.Linear(c.conv_dim[-1], c.hidden_size)  # torch's default init, as transformers uses here
         self.dropout = nn.Dropout(c.feat_proj_dropout)
+        self.mask_embed = nn.Parameter(torch.rand(c.hidden_size))  # uniform [0, 1), as transformers
 
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, features: torch.Tensor, mask_time_indices: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         normed = self.norm(features)
-        return self.dropout(self.proj(normed)), normed
+        x = self.dropout(self.proj(normed))
+        if mask_time_indices is not None:
+            x = torch.where(mask_time_indices[..., None], self.mask_embed.to(x.dtype), x)
+        return x, normed
 
 
 class PositionalConv(nn.Module):
@@ -130,7 +139,6 @@ class Wav2Vec2(PtftModel):
         self.config = c = config
         self.feature_encoder = FeatureEncoder(c)
         self.feature_projection = FeatureProjection(c)
-        self.masked_spec_embed = nn.Parameter(torch.rand(c.hidden_size))  # uniform [0, 1), as transformers
         self.pos_conv = PositionalConv(c)
         self.encoder_norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
         self.dropout = nn.Dropout(c.hidden_dropout)
@@ -164,9 +172,7 @@ class Wav2Vec2(PtftModel):
         replaced by the learned mask embedding before the context network."""
         features = self.feature_encoder(input_values)  # (B, T, C)
         frames = None if attention_mask is None else self.frame_mask(attention_mask, features.shape[1])
-        x, normed = self.feature_projection(features)  # (B, T, D), (B, T, C)
-        if mask_time_indices is not None:
-            x = torch.where(mask_time_indices[..., None], self.masked_spec_embed.to(x.dtype), x)
+        x, normed = self.feature_projection(features, mask_time_indices)  # (B, T, D), (B, T, C)
         if frames is not None:
             x = x * frames[..., None].to(x.dtype)  # padded frames enter the positional conv as zeros
         x = x + self.pos_conv(x)

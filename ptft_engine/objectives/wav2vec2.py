@@ -5,7 +5,7 @@
    to a whole number of starts per utterance, at least `min_masks`), spans are mask_length
    (10) frames long and may overlap, so about 49 % of the frames end up masked (the paper's
    figure). Padding frames are never masked: every span lies inside its utterance.
-2. The masked frames' projected features are replaced by the model's `masked_spec_embed`;
+2. The masked frames' projected features are replaced by the model's learned mask embedding;
    the context network sees the rest.
 3. A Gumbel-softmax product quantiser turns the (unmasked) conv features into targets:
    G = 2 codebooks of V = 320 entries, straight-through hard one-hot in training, the
