@@ -107,6 +107,10 @@ def _seed(seed: int) -> None:
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     _seed(cfg.seed)
     device = _device(cfg.device)
+    if cfg.task.kind == "audio_classification":  # a transformers task model: its own loop
+        from ptft_engine.finetune.audio import finetune_audio_from_config
+
+        return finetune_audio_from_config(cfg, device)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     kind = cfg.task.kind
