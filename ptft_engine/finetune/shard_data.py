@@ -71,13 +71,13 @@ def _text_record(sample: dict, shard: str, key: str, text_field: str, label_fiel
 
 def _audio_record(sample: dict, classes: list[str] | None, rate, shard: str, key: str) -> dict[str, Any]:
     """An audio sample of `ptft shard --format audio`: .pcm (int16) and .cls -> float32 clip + label."""
-    from ptft_engine.data.audio import decode_pcm  # the stream's decoder: one reading of .pcm
+    from ptft_engine.data.audio import pcm_frames, to_float  # the stream's decoding: one reading of .pcm
 
     if "cls" not in sample:
         raise FinetuneDataError(f"shard {shard}, key {key}: no .cls label member; shard labelled audio with "
                                 "ptft shard --format audio --manifest labels.jsonl")
     try:
-        audio = decode_pcm(sample)
+        audio = to_float(pcm_frames(sample))
     except ValueError as exc:
         raise FinetuneDataError(f"shard {shard}, key {key}: {exc}") from None
     return {"audio": audio, "label": _label_name(sample["cls"], classes, shard, key), "sample_rate": rate}

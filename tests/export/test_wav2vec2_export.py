@@ -107,25 +107,49 @@ def test_a_checkpoint_that_does_not_fit_the_config_is_refused(tmp_path):
         load_pretrained(tmp_path, verify_checksums=False)
 
 
+def _write_audio_shards(root):
+    """24 clips of 0.6-1 s (rising tones) as `ptft shard --format audio` output."""
+    import math
+
+    import numpy as np
+
+    sf = pytest.importorskip("soundfile")
+    from ptft_engine import cli
+
+    rng = np.random.default_rng(0)
+    (root / "clips").mkdir()
+    for i in range(24):
+        t = np.arange(int(rng.uniform(0.6, 1.0) * 16000)) / 16000
+        f0, rate = 150 * 2 ** (2 * rng.random()), 1 + 2 * rng.random()
+        wave = 0.5 * np.sin(2 * math.pi * f0 * (2 ** (rate * t) - 1) / (rate * math.log(2)))
+        sf.write(root / "clips" / f"c{i:02d}.wav", wave.astype(np.float32), 16000, subtype="PCM_16")
+    assert cli.main(["shard", str(root / "clips"), "--format", "audio", "--output", str(root / "shards"),
+                     "--workers", "1", "--no-progress"]) == 0
+    return root / "shards"
+
+
 @pytest.mark.slow  # a training run through DeepSpeed
-def test_ptft_export_of_a_pretraining_run_loads_in_transformers(tmp_path):
+def test_pretraining_on_audio_shards_then_ptft_export_loads_in_transformers(tmp_path):
     from pathlib import Path
 
     from ptft_engine import cli
     from ptft_engine.config import load_run_config
     from ptft_engine.engine import Trainer
 
+    shards = _write_audio_shards(tmp_path)
     recipe = Path(__file__).resolve().parents[2] / "configs" / "wav2vec2_tiny.yaml"
     cfg = load_run_config(recipe, [
-        "data.batch_size=4", "data.seq_len=24", "run.max_steps=3", "run.log_every=1", "run.eval_every=0",
-        "run.progress_bar=false", "run.tensorboard=false", "run.device=cpu", f"run.output_dir={tmp_path}",
-        "checkpoint.every=0"])
+        f"data={{shards: [{shards}], kind: audio, batch_size: 4, audio_crop_samples: 9600, num_workers: 0}}",
+        "run.max_steps=3", "run.log_every=1", "run.eval_every=0", "run.progress_bar=false", "run.tensorboard=false",
+        "run.device=cpu", f"run.output_dir={tmp_path}", "checkpoint.every=0"])
     trainer = Trainer(cfg)
     try:
         trainer.fit()
         live = trainer.objective.model
     finally:
         trainer.close()
+    records = [json.loads(line) for line in (tmp_path / "wav2vec2_tiny" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["split"] == "summary" and records[-1]["data_samples"] == 12
     out = tmp_path / "export"
     assert cli.main(["export", str(tmp_path / "wav2vec2_tiny"), str(out)]) == 0
     assert json.loads((out / "config.json").read_text())["architectures"] == ["Wav2Vec2Model"]

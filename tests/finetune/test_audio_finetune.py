@@ -167,3 +167,44 @@ def test_ptft_finetune_config_runs_audio_classification(export_dir, tmp_path, mo
     records[0]["sample_rate"] = 8000
     with pytest.raises(ValueError, match="8000 Hz"):
         finetune(cfg)
+
+
+def test_ptft_finetune_reads_labelled_audio_shards(export_dir, tmp_path):
+    """`ptft shard --format audio --manifest` output -> `ptft finetune` (audio_classification)."""
+    import json
+
+    sf = pytest.importorskip("soundfile")
+    from ptft_engine import cli
+
+    clips, labels = _clips(24, 5)
+    with open(tmp_path / "labels.jsonl", "w") as f:
+        for i, (clip, y) in enumerate(zip(clips, labels)):
+            sf.write(tmp_path / f"c{i:02d}.wav", clip * 0.5, 16000, subtype="PCM_16")
+            f.write(json.dumps({"path": f"c{i:02d}.wav", "label": ["low", "high"][y]}) + "\n")
+    shards = tmp_path / "shards"
+    assert cli.main(["shard", str(tmp_path), "--format", "audio", "--manifest", str(tmp_path / "labels.jsonl"),
+                     "--output", str(shards), "--workers", "1", "--no-progress", "--max-samples", "10"]) == 0
+    from ptft_engine.finetune.data import read_records
+
+    records = read_records(str(shards), "shards")
+    assert len(records) == 24 and {r["label"] for r in records} == {"low", "high"}
+    assert all(r["sample_rate"] == 16000 and r["audio"].dtype == np.float32 for r in records)
+    assert abs(len(records[0]["audio"]) - len(clips[0])) <= 1
+    out = tmp_path / "ft"
+    assert cli.main(["finetune", "--config", _write_config(tmp_path, export_dir, shards, out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["labels"] == ["high", "low"] and report["steps"] == 6
+    served = transformers.AutoModelForAudioClassification.from_pretrained(out / "best")
+    assert set(served.config.id2label.values()) == {"high", "low"}
+
+
+def _write_config(root, export_dir, shards, out) -> str:
+    import yaml
+
+    path = root / "audio.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": {"pretrained": str(export_dir)}, "task": {"kind": "audio_classification"},
+        "data": {"format": "shards", "train": str(shards), "val_fraction": 0.25},
+        "strategy": {"kind": "freeze_feature_encoder"}, "progress_bar": False,
+        "optim": {"lr": 3e-3, "batch_size": 6, "epochs": 2}, "output_dir": str(out), "device": "cpu"}))
+    return str(path)
