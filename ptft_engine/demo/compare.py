@@ -99,12 +99,12 @@ def _pct(fraction: float) -> str:
     return f"{fraction * 100:g} %"
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], what: str = "digits test accuracy") -> str:
     """Markdown: one row per recipe, one column per label budget, plus the gain over scratch."""
     fractions = sorted({r["labels_fraction"] for r in rows})
     recipes = list(dict.fromkeys(r["recipe"] for r in rows))
     acc = {(r["recipe"], r["labels_fraction"]): r["test_accuracy"] for r in rows}
-    lines = ["| digits test accuracy | " + " | ".join(f"{_pct(f)} labels" for f in fractions) + " |",
+    lines = [f"| {what} | " + " | ".join(f"{_pct(f)} labels" for f in fractions) + " |",
              "|---|" + "---:|" * len(fractions)]
     for name in recipes:
         cells = []

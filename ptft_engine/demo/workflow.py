@@ -9,11 +9,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ptft_engine.demo import compare, data
+from ptft_engine.demo import compare, data, speech
 from ptft_engine.demo.stages import REPO, Launch, Stages, ptft
 
 CONFIGS = REPO / "configs" / "demo"
-MADE_HERE = ("bundled", "shards", "tokenizer", "runs", "export", "finetune", "logs", "report")
+MADE_HERE = ("bundled", "shards", "tokenizer", "runs", "export", "finetune", "finetune_speech", "logs", "report")
 
 
 @dataclass(frozen=True)
@@ -26,12 +26,13 @@ class Plan:
     seeds: tuple[int, ...]
     epochs: int                 # at 100 % labels; smaller budgets take more
     finetune_max_steps: int | None
+    speech: speech.SpeechPlan   # the speech table's stage (demo/speech.py)
 
 
 QUICK = Plan(simclr_steps=150, mlm_steps=20, log_every=5, recipes=("scratch", "probe"),
-             fractions=(0.01, 0.1, 1.0), seeds=(0,), epochs=4, finetune_max_steps=None)
+             fractions=(0.01, 0.1, 1.0), seeds=(0,), epochs=4, finetune_max_steps=None, speech=speech.QUICK)
 FULL = Plan(simclr_steps=800, mlm_steps=200, log_every=10, recipes=("scratch", "probe", "full", "lora"),
-            fractions=(0.01, 0.1, 1.0), seeds=(0, 1), epochs=10, finetune_max_steps=None)
+            fractions=(0.01, 0.1, 1.0), seeds=(0, 1), epochs=10, finetune_max_steps=None, speech=speech.FULL)
 
 
 def default_ranks() -> int:
@@ -53,7 +54,7 @@ def run_demo(out: Path, plan: Plan, ranks: int) -> dict:
 
         torch.set_num_threads(1)  # tiny models: a second thread only spins against the other processes
     device = f"{ranks} GPU rank(s)" if on_gpu else f"{ranks} CPU ranks (gloo)"
-    st = Stages(total=7, out=out)
+    st = Stages(total=8, out=out)
     digits, text, shards = out / "bundled/digits", out / "bundled/text", out / "shards"
 
     with st.stage("prepare bundled data", "scikit-learn digits as PNG folders, Python's help texts as .txt"):
@@ -104,6 +105,7 @@ def run_demo(out: Path, plan: Plan, ranks: int) -> dict:
                                                           "simclr_steps": plan.simclr_steps}, indent=1))
         (out / "comparison.md").write_text(md + "\n")
 
+    spoken = speech.run_speech(st, out, plan.speech, ranks, env, plan.log_every)
     with st.stage("report", "plots and a summary of every run"):
         from ptft_engine.report import build_report
 
@@ -114,9 +116,12 @@ def run_demo(out: Path, plan: Plan, ranks: int) -> dict:
     print("\nPre-trained vs from scratch, same ViT, test accuracy on held-out digits "
           "(gain over scratch in brackets):\n")
     print(md)
+    print("\nSpeech: wav2vec 2.0 pre-trained vs from scratch, same tiny model, spoken digits of voices never heard "
+          "in fine-tuning:\n")
+    print(spoken["table"])
     print(f"\nEverything is in {out}/: shards, tokenizer, runs (checkpoints, metrics.jsonl), export, finetune, "
           f"report/report.html. Took {timings['total_s']:.0f} s.")
-    return {"rows": rows, "timings": timings}
+    return {"rows": rows, "speech_rows": spoken["rows"], "timings": timings}
 
 
 def _cuda() -> bool:

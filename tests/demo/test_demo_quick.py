@@ -27,8 +27,8 @@ def demo(tmp_path_factory):
 
 def test_every_stage_reports_progress(demo):
     _, stdout = demo
-    for n in range(1, 8):
-        assert f"[{n}/7]" in stdout
+    for n in range(1, 9):
+        assert f"[{n}/8]" in stdout
     assert "$ launch/local.sh 2 --config" in stdout  # pre-training goes through the launcher script
     assert "[simclr] pretrain:" in stdout and "%|" in stdout  # rank 0's progress bar
     assert "| pre-trained / linear probe |" in stdout  # the comparison table at the end
