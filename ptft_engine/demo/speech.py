@@ -9,7 +9,6 @@ grid -> speech_comparison.json / .md (the report shows every *comparison.json).
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,14 +35,14 @@ class SpeechPlan:
     steps: int                  # fine-tuning optimiser steps per run, whatever the label budget
 
 
-QUICK = SpeechPlan(sentences=40, renditions=1, train_voices=4, pretrain_steps=60, recipes=("scratch", "frozen_fe"),
-                   fractions=(0.01, 0.1, 1.0), seeds=(0,), steps=40)
-FULL = SpeechPlan(sentences=150, renditions=3, train_voices=8, pretrain_steps=300,
-                  recipes=("scratch", "frozen_fe", "probe"), fractions=(0.01, 0.1, 1.0), seeds=(0, 1), steps=120)
+QUICK = SpeechPlan(sentences=40, renditions=1, train_voices=4, pretrain_steps=30, recipes=("scratch", "frozen_fe"),
+                   fractions=(0.01, 0.1, 1.0), seeds=(0,), steps=30)
+FULL = SpeechPlan(sentences=150, renditions=3, train_voices=8, pretrain_steps=150,
+                  recipes=("scratch", "full", "frozen_fe"), fractions=(0.01, 0.1, 1.0), seeds=(0, 1), steps=50)
 
-# scratch trains everything (no pre-trained conv stack to keep); lr from a few trials each
+# scratch and pre-trained / full train alike; learning rates from a few trials each
 RECIPES = {
-    "scratch": Recipe(SCRATCH, False, {"kind": "full"}, {"lr": 1e-3}),
+    "scratch": Recipe(SCRATCH, False, {"kind": "full"}, {"lr": 1e-3, "head_lr": 3e-3}),
     "frozen_fe": Recipe("pre-trained / frozen feature encoder", True, {"kind": "freeze_feature_encoder"},
                         {"lr": 1e-3, "head_lr": 3e-3}),
     "probe": Recipe("pre-trained / linear probe", True, {"kind": "linear_probe"}, {"lr": 3e-3, "head_lr": 1e-2}),
@@ -57,15 +56,17 @@ def write_data(root: Path, plan: SpeechPlan) -> dict:
     return {"pretrain": pre, "digits": digits}
 
 
-def write_scratch(export: Path, dest: Path) -> Path:
-    """The export's architecture with transformers' random initialisation, in the same layout
-    (config.json + weights + preprocessor_config.json): the baseline loads as the export does."""
+def write_scratch(export: Path, dest: Path, seed: int = 0) -> Path:
+    """The export's architecture freshly initialised as pre-training starts (the engine's own
+    initialisation), exported in the same layout: the baseline differs only in the pre-training."""
     import torch
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    torch.manual_seed(0)
-    Wav2Vec2Model(Wav2Vec2Config.from_pretrained(export)).save_pretrained(dest)
-    shutil.copy(export / "preprocessor_config.json", dest / "preprocessor_config.json")
+    from ptft_engine.export.writer import export_model
+    from ptft_engine.models import build_model, parse_model_config
+
+    arch = json.loads((export / "manifest.json").read_text())["model_config"]
+    torch.manual_seed(seed)
+    export_model(build_model(parse_model_config(arch)), dest, source={"kind": "random initialisation", "seed": seed})
     return dest
 
 
