@@ -13,8 +13,7 @@ from typing import Any, Iterator
 import torch
 
 from ptft_engine.config.schema import SyntheticDataConfig
-
-IGNORE = -100
+from ptft_engine.labels import IGNORE_INDEX
 N_TEMPLATES = 16
 
 
@@ -62,7 +61,7 @@ class SyntheticLoader:
         if self.objective == "mlm":
             selected = torch.rand(ids.shape, generator=g) < 0.15
             selected[:, 0] = True  # at least one target per row
-            batch["labels"] = torch.where(selected, ids, torch.full_like(ids, IGNORE))
+            batch["labels"] = torch.where(selected, ids, torch.full_like(ids, IGNORE_INDEX))
             batch["input_ids"] = torch.where(selected, torch.full_like(ids, c.vocab_size - 1), ids)
         return batch
 

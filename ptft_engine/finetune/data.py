@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-IGNORE = -100
+from ptft_engine.labels import IGNORE_INDEX
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 _ROLES = {"pad": ["[PAD]", "<pad>"], "cls": ["[CLS]", "<s>", "<bos>"], "sep": ["[SEP]", "</s>", "<eos>"],
           "eos": ["<eos>", "</s>", "<|endoftext|>", "[SEP]"], "unk": ["[UNK]", "<unk>"]}
@@ -166,11 +166,11 @@ class TextEncoder:
             w = word_ids[p] if p >= 0 else None
             first = w is not None and (p == 0 or word_ids[p - 1] != w)
             if w is None:
-                labels.append(IGNORE)
+                labels.append(IGNORE_INDEX)
             elif first:
                 labels.append(tags[w])
             else:
-                labels.append(continuation.get(tags[w], tags[w]) if all_subtokens else IGNORE)
+                labels.append(continuation.get(tags[w], tags[w]) if all_subtokens else IGNORE_INDEX)
             starts.append(1 if first else 0)
         return {"input_ids": ids, "token_type_ids": types, "labels": labels, "word_starts": starts}
 
@@ -194,7 +194,7 @@ class ListDataset(torch.utils.data.Dataset):
 
 
 def pad_collate(pad_id: int):
-    """List of examples -> batch dict; sequences are right-padded, labels padded with -100."""
+    """List of examples -> batch dict; sequences are right-padded, labels padded with IGNORE_INDEX."""
     def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         if "pixel_values" in items[0]:
@@ -209,7 +209,7 @@ def pad_collate(pad_id: int):
         labels = [it["labels"] for it in items]
         if isinstance(labels[0], list):
             n = max(len(x) for x in labels)
-            out["labels"] = torch.tensor([x + [IGNORE] * (n - len(x)) for x in labels])
+            out["labels"] = torch.tensor([x + [IGNORE_INDEX] * (n - len(x)) for x in labels])
         else:
             out["labels"] = torch.tensor(labels)
         return out

@@ -27,6 +27,7 @@ from ptft_engine.finetune.metrics import classification_metrics, regression_metr
 from ptft_engine.finetune.report import write_report
 from ptft_engine.finetune.saved import head_if_fits, save_task_model, to_device
 from ptft_engine.finetune.tasks import TaskModel, select_backbone
+from ptft_engine.labels import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def evaluate(model: TaskModel, loader, device, label_names: list[str] | None) ->
         batches += 1
         if model.kind == "token_classification":
             pred = logits.argmax(-1)
-            starts = batch["word_starts"].bool() & (batch["labels"] != -100)
+            starts = batch["word_starts"].bool() & (batch["labels"] != IGNORE_INDEX)
             for r in range(pred.shape[0]):
                 keep = starts[r]
                 y_true.append([label_names[i] for i in batch["labels"][r][keep].tolist()])
