@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
+from ptft_engine.data.sources import IMAGE_EXTS
 from ptft_engine.labels import IGNORE_INDEX
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 _ROLES = {"pad": ["[PAD]", "<pad>"], "cls": ["[CLS]", "<s>", "<bos>"], "sep": ["[SEP]", "</s>", "<eos>"],
           "eos": ["<eos>", "</s>", "<|endoftext|>", "[SEP]"], "unk": ["[UNK]", "<unk>"]}
 
@@ -58,7 +58,7 @@ def read_image_folder(root: Path) -> list[dict[str, Any]]:
         raise FinetuneDataError(f"{root}: image folder not found")
     out = [{"image": str(p), "label": cls_dir.name}
            for cls_dir in sorted(d for d in root.iterdir() if d.is_dir())
-           for p in sorted(cls_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTS]
+           for p in sorted(cls_dir.iterdir()) if p.suffix.lower().lstrip(".") in IMAGE_EXTS]
     if not out:
         raise FinetuneDataError(f"{root}: no images in class subfolders (expected root/<class>/<image>.png)")
     return out
