@@ -19,9 +19,8 @@ from typing import Any
 import torch
 
 from ptft_engine.data.sources import IMAGE_EXTS
+from ptft_engine.data.tokenizer import role_ids
 from ptft_engine.labels import IGNORE_INDEX
-_ROLES = {"pad": ["[PAD]", "<pad>"], "cls": ["[CLS]", "<s>", "<bos>"], "sep": ["[SEP]", "</s>", "<eos>"],
-          "eos": ["<eos>", "</s>", "<|endoftext|>", "[SEP]"], "unk": ["[UNK]", "<unk>"]}
 
 
 class FinetuneDataError(ValueError):
@@ -123,7 +122,7 @@ class TextEncoder:
             raise FinetuneDataError(f"{path}: tokenizer file not found (set data.tokenizer)")
         self.tok = Tokenizer.from_file(str(path))
         vocab = self.tok.get_vocab(with_added_tokens=True)
-        self.ids = {role: next((vocab[n] for n in names if n in vocab), None) for role, names in _ROLES.items()}
+        self.ids = role_ids(vocab)
         self.arch = arch
         self.pad_id = self.ids["pad"] if self.ids["pad"] is not None else (self.ids["eos"] or 0)
 
