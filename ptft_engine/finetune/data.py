@@ -20,18 +20,14 @@ import torch
 
 from ptft_engine.data.sources import IMAGE_EXTS
 from ptft_engine.data.tokenizer import role_ids
+from ptft_engine.finetune.errors import FinetuneDataError
+from ptft_engine.finetune.shard_data import ShardImage, read_shard_records
 from ptft_engine.labels import IGNORE_INDEX
-
-
-class FinetuneDataError(ValueError):
-    """Bad fine-tuning data; the message names the file and line or field."""
 
 
 # ---------------------------------------------------------------------------- reading
 def read_records(path: str | Path, fmt: str, text_field: str = "text", label_field: str = "label") -> list[dict[str, Any]]:
     if fmt == "shards":  # as given: a URL keeps its "//"
-        from ptft_engine.finetune.shard_data import read_shard_records  # it imports this module
-
         return read_shard_records(str(path), text_field, label_field)
     path = Path(path)
     if fmt == "image_folder":
@@ -222,7 +218,6 @@ def load_image(path, size: int, channels: int) -> torch.Tensor:
     from PIL import Image
 
     from ptft_engine.data.images import MEAN, STD
-    from ptft_engine.finetune.shard_data import ShardImage
 
     with Image.open(path.open() if isinstance(path, ShardImage) else path) as im:
         im = im.convert("RGB" if channels == 3 else "L").resize((size, size), Image.BILINEAR)

@@ -22,7 +22,7 @@ from ptft_engine.data.errors import DataError
 from ptft_engine.data.index import ShardInfo, read_members, resolve_source
 from ptft_engine.data.remote import is_remote, redact
 from ptft_engine.data.sources import IMAGE_EXTS
-from ptft_engine.finetune.data import FinetuneDataError
+from ptft_engine.finetune.errors import FinetuneDataError
 
 _PINNED: list = []  # open cached shards: a shared flock on each keeps it from eviction
 
