@@ -9,7 +9,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ptft_engine.config.loader import ConfigError, load_config, validate
+from ptft_engine.config.loader import load_config, validate
+from ptft_engine.errors import ConfigError
 
 TaskKind = Literal["sequence_classification", "token_classification", "regression", "image_classification"]
 DEFAULT_METRIC = {"sequence_classification": "accuracy", "token_classification": "entity_f1",
