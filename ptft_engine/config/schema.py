@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_val
 
 from ptft_engine.data.config import DataConfig
 from ptft_engine.models.config import ModelConfig
-from ptft_engine.objectives.config import ObjectiveConfig
+from ptft_engine.objectives.spec import ObjectiveConfig
 
 
 class Section(BaseModel):
