@@ -17,6 +17,10 @@ Pre-tokenised shards (`ptft shard --tokenizer`) add per shard "lengths" (a sidec
 little-endian uint32: each sample's token count, what the packing plan needs) and
 "ids_dtype" (numpy dtype of the samples' .ids members), and at the top level
 "tokenizer_sha256" (of the tokenizer.json the ids were made with).
+Audio shards (`ptft shard --format audio`) add per shard "lengths" (each clip's frame
+count) and "seconds" (its total duration), and at the top level "sample_rate",
+"pcm_dtype" ("<i2"), "total_seconds" and, when labelled, "classes". Like pre-tokenised
+shards they keep the JSON list (the columns hold no lengths).
 """
 from __future__ import annotations
 
@@ -124,7 +128,8 @@ def index_from_doc(doc, where: str, locate, *, check_files: bool) -> ShardIndex:
             raise DataError(f"token length file {lengths_path!r} listed in index {where!r} does not exist")
         shards.append(ShardInfo(path=p, samples=int(entry["samples"]), offsets=offsets, offsets_path=offsets_path,
                                 bytes=int(entry.get("bytes", 0)), sha256=entry.get("sha256"),
-                                lengths_path=lengths_path, ids_dtype=entry.get("ids_dtype")))
+                                lengths_path=lengths_path, ids_dtype=entry.get("ids_dtype"),
+                                seconds=entry.get("seconds")))
     return ShardIndex(shards=shards, kind=doc.get("kind"), extra=extra)
 
 

@@ -45,6 +45,7 @@ class ShardInfo:
     sha256: str | None = None
     lengths_path: str | None = None  # pre-tokenised: n little-endian uint32 token counts
     ids_dtype: str | None = None  # pre-tokenised: dtype of the .ids members
+    seconds: float | None = None  # audio: the shard's total duration (lengths_path: frames per clip)
 
     def token_lengths(self, timeout: float = 60.0, retries: int = 3) -> np.ndarray:
         """Each sample's token count (pre-tokenised shards only; a remote sidecar is fetched)."""
@@ -75,7 +76,11 @@ class ShardInfo:
         out = {"path": os.path.relpath(self.path, root), "samples": self.samples, "bytes": self.bytes,
                "sha256": self.sha256, "offsets": offsets}
         if self.lengths_path:
-            out.update(lengths=os.path.relpath(self.lengths_path, root), ids_dtype=self.ids_dtype)
+            out["lengths"] = os.path.relpath(self.lengths_path, root)
+        if self.ids_dtype:
+            out["ids_dtype"] = self.ids_dtype
+        if self.seconds is not None:
+            out["seconds"] = self.seconds
         return out
 
 
