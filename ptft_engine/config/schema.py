@@ -67,6 +67,9 @@ class RunSection(Section):
     peak_tflops: Optional[float] = Field(None, gt=0, description="per-device peak for MFU; auto for known GPUs")
     tensorboard: bool = True
     progress_bar: bool = True
+    compile: bool = Field(False, description="torch.compile the objective's forward (model and loss)")
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = Field(
+        "inductor", description="torch.compile backend when compile is on")
 
 
 class TrainSection(Section):

@@ -153,6 +153,8 @@ def init_deepspeed(cfg: RunConfig, build: Callable[[], torch.nn.Module], world_s
     else:
         with torch.device(device):  # initialise on the device: a 1B model's init is slow on the CPU
             objective = build()
+    if cfg.run.compile:  # in place: parameter names (checkpoints) stay those of the eager module
+        objective.compile(backend=cfg.run.compile_backend)
     # fused kernel on GPU (one launch for all tensors); offloaded state lives on the CPU
     fused = device.type == "cuda" and not cfg.deepspeed.offload_optimizer
     optimizer = GuardedAdamW(param_groups(objective, cfg.train.weight_decay), lr=cfg.train.lr,
