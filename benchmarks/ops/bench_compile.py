@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from ptft_engine.config import load_run_config  # noqa: E402
-from ptft_engine.engine.setup import build_objective_from_config, make_loader  # noqa: E402
+from ptft_engine.engine.setup import build_objective_from_config, compile_objective, make_loader  # noqa: E402
 from timing import emit, error_row, sig  # noqa: E402
 
 CASES = {"gpt2-tiny clm": "clm_tiny.yaml", "bert-tiny mlm": "mlm_tiny.yaml"}
@@ -31,7 +31,7 @@ def step_times(cfg, compiled: bool, backend: str, warmup: int, repeats: int) -> 
     torch.manual_seed(0)
     objective = build_objective_from_config(cfg)
     if compiled:
-        objective.compile(backend=backend)  # as the engine does for run.compile
+        compile_objective(objective, backend)  # as the engine does for run.compile
     optimizer = torch.optim.AdamW(objective.parameters(), lr=1e-3)
     batches = iter(make_loader(cfg, rank=0, world_size=1, epoch=0))
     times = []
