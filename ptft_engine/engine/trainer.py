@@ -21,7 +21,8 @@ import torch.distributed as dist
 import yaml
 
 from ptft_engine.config.schema import RunConfig
-from ptft_engine.engine import checkpoint, checks, rundir, setup
+from ptft_engine.engine import checkpoint, checks, elastic, rundir, setup
+from ptft_engine.engine.async_save import AsyncSaver
 from ptft_engine.engine.heartbeat import Heartbeat
 from ptft_engine.engine.metrics import DataCounters, MetricsLogger, memory_stats, peak_tflops
 from ptft_engine.engine.schedules import lr_at
@@ -88,6 +89,10 @@ class Trainer:
         self.state = TrainState()
         self.faults = DataCounters()
         self.last_saved_step = -1
+        self.saves_done, self.last_export_step = 0, -1
+        self.resume_changes: list[str] = []
+        self.saver = (AsyncSaver(self.engine, rank=self.rank, world_size=self.world_size,
+                                 timeout_s=cfg.run.dist_timeout_s) if cfg.checkpoint.async_save else None)
         if self.rank == 0:
             # reloadable: `ptft pretrain --config <run_dir>/config.yaml` repeats the run
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
@@ -107,7 +112,12 @@ class Trainer:
                                     start_step=self.state.step, tensorboard=cfg.run.tensorboard,
                                     progress_bar=cfg.run.progress_bar)
         if resume_path is not None:
-            self.logger.message(f"resumed from {resume_path} at step {self.state.step}")
+            changed = ", ".join(self.resume_changes)
+            self.logger.message(f"resumed from {resume_path} at step {self.state.step}"
+                                + (f" (elastic: {changed})" if changed else ""))
+            if changed:
+                self.logger.log(self.state.step, {"changes": self.resume_changes, "checkpoint": str(resume_path)},
+                                split="resume")
         self.peak = peak_tflops(self.device, cfg.run.peak_tflops)
         self.flops_per_unit = setup.flops_per_unit(self.objective, cfg)
         self.heartbeat = Heartbeat(self.rank, self.world_size)
@@ -142,10 +152,7 @@ class Trainer:
         path = checkpoint.find_latest(self.ckpt_dir) if resume == "auto" else Path(resume)
         if path is None:
             return None
-        meta = checkpoint.read_meta(path)
-        if meta.get("world_size", self.world_size) != self.world_size:
-            raise ValueError(f"{path}: saved with {meta['world_size']} ranks, this run has {self.world_size}; "
-                             "resume with the same number of ranks")
+        elastic.check_compatible(self.cfg, checkpoint.read_meta(path), path)  # before anything is written
         return path
 
     # ---------------------------------------------------------------- data
@@ -238,6 +245,7 @@ class Trainer:
                     self._guarded(self.evaluate)
                 if out["stop"]:
                     self._guarded(self.save)
+                    self._guarded(self.settle_saves)  # the checkpoint is complete before we exit
                     self.stopped_by = self.stop.name or "on another rank"  # the flag came in the all-reduce
                     self._summary(f"stopped by a signal ({self.stopped_by}) at step {self.state.step}; checkpoint "
                                   f"saved in {self.ckpt_dir}, continue with --resume auto")
@@ -245,7 +253,8 @@ class Trainer:
                 if cfg.checkpoint.every and self.state.step % cfg.checkpoint.every == 0:
                     self._guarded(self.save)
             if cfg.checkpoint.save_at_end:
-                self._guarded(self.save)
+                self._guarded(lambda: self.save(final=True))
+            self._guarded(self.settle_saves)
             self._summary(f"finished at step {self.state.step}")
             return self.state
         finally:
@@ -293,6 +302,7 @@ class Trainer:
 
     def _too_many_bad_steps(self) -> None:
         limit = self.cfg.bad_steps
+        self.settle_saves()  # a save in flight becomes the rollback target
         latest = checkpoint.find_latest(self.ckpt_dir)
         if limit.action == "rollback" and latest is not None and self.state.rollbacks < limit.max_rollbacks:
             self.state.rollbacks += 1
@@ -344,18 +354,60 @@ class Trainer:
                             "rollbacks": s.rollbacks, "epoch": s.epoch, "tokens_seen": s.tokens_seen},
                 "data": self.loader.state_dict(), "data_totals": dict(self.faults.totals)}
 
-    def save(self) -> Path | None:
+    def save(self, *, final: bool = False) -> Path | None:
+        """Collective. With checkpoint.async_save it returns once the state is in host memory;
+        the files are written in the background (`settle_saves` waits for them)."""
+        every = self.cfg.checkpoint.export_hf_every
         if self.state.step == self.last_saved_step:
+            if final and every and self.last_export_step != self.state.step:  # the end is exported too
+                self.settle_saves()
+                if self.rank == 0:
+                    self._export_hf(checkpoint.find_latest(self.ckpt_dir))
+                self.last_export_step = self.state.step
             return None
-        path = checkpoint.save(self.engine, self.ckpt_dir, self.state.step, rank=self.rank,
-                               rank_state=self._rank_state(), keep_last=self.cfg.checkpoint.keep_last,
-                               meta={"world_size": self.world_size, "zero_stage": self.cfg.deepspeed.zero_stage,
-                                     "epoch": self.state.epoch, "run": self.cfg.run.name})
+        self.saves_done += 1
+        export = bool(every) and (final or self.saves_done % every == 0)
+        self.last_export_step = self.state.step if export else self.last_export_step
+        after = self._export_hf if export and self.rank == 0 else None
+        meta = elastic.checkpoint_meta(self.cfg, self.world_size, self.state.epoch)
+        t0 = time.perf_counter()
+        if self.saver is not None:
+            path = self.saver.save(self.engine, self.ckpt_dir, self.state.step, rank_state=self._rank_state(),
+                                   meta=meta, keep_last=self.cfg.checkpoint.keep_last, after=after)
+        else:
+            path = checkpoint.save(self.engine, self.ckpt_dir, self.state.step, rank=self.rank,
+                                   rank_state=self._rank_state(), keep_last=self.cfg.checkpoint.keep_last, meta=meta)
+            if after is not None:
+                after(path)
+        self.last_save_stall_s = time.perf_counter() - t0
+        log.info("step %d: checkpoint %s, the step waited %.3f s", self.state.step,
+                 "snapshot taken (written in the background)" if self.saver else "written", self.last_save_stall_s)
         self.last_saved_step = self.state.step
         return path
 
+    def settle_saves(self) -> None:
+        """Collective: every rank's background save is written and rank 0 has declared it complete."""
+        if self.saver is not None:
+            self.saver.wait()
+            checkpoint.barrier()
+
+    def _export_hf(self, path: Path | None) -> None:
+        """Rank 0: the `ptft export --format hf` of a complete checkpoint, beside the run."""
+        if path is None or self.cfg.model is None:
+            return
+        from ptft_engine.export.zero import export_checkpoint
+        out = self.run_dir / "exports" / f"{path.name}-hf"
+        export_checkpoint(path, out, fmt="hf")
+        log.info("exported %s to %s (checkpoint.export_hf_every)", path.name, out)
+
     def load(self, path: Path, *, keep_data_position: bool = False) -> None:
-        _, rank_state = checkpoint.load(self.engine, path, rank=self.rank, world_size=self.world_size)
+        meta = checkpoint.read_meta(path)
+        self.resume_changes = elastic.layout_changes(meta, self.cfg, self.world_size)
+        states = None
+        if elastic.needs_conversion(meta, self.cfg, self.world_size):
+            states = lambda p: elastic.load_states(self.engine, p, self.cfg, meta["step"], self.world_size)  # noqa: E731
+        _, rank_state = checkpoint.load(self.engine, path, rank=self.rank, states=states)
+        rank_state["data"] = elastic.data_state(rank_state["data"], meta, self.cfg, self.world_size)
         t = rank_state["trainer"]
         self.state.step, self.state.skipped, self.state.tokens_seen = t["step"], t["skipped"], t["tokens_seen"]
         self.state.consecutive_bad = 0
@@ -372,6 +424,11 @@ class Trainer:
         """Tear the process group down so no rank lingers after the others exit (through
         DeepSpeed, which then forgets its cached subgroups: a later Trainer can start anew);
         then give the run directory free."""
+        if getattr(self, "saver", None) is not None:
+            try:
+                self.saver.wait()  # never leave a write half done on a normal exit
+            except RuntimeError as exc:
+                log.error("%s", exc)
         if getattr(self, "heartbeat", None) is not None:
             self.heartbeat.close()
         self.stop.restore()

@@ -148,8 +148,21 @@ def _optimizer_state(sd: dict, path: Path) -> dict:
         raise ExportError(f"{path}: no optimizer_state_dict (not a DeepSpeed ZeRO optimizer file)") from None
 
 
-def _zero12_tensors(files: list[Path], param_shapes: list[dict]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Stage 1/2: ranks in order; flat groups are contiguous, params laid out back to back."""
+def _moment_groups(sd: dict, key: str, path: Path, base: str) -> list[torch.Tensor]:
+    """One Adam state (exp_avg, exp_avg_sq) per parameter group, each the flat partition of this rank."""
+    state = sd.get(base)
+    state = state.get("state") if isinstance(state, dict) else None
+    try:
+        return [state[g][key] for g in sorted(state)]
+    except (KeyError, TypeError):
+        raise ExportError(f"{path}: {_rank_of(path)} has no optimizer state {key!r} (saved before the first "
+                          "step?)") from None
+
+
+def _zero12_tensors(files: list[Path], param_shapes: list[dict],
+                    key: str | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Stage 1/2: ranks in order; flat groups are contiguous, params laid out back to back.
+    key None: the fp32 master weights; else that optimizer state (same partitioning)."""
     pending: dict[str, list[torch.Tensor]] = {}
     offsets = []  # per group: [(name, shape, start, numel)] in the unpartitioned flat buffer
     for shapes in param_shapes:
@@ -163,7 +176,8 @@ def _zero12_tensors(files: list[Path], param_shapes: list[dict]) -> Iterator[tup
     for rank, path in enumerate(files):
         mapped = zipfile.is_zipfile(path)  # torch_load memory-maps zip files only
         sd = _optimizer_state(torch_load(path), path)
-        parts = sd.get("single_partition_of_fp32_groups")
+        parts = (sd.get("single_partition_of_fp32_groups") if key is None
+                 else _moment_groups(sd, key, path, "base_optimizer_state"))
         if parts is None:
             raise ExportError(f"{path}: no single_partition_of_fp32_groups (not a stage 1/2 optimizer file)")
         if len(parts) != len(offsets):
@@ -195,14 +209,16 @@ def _zero12_tensors(files: list[Path], param_shapes: list[dict]) -> Iterator[tup
                           "(missing rank files?)")
 
 
-def _zero3_tensors(files: list[Path], param_shapes: list[dict]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Stage 3: each param split over all ranks; rank files memory-mapped, one tensor at a time."""
+def _zero3_tensors(files: list[Path], param_shapes: list[dict],
+                   key: str | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Stage 3: each param split over all ranks; rank files memory-mapped, one tensor at a time.
+    key None: the fp32 master weights; else that optimizer state (same partitioning)."""
     world = len(files)
     flats = []
     mapped = all(zipfile.is_zipfile(p) for p in files)  # torch_load memory-maps zip files only
     for path in files:
         sd = _optimizer_state(torch_load(path), path)
-        groups = sd.get("fp32_flat_groups")
+        groups = sd.get("fp32_flat_groups") if key is None else _moment_groups(sd, key, path, "optimizer_state_dict")
         if groups is None:
             raise ExportError(f"{path}: no fp32_flat_groups (not a stage 3 optimizer file)")
         flats.append(groups)  # memory-mapped views: nothing read until sliced
@@ -297,6 +313,48 @@ def consolidated_tensors(ckpt: Path) -> tuple[Iterator[tuple[str, torch.Tensor]]
                 yield name, module[name]
 
     return stream(), info
+
+
+def optimizer_tensors(ckpt: Path, key: str | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """The trained parameters' fp32 master weights (key None) or one Adam state ("exp_avg",
+    "exp_avg_sq") per parameter, by engine-objective name, one tensor at a time: what an
+    elastic resume hands to a new layout. Also returns the optimizer's step count first,
+    as ("<step>", tensor)."""
+    world, _ = _saved_layout(ckpt)
+    optim_files = _rank_files(ckpt, "optim", world)
+    stage3_models = _rank_files(ckpt, "model", world)
+    for path in optim_files + stage3_models:
+        _check_complete(path)
+    model_file = stage3_models[0] if stage3_models else ckpt / "mp_rank_00_model_states.pt"
+    model_sd = torch_load(model_file)
+    param_shapes = model_sd.get("param_shapes")
+    param_shapes = [param_shapes] if isinstance(param_shapes, dict) else param_shapes
+    if optim_files:
+        sd = _optimizer_state(torch_load(optim_files[0]), optim_files[0])
+        state = (sd.get("base_optimizer_state") or sd.get("optimizer_state_dict") or {}).get("state") or {}
+    else:
+        state = (model_sd.get("optimizer") or {}).get("state") or {}
+    if not state:
+        raise ExportError(f"{ckpt}: no optimizer state (saved before the first step?)")
+    yield "<step>", state[min(state)]["step"]
+    if stage3_models:
+        yield from _zero3_tensors(optim_files, param_shapes, key)
+    elif optim_files:
+        yield from _zero12_tensors(optim_files, param_shapes, key)
+    else:  # stage 0: the whole module, and torch's optimizer state numbered in parameter-group order
+        module, buffers, storages = model_sd["module"], set(model_sd.get("buffer_names") or []), set()
+        names = []
+        for name, t in module.items():  # a tied alias shares its parameter's storage: listed once
+            if name not in buffers and t.untyped_storage().data_ptr() not in storages:
+                storages.add(t.untyped_storage().data_ptr())
+                names.append(name)
+        # the engine's groups (engine/setup.py param_groups): matrices (decayed), then the rest
+        names = [n for n in names if module[n].ndim >= 2] + [n for n in names if module[n].ndim < 2]
+        if len(names) != len(state):
+            raise ExportError(f"{ckpt}: {len(state)} optimizer states for {len(names)} parameters (frozen "
+                              "parameters in a ZeRO-0 checkpoint cannot be matched to their states)")
+        for i, name in enumerate(names):
+            yield name, module[name].float() if key is None else state[i][key]
 
 
 def model_tensors(ckpt: Path) -> tuple[Iterator[tuple[str, torch.Tensor]], dict[str, Any]]:
