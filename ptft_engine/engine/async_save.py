@@ -52,7 +52,7 @@ def snapshot(obj: Any, memo: dict | None = None) -> Any:
         return [snapshot(v, memo) for v in obj]
     if isinstance(obj, tuple):
         items = [snapshot(v, memo) for v in obj]
-        return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
+        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)  # namedtuple, torch.Size
     return obj  # numbers, strings, DeepSpeed's small config objects: never changed in place
 
 
@@ -91,13 +91,17 @@ class AsyncSaver:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def wait(self) -> None:
+    def wait(self, timeout: float | None = None) -> bool:
+        """Join the save in flight; False if it is still running after `timeout` seconds."""
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                return False
             self._thread = None
         if self._error is not None:
             error, self._error = self._error, None
             raise RuntimeError(f"rank {self.rank}: background checkpoint write failed: {error}") from error
+        return True
 
     def save(self, engine, ckpt_dir: str | Path, step: int, *, rank_state: dict[str, Any], meta: dict[str, Any],
              keep_last: int, after: Callable[[Path], None] | None = None) -> Path:

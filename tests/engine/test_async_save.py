@@ -14,13 +14,15 @@ RECIPE = Path(__file__).parents[2] / "configs" / "clm_tiny.yaml"
 
 def test_snapshot_copies_once_per_storage_and_keeps_views():
     flat = torch.arange(10.0)
-    state = {"a": flat[:4], "b": flat[4:].view(2, 3), "tied": [flat[:4]], "n": 3, "t": (flat, "x")}
+    state = {"a": flat[:4], "b": flat[4:].view(2, 3), "tied": [flat[:4]], "n": 3, "t": (flat, "x"),
+             "shape": torch.Size([2, 3])}  # DeepSpeed's param_shapes: zero_to_fp32 calls .numel() on them
     snap = async_save.snapshot(state)
     flat.add_(100)  # training goes on: the snapshot must not move
     assert torch.equal(snap["a"], torch.arange(4.0)) and torch.equal(snap["b"], torch.arange(4.0, 10).view(2, 3))
     assert snap["a"].untyped_storage().data_ptr() == snap["b"].untyped_storage().data_ptr() \
         == snap["tied"][0].untyped_storage().data_ptr() != flat.untyped_storage().data_ptr()
     assert snap["n"] == 3 and snap["t"][1] == "x" and snap["b"].stride() == (3, 1)
+    assert type(snap["shape"]) is torch.Size and type(snap["t"]) is tuple
 
 
 def _trainer(tmp_path, *extra):
