@@ -154,12 +154,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", choices=["stall", "convert"], default=None)
     args = ap.parse_args()
+    if args.only is None:  # each case in a fresh process: a child started from a process that
+        # held the stall run's model would inherit its peak RSS (Linux keeps it across exec)
+        for case in ("stall", "convert"):
+            subprocess.run([sys.executable, __file__, "--only", case, "--rounds", str(args.rounds),
+                            *(["--workdir", args.workdir] if args.workdir else [])], check=True)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.workdir or tmp)
         root.mkdir(parents=True, exist_ok=True)
-        if args.only in (None, "stall"):
+        if args.only == "stall":
             save_stall(root / "stall", args.rounds)
-        if args.only in (None, "convert"):
+        else:
             convert(root / "convert", args.rounds)
 
 

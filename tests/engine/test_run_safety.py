@@ -119,7 +119,7 @@ def test_signals_save_at_the_signal_step_and_resume_bitwise(recipe, tmp_path):
     # a resume with another model config: refused, nothing changed (a re-used name without --resume:
     # test_run_dir.py, in-process; a resume on another world size is allowed: test_elastic.py)
     before = snapshot(tmp_path / "ref")
-    for n, extra, message in [(1, ["--resume", "auto", "model.num_hidden_layers=3"],
+    for n, extra, message in [(1, ["model.num_hidden_layers=3", "--resume", "auto"],
                                "model.num_hidden_layers is 2 in the checkpoint but 3 in the config")]:
         t = time.monotonic()
         log = tmp_path / f"refused{n}.log"
