@@ -21,7 +21,7 @@ import torch.distributed as dist
 import yaml
 
 from ptft_engine.config.schema import RunConfig
-from ptft_engine.engine import checkpoint, checks, elastic, rundir, setup
+from ptft_engine.engine import checkpoint, checks, elastic, rundir, runtime, setup
 from ptft_engine.engine.async_save import AsyncSaver
 from ptft_engine.engine.trainer_checkpoints import CheckpointHooks
 from ptft_engine.engine.heartbeat import Heartbeat
@@ -63,7 +63,7 @@ class Trainer(CheckpointHooks):
 
     def _start(self, objective_factory, run_dir, overwrite: bool) -> None:
         cfg = self.cfg
-        self.device = setup.pick_device(cfg)
+        self.device = runtime.pick_device(cfg.run.device)
         self.rank, self.world_size = setup.init_distributed(self.device, cfg.run.dist_timeout_s)
         self.run_dir = Path(run_dir or Path(cfg.run.output_dir) / cfg.run.name)
         self.ckpt_dir = Path(cfg.checkpoint.dir or self.run_dir / "checkpoints")
@@ -84,7 +84,7 @@ class Trainer(CheckpointHooks):
                 log.warning("--overwrite: the previous run was moved to %s", path)
         else:
             self._agree(lambda: None)
-        setup.seed_everything(cfg.run.seed, self.rank)
+        runtime.seed_everything(cfg.run.seed)
         build = objective_factory or (lambda: setup.build_objective_from_config(cfg))
         self.engine, self.optimizer, self.ds_config = setup.init_deepspeed(cfg, build, self.world_size, self.device)
         self.objective = self.engine.module
@@ -180,14 +180,7 @@ class Trainer(CheckpointHooks):
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.train.precision)
-        out = {}
-        for k, v in batch.items():
-            if torch.is_tensor(v):
-                v = v.to(self.device, non_blocking=True)
-                if dtype is not None and v.is_floating_point():
-                    v = v.to(dtype)  # DeepSpeed casts the module, not its inputs
-            out[k] = v
-        return out
+        return runtime.move_batch(batch, self.device, dtype)
 
     # ---------------------------------------------------------------- the step
     def _set_lr(self) -> float:
