@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula, sdpa_flop_count
 
 from ptft_engine.ops import registry
 
@@ -89,6 +90,24 @@ def _backward(ctx, grad_out, _grad_lse):
 
 
 attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# FlopCounterMode (MFU tools, the FLOPs test) counts our op as SDPA's: every score, masks ignored.
+# K/V are counted with the query's head count, as the math is the same with grouped heads.
+def _as_query_heads(q_shape, kv_shape):
+    return (*kv_shape[:1], q_shape[1], *kv_shape[2:])
+
+
+@register_flop_formula(torch.ops.ptft.attention)
+def _attention_flops(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(q_shape, _as_query_heads(q_shape, k_shape), _as_query_heads(q_shape, v_shape))
+
+
+@register_flop_formula(torch.ops.ptft.attention_backward)
+def _attention_backward_flops(grad_shape, q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+    # the gradient's four matmuls (dV, dP, dQ, dK), twice the forward, as plain autograd counts them and
+    # MFU conventions (6N + 12LSd per token) assume; a kernel's recomputation of QK^T is not useful work
+    return 2 * _attention_flops(q_shape, k_shape, v_shape)
 
 
 def _check_inputs(q, k, v, causal, attention_mask, segment_ids):

@@ -36,9 +36,9 @@ from typing import Sequence
 
 import torch
 
+from ptft_engine.labels import IGNORE_INDEX
 from ptft_engine.ops.mlm.philox import MASK32, philox4x32
 
-IGNORE_INDEX = -100
 MAX_VOCAB = 2**31 - 1  # keeps u2 * len(allowed) inside int64 and ids inside int32
 
 
