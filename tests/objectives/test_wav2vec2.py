@@ -220,6 +220,7 @@ def test_contrastive_loss_equals_transformers_wav2vec2_for_pretraining():
 def test_flops_per_sample_counts_what_the_forward_computes():
     from torch.utils.flop_counter import FlopCounterMode
 
+    import ptft_engine.ops.attention.op  # noqa: F401  FlopCounterMode copies the flop formulas it knows at creation
     from ptft_engine.objectives.wav2vec2 import forward_flops
 
     cfg = load_model_config(TINY)
