@@ -39,21 +39,21 @@ RECIPES = {
     "scratch": TextRecipe(SCRATCH_ENCODER, "mlm", {"kind": "full"}, {"lr": 1e-3}, scratch=True),
     "probe": TextRecipe("MLM / linear probe", "mlm", {"kind": "linear_probe"}, {"lr": 1e-2}),
     "small_lr": TextRecipe("MLM / full, small LR + layer decay", "mlm", {"kind": "full"},
-                           {"lr": 3e-4, "head_lr": 3e-3, "layer_decay": 0.7}),
+                           {"lr": 5e-4, "head_lr": 5e-3, "layer_decay": 0.8}),
     "large_lr": TextRecipe("MLM / full, large LR (forgets)", "mlm", {"kind": "full"}, {"lr": 5e-3}),
     "reinit_top": TextRecipe("MLM / top block re-initialised, small LR", "mlm", {"kind": "full"},
-                             {"lr": 3e-4, "head_lr": 3e-3, "layer_decay": 0.7}, reinit_top=1),
+                             {"lr": 5e-4, "head_lr": 5e-3, "layer_decay": 0.8}, reinit_top=1),
     "frozen_lower": TextRecipe("MLM / frozen embeddings + lower 2 blocks", "mlm",
                                {"kind": "partial", "freeze_embeddings": True, "freeze_layers": 2},
-                               {"lr": 1e-3, "head_lr": 3e-3}),
+                               {"lr": 1e-3, "head_lr": 5e-3}),
     "lora": TextRecipe("MLM / LoRA r=8", "mlm", {"kind": "lora", "lora": {"r": 8, "alpha": 16, "targets": ["attn", "mlp"]}},
                        {"lr": 3e-3, "head_lr": 1e-2}),
     "clm_scratch": TextRecipe("scratch decoder / full, last token", "clm", {"kind": "full"}, {"lr": 1e-3}, scratch=True),
     "clm_small_lr": TextRecipe("CLM / full, small LR + layer decay, last token", "clm", {"kind": "full"},
-                               {"lr": 3e-4, "head_lr": 3e-3, "layer_decay": 0.7}),
+                               {"lr": 5e-4, "head_lr": 5e-3, "layer_decay": 0.8}),
 }
 # optimizer steps per label budget: a handful of epochs at 100 %, many passes over the few at 1 %
-STEPS = {0.01: 60, 0.1: 150, 1.0: 300}
+STEPS = {0.01: 40, 0.1: 100, 1.0: 200}
 
 
 def bag_of_words(data: Path, fractions: list[float], seeds: list[int]) -> list[dict]:
@@ -118,38 +118,51 @@ def test_accuracy(best: Path, test_file: Path) -> float:
 
 
 def run_grid(data: Path, exports: dict[str, Path], out: Path, *, recipes: list[str], fractions: list[float],
-             seeds: list[int], steps: dict[float, int] = STEPS) -> list[dict]:
+             seeds: list[int], steps: dict[float, int] = STEPS, full_label_recipes: list[str] | None = None,
+             jobs: int = 1) -> list[dict]:
+    """One row per (label budget, recipe), seeds averaged; `jobs` processes share the cells."""
+    for key in recipes:  # re-initialised copies are made once, before the cells fork
+        if RECIPES[key].reinit_top:
+            reinit_top_blocks(exports[RECIPES[key].backbone], RECIPES[key].reinit_top, out / f"export-{key}")
+    cells = [(data, exports, out, key, f, seeds, steps[f]) for f in fractions for key in recipes
+             if f < 1.0 or full_label_recipes is None or key in full_label_recipes]
+    if jobs <= 1:
+        return [_cell(*c) for c in cells]
+    import multiprocessing
+
+    import sklearn.metrics  # noqa: F401  (what the fine-tuning loop imports on first use: import once, here)
+    import torch._dynamo  # noqa: F401  (AdamW's first construction imports it: seconds on a busy machine)
+
+    # fork: the workers inherit the imports and the one-thread setting instead of paying for them again
+    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        return pool.starmap(_cell, cells, chunksize=1)
+
+
+def _cell(data: Path, exports: dict[str, Path], out: Path, key: str, fraction: float, seeds: list[int],
+          total: int) -> dict:
     from ptft_engine.finetune import finetune, parse_finetune_config
 
-    arch = {k: json.loads((p / "config.json").read_text()) for k, p in exports.items()}
-    rows = []
-    for fraction in fractions:
-        for key in recipes:
-            recipe, t0, accs = RECIPES[key], time.perf_counter(), []
-            source = exports[recipe.backbone]
-            if recipe.reinit_top:
-                source = reinit_top_blocks(source, recipe.reinit_top, out / f"export-{key}")
-            for seed in seeds:
-                run_dir = out / f"{key}-{fraction:g}-seed{seed}"
-                model = {"config": _engine_config(source)} if recipe.scratch else {"pretrained": str(source)}
-                total = steps[fraction]
-                cfg = {"model": model, "task": {"kind": "sequence_classification", "pooling": "mean",
-                                                "head_dropout": 0.1},
-                       "data": {"train": str(data / "train.jsonl"), "validation": str(data / "val.jsonl"),
-                                "train_fraction": fraction, "max_length": MAX_LENGTH,
-                                "tokenizer": str(exports[recipe.backbone] / "tokenizer.json")},
-                       "strategy": recipe.strategy,
-                       "optim": {"batch_size": 32, "max_steps": total, "warmup_ratio": 0.1, "weight_decay": 0.01,
-                                 **recipe.optim},
-                       "eval": {"patience": 4, "every": max(10, total // 6), "batch_size": 200},
-                       "output_dir": str(run_dir), "seed": seed, "progress_bar": False}
-                result = finetune(parse_finetune_config(cfg, f"text fine-tune {key}"))
-                accs.append(test_accuracy(run_dir / "best", data / "test.jsonl"))
-            n = _labels_used(data / "train.jsonl", fraction)
-            rows.append(_row(recipe.name, key, fraction, n, accs, result["params"]["trainable_params"]))
-            print(f"    {fraction * 100:>4g} % labels  {recipe.name:<48} test accuracy {rows[-1]['test_accuracy']:.3f}"
-                  f" ± {rows[-1]['spread']:.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    return rows
+    recipe, t0, accs = RECIPES[key], time.perf_counter(), []
+    source = out / f"export-{key}" if recipe.reinit_top else exports[recipe.backbone]
+    for seed in seeds:
+        run_dir = out / f"{key}-{fraction:g}-seed{seed}"
+        model = {"config": _engine_config(source)} if recipe.scratch else {"pretrained": str(source)}
+        cfg = {"model": model, "task": {"kind": "sequence_classification", "pooling": "mean", "head_dropout": 0.1},
+               "data": {"train": str(data / "train.jsonl"), "validation": str(data / "val.jsonl"),
+                        "train_fraction": fraction, "max_length": MAX_LENGTH,
+                        "tokenizer": str(exports[recipe.backbone] / "tokenizer.json")},
+               "strategy": recipe.strategy,
+               "optim": {"batch_size": 32, "max_steps": total, "warmup_ratio": 0.1, "weight_decay": 0.01,
+                         **recipe.optim},
+               "eval": {"patience": None, "every": max(10, total // 4), "batch_size": 200},
+               "output_dir": str(run_dir), "seed": seed, "progress_bar": False}
+        result = finetune(parse_finetune_config(cfg, f"text fine-tune {key}"))
+        accs.append(test_accuracy(run_dir / "best", data / "test.jsonl"))
+    row = _row(recipe.name, key, fraction, _labels_used(data / "train.jsonl", fraction), accs,
+               result["params"]["trainable_params"])
+    print(f"    {fraction * 100:>4g} % labels  {recipe.name:<48} test accuracy {row['test_accuracy']:.3f}"
+          f" ± {row['spread']:.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return row
 
 
 def _engine_config(export: Path) -> dict:
@@ -226,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fractions", default="0.01,0.1,1")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--steps-scale", type=float, default=1.0, help="times the optimizer steps of STEPS")
+    p.add_argument("--full-label-recipes", default=None, help="at 100 %% labels only these (default: all)")
+    p.add_argument("--jobs", type=int, default=1, help="fine-tuning processes")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     exports = {"mlm": args.mlm, **({"clm": args.clm} if args.clm else {})}
@@ -238,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {r['labels_fraction'] * 100:>4g} % labels  {BOW:<48} test accuracy {r['test_accuracy']:.3f}"
               f" ± {r['spread']:.3f}", flush=True)
     steps = {f: max(10, round(n * args.steps_scale)) for f, n in STEPS.items()}
-    rows += run_grid(args.data, exports, args.out, recipes=recipes, fractions=fractions, seeds=seeds, steps=steps)
+    full = args.full_label_recipes.split(",") if args.full_label_recipes else None
+    rows += run_grid(args.data, exports, args.out, recipes=recipes, fractions=fractions, seeds=seeds, steps=steps,
+                     full_label_recipes=full, jobs=args.jobs)
     (args.out / "text_comparison.json").write_text(json.dumps({"rows": rows, "seeds": seeds}, indent=1))
     return 0
 

@@ -35,6 +35,7 @@ class Plan:
     text_stdlib: bool
     lm_steps: int
     text_recipes: tuple[str, ...]
+    text_full_label_recipes: tuple[str, ...]  # at 100 % labels only these: the goal is about few labels
     text_seeds: tuple[int, ...]
     text_steps_scale: float     # times text_compare.STEPS
 
@@ -42,10 +43,12 @@ class Plan:
 TEXT_PER_CLASS = {"train": 400, "val": 50, "test": 150}  # docstrings per package (8 packages)
 QUICK = Plan(simclr_steps=150, log_every=5, recipes=("scratch", "probe"), fractions=(0.01, 0.1, 1.0), seeds=(0,),
              epochs=4, finetune_max_steps=None, text_corpus_chars=2_000_000, text_stdlib=False, lm_steps=40,
-             text_recipes=("scratch", "small_lr", "clm_small_lr"), text_seeds=(0,), text_steps_scale=0.3)
+             text_recipes=("scratch", "small_lr", "clm_small_lr"), text_full_label_recipes=("scratch", "small_lr",
+             "clm_small_lr"), text_seeds=(0,), text_steps_scale=0.3)
 FULL = Plan(simclr_steps=800, log_every=10, recipes=("scratch", "probe", "full", "lora"),
             fractions=(0.01, 0.1, 1.0), seeds=(0, 1), epochs=10, finetune_max_steps=None,
-            text_corpus_chars=12_000_000, text_stdlib=True, lm_steps=1200, text_recipes=tuple(text_compare.RECIPES),
+            text_corpus_chars=12_000_000, text_stdlib=True, lm_steps=600, text_recipes=tuple(text_compare.RECIPES),
+            text_full_label_recipes=("scratch", "small_lr", "large_lr", "clm_scratch", "clm_small_lr"),
             text_seeds=(0, 1, 2), text_steps_scale=1.0)
 
 
@@ -123,7 +126,8 @@ def run_demo(out: Path, plan: Plan, ranks: int) -> dict:
         ptft("export", str(out / "runs/clm_docstrings"), str(out / "export/clm-gpt2"))
 
     n_runs = len(plan.fractions) * len(plan.recipes) * len(plan.seeds)
-    n_text = len(plan.fractions) * len(plan.text_recipes) * len(plan.text_seeds)
+    n_text = len(plan.text_seeds) * sum(len(plan.text_recipes if f < 1 else plan.text_full_label_recipes)
+                                        for f in plan.fractions)
     with st.stage("fine-tune", f"digits: {n_runs} runs ({', '.join(compare.RECIPES[r].name for r in plan.recipes)} "
                                f"x {len(plan.fractions)} label budgets x {len(plan.seeds)} seed(s)); beside it, "
                                f"docstrings: {n_text} runs + the bag-of-words baseline"):
@@ -132,7 +136,9 @@ def run_demo(out: Path, plan: Plan, ranks: int) -> dict:
                                   "--out", str(out / "finetune_text"), "--recipes", ",".join(plan.text_recipes),
                                   "--fractions", ",".join(f"{f:g}" for f in plan.fractions),
                                   "--seeds", ",".join(map(str, plan.text_seeds)),
-                                  "--steps-scale", f"{plan.text_steps_scale:g}"],
+                                  "--steps-scale", f"{plan.text_steps_scale:g}",
+                                  "--full-label-recipes", ",".join(plan.text_full_label_recipes),
+                                  "--jobs", "1" if on_gpu else "2"],
                          out / "logs/finetune_text.log", env)
         try:
             rows = compare.run_grid(out / "export/simclr-vit", digits, out / "finetune", recipes=list(plan.recipes),
@@ -149,7 +155,8 @@ def run_demo(out: Path, plan: Plan, ranks: int) -> dict:
         text_md = text_compare.table(text_result["rows"])
         (out / "text_comparison.json").write_text(json.dumps({
             **text_result, "title": "Docstrings: pre-trained (masked LM, causal LM) vs from scratch",
-            "corpus_tokens": tokens, "lm_steps": plan.lm_steps, "task": task}, indent=1))
+            "goal": text_compare.goal_line(text_result["rows"]), "corpus_tokens": tokens, "lm_steps": plan.lm_steps,
+            "task": task}, indent=1))
         (out / "text_comparison.md").write_text(text_md + "\n")
 
     with st.stage("report", "plots and a summary of every run"):

@@ -43,7 +43,8 @@ def test_shards_and_index(demo):
     assert index["total_samples"] == n_train == sum(s["samples"] for s in index["shards"])
     assert all(len(s["sha256"]) == 64 and (out / "shards/digits/train" / s["path"]).is_file() for s in index["shards"])
     assert len(index["shards"]) >= 2  # small shards: the stream really spans several
-    assert list((out / "shards/text").glob("*.tar")) and (out / "tokenizer/tokenizer.json").is_file()
+    assert list((out / "shards/text/corpus").glob("*.tar")) and list((out / "shards/text/corpus_val").glob("*.tar"))
+    assert (out / "tokenizer/tokenizer.json").is_file()
 
 
 def test_two_rank_checkpoints_and_metrics(demo):
