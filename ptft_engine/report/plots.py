@@ -83,7 +83,8 @@ def plot_comparison(rows: list[dict], path: Path, title: str = "pre-trained vs f
     acc = {(r["recipe"], r["labels_fraction"]): r["test_accuracy"] for r in rows}
     spread = {(r["recipe"], r["labels_fraction"]): r["spread"] for r in rows if isinstance(r.get("spread"), (int, float))}
     width = 0.8 / len(recipes)
-    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(fractions) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(fractions) + 2, 0.3 * len(recipes) * len(fractions) + 2),
+                                    4.5 + 0.15 * len(recipes)))
     for i, name in enumerate(recipes):
         xs = [j + (i - (len(recipes) - 1) / 2) * width for j in range(len(fractions))]
         ys = [acc.get((name, f), 0.0) for f in fractions]
@@ -96,7 +97,7 @@ def plot_comparison(rows: list[dict], path: Path, title: str = "pre-trained vs f
     ax.set_ylim(0, 1.15)
     ax.set_ylabel("test accuracy")
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="upper left", ncol=2)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)  # below: many recipes cover bars
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

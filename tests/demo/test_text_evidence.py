@@ -60,7 +60,7 @@ def grid(task):
     recipes = "scratch,small_lr,reinit_top,clm_scratch,clm_small_lr"
     assert text_compare.main(["--data", str(root / "data"), "--mlm", str(exports["mlm"]), "--clm", str(exports["clm"]),
                               "--out", str(root / "grid"), "--recipes", recipes, "--fractions", "0.1,1",
-                              "--seeds", "0,1", "--steps-scale", "0.03"]) == 0
+                              "--seeds", "0,1", "--steps-scale", "0.03", "--jobs", "2"]) == 0
     return root, exports, json.loads((root / "grid/text_comparison.json").read_text())["rows"]
 
 
