@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-IGNORE = -100
+from ptft_engine.labels import IGNORE_INDEX
 
 
 @dataclass
@@ -47,7 +47,7 @@ def pack_causal(docs: list[list[int]], rows: int, seq_len: int, *, eos_id: int, 
     real[: len(used)] = True
     input_ids = torch.from_numpy(ids.reshape(rows, seq_len))  # (B, S)
     mask = torch.from_numpy(real.reshape(rows, seq_len))
-    labels = torch.where(mask, input_ids, torch.full_like(input_ids, IGNORE))
+    labels = torch.where(mask, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
     stats = PackStats(tokens=len(used), dropped=max(0, len(stream) - cap), padded=cap - len(used))
     return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}, stats
 
@@ -122,7 +122,7 @@ def _causal_rows(plan, lo: int, hi: int, docs: dict, *, pad_id: int, eos_id: int
     real = np.zeros(rows * seq, dtype=bool)
     real[: len(used)] = True
     input_ids, mask = torch.from_numpy(ids.reshape(rows, seq)), torch.from_numpy(real.reshape(rows, seq))
-    labels = torch.where(mask, input_ids, torch.full_like(input_ids, IGNORE))
+    labels = torch.where(mask, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
     stats = PackStats(tokens=len(used), padded=rows * seq - len(used))
     return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}, stats
 
@@ -136,7 +136,7 @@ def pack_plan_rows(plan, lo: int, hi: int, docs: dict, *, pad_id: int, eos_id: i
     padding (masked out) and count as dropped, so rows stay where the plan put them.
     """
     rows, seq = hi - lo, plan.seq_len
-    if plan.objective == "clm":
+    if plan.layout == "causal":
         fast = _causal_rows(plan, lo, hi, docs, pad_id=pad_id, eos_id=eos_id, bos_id=bos_id)
         if fast is not None:
             return fast
@@ -149,7 +149,7 @@ def pack_plan_rows(plan, lo: int, hi: int, docs: dict, *, pad_id: int, eos_id: i
         at = 0
         for n_seg, (p, a, b) in enumerate(plan.spans(j), 1):
             n = int(plan.lengths[p])
-            if plan.objective == "clm":
+            if plan.layout == "causal":
                 if p not in streams:
                     streams[p] = _causal_stream(docs.get(p), n, eos_id=eos_id, bos_id=bos_id)
                 stream = streams[p]
@@ -175,7 +175,7 @@ def pack_plan_rows(plan, lo: int, hi: int, docs: dict, *, pad_id: int, eos_id: i
     stats.tokens = int(real.sum())
     stats.padded = rows * seq - stats.tokens
     input_ids, mask = torch.from_numpy(ids), torch.from_numpy(real)
-    if plan.objective == "clm":
-        labels = torch.where(mask, input_ids, torch.full_like(input_ids, IGNORE))
+    if plan.layout == "causal":
+        labels = torch.where(mask, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
         return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}, stats
     return {"input_ids": input_ids, "segment_ids": torch.from_numpy(seg), "attention_mask": mask}, stats

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 
 CHUNK_BYTES = 1 << 20  # one work item reads at most this much of a line-oriented file
 IMAGES_PER_ITEM = 64
-IMAGE_EXTS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp", ".bmp": "bmp"}
-FORMATS = ("text", "jsonl", "images", "image_text")
+# The image file suffixes read everywhere (shard inputs, image folders) and the tar members
+# holding an image, preferred first; `ptft shard` writes a .jpeg file as a .jpg member.
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
+FORMATS = ("text", "jsonl", "images", "image_text", "audio")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class Options:
     label_field: str | None = None  # jsonl: keep this field as the sample's .label member (JSON)
     tokenizer: str | None = None  # text: also store the token ids (.ids) made with this tokenizer.json
     ids_dtype: str = "<u2"  # of the .ids members; "<u4" when the vocabulary exceeds 65,536
+    manifest: str | None = None  # audio: JSONL of {"path", "label", "text"} (audio_sources.py)
+    sample_rate: int = 16_000  # audio: every clip is resampled to this rate
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class Item:
     start: int = 0
     stop: int = -1  # -1: whole file
     images: tuple[tuple[str, int], ...] = ()  # (path, class index) for image folders
+    clips: tuple = ()  # audio: (path, class index or -1, transcript or None); see audio_sources.py
 
 
 def _expand(inputs: list[str]) -> list[str]:
@@ -59,6 +64,11 @@ def _expand(inputs: list[str]) -> list[str]:
 
 def plan(inputs: list[str], opts: Options) -> tuple[list[Item], dict]:
     """Work items for the inputs, plus metadata for the index (class names for images)."""
+    if opts.format == "audio":
+        from ptft_engine.data.audio_sources import plan_audio
+
+        groups, meta = plan_audio(inputs, opts.manifest)
+        return [Item(path=g[0][0], clips=g) for g in groups], {**meta, "sample_rate": opts.sample_rate}
     if opts.format == "images":
         items, classes = [], []
         for root in inputs:
@@ -112,7 +122,9 @@ def _image_bytes(path: str) -> tuple[bytes, str]:
     with Image.open(io.BytesIO(data)) as im:
         im.verify()  # catches truncated / garbled files without a full decode
         fmt = (im.format or "").lower()
-    ext = IMAGE_EXTS.get(os.path.splitext(path)[1].lower()) or {"jpeg": "jpg"}.get(fmt, fmt or "jpg")
+    suffix = os.path.splitext(path)[1].lower().lstrip(".")
+    ext = suffix if suffix in IMAGE_EXTS else (fmt or "jpg")
+    ext = "jpg" if ext == "jpeg" else ext
     return data, ext
 
 
@@ -121,6 +133,10 @@ def process(item: Item, opts: Options) -> tuple[list[dict], list[tuple[str, str]
     samples: list[dict] = []
     bad: list[tuple[str, str]] = []
     nbytes = 0
+    if opts.format == "audio":
+        from ptft_engine.data.audio_sources import process_audio
+
+        return process_audio(item.clips, opts.sample_rate)
     if opts.format == "images":
         for path, cls in item.images:
             try:

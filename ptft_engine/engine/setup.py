@@ -5,11 +5,9 @@ import datetime
 import importlib
 import logging
 import os
-import random
 import socket
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -25,15 +23,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def pick_device(cfg: RunConfig) -> torch.device:
-    want = cfg.run.device
-    if want == "cuda" and not torch.cuda.is_available():
-        raise ValueError("run.device: cuda requested but no CUDA device is visible")
-    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
 
 
 # rendezvous variables this process set for itself (no launcher); dropped again at teardown
@@ -91,14 +80,6 @@ def teardown_distributed() -> None:
     OWN_ENV.clear()
 
 
-def seed_everything(seed: int, rank: int) -> None:
-    # Model init must match on every rank (same seed); data order comes from the loaders.
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    del rank
-
-
 def build_objective_from_config(cfg: RunConfig) -> torch.nn.Module:
     if cfg.model is None or cfg.objective is None:
         raise ValueError("config needs both a `model:` and an `objective:` section")
@@ -113,6 +94,14 @@ def objective_name(cfg: RunConfig) -> str | None:
     return getattr(cfg.objective, "name", None) if cfg.objective is not None else None
 
 
+def objective_spec(cfg: RunConfig):
+    """The config's objective spec; None for a run without `objective:` (a custom objective)."""
+    if cfg.objective is None:
+        return None
+    from ptft_engine.objectives import spec_of
+    return spec_of(cfg.objective)
+
+
 def make_loader(cfg: RunConfig, *, rank: int, world_size: int, epoch: int, split: str = "train"):
     """The train stream, or with split="eval" the held-out one (None when there is none)."""
     name = objective_name(cfg)
@@ -124,17 +113,19 @@ def make_loader(cfg: RunConfig, *, rank: int, world_size: int, epoch: int, split
     return build_loader(cfg.data, objective=name, rank=rank, world_size=world_size, epoch=epoch, split=split)
 
 
+def throughput_unit(cfg: RunConfig) -> str:
+    """What the run's throughput counts, as its objective spec says ("tokens" | "samples");
+    a custom objective (no `objective:`) reports num_tokens."""
+    spec = objective_spec(cfg)
+    return spec.unit if spec is not None else "tokens"
+
+
 def flops_per_unit(objective: torch.nn.Module, cfg: RunConfig) -> float | None:
-    """Training FLOPs (forward + backward) per token, or per sample, as the objective reports them."""
-    per_token = getattr(objective, "flops_per_token", None)
-    if per_token is not None:
-        seq_len = getattr(cfg.data, "seq_len", None)
-        try:
-            return float(per_token(seq_len)) if seq_len else float(per_token())
-        except TypeError:
-            return float(per_token())
-    per_sample = getattr(objective, "flops_per_sample", None)
-    return float(per_sample()) if per_sample is not None else None
+    """Training FLOPs (forward + backward) per unit, from the objective spec (None without one: no MFU)."""
+    spec = objective_spec(cfg)
+    if spec is None:
+        return None
+    return float(spec.flops_per_unit(objective, getattr(cfg.data, "seq_len", None)))
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -1,17 +1,23 @@
-"""Typed fine-tuning config (YAML -> pydantic); unknown keys are a one-line error naming the key."""
+"""Typed fine-tuning config (YAML -> pydantic); unknown keys are a one-line error naming the key.
+
+Read by the engine's config loader (ptft_engine.config.loader), so a fine-tuning recipe
+takes the same `key=value` overrides and gives the same errors as a pre-training one."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-TaskKind = Literal["sequence_classification", "token_classification", "regression", "image_classification"]
+from ptft_engine.config.loader import load_config, validate
+from ptft_engine.errors import ConfigError
+
+TaskKind = Literal["sequence_classification", "token_classification", "regression", "image_classification",
+                   "audio_classification"]
 DEFAULT_METRIC = {"sequence_classification": "accuracy", "token_classification": "entity_f1",
-                  "regression": "pearson", "image_classification": "accuracy"}
+                  "regression": "pearson", "image_classification": "accuracy", "audio_classification": "accuracy"}
 MINIMISED = {"mse", "loss"}
-SHARD_TASKS = ("image_classification", "sequence_classification", "regression")  # data.format shards
+SHARD_TASKS = ("image_classification", "sequence_classification", "regression", "audio_classification")
 
 
 class _Section(BaseModel):
@@ -66,7 +72,8 @@ class LoRASection(_Section):
 
 
 class StrategySection(_Section):
-    kind: Literal["full", "partial", "linear_probe", "lora"] = "full"
+    kind: Literal["full", "partial", "linear_probe", "lora", "freeze_feature_encoder"] = Field(
+        "full", description="freeze_feature_encoder: audio_classification only (wav2vec 2.0's conv stack frozen)")
     freeze_embeddings: bool = False
     freeze_layers: int = Field(0, ge=0, description="partial: freeze the lower N blocks")
     lora: LoRASection = Field(default_factory=LoRASection)
@@ -112,6 +119,16 @@ class FinetuneConfig(_Section):
                              "(shards hold one text and one label per sample; token tasks read jsonl or csv)")
         if self.data.format == "shards" and self.data.text_pair_field:
             raise ValueError("data.text_pair_field needs jsonl or csv: shards hold one text per sample")
+        audio = self.task.kind == "audio_classification"
+        if audio and self.data.format != "shards":
+            raise ValueError("task.kind audio_classification reads audio shards: set data.format: shards "
+                             "(ptft shard --format audio)")
+        if audio and self.strategy.kind == "partial":
+            raise ValueError("strategy.kind partial: audio_classification takes full, freeze_feature_encoder, "
+                             "linear_probe or lora")
+        if not audio and self.strategy.kind == "freeze_feature_encoder":
+            raise ValueError(f"strategy.kind freeze_feature_encoder needs task.kind audio_classification, "
+                             f"got {self.task.kind}")
         return self
 
     @property
@@ -119,38 +136,13 @@ class FinetuneConfig(_Section):
         return self.eval.metric or DEFAULT_METRIC[self.task.kind]
 
 
-def _set_dotted(data: dict, dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    for k in keys[:-1]:
-        data = data.setdefault(k, {})
-        if not isinstance(data, dict):
-            raise ValueError(f"override {dotted!r}: {k} is not a section")
-    data[keys[-1]] = value
-
-
 def parse_finetune_config(data: Any, source: str = "config") -> FinetuneConfig:
-    from ptft_engine.models import format_validation_error
-
+    """A mapping of settings (e.g. built in code) -> FinetuneConfig; ConfigError naming the key."""
     if not isinstance(data, dict):
-        raise ValueError(f"{source}: expected a mapping of fine-tuning settings")
-    try:
-        return FinetuneConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ValueError(f"{source}: {format_validation_error(exc)}") from None
+        raise ConfigError(f"{source}: expected a mapping of fine-tuning settings, got {type(data).__name__}")
+    return validate(FinetuneConfig, data, source)
 
 
 def load_finetune_config(path: str | Path | None, overrides: list[str] = ()) -> FinetuneConfig:
-    """YAML file + `key.sub=value` overrides (values parsed as YAML scalars)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"{path}: cannot read config ({exc.__class__.__name__})") from None
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} is not key=value")
-        _set_dotted(data, key.strip(), yaml.safe_load(value))
-    return parse_finetune_config(data, str(path or "config"))
+    """YAML file + dotted `key=value` overrides, read as `ptft pretrain` reads its recipe."""
+    return load_config(FinetuneConfig, path, list(overrides))

@@ -9,7 +9,8 @@ import yaml
 
 from ptft_engine.cli import main
 from ptft_engine.finetune import parse_finetune_config
-from ptft_engine.finetune.data import FinetuneDataError, read_image_folder, read_records
+from ptft_engine.finetune.data import read_image_folder, read_records
+from ptft_engine.finetune.errors import FinetuneDataError
 from ptft_engine.finetune.datasets import build_task_data
 from ptft_engine.models import parse_model_config
 
@@ -98,7 +99,8 @@ def test_bad_shard_input_is_a_one_line_error(folder_and_shards, tmp_path, capsys
     assert f"shard {tmp_path / 'text' / 'shard-000000.tar'}, key 0000000_000000: no .label member" in err
 
     with pytest.raises(ValueError, match="data.format=shards needs task.kind image_classification or "
-                                         "sequence_classification or regression, got token_classification"):
+                                         "sequence_classification or regression or audio_classification, "
+                                         "got token_classification"):
         parse_finetune_config({**cfg, "task": {"kind": "token_classification"}})
 
 

@@ -6,11 +6,15 @@ import sys
 import torch
 
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+import importlib  # noqa: E402
+
 import deepspeed  # noqa: E402
 
 from ptft_engine.models import build_model, count_parameters, load_model_config  # noqa: E402
 from ptft_engine.objectives import build_objective  # noqa: E402
 
+# as engine/setup.py: skip DeepSpeed's JIT build of a CPU shared-memory op that training never uses
+importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 deepspeed.init_distributed(dist_backend="gloo", verbose=False)
 ids = torch.randint(4, 64, (4, 12))
 CASES = {
@@ -20,9 +24,14 @@ CASES = {
     "vit-tiny-digits": ("simclr", {"view1": torch.rand(4, 1, 8, 8), "view2": torch.rand(4, 1, 8, 8)}),
     "clip-tiny": ("clip", {"pixel_values": torch.rand(4, 1, 8, 8), "input_ids": ids,
                            "attention_mask": torch.ones(4, 12, dtype=torch.bool)}),
+    "wav2vec2-tiny": ({"name": "wav2vec2", "num_negatives": 5},
+                      {"input_values": torch.randn(4, 8000), "attention_mask": torch.ones(4, 8000, dtype=torch.bool)}),
 }
 root = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "models")
+only = sys.argv[2:]  # names to check (default: all)
 for name, (objective, batch) in CASES.items():
+    if only and name not in only:
+        continue
     cfg = load_model_config(os.path.join(root, f"{name}.yaml"))
     ds = {"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 3},
           "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "torch_adam": True}}}
