@@ -86,9 +86,10 @@ def plot_comparison(rows: list[dict], path: Path, title: str = "pre-trained vs f
     fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(fractions) + 2, 0.3 * len(recipes) * len(fractions) + 2),
                                     4.5 + 0.15 * len(recipes)))
     for i, name in enumerate(recipes):
-        xs = [j + (i - (len(recipes) - 1) / 2) * width for j in range(len(fractions))]
-        ys = [acc.get((name, f), 0.0) for f in fractions]
-        err = [spread.get((name, f), 0.0) for f in fractions] if spread else None
+        have = [(j, f) for j, f in enumerate(fractions) if (name, f) in acc]  # a recipe may skip a budget
+        xs = [j + (i - (len(recipes) - 1) / 2) * width for j, _ in have]
+        ys = [acc[(name, f)] for _, f in have]
+        err = [spread.get((name, f), 0.0) for _, f in have] if spread else None
         bars = ax.bar(xs, ys, width, yerr=err, label=name, color="0.6" if name.startswith("scratch") else f"C{i}")
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
     labels = {r["labels_fraction"]: r.get("train_labels") for r in rows}
