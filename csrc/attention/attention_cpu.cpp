@@ -236,8 +236,13 @@ struct Visibility {
   }
 };
 
+// H query heads share Hkv key/value heads (grouped-query attention; Hkv == H is plain
+// multi-head, Hkv == 1 multi-query): query head h reads kv head h / (H / Hkv).
 struct Shape {
-  int64_t B, H, Sq, Sk, D;
+  int64_t B, H, Hkv, Sq, Sk, D;
+  int64_t group() const { return H / Hkv; }
+  // Row of (batch, kv head) in k/v for row bh = b * H + h of q.
+  int64_t kv_row(int64_t bh) const { return (bh / H) * Hkv + (bh % H) / group(); }
 };
 
 Visibility visibility_for(int64_t b, const Shape& sh, bool causal, const bool* pad,
@@ -265,8 +270,8 @@ void forward_impl(const scalar_t* q, const scalar_t* k, const scalar_t* v, scala
       int32_t qlo, qhi;
       vis.seg_range(qs, mq, &qlo, &qhi);
       const acc_t* qa = as_acc(q + (bh * sh.Sq + qs) * D, mq * D, qbuf);
-      const scalar_t* kb_base = k + bh * sh.Sk * D;
-      const scalar_t* vb_base = v + bh * sh.Sk * D;
+      const scalar_t* kb_base = k + sh.kv_row(bh) * sh.Sk * D;
+      const scalar_t* vb_base = v + sh.kv_row(bh) * sh.Sk * D;
       std::fill(o.begin(), o.end(), acc_t(0));
       std::fill(m.begin(), m.end(), ninf);
       std::fill(l.begin(), l.end(), acc_t(0));
@@ -314,25 +319,28 @@ void backward_impl(const scalar_t* dout, const scalar_t* q, const scalar_t* k, c
                    scalar_t* dv, const Shape& sh, bool causal, const bool* pad,
                    const int32_t* seg, double scale_d) {
   using acc_t = acc_type_t<scalar_t>;
-  const int64_t D = sh.D, Sq = sh.Sq, Sk = sh.Sk;
+  const int64_t D = sh.D, Sq = sh.Sq, Sk = sh.Sk, G = sh.group();
   const acc_t scale = static_cast<acc_t>(scale_d);
-  // One (batch, head) per task: dk/dv of a key block gather over all query blocks and
-  // dq over all key blocks, so a task owns every accumulator it writes.
-  at::parallel_for(0, sh.B * sh.H, 1, [&](int64_t begin, int64_t end) {
+  // One (batch, kv head) per task: dK/dV of a key block gather over every query block of all
+  // G query heads that share it (no atomics, a fixed order: deterministic), and each head's dQ
+  // over all key blocks, so a task owns every accumulator it writes. The G query heads of a
+  // group are adjacent in q, so the group's rows form one contiguous (G * Sq, D) block.
+  at::parallel_for(0, sh.B * sh.Hkv, 1, [&](int64_t begin, int64_t end) {
     SingleThreadBlas one_thread;
     std::vector<acc_t> qbuf, kbuf, vbuf, dobuf, obuf;
-    std::vector<acc_t> p(kBwdBlockQ * kBwdBlockK), dp(kBwdBlockQ * kBwdBlockK), delta(Sq), dq_acc(Sq * D);
+    std::vector<acc_t> p(kBwdBlockQ * kBwdBlockK), dp(kBwdBlockQ * kBwdBlockK), delta(G * Sq), dq_acc(G * Sq * D);
     std::vector<acc_t> dk_acc(kBwdBlockK * D), dv_acc(kBwdBlockK * D);
     std::vector<int32_t> qlo((Sq + kBwdBlockQ - 1) / kBwdBlockQ), qhi(qlo.size());
-    for (int64_t bh = begin; bh < end; ++bh) {
-      const Visibility vis = visibility_for(bh / sh.H, sh, causal, pad, seg);
-      const acc_t* qa = as_acc(q + bh * Sq * D, Sq * D, qbuf);
-      const acc_t* doa = as_acc(dout + bh * Sq * D, Sq * D, dobuf);
-      const acc_t* oa = as_acc(out + bh * Sq * D, Sq * D, obuf);
-      const acc_t* ka = as_acc(k + bh * Sk * D, Sk * D, kbuf);
-      const acc_t* va = as_acc(v + bh * Sk * D, Sk * D, vbuf);
-      const acc_t* lse_bh = lse + bh * Sq;
-      for (int64_t i = 0; i < Sq; ++i) {  // delta_i = dO_i . O_i = sum_j P_ij dP_ij
+    for (int64_t bkv = begin; bkv < end; ++bkv) {
+      const int64_t b = bkv / sh.Hkv, bh0 = b * sh.H + (bkv % sh.Hkv) * G;  // first query head
+      const Visibility vis = visibility_for(b, sh, causal, pad, seg);
+      const acc_t* qa = as_acc(q + bh0 * Sq * D, G * Sq * D, qbuf);
+      const acc_t* doa = as_acc(dout + bh0 * Sq * D, G * Sq * D, dobuf);
+      const acc_t* oa = as_acc(out + bh0 * Sq * D, G * Sq * D, obuf);
+      const acc_t* ka = as_acc(k + bkv * Sk * D, Sk * D, kbuf);
+      const acc_t* va = as_acc(v + bkv * Sk * D, Sk * D, vbuf);
+      const acc_t* lse_g = lse + bh0 * Sq;
+      for (int64_t i = 0; i < G * Sq; ++i) {  // delta_i = dO_i . O_i = sum_j P_ij dP_ij
         acc_t acc = 0;
         for (int64_t d = 0; d < D; ++d) acc += doa[i * D + d] * oa[i * D + d];
         delta[i] = acc;
@@ -345,38 +353,41 @@ void backward_impl(const scalar_t* dout, const scalar_t* q, const scalar_t* k, c
         std::fill(dk_acc.begin(), dk_acc.end(), acc_t(0));
         std::fill(dv_acc.begin(), dv_acc.end(), acc_t(0));
         const int64_t q_first = causal ? (ks / kBwdBlockQ) * kBwdBlockQ : 0;  // earlier rows see none of these keys
-        for (int64_t qs = q_first; qs < Sq; qs += kBwdBlockQ) {
-          const int64_t mq = std::min(kBwdBlockQ, Sq - qs), qb = qs / kBwdBlockQ;
-          const auto kind = vis.classify(qs, mq, ks, nk, qlo[qb], qhi[qb]);
-          if (kind == Visibility::kSkip) continue;
-          const acc_t* qi = qa + qs * D;
-          const acc_t* doi = doa + qs * D;
-          gemm_abt<acc_t>(mq, nk, D, scale, qi, D, ka + ks * D, D, acc_t(0), p.data(), nk);
-          if (kind == Visibility::kPartial) vis.apply(p.data(), nk, qs, mq, ks, nk);
-          for (int64_t i = 0; i < mq; ++i) exp_shift_sum(p.data() + i * nk, nk, lse_bh[qs + i]);
-          gemm_atb<acc_t>(nk, D, mq, p.data(), nk, doi, D, dv_acc.data(), D);  // dV += P^T dO
-          gemm_abt<acc_t>(mq, nk, D, acc_t(1), doi, D, va + ks * D, D, acc_t(0), dp.data(), nk);
-          for (int64_t i = 0; i < mq; ++i) {  // dS = P * (dP - delta) * scale, kept in dp
-            acc_t* dpi = dp.data() + i * nk;
-            const acc_t* pi = p.data() + i * nk;
-            const acc_t di = delta[qs + i];
-            for (int64_t j = 0; j < nk; ++j) dpi[j] = pi[j] * (dpi[j] - di) * scale;
+        for (int64_t g = 0; g < G; ++g) {
+          const int64_t row0 = g * Sq;  // this head's first row in the group's (G * Sq, D) block
+          for (int64_t qs = q_first; qs < Sq; qs += kBwdBlockQ) {
+            const int64_t mq = std::min(kBwdBlockQ, Sq - qs), qb = qs / kBwdBlockQ;
+            const auto kind = vis.classify(qs, mq, ks, nk, qlo[qb], qhi[qb]);
+            if (kind == Visibility::kSkip) continue;
+            const acc_t* qi = qa + (row0 + qs) * D;
+            const acc_t* doi = doa + (row0 + qs) * D;
+            gemm_abt<acc_t>(mq, nk, D, scale, qi, D, ka + ks * D, D, acc_t(0), p.data(), nk);
+            if (kind == Visibility::kPartial) vis.apply(p.data(), nk, qs, mq, ks, nk);
+            for (int64_t i = 0; i < mq; ++i) exp_shift_sum(p.data() + i * nk, nk, lse_g[row0 + qs + i]);
+            gemm_atb<acc_t>(nk, D, mq, p.data(), nk, doi, D, dv_acc.data(), D);  // dV += P^T dO
+            gemm_abt<acc_t>(mq, nk, D, acc_t(1), doi, D, va + ks * D, D, acc_t(0), dp.data(), nk);
+            for (int64_t i = 0; i < mq; ++i) {  // dS = P * (dP - delta) * scale, kept in dp
+              acc_t* dpi = dp.data() + i * nk;
+              const acc_t* pi = p.data() + i * nk;
+              const acc_t di = delta[row0 + qs + i];
+              for (int64_t j = 0; j < nk; ++j) dpi[j] = pi[j] * (dpi[j] - di) * scale;
+            }
+            gemm_ab<acc_t>(mq, D, nk, dp.data(), nk, ka + ks * D, D, acc_t(1), dq_acc.data() + (row0 + qs) * D, D);
+            gemm_atb<acc_t>(nk, D, mq, dp.data(), nk, qi, D, dk_acc.data(), D);  // dK += dS^T Q
           }
-          gemm_ab<acc_t>(mq, D, nk, dp.data(), nk, ka + ks * D, D, acc_t(1), dq_acc.data() + qs * D, D);
-          gemm_atb<acc_t>(nk, D, mq, dp.data(), nk, qi, D, dk_acc.data(), D);  // dK += dS^T Q
         }
         for (int64_t x = 0; x < nk * D; ++x) {
-          dk[(bh * Sk + ks) * D + x] = static_cast<scalar_t>(dk_acc[x]);
-          dv[(bh * Sk + ks) * D + x] = static_cast<scalar_t>(dv_acc[x]);
+          dk[(bkv * Sk + ks) * D + x] = static_cast<scalar_t>(dk_acc[x]);
+          dv[(bkv * Sk + ks) * D + x] = static_cast<scalar_t>(dv_acc[x]);
         }
       }
-      for (int64_t x = 0; x < Sq * D; ++x) dq[bh * Sq * D + x] = static_cast<scalar_t>(dq_acc[x]);
+      for (int64_t x = 0; x < G * Sq * D; ++x) dq[bh0 * Sq * D + x] = static_cast<scalar_t>(dq_acc[x]);
     }
   });
 }
 
 Shape shape_of(const at::Tensor& q, const at::Tensor& k) {
-  return Shape{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3)};
+  return Shape{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3)};
 }
 
 const bool* pad_ptr(const std::optional<at::Tensor>& t) {

@@ -9,6 +9,9 @@ Masking conventions (shared by every backend):
 - `segment_ids` (B, S) int: query i sees key j only if their ids are equal
   (block-diagonal attention for packed documents), combined with causal and padding.
 - A query row that sees no key outputs zeros; its gradients are zero too.
+- Grouped-query attention: k, v may have Hkv heads with Hkv dividing q's H; query head h
+  reads kv head h // (H // Hkv) (Hkv == 1: multi-query). The fused kernels index the shared
+  head; this spec simply expands it, and autograd sums the gradients of each group.
 """
 from __future__ import annotations
 
@@ -53,7 +56,7 @@ def attention_reference(
     upcast: bool = False,
     return_lse: bool = False,
 ):
-    """softmax(q k^T * scale + mask) v for (B, H, S, D) inputs, differentiable by autograd.
+    """softmax(q k^T * scale + mask) v for q (B, H, S_q, D), k/v (B, Hkv, S_k, D), differentiable.
 
     With `return_lse` also returns the fp32 log-sum-exp (B, H, S_q) of the scaled,
     masked scores (+inf for rows that see no key), which the fused kernels save.
@@ -63,8 +66,11 @@ def attention_reference(
         q, k, v = q.float(), k.float(), v.float()
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    batch, _, s_q, _ = q.shape
+    batch, heads, s_q, _ = q.shape
     s_k = k.shape[2]
+    if k.shape[1] != heads:  # grouped-query: every kv head serves H // Hkv adjacent query heads
+        k = k.repeat_interleave(heads // k.shape[1], dim=1)  # (B, H, S_k, D)
+        v = v.repeat_interleave(heads // v.shape[1], dim=1)
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, H, S_q, S_k)
     mask = visible_mask(batch, s_q, s_k, q.device, causal=causal,
                         key_padding_mask=key_padding_mask, segment_ids=segment_ids)

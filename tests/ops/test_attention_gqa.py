@@ -1,0 +1,118 @@
+"""Grouped-query (Hkv = 2) and multi-query (Hkv = 1) attention with H = 4 query heads: every
+backend that runs here takes k, v with Hkv heads as they are (no expanded copy), matches the
+reference (which expands them: it is the spec), and returns dk, dv with Hkv heads."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ptft_engine.ops import attention
+from ptft_engine.ops.attention import native, triton as triton_attention
+from ptft_engine.ops.attention.reference import attention_reference
+from test_attention import assert_close_fp32, assert_flash_rule, make_inputs, run
+
+H = 4
+
+
+def gqa_inputs(b, s, d, h_kv, dtype, **extra):
+    """make_inputs with H query heads, k and v cut to their first h_kv heads."""
+    (q, k, v, do), masks = make_inputs(b, H, s, d, dtype, **extra)
+    return (q, k[:, :h_kv].contiguous(), v[:, :h_kv].contiguous(), do), masks
+
+
+# (B, S_q, D, extra kwargs for make_inputs, causal): odd lengths and head dims, masks, cross
+CPU_CASES = [
+    pytest.param(2, 113, 40, {}, False, id="s113-d40"),
+    pytest.param(2, 113, 72, dict(pad=True, segments=True), True, id="s113-d72-causal-pad-seg"),
+    pytest.param(2, 77, 64, dict(s_k=200, pad=True), False, id="cross-77x200-pad"),
+    pytest.param(1, 300, 32, dict(segments=True), True, id="s300-multiblock-causal-seg"),
+]
+TRITON_CASES = [
+    pytest.param(1, 17, 16, {}, False, id="s17-d16"),
+    pytest.param(1, 70, 16, {}, True, id="s70-d16-causal"),
+    pytest.param(2, 33, 40, dict(pad=True, segments=True), True, id="s33-d40-causal-pad-seg"),
+    pytest.param(1, 17, 16, dict(s_k=33, pad=True), False, id="cross-17x33-pad"),
+]
+
+
+@pytest.mark.parametrize("h_kv", [1, 2], ids=["mqa", "gqa2"])
+@pytest.mark.parametrize("b,s,d,extra,causal", CPU_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_cpu_gqa_matches_reference(b, s, d, extra, causal, dtype, h_kv):
+    (q, k, v, do), masks = gqa_inputs(b, s, d, h_kv, dtype, **extra)
+    if dtype == torch.float32:
+        assert_close_fp32("cpu", q, k, v, do, causal=causal, **masks)
+    else:
+        assert_flash_rule("cpu", q, k, v, do, atol=2e-3, causal=causal, **masks)
+
+
+@pytest.mark.parametrize("h_kv", [1, 2], ids=["mqa", "gqa2"])
+@pytest.mark.parametrize("b,s,d,extra,causal", TRITON_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_triton_gqa_matches_reference(b, s, d, extra, causal, dtype, h_kv):
+    (q, k, v, do), masks = gqa_inputs(b, s, d, h_kv, dtype, **extra)
+    if dtype == torch.float32:
+        assert_close_fp32("triton", q, k, v, do, causal=causal, **masks)
+    else:
+        assert_flash_rule("triton", q, k, v, do, atol=1e-3, causal=causal, **masks)
+
+
+@pytest.mark.parametrize("h_kv", [1, 2], ids=["mqa", "gqa2"])
+def test_reference_gqa_is_attention_over_expanded_heads(h_kv):
+    """The spec by hand: query head h attends with kv head h // (H // Hkv)."""
+    (q, k, v, _), masks = gqa_inputs(2, 21, 8, h_kv, torch.float64, pad=True)
+    out = attention_reference(q, k, v, causal=True, **masks)
+    for h in range(H):
+        kv = h // (H // h_kv)
+        one = attention_reference(q[:, h:h + 1], k[:, kv:kv + 1], v[:, kv:kv + 1], causal=True, **masks)
+        torch.testing.assert_close(out[:, h:h + 1], one, rtol=0, atol=0)
+
+
+def test_cpu_gqa_gradcheck_float64():
+    (q, k, v, _), masks = gqa_inputs(1, 9, 8, 2, torch.float64, pad=True, segments=True)
+    q, k, v = (t.requires_grad_(True) for t in (q, k, v))
+    fn = lambda q, k, v: attention(q, k, v, causal=True, scale=0.4, backend="cpu", **masks)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (q, k, v), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_gqa_dkdv_is_deterministic(backend):
+    """dK/dV of a shared head sum its group in a fixed order: two runs agree bit for bit."""
+    (q, k, v, do), _ = gqa_inputs(1, 40, 16, 1, torch.float32)
+    first = run(lambda *a, **kw: attention(*a, backend=backend, **kw), q, k, v, do, causal=True)
+    second = run(lambda *a, **kw: attention(*a, backend=backend, **kw), q, k, v, do, causal=True)
+    assert torch.equal(first[2], second[2]) and torch.equal(first[3], second[3])
+
+
+@pytest.mark.parametrize("backend,module", [("cpu", native), ("triton", triton_attention)])
+def test_backend_sees_kv_heads_not_a_repeated_copy(backend, module, monkeypatch):
+    """The launchers receive k, v (and give back dk, dv) with Hkv heads: no (B, H, S, D) copy."""
+    (q, k, v, do), _ = gqa_inputs(1, 24, 16, 1, torch.float32)
+    seen = []
+    for name in ("attention_forward", "attention_backward"):
+        real = getattr(module, name)
+
+        def spy(*args, _real=real, _name=name):
+            seen.append((_name, tuple(a.shape for a in args[:6] if isinstance(a, torch.Tensor))))
+            result = _real(*args)
+            if _name == "attention_backward":
+                seen.append(("grads", tuple(t.shape for t in result)))
+            return result
+
+        monkeypatch.setattr(module, name, spy)
+    run(lambda *a, **kw: attention(*a, backend=backend, **kw), q, k, v, do, causal=True)
+    q_shape, kv_shape = (1, H, 24, 16), (1, 1, 24, 16)
+    assert seen == [("attention_forward", (q_shape, kv_shape, kv_shape)),
+                    ("attention_backward", (q_shape, q_shape, kv_shape, kv_shape, q_shape, (1, H, 24))),
+                    ("grads", (q_shape, kv_shape, kv_shape))], seen
+
+
+def test_kv_heads_must_divide_query_heads():
+    q = torch.randn(1, 4, 8, 16)
+    kv = torch.randn(1, 3, 8, 16)
+    with pytest.raises(ValueError, match="Hkv dividing H"):
+        attention(q, kv, kv, backend="cpu")
+    from ptft_engine.ops import _native
+
+    with pytest.raises(RuntimeError, match="must divide q heads"):  # the C++ front checks too
+        _native.native().attention_cpu_forward(q, kv, kv, False, None, None, 0.25)
