@@ -116,3 +116,30 @@ def test_kv_heads_must_divide_query_heads():
 
     with pytest.raises(RuntimeError, match="must divide q heads"):  # the C++ front checks too
         _native.native().attention_cpu_forward(q, kv, kv, False, None, None, 0.25)
+
+
+def test_self_attention_passes_kv_heads_unrepeated(monkeypatch):
+    """nn.SelfAttention with num_kv_heads < num_heads hands the op the narrow k, v; the result
+    equals attention over explicitly repeated heads (what the layer did before)."""
+    import ptft_engine.nn.attention as nn_attention
+
+    torch.manual_seed(0)
+    layer = nn_attention.SelfAttention(32, H, num_kv_heads=1, bias=False).eval()
+    x = torch.randn(2, 11, 32)
+    shapes = []
+
+    def spy(q, k, v, **kw):
+        shapes.append((tuple(q.shape), tuple(k.shape), tuple(v.shape)))
+        return attention(q, k, v, backend="cpu", **kw)
+
+    monkeypatch.setattr(nn_attention, "_attention_fn", spy)
+    with torch.no_grad():
+        out = layer(x, causal=True)
+
+        def repeated(q, k, v, **kw):
+            return attention_reference(q, k.repeat_interleave(H, 1), v.repeat_interleave(H, 1), **kw)
+
+        monkeypatch.setattr(nn_attention, "_attention_fn", repeated)
+        want = layer(x, causal=True)
+    assert shapes == [((2, H, 11, 8), (2, 1, 11, 8), (2, 1, 11, 8))]
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
