@@ -3,7 +3,9 @@
 --device cpu (default): (4, 8, 512, 64) fp32, the C++ cpu backend vs SDPA on CPU, causal
 and not, forward and forward+backward, in milliseconds (ratio = peer / ours, so > 1 means
 we are faster); calls alternate so both see the same machine load. One extra case packs
-4 documents per row (segment_ids + causal), where SDPA needs an explicit boolean mask.
+4 documents per row (segment_ids + causal), where SDPA needs an explicit boolean mask, and
+one is grouped-query (Hkv = H / 4 key/value heads, causal): our kernel reads the shared heads in
+place, SDPA gets them with enable_gqa=True.
 --device cuda: bf16, D = 128, S in {2048, 4096}, full, causal and 4 packed documents per
 row: forward, backward and forward+backward TFLOP/s of the triton and cuda backends vs SDPA
 (flash; with the packed rows' mask SDPA picks its masked kernel), ratio = ours / peer.
@@ -41,6 +43,14 @@ def bench_cpu(args) -> None:
     b, h, s, d = 4, 8, 512, 64
     g = torch.Generator().manual_seed(0)
     q, k, v, do = (torch.randn(b, h, s, d, generator=g) for _ in range(4))
+    _bench_cpu_cases(args, q, k, v, do)
+    h_kv = h // 4  # grouped-query: 4 query heads per key/value head
+    _bench_cpu_cases(args, q, k[:, :h_kv].contiguous(), v[:, :h_kv].contiguous(), do)
+
+
+def _bench_cpu_cases(args, q, k, v, do) -> None:
+    b, h, s, d = q.shape
+    h_kv = k.shape[1]
     seg = (torch.arange(s) // (s // 4)).expand(b, s).contiguous()  # 4 packed documents per row
     packed_mask = visible_mask(b, s, s, q.device, causal=True, segment_ids=seg)  # (B, 1, S, S)
     cases = {
@@ -48,8 +58,11 @@ def bench_cpu(args) -> None:
         "causal": (dict(causal=True), dict(is_causal=True)),
         "packed4_causal": (dict(causal=True, segment_ids=seg), dict(attn_mask=packed_mask)),
     }
-    repeats = 5 if args.quick else 15
     shape = f"{b}x{h}x{s}x{d}"
+    if h_kv != h:  # the grouped-query run: one causal case, SDPA broadcasting the kv heads itself
+        cases = {f"gqa{h // h_kv}_causal": (dict(causal=True), dict(is_causal=True, enable_gqa=True))}
+        shape = f"{b}x{h}kv{h_kv}x{s}x{d}"
+    repeats = 5 if args.quick else 15
     for name, (our_kw, sdpa_kw) in cases.items():
         ours = lambda q, k, v: attention(q, k, v, backend="cpu", **our_kw)  # noqa: E731
         peer = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, **sdpa_kw)  # noqa: E731
