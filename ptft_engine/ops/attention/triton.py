@@ -7,8 +7,11 @@ of the additions varies run to run, so dQ is NOT bitwise deterministic (differen
 fp32 rounding level); dK, dV and the forward are deterministic.
 
 Inputs are read by their batch/head/sequence strides (the models' transposed (B, H, S, D)
-views need no copy; the head dim must be contiguous). Head dims up to 128 (odd ones padded
-to a power-of-two BLOCK_D and masked), any sequence length, causal / key padding / segments.
+views need no copy; the head dim must be contiguous). k and v may have fewer heads than q
+(grouped-query, Hkv dividing H): a query head reads its group's kv head in place, and the
+backward runs one program per key block of each (batch, kv head) that loops over the group's
+query heads, so dK/dV stay deterministic. Head dims up to 128 (odd ones padded to a
+power-of-two BLOCK_D and masked), any sequence length, causal / key padding / segments.
 With padding or segments a tiny pre-pass (`_chunk_ranges`) gives every 16 queries and keys
 their [min, max] segment id and whether a key is padded: key blocks whose range misses the
 query block's are skipped, blocks provably fully visible run without mask arithmetic.
