@@ -20,7 +20,7 @@ try:  # the model/objective/data packages own their schemas; fall back to plain 
 except ImportError:  # pragma: no cover - only while those packages are missing
     ModelConfig = dict[str, Any]  # type: ignore
 try:
-    from ptft_engine.objectives.config import ObjectiveConfig  # type: ignore
+    from ptft_engine.objectives.spec import ObjectiveConfig  # type: ignore
 except ImportError:  # pragma: no cover
     ObjectiveConfig = dict[str, Any]  # type: ignore
 try:

@@ -38,7 +38,7 @@ class DataConfig(BaseModel):
     replace_prob: float = Field(0.8, ge=0.0, le=1.0)
     random_prob: float = Field(0.1, ge=0.0, le=1.0)
     mask_backend: str | None = None
-    mask_in: Literal["worker", "step"] = "worker"  # step: batches carry mlm_sample_ids, see apply_mlm_mask
+    mask_in: Literal["worker", "step"] = "worker"  # step: the trainer masks on its device (Loader.on_device)
     add_bos: bool = False
     text_field: str = "txt"
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ptft_engine.data.config import DataConfig
 from ptft_engine.data.errors import BadSamples
+from ptft_engine.data.needs import DataNeeds
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
@@ -89,8 +90,13 @@ def augment(img: torch.Tensor, cfg: DataConfig, g: torch.Generator, *, jitter: b
 
 
 class ImageBuilder:
-    def __init__(self, cfg: DataConfig, objective: str, tok=None):
-        self.cfg, self.objective, self.tok = cfg, objective, tok
+    """needs.image_views augmented views per image: one (`pixel_values`, lightly augmented,
+    with its tokenised caption for kind image_text), or several (`view1`, `view2`, ...,
+    colour-jittered: contrastive pairs)."""
+
+    def __init__(self, cfg: DataConfig, needs: DataNeeds, tok=None):
+        self.cfg, self.needs, self.tok = cfg, needs, tok
+        self.captions = needs.kind == "image_text"
 
     def build(self, records, *, epoch: int, first_pos: int, bad: BadSamples) -> tuple[dict, dict, list[int]]:
         cfg = self.cfg
@@ -100,15 +106,17 @@ class ImageBuilder:
         for pos, shard, key, members in records:
             try:
                 img = decode_image(members)
-                caption = members["txt"].decode("utf-8") if self.objective == "clip" else ""
+                caption = members["txt"].decode("utf-8") if self.captions else ""
             except KeyError:
                 bad.skip(shard, key, "no .txt caption member")
                 continue
             except Exception as exc:  # PIL raises many types for a broken image
                 bad.skip(shard, key, f"undecodable ({exc.__class__.__name__}: {exc})")
                 continue
-            if self.objective == "simclr":
-                views.append([augment(img, cfg, _generator(cfg.seed, epoch, pos, v), jitter=True) for v in (1, 2)])
+            n_views = self.needs.image_views
+            if n_views > 1:
+                views.append([augment(img, cfg, _generator(cfg.seed, epoch, pos, v), jitter=True)
+                              for v in range(1, n_views + 1)])
             else:
                 views.append([augment(img, cfg, _generator(cfg.seed, epoch, pos, 0), jitter=False)])
                 captions.append(caption)
@@ -122,9 +130,11 @@ class ImageBuilder:
                 captions.append(captions[repeated % len(kept)])
             repeated += 1
         stats = {"repeated": repeated}
-        if self.objective == "simclr":
-            return {"view1": torch.stack([v[0] for v in views]), "view2": torch.stack([v[1] for v in views])}, stats, kept
-        return {"pixel_values": torch.stack([v[0] for v in views]), **self.tokenize(captions)}, stats, kept
+        if self.needs.image_views > 1:
+            return {f"view{i + 1}": torch.stack([v[i] for v in views])
+                    for i in range(self.needs.image_views)}, stats, kept
+        text = self.tokenize(captions) if self.captions else {}
+        return {"pixel_values": torch.stack([v[0] for v in views]), **text}, stats, kept
 
     def tokenize(self, captions: list[str]) -> dict:
         tok, seq = self.tok, self.cfg.seq_len

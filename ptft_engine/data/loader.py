@@ -24,13 +24,13 @@ from ptft_engine.data.config import DataConfig
 from ptft_engine.data.errors import BadSamples, DataError, log
 from ptft_engine.data.index import ShardIndex, resolve_source, sha256_file
 from ptft_engine.data.index_columns import shard_counts
+from ptft_engine.data.needs import DataNeeds
 from ptft_engine.data.order import EpochOrder
 from ptft_engine.data.remote import is_remote, redact
 from ptft_engine.data.stream import ShardStream, steps_left
 
 AUTO_SAMPLE_DOCS = 256
 MAX_AUTO_PREFETCH = 64
-OBJECTIVE_KIND = {"mlm": "text", "clm": "text", "simclr": "image", "clip": "image_text"}
 STATE_VERSION = 1
 
 
@@ -54,10 +54,9 @@ def _worker_init(_: int) -> None:
 class Loader:
     def __init__(self, cfg: DataConfig, *, objective: str, rank: int, world_size: int, epoch: int = 0,
                  split: str = "train"):
-        if objective not in OBJECTIVE_KIND:
-            raise DataError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVE_KIND)}")
-        if OBJECTIVE_KIND[objective] != cfg.kind:
-            raise DataError(f"objective {objective!r} needs data kind {OBJECTIVE_KIND[objective]!r}, "
+        self.needs = needs_of(objective)
+        if self.needs.kind != cfg.kind:
+            raise DataError(f"objective {objective!r} needs data kind {self.needs.kind!r}, "
                             f"but the data config says kind {cfg.kind!r}")
         if not (world_size >= 1 and 0 <= rank < world_size):
             raise DataError(f"rank {rank} is outside world size {world_size}")
@@ -130,7 +129,7 @@ class Loader:
             flat = np.concatenate([self._lengths[s.path] for s in order.shards])
             base = np.concatenate([[0], np.cumsum(shard_counts(order.shards))])
             shard_ids, idxs = order.slice(0, len(order))
-            self._plans[epoch] = PackingPlan(flat[base[shard_ids] + idxs], self.cfg.seq_len, self.objective,
+            self._plans[epoch] = PackingPlan(flat[base[shard_ids] + idxs], self.cfg.seq_len, self.needs.text_layout,
                                              add_bos=self.cfg.add_bos)
             self._rows[epoch] = self._plans[epoch].n_rows
             if len(self._plans) > 2:  # this epoch's and the one whose tail it carries: plans can be large
@@ -181,7 +180,7 @@ class Loader:
         texts, _ = self.builder.texts(reader.read(0, BadSamples(strict=False)), BadSamples(strict=False))
         self._add_stats(reader.counters())
         reader.close()
-        extra = 1 if self.objective == "clm" else 2  # <eos>, or [CLS] and [SEP]
+        extra = self.needs.specials_per_doc
         per_doc = sum(len(ids) + extra for ids in self.builder.tok.encode_batch(texts)) / max(1, len(texts))
         return max(1, int(cfg.batch_size * cfg.seq_len / max(per_doc, 1.0)))
 
@@ -198,17 +197,11 @@ class Loader:
 
         cfg = self.cfg
         tok = None
-        if self.objective in ("mlm", "clm", "clip"):
+        if self.needs.tokenizer:
             if not cfg.tokenizer:
                 raise DataError(f"objective {self.objective!r} needs `tokenizer` (a tokenizer.json) in the data config")
             tok = load_tokenizer(cfg.tokenizer)
-        if cfg.kind == "text":
-            from ptft_engine.data.text import TextBuilder
-
-            return TextBuilder(cfg, self.objective, tok)
-        from ptft_engine.data.images import ImageBuilder
-
-        return ImageBuilder(cfg, self.objective, tok)
+        return BUILDERS[self.needs.kind](cfg, self.needs, tok, self.sources)
 
     def _order(self, epoch: int) -> EpochOrder:
         cfg = self.cfg
@@ -230,9 +223,19 @@ class Loader:
     def mask_kwargs(self) -> dict:
         """Arguments of ptft_engine.data.apply_mlm_mask for batches of the current epoch
         (with `mask_in: step`)."""
-        if self.objective != "mlm":
+        if not self.needs.mlm_mask:
             raise DataError(f"objective {self.objective!r} has no MLM mask")
         return self.builder.mask_kwargs(self.epoch if self.split == "train" else 0)
+
+    def on_device(self, batch: dict) -> dict:
+        """The last step of a batch, on the training step's device: with `mask_in: step` an
+        MLM batch arrives unmasked (with mlm_sample_ids) and is masked here, through the
+        same Philox op, so its masks equal those the workers would have drawn."""
+        if "mlm_sample_ids" not in batch:
+            return batch
+        from ptft_engine.data.text import apply_mlm_mask
+
+        return apply_mlm_mask(batch, backend=self.cfg.mask_backend, **self.mask_kwargs())
 
     def batches_left(self) -> int:
         """Batches per rank still to come in the current epoch (after a resume: fewer)."""
@@ -305,6 +308,31 @@ class Loader:
         if not 0 <= sd["position"] <= self.epoch_units():
             raise DataError(f"data state position {sd['position']} is outside the epoch")
         self.position = int(sd["position"])
+
+
+def _text_builder(cfg: DataConfig, needs: DataNeeds, tok, sources: list[ShardIndex]):
+    from ptft_engine.data.text import TextBuilder
+
+    return TextBuilder(cfg, needs, tok)
+
+
+def _image_builder(cfg: DataConfig, needs: DataNeeds, tok, sources: list[ShardIndex]):
+    from ptft_engine.data.images import ImageBuilder
+
+    return ImageBuilder(cfg, needs, tok)
+
+
+# data kind -> its batch builder(cfg, needs, tokenizer or None, sources); a new kind (audio) adds its own
+BUILDERS = {"text": _text_builder, "image": _image_builder, "image_text": _image_builder}
+
+
+def needs_of(objective: str) -> DataNeeds:
+    """What the objective named `objective` needs from the stream, as its spec declares."""
+    from ptft_engine.objectives import get_spec, names  # the one way up: specs name their data needs
+
+    if objective not in names():
+        raise DataError(f"unknown objective {objective!r}; choose one of {', '.join(names())}")
+    return get_spec(objective).data
 
 
 def build_loader(cfg: DataConfig, *, objective: str, rank: int = 0, world_size: int = 1, epoch: int = 0,

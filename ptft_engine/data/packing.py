@@ -136,7 +136,7 @@ def pack_plan_rows(plan, lo: int, hi: int, docs: dict, *, pad_id: int, eos_id: i
     padding (masked out) and count as dropped, so rows stay where the plan put them.
     """
     rows, seq = hi - lo, plan.seq_len
-    if plan.objective == "clm":
+    if plan.layout == "causal":
         fast = _causal_rows(plan, lo, hi, docs, pad_id=pad_id, eos_id=eos_id, bos_id=bos_id)
         if fast is not None:
             return fast
@@ -149,7 +149,7 @@ def pack_plan_rows(plan, lo: int, hi: int, docs: dict, *, pad_id: int, eos_id: i
         at = 0
         for n_seg, (p, a, b) in enumerate(plan.spans(j), 1):
             n = int(plan.lengths[p])
-            if plan.objective == "clm":
+            if plan.layout == "causal":
                 if p not in streams:
                     streams[p] = _causal_stream(docs.get(p), n, eos_id=eos_id, bos_id=bos_id)
                 stream = streams[p]
@@ -175,7 +175,7 @@ def pack_plan_rows(plan, lo: int, hi: int, docs: dict, *, pad_id: int, eos_id: i
     stats.tokens = int(real.sum())
     stats.padded = rows * seq - stats.tokens
     input_ids, mask = torch.from_numpy(ids), torch.from_numpy(real)
-    if plan.objective == "clm":
+    if plan.layout == "causal":
         labels = torch.where(mask, input_ids, torch.full_like(input_ids, IGNORE))
         return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}, stats
     return {"input_ids": input_ids, "segment_ids": torch.from_numpy(seg), "attention_mask": mask}, stats

@@ -22,13 +22,16 @@ class PackingPlan:
     """row_pos[j], row_off[j]: where row j starts (j < n_rows); entry n_rows is (docs, 0),
     the end. row_fill[j]: real tokens (specials included) in row j."""
 
-    def __init__(self, lengths: np.ndarray, seq_len: int, objective: str, *, add_bos: bool = False):
+    def __init__(self, lengths: np.ndarray, seq_len: int, layout: str, *, add_bos: bool = False):
+        """layout: "causal" or "segments" (a DataNeeds.text_layout)."""
         if seq_len < 3:
             raise ValueError(f"seq_len {seq_len} leaves no room between [CLS] and [SEP]")
         self.lengths = np.asarray(lengths, dtype=np.int64)  # document tokens per epoch position
-        self.seq_len, self.objective = seq_len, objective
-        self.extra = (1 + int(add_bos)) if objective == "clm" else 2  # specials added per doc / piece
-        if objective == "clm":
+        if layout not in ("causal", "segments"):
+            raise ValueError(f"text layout must be 'causal' or 'segments', got {layout!r}")
+        self.seq_len, self.layout = seq_len, layout
+        self.extra = (1 + int(add_bos)) if layout == "causal" else 2  # specials added per doc / piece
+        if layout == "causal":
             self._plan_causal()
         else:
             self._plan_segments()
@@ -85,7 +88,7 @@ class PackingPlan:
         out = []
         while p < end_p or (p == end_p and off < end_off):
             n = int(self.lengths[p])
-            size = n + self.extra if (self.objective == "clm" and n > 0) else n
+            size = n + self.extra if (self.layout == "causal" and n > 0) else n
             stop = end_off if p == end_p else size
             if stop > off:
                 out.append((p, off, stop))

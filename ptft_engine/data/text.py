@@ -8,6 +8,7 @@ import torch
 
 from ptft_engine.data.config import DataConfig
 from ptft_engine.data.errors import BadSamples
+from ptft_engine.data.needs import DataNeeds
 from ptft_engine.data.packing import pack_causal, pack_plan_rows, pack_segments
 from ptft_engine.data.tokenizer import TokenizerInfo
 
@@ -40,8 +41,8 @@ def cpu_mask_backend(requested: str | None) -> str | None:
 
 
 class TextBuilder:
-    def __init__(self, cfg: DataConfig, objective: str, tok: TokenizerInfo):
-        self.cfg, self.objective, self.tok = cfg, objective, tok
+    def __init__(self, cfg: DataConfig, needs: DataNeeds, tok: TokenizerInfo):
+        self.cfg, self.needs, self.tok = cfg, needs, tok
         self._backend: str | None = None
         self.id_shards: dict[str, str] = {}  # pre-tokenised shard path -> dtype of its .ids members
         # a document longer than a batch is read by every batch it spans: tokenise it once per worker
@@ -68,11 +69,13 @@ class TextBuilder:
         texts, kept = self.texts(records, bad)
         docs = tok.encode_batch(texts) if texts else []
         rows, seq = cfg.batch_size, cfg.seq_len
-        if self.objective == "clm":
+        if self.needs.text_layout == "causal":
             batch, stats = pack_causal(docs, rows, seq, eos_id=tok.eos_id, pad_id=tok.pad_id,
                                        bos_id=tok.bos_id if cfg.add_bos else None)
             return batch, stats.as_dict(), kept
         batch, stats = pack_segments(docs, rows, seq, cls_id=tok.cls_id, sep_id=tok.sep_id, pad_id=tok.pad_id)
+        if not self.needs.mlm_mask:
+            return batch, stats.as_dict(), kept
         # Row ids are unique per (batch start, row), so the mask depends only on the
         # stream position: a resumed run masks exactly as an uninterrupted one.
         batch["mlm_sample_ids"] = first_pos * rows + torch.arange(rows, dtype=torch.int64)
@@ -123,7 +126,7 @@ class TextBuilder:
     def finish_rows(self, batch: dict, row_ids: torch.Tensor, epoch: int) -> dict:
         """MLM: mask packed rows keyed by their row index in the epoch, so the masks are a
         pure function of (seed, epoch, row, position) on any world size, worker count or resume."""
-        if self.objective == "clm":
+        if not self.needs.mlm_mask:
             return batch
         batch["mlm_sample_ids"] = row_ids
         return self._mask(batch, epoch)

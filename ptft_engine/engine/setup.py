@@ -113,6 +113,14 @@ def objective_name(cfg: RunConfig) -> str | None:
     return getattr(cfg.objective, "name", None) if cfg.objective is not None else None
 
 
+def objective_spec(cfg: RunConfig):
+    """The config's objective spec; None for a run without `objective:` (a custom objective)."""
+    if cfg.objective is None:
+        return None
+    from ptft_engine.objectives import spec_of
+    return spec_of(cfg.objective)
+
+
 def make_loader(cfg: RunConfig, *, rank: int, world_size: int, epoch: int, split: str = "train"):
     """The train stream, or with split="eval" the held-out one (None when there is none)."""
     name = objective_name(cfg)
@@ -124,17 +132,19 @@ def make_loader(cfg: RunConfig, *, rank: int, world_size: int, epoch: int, split
     return build_loader(cfg.data, objective=name, rank=rank, world_size=world_size, epoch=epoch, split=split)
 
 
+def throughput_unit(cfg: RunConfig) -> str:
+    """What the run's throughput counts, as its objective spec says ("tokens" | "samples");
+    a custom objective (no `objective:`) reports num_tokens."""
+    spec = objective_spec(cfg)
+    return spec.unit if spec is not None else "tokens"
+
+
 def flops_per_unit(objective: torch.nn.Module, cfg: RunConfig) -> float | None:
-    """Training FLOPs (forward + backward) per token, or per sample, as the objective reports them."""
-    per_token = getattr(objective, "flops_per_token", None)
-    if per_token is not None:
-        seq_len = getattr(cfg.data, "seq_len", None)
-        try:
-            return float(per_token(seq_len)) if seq_len else float(per_token())
-        except TypeError:
-            return float(per_token())
-    per_sample = getattr(objective, "flops_per_sample", None)
-    return float(per_sample()) if per_sample is not None else None
+    """Training FLOPs (forward + backward) per unit, from the objective spec (None without one: no MFU)."""
+    spec = objective_spec(cfg)
+    if spec is None:
+        return None
+    return float(spec.flops_per_unit(objective, getattr(cfg.data, "seq_len", None)))
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -2,9 +2,8 @@
 
 Batches are a pure function of (seed, epoch, global batch index), and the stream's
 position is a JSON-serialisable state, so it resumes exactly mid-epoch; every rank gets
-the same number of batches. The content is learnable, so losses fall on it: token
-sequences are arithmetic progressions mod the vocabulary; images are one of a few
-templates plus noise (SimCLR views: two noisy copies; CLIP texts name the template).
+the same number of batches. What a batch holds is the objective spec's `synthetic_batch`
+(plain token rows without a spec, e.g. for a custom objective).
 """
 from __future__ import annotations
 
@@ -14,14 +13,15 @@ import torch
 
 from ptft_engine.config.schema import SyntheticDataConfig
 
-IGNORE = -100
-N_TEMPLATES = 16
-
 
 class SyntheticLoader:
     def __init__(self, cfg: SyntheticDataConfig, *, objective: str | None = None, rank: int = 0,
                  world_size: int = 1, epoch: int = 0, split: str = "train"):
+        from ptft_engine.objectives import get_spec
+        from ptft_engine.objectives.synthetic import token_batch
+
         self.cfg, self.objective, self.rank, self.world_size, self.epoch = cfg, objective, rank, world_size, epoch
+        self.draw = get_spec(objective).synthetic_batch if objective is not None else token_batch
         self.salt = {"train": 0, "eval": 7919}[split]  # held-out samples, same distribution
         self.batches_per_epoch = max(1, cfg.num_samples // (cfg.batch_size * world_size))
         self.position = 0  # batches this rank has handed out in this epoch
@@ -43,40 +43,11 @@ class SyntheticLoader:
             self.position += 1
             yield self.make_batch(global_batch)
 
+    def on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The loader protocol's last step, on the step's device: synthetic batches are complete."""
+        return batch
+
     def make_batch(self, global_batch: int) -> dict[str, torch.Tensor]:
         c = self.cfg
         g = torch.Generator().manual_seed(((c.seed + self.salt) * 1_000_003 + self.epoch) * 1_000_003 + global_batch)
-        if self.objective == "simclr":
-            images, _ = self._images(g)
-            noise = 0.3 * torch.randn(images.shape, generator=g)
-            return {"view1": images, "view2": images + noise}  # (B, C, H, W) each
-        if self.objective == "clip":
-            images, ids = self._images(g)
-            # the caption spells the template id in a few tokens: learnable image ↔ text pairs
-            pos = torch.arange(c.seq_len).unsqueeze(0)
-            tokens = (ids.unsqueeze(1) * 3 + pos) % c.vocab_size  # (B, S)
-            return {"pixel_values": images, "input_ids": tokens,
-                    "attention_mask": torch.ones_like(tokens)}
-        ids = self._progressions(g)
-        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        if self.objective == "mlm":
-            selected = torch.rand(ids.shape, generator=g) < 0.15
-            selected[:, 0] = True  # at least one target per row
-            batch["labels"] = torch.where(selected, ids, torch.full_like(ids, IGNORE))
-            batch["input_ids"] = torch.where(selected, torch.full_like(ids, c.vocab_size - 1), ids)
-        return batch
-
-    def _progressions(self, g: torch.Generator) -> torch.Tensor:
-        c = self.cfg
-        start = torch.randint(0, c.vocab_size - 1, (c.batch_size, 1), generator=g)
-        stride = torch.randint(1, 4, (c.batch_size, 1), generator=g)
-        pos = torch.arange(c.seq_len).unsqueeze(0)
-        return (start + stride * pos) % (c.vocab_size - 1)  # (B, S); the last id stays free for [MASK]
-
-    def _images(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        c = self.cfg
-        templates = torch.randn(N_TEMPLATES, c.channels, c.image_size, c.image_size,
-                                generator=torch.Generator().manual_seed(c.seed))
-        ids = torch.randint(0, N_TEMPLATES, (c.batch_size,), generator=g)
-        noise = 0.3 * torch.randn(c.batch_size, c.channels, c.image_size, c.image_size, generator=g)
-        return templates[ids] + noise, ids  # (B, C, H, W), (B,)
+        return self.draw(c, g)

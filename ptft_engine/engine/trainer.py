@@ -109,6 +109,7 @@ class Trainer:
         if resume_path is not None:
             self.logger.message(f"resumed from {resume_path} at step {self.state.step}")
         self.peak = peak_tflops(self.device, cfg.run.peak_tflops)
+        self.unit = setup.throughput_unit(cfg)
         self.flops_per_unit = setup.flops_per_unit(self.objective, cfg)
         self.heartbeat = Heartbeat(self.rank, self.world_size)
 
@@ -166,7 +167,7 @@ class Trainer:
                 self.loader.load_state_dict(ended)
             self.data_iter = iter(self.loader)
             batch = next(self.data_iter)
-        return self._to_device(batch)
+        return self.loader.on_device(self._to_device(batch))
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.train.precision)
@@ -201,7 +202,7 @@ class Trainer:
             self.engine.backward(out["loss"])
             self.engine.step()  # DeepSpeed reduces, clips and updates only at the last micro-batch
             loss_sum += out["loss"].detach().double()  # stays on the device: one sync per step
-            units += float(out.get("num_tokens", out.get("num_samples", 0)))
+            units += float(out[f"num_{self.unit}"])  # the count the spec's unit names
         bad = self.optimizer.last_step_bad or not self.engine.was_step_applied()
         # one collective per step: mean loss over ranks, units processed, stop request from any rank
         stats = torch.stack([loss_sum / gas, loss_sum.new_tensor(units), loss_sum.new_tensor(float(self.stop.requested))])
@@ -306,12 +307,11 @@ class Trainer:
                               "(lower train.lr, check the data, or set bad_steps.action=rollback)")
 
     def _log_train(self, out: dict[str, Any], units_per_s: float) -> None:
-        per_token = hasattr(self.objective, "flops_per_token")
         self.faults.collect(self.loader)
         data = {f"data_{k}": v for k, v in self.faults.take(self.world_size).items()}  # all ranks, this interval
         metrics = {"loss": out["loss"], "lr": out["lr"], "grad_norm": out["grad_norm"],
                    "skipped_steps": self.state.skipped, "epoch": self.state.epoch,
-                   ("tokens_per_s" if per_token else "samples_per_s"): units_per_s,
+                   f"{self.unit}_per_s": units_per_s,
                    **memory_stats(self.device), **data}
         if self.peak and self.flops_per_unit:
             metrics["mfu"] = self.flops_per_unit * units_per_s / (self.peak * 1e12 * self.world_size)
@@ -327,7 +327,7 @@ class Trainer:
         for i, batch in enumerate(loader):
             if i >= self.cfg.run.eval_steps:
                 break
-            total[0] += self.engine(self._to_device(batch))["loss"].double()
+            total[0] += self.engine(loader.on_device(self._to_device(batch)))["loss"].double()
             total[1] += 1
         if self.world_size > 1:
             dist.all_reduce(total)

@@ -3,12 +3,25 @@ model's learnable (log-parameterised, clamped) logit scale, via ops.contrastive_
 with gather, negatives come from every rank."""
 from __future__ import annotations
 
+from typing import Literal, Optional
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from ptft_engine.data.needs import DataNeeds
 from ptft_engine.objectives.base import Objective, default_group, need, transformer_flops_per_token
-from ptft_engine.objectives.config import CLIPObjectiveConfig
+from ptft_engine.objectives.spec import ObjectiveConfigBase, ObjectiveSpec, register
+from ptft_engine.objectives.synthetic import template_images
+
+
+class CLIPObjectiveConfig(ObjectiveConfigBase):
+    """Symmetric InfoNCE between image and text embeddings with the model's learnable scale."""
+
+    name: Literal["clip"] = "clip"
+    gather: bool = Field(False, description="negatives from every rank (torch.distributed's default group)")
+    chunk_size: Optional[int] = Field(None, gt=0, description="rows per block of the fused contrastive kernel")
 
 
 class CLIPObjective(Objective):
@@ -43,3 +56,20 @@ class CLIPObjective(Objective):
         text = transformer_flops_per_token(t_params, c.text.num_hidden_layers, c.text.hidden_size, t_txt) * t_txt
         proj = m.visual_projection.weight.numel() + m.text_projection.weight.numel()
         return image + text + 6 * proj
+
+
+def synthetic_pairs(cfg, g: torch.Generator) -> dict:
+    """Template images with captions that spell the template id: learnable image <-> text pairs."""
+    images, ids = template_images(cfg, g)
+    pos = torch.arange(cfg.seq_len).unsqueeze(0)
+    tokens = (ids.unsqueeze(1) * 3 + pos) % cfg.vocab_size  # (B, S)
+    return {"pixel_values": images, "input_ids": tokens, "attention_mask": torch.ones_like(tokens)}
+
+
+SPEC = register(ObjectiveSpec(
+    name="clip", config=CLIPObjectiveConfig, arch="dual_encoder",
+    data=DataNeeds(kind="image_text", tokenizer=True, image_views=1),
+    synthetic_batch=synthetic_pairs, unit="samples",
+    flops_per_unit=lambda objective, seq_len: objective.flops_per_sample(),
+    build=CLIPObjective,
+))

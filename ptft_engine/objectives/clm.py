@@ -2,9 +2,20 @@
 that cross a packed-document boundary or land on padding are ignored."""
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
+from ptft_engine.data.needs import DataNeeds
 from ptft_engine.objectives.base import IGNORE, TokenPredictionObjective, need
+from ptft_engine.objectives.spec import ObjectiveConfigBase, ObjectiveSpec, register
+from ptft_engine.objectives.synthetic import token_batch
+
+
+class CLMObjectiveConfig(ObjectiveConfigBase):
+    """Next-token cross-entropy; labels are shifted here, never across packed documents."""
+
+    name: Literal["clm"] = "clm"
 
 
 def shifted_targets(labels: torch.Tensor, segment_ids=None, attention_mask=None) -> torch.Tensor:
@@ -28,3 +39,12 @@ class CausalLMObjective(TokenPredictionObjective):
         logits = self.model.lm_logits(hidden[:, :-1])  # (B, S-1, V)
         targets = shifted_targets(labels, segment_ids, attention_mask)
         return self.token_loss(logits.flatten(0, 1), targets.flatten(), input_ids.numel())
+
+
+SPEC = register(ObjectiveSpec(
+    name="clm", config=CLMObjectiveConfig, arch="decoder",
+    data=DataNeeds(kind="text", tokenizer=True, text_layout="causal"),
+    synthetic_batch=token_batch, unit="tokens",
+    flops_per_unit=lambda objective, seq_len: objective.flops_per_token(seq_len),
+    build=lambda model, cfg: CausalLMObjective(model),
+))

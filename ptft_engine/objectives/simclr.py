@@ -4,13 +4,29 @@ The projection MLP belongs to the objective, not the model: downstream tasks use
 encoder's features, as in the SimCLR paper."""
 from __future__ import annotations
 
+from typing import Literal, Optional
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from ptft_engine.data.needs import DataNeeds
 from ptft_engine.nn import Linear, init_std
 from ptft_engine.objectives.base import Objective, default_group, need, transformer_flops_per_token
-from ptft_engine.objectives.config import SimCLRObjectiveConfig
+from ptft_engine.objectives.spec import ObjectiveConfigBase, ObjectiveSpec, register
+from ptft_engine.objectives.synthetic import template_images
+
+
+class SimCLRObjectiveConfig(ObjectiveConfigBase):
+    """ViT features -> projection MLP -> NT-Xent over the two views."""
+
+    name: Literal["simclr"] = "simclr"
+    temperature: float = Field(0.1, gt=0)
+    projection_dim: int = Field(128, gt=0)
+    projection_hidden_dim: Optional[int] = Field(None, gt=0, description="default: the encoder's hidden size")
+    gather: bool = Field(False, description="negatives from every rank (torch.distributed's default group)")
+    chunk_size: Optional[int] = Field(None, gt=0, description="rows per block of the fused contrastive kernel")
 
 
 class SimCLRObjective(Objective):
@@ -54,3 +70,19 @@ class SimCLRObjective(Objective):
         proj = sum(p.numel() for p in self.projector.parameters())
         per_view = transformer_flops_per_token(n, c.num_hidden_layers, c.hidden_size, t) * t + 6 * proj
         return 2 * per_view
+
+
+def synthetic_views(cfg, g: torch.Generator) -> dict:
+    """Two noisy copies of each template image: (B, C, H, W) each."""
+    images, _ = template_images(cfg, g)
+    noise = 0.3 * torch.randn(images.shape, generator=g)
+    return {"view1": images, "view2": images + noise}
+
+
+SPEC = register(ObjectiveSpec(
+    name="simclr", config=SimCLRObjectiveConfig, arch="vit",
+    data=DataNeeds(kind="image", image_views=2),
+    synthetic_batch=synthetic_views, unit="samples",
+    flops_per_unit=lambda objective, seq_len: objective.flops_per_sample(),
+    build=SimCLRObjective,
+))

@@ -261,20 +261,20 @@ def test_config_keeps_docs_per_batch_to_batch_packing(text_shards):
     assert DataConfig(shards=[text_shards], docs_per_batch=4, packing="batch").docs_per_batch == 4
 
 
-@pytest.mark.parametrize("objective", ["clm", "mlm"])
-def test_a_document_unreadable_at_read_time_keeps_the_rows_in_place(objective):
+@pytest.mark.parametrize("layout", ["causal", "segments"])
+def test_a_document_unreadable_at_read_time_keeps_the_rows_in_place(layout):
     from ptft_engine.data.packing import pack_plan_rows
     from ptft_engine.data.plan import PackingPlan
 
     lengths = [5, 9, 4, 7]
     docs = {p: np.arange(100 * p, 100 * p + n) for p, n in enumerate(lengths)}
-    plan = PackingPlan(np.array(lengths), 8, objective)
+    plan = PackingPlan(np.array(lengths), 8, layout)
     ids = dict(pad_id=0, eos_id=6, cls_id=2, sep_id=3)
     whole, whole_stats = pack_plan_rows(plan, 0, plan.n_rows, docs, **ids)
     broken, stats = pack_plan_rows(plan, 0, plan.n_rows, {**docs, 1: None}, **ids)  # doc 1 unreadable
     lost = whole["attention_mask"] & ~broken["attention_mask"]
     assert torch.isin(whole["input_ids"][lost], torch.tensor(list(range(100, 109)) + [2, 3, 6])).all()
-    assert int(lost.sum()) == stats.dropped == 9 + (1 if objective == "clm" else 2 * 2)  # + <eos> / 2 pieces' [CLS][SEP]
+    assert int(lost.sum()) == stats.dropped == 9 + (1 if layout == "causal" else 2 * 2)  # + <eos> / 2 pieces' [CLS][SEP]
     keep = broken["attention_mask"]
     assert torch.equal(broken["input_ids"][keep], whole["input_ids"][keep])  # nothing else moved
     assert (broken["input_ids"][~keep] == 0).all() and whole_stats.dropped == 0
