@@ -6,9 +6,10 @@ we are faster); calls alternate so both see the same machine load. One extra cas
 4 documents per row (segment_ids + causal), where SDPA needs an explicit boolean mask, and
 one is grouped-query (Hkv = H / 4 key/value heads, causal): our kernel reads the shared heads in
 place, SDPA gets them with enable_gqa=True.
---device cuda: bf16, D = 128, S in {2048, 4096}, full, causal and 4 packed documents per
-row: forward, backward and forward+backward TFLOP/s of the triton and cuda backends vs SDPA
-(flash; with the packed rows' mask SDPA picks its masked kernel), ratio = ours / peer.
+--device cuda: bf16, D = 128, S in {2048, 4096}, full, causal, 4 packed documents per row and
+grouped-query causal (H / 4 kv heads): forward, backward and forward+backward TFLOP/s of the
+triton and cuda backends vs SDPA (flash; with the packed rows' mask SDPA picks its masked
+kernel, with grouped heads whichever takes enable_gqa), ratio = ours / peer.
 FLOPs: 4*B*H*S^2*D forward, half when causal, 2.5x that for backward. --dry runs these
 cases tiny on the CPU (fp32, Triton interpreted) so the GPU path is exercised without a GPU.
 Prints one JSON object per case as it is measured; --json-out appends the same lines to a file.
@@ -100,11 +101,15 @@ def bench_cuda(args) -> None:
         def sdpa(q, k, v, causal, mask=None):
             if mask is not None:  # flash cannot take a mask: SDPA picks its masked kernel itself
                 return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            if k.shape[1] != q.shape[1]:  # grouped heads: SDPA picks a kernel that broadcasts them
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
             with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
-        for layout in ("full", "causal", "packed4_causal"):
+        h_kv = max(1, h // 4)
+        for layout in ("full", "causal", "packed4_causal", "gqa4_causal"):
             causal = layout != "full"
+            kv = (k[:, :h_kv].contiguous(), v[:, :h_kv].contiguous()) if layout.startswith("gqa") else (k, v)
             # FLOPs of the dense (causal: half) problem for every contender, so TFLOP/s compare like for like
             fwd_flops = 4 * b * h * s * s * d * (0.5 if causal else 1.0)
             if layout == "packed4_causal":
@@ -113,10 +118,10 @@ def bench_cuda(args) -> None:
             else:
                 peer_fn = lambda q, k, v, causal=causal: sdpa(q, k, v, causal)  # noqa: E731
                 our_kw = dict(causal=causal)
-            peer = _tflops(peer_fn, q, k, v, do, fwd_flops, repeats, device)
+            peer = _tflops(peer_fn, q, *kv, do, fwd_flops, repeats, device)
             for name in ("triton", "cuda"):
                 fn = lambda q, k, v, name=name, kw=our_kw: attention(q, k, v, backend=name, **kw)  # noqa: E731
-                ours = _tflops(fn, q, k, v, do, fwd_flops, repeats, device)
+                ours = _tflops(fn, q, *kv, do, fwd_flops, repeats, device)
                 for phase in ("fwd", "bwd", "fwdbwd"):
                     case = f"attention_{device}_{phase}_{name}_{layout}_{str(dtype)[6:]}_{b}x{h}x{s}x{d}"
                     unit = "TFLOP/s (peer: SDPA, flash where no mask)"
