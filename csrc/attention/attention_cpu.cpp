@@ -321,17 +321,28 @@ void backward_impl(const scalar_t* dout, const scalar_t* q, const scalar_t* k, c
   using acc_t = acc_type_t<scalar_t>;
   const int64_t D = sh.D, Sq = sh.Sq, Sk = sh.Sk, G = sh.group();
   const acc_t scale = static_cast<acc_t>(scale_d);
-  // One (batch, kv head) per task: dK/dV of a key block gather over every query block of all
-  // G query heads that share it (no atomics, a fixed order: deterministic), and each head's dQ
-  // over all key blocks, so a task owns every accumulator it writes. The G query heads of a
-  // group are adjacent in q, so the group's rows form one contiguous (G * Sq, D) block.
-  at::parallel_for(0, sh.B * sh.Hkv, 1, [&](int64_t begin, int64_t end) {
+  // One (batch, kv head, key range) per task: dK/dV of a key block gather over every query
+  // block of all G query heads that share it (no atomics, a fixed order: deterministic), and
+  // the group's dQ over the range's key blocks. The G query heads of a group are adjacent in
+  // q, so the group's rows form one contiguous (G * Sq, D) block. With fewer (batch, kv head)
+  // pairs than threads (multi-query, small batches) the key blocks are split into ranges; each
+  // range's dQ goes to its own fp32 slice, summed afterwards in range order.
+  const int64_t n_pairs = sh.B * sh.Hkv, n_kblocks = (Sk + kBwdBlockK - 1) / kBwdBlockK;
+  const int64_t n_split = std::max<int64_t>(
+      1, std::min<int64_t>(n_kblocks, at::divup(at::get_num_threads(), std::max<int64_t>(n_pairs, 1))));
+  const int64_t kblocks_per_split = (n_kblocks + n_split - 1) / n_split;
+  const int64_t dq_numel = sh.B * sh.H * Sq * D;
+  std::vector<acc_t> dq_parts(n_split > 1 ? n_split * dq_numel : 0);
+  at::parallel_for(0, n_pairs * n_split, 1, [&](int64_t begin, int64_t end) {
     SingleThreadBlas one_thread;
     std::vector<acc_t> qbuf, kbuf, vbuf, dobuf, obuf;
     std::vector<acc_t> p(kBwdBlockQ * kBwdBlockK), dp(kBwdBlockQ * kBwdBlockK), delta(G * Sq), dq_acc(G * Sq * D);
     std::vector<acc_t> dk_acc(kBwdBlockK * D), dv_acc(kBwdBlockK * D);
     std::vector<int32_t> qlo((Sq + kBwdBlockQ - 1) / kBwdBlockQ), qhi(qlo.size());
-    for (int64_t bkv = begin; bkv < end; ++bkv) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bkv = task / n_split, split = task % n_split;
+      const int64_t k_begin = split * kblocks_per_split * kBwdBlockK;
+      const int64_t k_end = std::min(Sk, k_begin + kblocks_per_split * kBwdBlockK);
       const int64_t b = bkv / sh.Hkv, bh0 = b * sh.H + (bkv % sh.Hkv) * G;  // first query head
       const Visibility vis = visibility_for(b, sh, causal, pad, seg);
       const acc_t* qa = as_acc(q + bh0 * Sq * D, G * Sq * D, qbuf);
@@ -348,7 +359,7 @@ void backward_impl(const scalar_t* dout, const scalar_t* q, const scalar_t* k, c
       for (size_t qb = 0; qb < qlo.size(); ++qb)
         vis.seg_range(qb * kBwdBlockQ, std::min(kBwdBlockQ, Sq - int64_t(qb) * kBwdBlockQ), &qlo[qb], &qhi[qb]);
       std::fill(dq_acc.begin(), dq_acc.end(), acc_t(0));
-      for (int64_t ks = 0; ks < Sk; ks += kBwdBlockK) {
+      for (int64_t ks = k_begin; ks < k_end; ks += kBwdBlockK) {
         const int64_t nk = std::min(kBwdBlockK, Sk - ks);
         std::fill(dk_acc.begin(), dk_acc.end(), acc_t(0));
         std::fill(dv_acc.begin(), dv_acc.end(), acc_t(0));
@@ -381,7 +392,19 @@ void backward_impl(const scalar_t* dout, const scalar_t* q, const scalar_t* k, c
           dv[(bkv * Sk + ks) * D + x] = static_cast<scalar_t>(dv_acc[x]);
         }
       }
-      for (int64_t x = 0; x < G * Sq * D; ++x) dq[bh0 * Sq * D + x] = static_cast<scalar_t>(dq_acc[x]);
+      if (n_split == 1) {
+        for (int64_t x = 0; x < G * Sq * D; ++x) dq[bh0 * Sq * D + x] = static_cast<scalar_t>(dq_acc[x]);
+      } else {
+        std::copy(dq_acc.begin(), dq_acc.end(), dq_parts.begin() + split * dq_numel + bh0 * Sq * D);
+      }
+    }
+  });
+  if (n_split == 1) return;
+  at::parallel_for(0, dq_numel, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t x = begin; x < end; ++x) {
+      acc_t acc = 0;
+      for (int64_t s = 0; s < n_split; ++s) acc += dq_parts[s * dq_numel + x];
+      dq[x] = static_cast<scalar_t>(acc);
     }
   });
 }

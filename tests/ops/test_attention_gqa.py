@@ -75,6 +75,21 @@ def test_cpu_gqa_gradcheck_float64():
     assert torch.autograd.gradcheck(fn, (q, k, v), eps=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("h_kv", [1, 2], ids=["mqa", "gqa2"])
+def test_cpu_backward_splits_keys_when_threads_outnumber_kv_heads(h_kv):
+    """With more threads than (batch, kv head) pairs the C++ backward splits the key blocks
+    across tasks and sums their dQ slices in order: still exact and bitwise repeatable."""
+    (q, k, v, do), masks = gqa_inputs(1, 300, 32, h_kv, torch.float32, segments=True)  # every key range counts
+    one = run(lambda *a, **kw: attention(*a, backend="cpu", **kw), q, k, v, do, causal=True, **masks)
+    torch.set_num_threads(4)  # the folder's fixture restores the thread count
+    split = run(lambda *a, **kw: attention(*a, backend="cpu", **kw), q, k, v, do, causal=True, **masks)
+    again = run(lambda *a, **kw: attention(*a, backend="cpu", **kw), q, k, v, do, causal=True, **masks)
+    assert_close_fp32("cpu", q, k, v, do, causal=True, **masks)
+    for name, a, b, c in zip(("out", "dq", "dk", "dv"), one, split, again):
+        assert torch.equal(b, c), f"{name} differs between two split runs"
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=f"{name}: split vs one task")
+
+
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_gqa_dkdv_is_deterministic(backend):
     """dK/dV of a shared head sum its group in a fixed order: two runs agree bit for bit."""
