@@ -1,4 +1,4 @@
-"""Write WebDataset tar shards from text files, JSONL, image folders or image-caption JSONL.
+"""Write WebDataset tar shards from text files, JSONL, image folders, image-caption JSONL or audio.
 
 Writes OUTPUT/shard-NNNNNN.tar, a shard-NNNNNN.idx of sample offsets next to each (the
 stream seeks with them, so a resume costs no re-reading), and OUTPUT/index.json with
@@ -18,6 +18,8 @@ Formats:
   jsonl       one JSON object per line, text in --text-field (--label-field: keep a label too)
   images      a folder with one subfolder per class (.jpg/.png + .cls members)
   image_text  JSONL with --image-field (path, relative to the JSONL file) and --caption-field
+  audio       WAV/FLAC/OGG files or folders, mono, resampled to --sample-rate and stored as int16
+              PCM (.pcm); --manifest labels.jsonl adds labels (.cls) and transcripts (.txt)
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ EXAMPLE = """Examples:
   ptft shard corpus/ --text-unit paragraph --tokenizer tok/tokenizer.json --output shards/pretok
   ptft shard reviews.jsonl --format jsonl --label-field label --output shards/reviews
   ptft shard imagenet/train --format images --output shards/imagenet --workers 8
+  ptft shard clips/ --format audio --manifest clips/labels.jsonl --sample-rate 16000 --output shards/speech
   ptft shard --index-only 'https://host/data/shard-{000000..000127}.tar' --output index/
 """
 
@@ -51,7 +54,7 @@ def add_arguments(p) -> None:
                    help="output directory for shards and index.json (--index-only: default the tars' folder)")
     p.add_argument("--index-only", action="store_true",
                    help="write only index.json and .idx sidecars for existing tars (local or remote)")
-    p.add_argument("--format", default="text", choices=["text", "jsonl", "images", "image_text"])
+    p.add_argument("--format", default="text", choices=["text", "jsonl", "images", "image_text", "audio"])
     p.add_argument("--text-unit", default="file", choices=["file", "line", "paragraph"],
                    help="for --format text: one sample per file, per line or per blank-line paragraph")
     p.add_argument("--text-field", default="text", help="JSONL field holding the text")
@@ -62,6 +65,10 @@ def add_arguments(p) -> None:
                         "shards: training reads them instead of tokenising, packing reads lengths from the index)")
     p.add_argument("--image-field", default="image", help="image_text: JSONL field with the image path")
     p.add_argument("--caption-field", default="caption", help="image_text: JSONL field with the caption")
+    p.add_argument("--manifest", default=None,
+                   help='audio: JSONL of {"path": clip relative to it, "label": ..., "text": ...}; '
+                        "every input clip needs an entry")
+    p.add_argument("--sample-rate", type=int, default=16_000, help="audio: resample every clip to this rate (Hz)")
     p.add_argument("--shard-size", default="256MB", help="target bytes per shard (default 256MB)")
     p.add_argument("--max-samples", type=int, default=1_000_000, help="at most this many samples per shard")
     p.add_argument("--workers", type=int, default=None, help="reader processes (default: CPU count)")
@@ -87,7 +94,8 @@ def run(args) -> int:
         raise UserError("--max-samples must be at least 1")
     opts = sources.Options(format=args.format, text_unit=args.text_unit, text_field=args.text_field,
                            image_field=args.image_field, caption_field=args.caption_field,
-                           label_field=args.label_field, tokenizer=args.tokenizer)
+                           label_field=args.label_field, tokenizer=args.tokenizer,
+                           manifest=args.manifest, sample_rate=args.sample_rate)
     summary = write_shards(args.inputs, args.output, opts, shard_bytes=parse_size(args.shard_size),
                            shard_samples=args.max_samples, workers=args.workers, strict=args.strict,
                            overwrite=args.overwrite, progress=not args.no_progress)

@@ -15,6 +15,8 @@ Batches (B = batch_size per rank, S = seq_len):
     simclr  view1, view2 (B,3,H,W) float32, normalised
     clip    pixel_values (B,3,H,W) float32, input_ids (B,S) int64 (<bos> caption <eos>),
             attention_mask (B,S) bool
+    audio   (data kind audio) input_values (B,T) float32, normalised per clip,
+            attention_mask (B,T) bool (True = real frame), labels (B,) int64 if labelled
 """
 from __future__ import annotations
 

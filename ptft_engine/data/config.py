@@ -19,15 +19,17 @@ class DataConfig(BaseModel):
     the next epoch. `packing: batch` packs each batch from its own `docs_per_batch`
     documents and drops what does not fit ("auto" sizes it from the corpus's first
     documents). The token,
-    pad and dropped counts are in `loader.stats`. Image batches hold batch_size images. `shuffle_buffer` is the size of the blocks whose
-    order is shuffled after the shard order is (bigger = better mixed, still local reads).
+    pad and dropped counts are in `loader.stats`. Image batches hold batch_size images,
+    audio batches batch_size clips (`audio_*` keys). `shuffle_buffer` is the size of the
+    blocks whose order is shuffled after the shard order is (bigger = better mixed, still
+    local reads).
     """
 
     model_config = ConfigDict(extra="forbid")
 
     shards: list[str] = Field(min_length=1)
     eval_shards: list[str] | None = None
-    kind: Literal["text", "image", "image_text"] = "text"
+    kind: Literal["text", "image", "image_text", "audio"] = "text"
 
     # text
     tokenizer: str | None = None
@@ -48,6 +50,13 @@ class DataConfig(BaseModel):
     crop_scale: tuple[float, float] = (0.2, 1.0)
     color_jitter: float = Field(0.4, ge=0.0, le=1.0)
     flip_prob: float = Field(0.5, ge=0.0, le=1.0)
+
+    # audio (data/audio.py): a random window of audio_crop_samples frames per clip, drawn from
+    # (seed, epoch, position); shorter clips and, without a crop, all clips are padded to the
+    # batch's longest. audio_sample_rate: the rate the shards must have (None: any, all equal)
+    audio_crop_samples: int | None = Field(None, ge=1)
+    audio_normalize: bool = True  # zero mean, unit variance per clip over its real frames
+    audio_sample_rate: int | None = Field(None, ge=1)
 
     # stream
     batch_size: int = Field(8, ge=1)
@@ -101,7 +110,7 @@ class DataConfig(BaseModel):
         if isinstance(self.docs_per_batch, int) and self.docs_per_batch < 1:
             raise ValueError("docs_per_batch must be at least 1 (or \"auto\")")
         if self.kind != "text" and self.docs_per_batch != "auto":
-            raise ValueError("docs_per_batch is for text data; image batches hold batch_size images")
+            raise ValueError("docs_per_batch is for text data; image and audio batches hold batch_size samples")
         if self.packing == "plan" and self.docs_per_batch != "auto":
             raise ValueError("docs_per_batch is for packing: batch; packing: plan fills batch_size rows "
                              "from as many documents as they hold")

@@ -17,6 +17,10 @@ Pre-tokenised shards (`ptft shard --tokenizer`) add per shard "lengths" (a sidec
 little-endian uint32: each sample's token count, what the packing plan needs) and
 "ids_dtype" (numpy dtype of the samples' .ids members), and at the top level
 "tokenizer_sha256" (of the tokenizer.json the ids were made with).
+Audio shards (`ptft shard --format audio`) add per shard "lengths" (each clip's frame
+count) and "seconds" (its total duration), and at the top level "sample_rate",
+"pcm_dtype" ("<i2"), "total_seconds" and, when labelled, "classes". Like pre-tokenised
+shards they keep the JSON list (the columns hold no lengths).
 """
 from __future__ import annotations
 
@@ -65,6 +69,7 @@ class ShardInfo:
     sha256: str | None = None
     lengths_path: str | None = None  # pre-tokenised: n little-endian uint32 token counts
     ids_dtype: str | None = None  # pre-tokenised: dtype of the .ids members
+    seconds: float | None = None  # audio: the shard's total duration (lengths_path: frames per clip)
 
     def token_lengths(self, timeout: float = 60.0, retries: int = 3) -> np.ndarray:
         """Each sample's token count (pre-tokenised shards only; a remote sidecar is fetched)."""
@@ -95,7 +100,11 @@ class ShardInfo:
         out = {"path": os.path.relpath(self.path, root), "samples": self.samples, "bytes": self.bytes,
                "sha256": self.sha256, "offsets": offsets}
         if self.lengths_path:
-            out.update(lengths=os.path.relpath(self.lengths_path, root), ids_dtype=self.ids_dtype)
+            out["lengths"] = os.path.relpath(self.lengths_path, root)
+        if self.ids_dtype:
+            out["ids_dtype"] = self.ids_dtype
+        if self.seconds is not None:
+            out["seconds"] = self.seconds
         return out
 
 
@@ -218,7 +227,8 @@ def index_from_doc(doc, where: str, locate, *, check_files: bool) -> ShardIndex:
             raise DataError(f"token length file {lengths_path!r} listed in index {where!r} does not exist")
         shards.append(ShardInfo(path=p, samples=int(entry["samples"]), offsets=offsets, offsets_path=offsets_path,
                                 bytes=int(entry.get("bytes", 0)), sha256=entry.get("sha256"),
-                                lengths_path=lengths_path, ids_dtype=entry.get("ids_dtype")))
+                                lengths_path=lengths_path, ids_dtype=entry.get("ids_dtype"),
+                                seconds=entry.get("seconds")))
     return ShardIndex(shards=shards, kind=doc.get("kind"), extra=extra)
 
 

@@ -322,8 +322,14 @@ def _image_builder(cfg: DataConfig, needs: DataNeeds, tok, sources: list[ShardIn
     return ImageBuilder(cfg, needs, tok)
 
 
-# data kind -> its batch builder(cfg, needs, tokenizer or None, sources); a new kind (audio) adds its own
-BUILDERS = {"text": _text_builder, "image": _image_builder, "image_text": _image_builder}
+def _audio_builder(cfg: DataConfig, needs: DataNeeds, tok, sources: list[ShardIndex]):
+    from ptft_engine.data.audio import AudioBuilder
+
+    return AudioBuilder(cfg, sources)
+
+
+# data kind -> its batch builder(cfg, needs, tokenizer or None, sources)
+BUILDERS = {"text": _text_builder, "image": _image_builder, "image_text": _image_builder, "audio": _audio_builder}
 
 
 def needs_of(objective: str) -> DataNeeds:

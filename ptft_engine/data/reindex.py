@@ -19,6 +19,8 @@ def _guess_kind(path: str, offsets) -> str | None:
         return None
     with open(path, "rb") as fh:
         exts = set(read_members(fh, offsets, 0)) - {"__key__"}
+    if "pcm" in exts:  # `ptft shard --format audio` (its .txt is a transcript)
+        return "audio"
     images = exts & set(sources.IMAGE_EXTS.values())
     if images:
         return "image_text" if "txt" in exts else "image"

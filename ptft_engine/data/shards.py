@@ -47,10 +47,12 @@ def tar_sample(key: str, sample: dict[str, bytes]) -> bytes:
 
 def encode_item(job: tuple[int, sources.Item], opts: sources.Options) -> tuple[list[bytes], list, int, list]:
     """Read one work item and encode its samples as tar bytes; keys are item_sample.
-    With a tokenizer, also the samples' token counts (else an empty list)."""
+    With a tokenizer, also the samples' token counts; for audio their frame counts (else an empty list)."""
     n, item = job
     samples, bad, nbytes = sources.process(item, opts)
     lengths = sources.add_token_ids(samples, opts) if opts.tokenizer and samples else []
+    if opts.format == "audio":  # frames of int16 PCM: the index keeps each clip's duration
+        lengths = [len(s["pcm"]) // 2 for s in samples]
     return [tar_sample(f"{n:07d}_{j:06d}", s) for j, s in enumerate(samples)], bad, nbytes, lengths
 
 
@@ -58,9 +60,11 @@ class ShardFiles:
     """Appends encoded samples to shard-NNNNNN.tar files, rotating by size / sample
     count, and records each sample's offset and the file's sha256 as it goes."""
 
-    def __init__(self, pattern: str, max_bytes: int, max_samples: int, ids_dtype: str | None = None):
+    def __init__(self, pattern: str, max_bytes: int, max_samples: int, ids_dtype: str | None = None,
+                 sample_rate: int | None = None):
         self.pattern, self.max_bytes, self.max_samples = pattern, max_bytes, max_samples
         self.ids_dtype = ids_dtype  # pre-tokenised: each write() brings the sample's token count
+        self.sample_rate = sample_rate  # audio: each write() brings the clip's frame count
         self.shards: list[ShardInfo] = []
         self.file = None
 
@@ -91,12 +95,13 @@ class ShardFiles:
         idx_path = self.path[: -len(".tar")] + ".idx"
         np.asarray(self.offsets + [self.pos], dtype="<i8").tofile(idx_path)
         lens_path = None
-        if self.ids_dtype:
+        if self.ids_dtype or self.sample_rate:
             lens_path = self.path[: -len(".tar")] + ".lens"
             np.asarray(self.lengths, dtype="<u4").tofile(lens_path)
         self.shards.append(ShardInfo(path=self.path, samples=len(self.offsets), offsets_path=idx_path,
                                      bytes=self.pos + len(tail), sha256=self.sha.hexdigest(),
-                                     lengths_path=lens_path, ids_dtype=self.ids_dtype))
+                                     lengths_path=lens_path, ids_dtype=self.ids_dtype,
+                                     seconds=round(sum(self.lengths) / self.sample_rate, 3) if self.sample_rate else None))
 
 
 @dataclass
@@ -152,6 +157,10 @@ def write_shards(
         tok_path = os.path.abspath(tokenizer_file(opts.tokenizer))
         vocab = load_tokenizer(tok_path).vocab_size  # a missing or unusable tokenizer fails before any work
         opts = dataclasses.replace(opts, tokenizer=tok_path, ids_dtype="<u2" if vocab <= 1 << 16 else "<u4")
+    if opts.manifest and opts.format != "audio":
+        raise DataError(f"--manifest gives labels of audio clips (--format audio), not {opts.format}")
+    if opts.format == "audio" and opts.sample_rate < 1:
+        raise DataError(f"--sample-rate must be a positive number of Hz, not {opts.sample_rate}")
     if opts.label_field and opts.format != "jsonl":
         raise DataError(f"--label-field keeps a JSONL field; --format {opts.format} has none")
     for old in (p for p in os.listdir(output) if p.startswith("shard-") and p.endswith((".tar", ".idx", ".lens"))):
@@ -161,8 +170,8 @@ def write_shards(
     summary = WriteSummary(index_path=index_path)
     if opts.tokenizer:
         meta = {**meta, "tokenizer_sha256": sha256_file(opts.tokenizer)}
-    index = ShardIndex(shards=[], kind={"text": "text", "jsonl": "text", "images": "image"}.get(opts.format, "image_text"),
-                       extra=meta)
+    kinds = {"text": "text", "jsonl": "text", "images": "image", "image_text": "image_text", "audio": "audio"}
+    index = ShardIndex(shards=[], kind=kinds[opts.format], extra=meta)
 
     workers = workers or min(len(items), os.cpu_count() or 1)
     start = time.perf_counter()
@@ -172,7 +181,8 @@ def write_shards(
     pool = ctx.Pool(workers) if workers > 1 else None
     results = pool.imap(work, enumerate(items), chunksize=1) if pool else map(work, enumerate(items))
     writer = ShardFiles(os.path.join(output, SHARD_PATTERN), shard_bytes, shard_samples,
-                        ids_dtype=opts.ids_dtype if opts.tokenizer else None)
+                        ids_dtype=opts.ids_dtype if opts.tokenizer else None,
+                        sample_rate=opts.sample_rate if opts.format == "audio" else None)
     try:
         bar = tqdm(total=len(items), unit="input", disable=not progress, desc="shard")
         for samples, bad, nbytes, lengths in results:
@@ -196,6 +206,10 @@ def write_shards(
     if summary.samples == 0:
         raise DataError(f"no usable samples in {inputs} ({len(summary.bad)} bad inputs)")
     index.shards = writer.shards
+    if opts.format == "audio":
+        from ptft_engine.data.audio_sources import PCM_DTYPE
+
+        index.extra.update(pcm_dtype=PCM_DTYPE, total_seconds=round(sum(s.seconds for s in writer.shards), 3))
     index.save(index_path)
     summary.seconds = time.perf_counter() - start
     summary.shards = len(index.shards)

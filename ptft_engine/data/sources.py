@@ -17,7 +17,7 @@ from dataclasses import dataclass
 CHUNK_BYTES = 1 << 20  # one work item reads at most this much of a line-oriented file
 IMAGES_PER_ITEM = 64
 IMAGE_EXTS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp", ".bmp": "bmp"}
-FORMATS = ("text", "jsonl", "images", "image_text")
+FORMATS = ("text", "jsonl", "images", "image_text", "audio")
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class Options:
     label_field: str | None = None  # jsonl: keep this field as the sample's .label member (JSON)
     tokenizer: str | None = None  # text: also store the token ids (.ids) made with this tokenizer.json
     ids_dtype: str = "<u2"  # of the .ids members; "<u4" when the vocabulary exceeds 65,536
+    manifest: str | None = None  # audio: JSONL of {"path", "label", "text"} (audio_sources.py)
+    sample_rate: int = 16_000  # audio: every clip is resampled to this rate
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Item:
     start: int = 0
     stop: int = -1  # -1: whole file
     images: tuple[tuple[str, int], ...] = ()  # (path, class index) for image folders
+    clips: tuple = ()  # audio: (path, class index or -1, transcript or None); see audio_sources.py
 
 
 def _expand(inputs: list[str]) -> list[str]:
@@ -59,6 +62,11 @@ def _expand(inputs: list[str]) -> list[str]:
 
 def plan(inputs: list[str], opts: Options) -> tuple[list[Item], dict]:
     """Work items for the inputs, plus metadata for the index (class names for images)."""
+    if opts.format == "audio":
+        from ptft_engine.data.audio_sources import plan_audio
+
+        groups, meta = plan_audio(inputs, opts.manifest)
+        return [Item(path=g[0][0], clips=g) for g in groups], {**meta, "sample_rate": opts.sample_rate}
     if opts.format == "images":
         items, classes = [], []
         for root in inputs:
@@ -121,6 +129,10 @@ def process(item: Item, opts: Options) -> tuple[list[dict], list[tuple[str, str]
     samples: list[dict] = []
     bad: list[tuple[str, str]] = []
     nbytes = 0
+    if opts.format == "audio":
+        from ptft_engine.data.audio_sources import process_audio
+
+        return process_audio(item.clips, opts.sample_rate)
     if opts.format == "images":
         for path, cls in item.images:
             try:
