@@ -147,6 +147,7 @@ def main() -> None:
         train_tokenizer(iter_texts([shards]), kind="bpe", vocab_size=4000).save(tok)
         from ptft_engine.data import sources
         from ptft_engine.data.shards import write_shards
+        from ptft_engine.objectives import get_spec
 
         pretok = os.path.join(root, "pretok")
         write_shards([corpus], pretok, sources.Options(format="jsonl", tokenizer=tok), shard_bytes=1 << 20,
@@ -159,7 +160,7 @@ def main() -> None:
         for objective in ("mlm", "clm"):
             ours, pre, peer = [], [], []
             for _ in range(rounds):
-                peer.append(peer_tokens_per_s(shards, tok, mlm=objective == "mlm", **common))
+                peer.append(peer_tokens_per_s(shards, tok, mlm=get_spec(objective).data.mlm_mask, **common))
                 ours.append(ours_tokens_per_s(shards, tok, objective, docs="auto", **common))
                 pre.append(ours_tokens_per_s(pretok, tok, objective, docs="auto", **common))
             results[objective] = statistics.median(ours)

@@ -13,11 +13,9 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from ptft_engine.errors import ConfigError, format_validation_error
+
 M = TypeVar("M", bound=BaseModel)
-
-
-class ConfigError(ValueError):
-    """A config problem the user can fix; its message is one line naming the key."""
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -66,37 +64,11 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return tree
 
 
-def _loc(loc: tuple, tree: Any) -> str:
-    # Unions add their tag (e.g. 'decoder') to the location: a part that is not a key of
-    # the input mapping, and not the last part (a missing or unknown key), is such a tag.
-    parts, node = [], tree
-    for i, p in enumerate(loc):
-        if isinstance(node, dict):
-            last = i == len(loc) - 1
-            if p in node and (last or isinstance(node[p], (dict, list))):
-                node = node[p]
-            elif not last:
-                continue
-        elif isinstance(node, list) and isinstance(p, int) and p < len(node):
-            node = node[p]
-        parts.append(str(p))
-    return ".".join(parts)
-
-
-def format_validation_error(source: str, exc: ValidationError, tree: Any = None) -> str:
-    parts = []
-    for err in exc.errors(include_url=False):
-        where = _loc(err["loc"], tree) or "(top level)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        parts.append(f"{where}: {msg}")
-    return f"{source}: " + "; ".join(parts)
-
-
 def validate(model: type[M], tree: dict[str, Any], source: str = "config") -> M:
     try:
         return model.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(source, exc, tree)) from None
+        raise ConfigError(f"{source}: {format_validation_error(exc, tree=tree)}") from None
 
 
 def expand_includes(tree: dict[str, Any], base: Path) -> dict[str, Any]:

@@ -10,23 +10,13 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
+from ptft_engine.data.config import DataConfig
+from ptft_engine.models.config import ModelConfig
+from ptft_engine.objectives.spec import ObjectiveConfig
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-
-try:  # the model/objective/data packages own their schemas; fall back to plain mappings
-    from ptft_engine.models.config import ModelConfig  # type: ignore
-except ImportError:  # pragma: no cover - only while those packages are missing
-    ModelConfig = dict[str, Any]  # type: ignore
-try:
-    from ptft_engine.objectives.spec import ObjectiveConfig  # type: ignore
-except ImportError:  # pragma: no cover
-    ObjectiveConfig = dict[str, Any]  # type: ignore
-try:
-    from ptft_engine.data.config import DataConfig  # type: ignore
-except ImportError:  # pragma: no cover
-    DataConfig = dict[str, Any]  # type: ignore
 
 
 class SyntheticDataConfig(Section):

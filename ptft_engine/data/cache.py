@@ -30,7 +30,7 @@ import numpy as np
 
 from ptft_engine.data import remote
 from ptft_engine.data.errors import DataError, log
-from ptft_engine.data.index import ShardInfo, sha256_file
+from ptft_engine.data.shard_info import ShardInfo, sha256_file
 
 COUNTERS = ("downloads", "download_bytes", "cache_hits", "retries", "evictions", "download_wait_ms")
 

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from ptft_engine.data.config import DataConfig
 from ptft_engine.data.errors import BadSamples
 from ptft_engine.data.needs import DataNeeds
+from ptft_engine.data.sources import IMAGE_EXTS
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 LUMA = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ptft_engine.data.errors import DataError
-from ptft_engine.data.index import ShardInfo
+from ptft_engine.data.shard_info import ShardInfo
 
 COLUMNS_NAME = "index.columns.safetensors"
 COLUMNS_MIN_SHARDS = 1000  # `ptft shard` writes columns from this many shards on; JSON below

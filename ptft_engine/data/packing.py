@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-IGNORE = -100
+from ptft_engine.labels import IGNORE_INDEX
 
 
 @dataclass
@@ -47,7 +47,7 @@ def pack_causal(docs: list[list[int]], rows: int, seq_len: int, *, eos_id: int, 
     real[: len(used)] = True
     input_ids = torch.from_numpy(ids.reshape(rows, seq_len))  # (B, S)
     mask = torch.from_numpy(real.reshape(rows, seq_len))
-    labels = torch.where(mask, input_ids, torch.full_like(input_ids, IGNORE))
+    labels = torch.where(mask, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
     stats = PackStats(tokens=len(used), dropped=max(0, len(stream) - cap), padded=cap - len(used))
     return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}, stats
 
@@ -122,7 +122,7 @@ def _causal_rows(plan, lo: int, hi: int, docs: dict, *, pad_id: int, eos_id: int
     real = np.zeros(rows * seq, dtype=bool)
     real[: len(used)] = True
     input_ids, mask = torch.from_numpy(ids.reshape(rows, seq)), torch.from_numpy(real.reshape(rows, seq))
-    labels = torch.where(mask, input_ids, torch.full_like(input_ids, IGNORE))
+    labels = torch.where(mask, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
     stats = PackStats(tokens=len(used), padded=rows * seq - len(used))
     return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}, stats
 
@@ -176,6 +176,6 @@ def pack_plan_rows(plan, lo: int, hi: int, docs: dict, *, pad_id: int, eos_id: i
     stats.padded = rows * seq - stats.tokens
     input_ids, mask = torch.from_numpy(ids), torch.from_numpy(real)
     if plan.layout == "causal":
-        labels = torch.where(mask, input_ids, torch.full_like(input_ids, IGNORE))
+        labels = torch.where(mask, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
         return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}, stats
     return {"input_ids": input_ids, "segment_ids": torch.from_numpy(seg), "attention_mask": mask}, stats

@@ -21,7 +21,7 @@ def _guess_kind(path: str, offsets) -> str | None:
         exts = set(read_members(fh, offsets, 0)) - {"__key__"}
     if "pcm" in exts:  # `ptft shard --format audio` (its .txt is a transcript)
         return "audio"
-    images = exts & set(sources.IMAGE_EXTS.values())
+    images = exts & set(sources.IMAGE_EXTS)
     if images:
         return "image_text" if "txt" in exts else "image"
     return "text" if "txt" in exts else None

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 CHUNK_BYTES = 1 << 20  # one work item reads at most this much of a line-oriented file
 IMAGES_PER_ITEM = 64
-IMAGE_EXTS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp", ".bmp": "bmp"}
+# The image file suffixes read everywhere (shard inputs, image folders) and the tar members
+# holding an image, preferred first; `ptft shard` writes a .jpeg file as a .jpg member.
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
 FORMATS = ("text", "jsonl", "images", "image_text", "audio")
 
 
@@ -120,7 +122,9 @@ def _image_bytes(path: str) -> tuple[bytes, str]:
     with Image.open(io.BytesIO(data)) as im:
         im.verify()  # catches truncated / garbled files without a full decode
         fmt = (im.format or "").lower()
-    ext = IMAGE_EXTS.get(os.path.splitext(path)[1].lower()) or {"jpeg": "jpg"}.get(fmt, fmt or "jpg")
+    suffix = os.path.splitext(path)[1].lower().lstrip(".")
+    ext = suffix if suffix in IMAGE_EXTS else (fmt or "jpg")
+    ext = "jpg" if ext == "jpeg" else ext
     return data, ext
 
 

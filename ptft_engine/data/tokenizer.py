@@ -14,12 +14,33 @@ from typing import Iterable, Iterator
 from ptft_engine.data.errors import DataError
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<bos>", "<eos>"]
-# names other tokenizers use for the same roles, so a foreign tokenizer.json works too
-_ALIASES = {
+# The one table of special-token roles: role -> the names tokenizers give it, preferred
+# first (ours, then other families', so a foreign tokenizer.json works too).
+SPECIAL_TOKEN_ROLES = {
     "pad": ["[PAD]", "<pad>"], "unk": ["[UNK]", "<unk>"], "cls": ["[CLS]", "<s>", "<bos>"],
     "sep": ["[SEP]", "</s>", "<eos>"], "mask": ["[MASK]", "<mask>"],
     "bos": ["<bos>", "<s>", "[CLS]", "<|endoftext|>"], "eos": ["<eos>", "</s>", "<|endoftext|>", "[SEP]"],
 }
+# Names in that table that only stand in for a role (another role's token doing its job):
+# the engine uses them, but a Hugging Face tokenizer_config names a role with its own token only.
+_STAND_INS = {"cls": ("<s>", "<bos>"), "sep": ("</s>", "<eos>"), "bos": ("[CLS]",), "eos": ("[SEP]",)}
+
+
+def role_names(role: str, *, own_only: bool = False) -> list[str]:
+    """The names of `role` (see SPECIAL_TOKEN_ROLES), preferred first."""
+    stand_ins = _STAND_INS.get(role, ()) if own_only else ()
+    return [n for n in SPECIAL_TOKEN_ROLES[role] if n not in stand_ins]
+
+
+def role_tokens(vocab: dict[str, int], *, own_only: bool = False) -> dict[str, str | None]:
+    """role -> the first of its names that `vocab` (token -> id) holds, or None."""
+    return {role: next((n for n in role_names(role, own_only=own_only) if n in vocab), None)
+            for role in SPECIAL_TOKEN_ROLES}
+
+
+def role_ids(vocab: dict[str, int]) -> dict[str, int | None]:
+    """role -> its token's id in `vocab`, or None."""
+    return {role: None if name is None else vocab[name] for role, name in role_tokens(vocab).items()}
 
 
 def _build(kind: str, lowercase: bool):
@@ -144,12 +165,10 @@ def load_tokenizer(path: str) -> TokenizerInfo:
         raise DataError(f"tokenizer file {path!r} does not exist (train one with `ptft tokenizer train`)")
     tok = Tokenizer.from_file(path)
     vocab = tok.get_vocab(with_added_tokens=True)
-    ids: dict[str, int | None] = {}
-    for role, names in _ALIASES.items():
-        ids[role] = next((vocab[n] for n in names if n in vocab), None)
+    ids = role_ids(vocab)
     for role in ("pad", "cls", "sep", "mask", "eos"):
         if ids[role] is None:
-            raise DataError(f"tokenizer {path!r} has no {role} token (looked for {_ALIASES[role]})")
+            raise DataError(f"tokenizer {path!r} has no {role} token (looked for {SPECIAL_TOKEN_ROLES[role]})")
     added = tok.get_added_tokens_decoder()  # {id: AddedToken}
     special = sorted({i for i in ids.values() if i is not None} | {i for i, t in added.items() if t.special})
     return TokenizerInfo(tokenizer=tok, vocab_size=tok.get_vocab_size(with_added_tokens=True), pad_id=ids["pad"],

@@ -5,11 +5,9 @@ import datetime
 import importlib
 import logging
 import os
-import random
 import socket
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -25,15 +23,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def pick_device(cfg: RunConfig) -> torch.device:
-    want = cfg.run.device
-    if want == "cuda" and not torch.cuda.is_available():
-        raise ValueError("run.device: cuda requested but no CUDA device is visible")
-    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
 
 
 # rendezvous variables this process set for itself (no launcher); dropped again at teardown
@@ -89,14 +78,6 @@ def teardown_distributed() -> None:
     for key in OWN_ENV:
         os.environ.pop(key, None)
     OWN_ENV.clear()
-
-
-def seed_everything(seed: int, rank: int) -> None:
-    # Model init must match on every rank (same seed); data order comes from the loaders.
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    del rank
 
 
 def build_objective_from_config(cfg: RunConfig) -> torch.nn.Module:

@@ -21,7 +21,7 @@ import torch.distributed as dist
 import yaml
 
 from ptft_engine.config.schema import RunConfig
-from ptft_engine.engine import checkpoint, checks, rundir, setup
+from ptft_engine.engine import checkpoint, checks, rundir, runtime, setup
 from ptft_engine.engine.heartbeat import Heartbeat
 from ptft_engine.engine.metrics import DataCounters, MetricsLogger, memory_stats, peak_tflops
 from ptft_engine.engine.schedules import lr_at
@@ -60,7 +60,7 @@ class Trainer:
 
     def _start(self, objective_factory, run_dir, overwrite: bool) -> None:
         cfg = self.cfg
-        self.device = setup.pick_device(cfg)
+        self.device = runtime.pick_device(cfg.run.device)
         self.rank, self.world_size = setup.init_distributed(self.device, cfg.run.dist_timeout_s)
         self.run_dir = Path(run_dir or Path(cfg.run.output_dir) / cfg.run.name)
         self.ckpt_dir = Path(cfg.checkpoint.dir or self.run_dir / "checkpoints")
@@ -81,7 +81,7 @@ class Trainer:
                 log.warning("--overwrite: the previous run was moved to %s", path)
         else:
             self._agree(lambda: None)
-        setup.seed_everything(cfg.run.seed, self.rank)
+        runtime.seed_everything(cfg.run.seed)
         build = objective_factory or (lambda: setup.build_objective_from_config(cfg))
         self.engine, self.optimizer, self.ds_config = setup.init_deepspeed(cfg, build, self.world_size, self.device)
         self.objective = self.engine.module
@@ -171,14 +171,7 @@ class Trainer:
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.train.precision)
-        out = {}
-        for k, v in batch.items():
-            if torch.is_tensor(v):
-                v = v.to(self.device, non_blocking=True)
-                if dtype is not None and v.is_floating_point():
-                    v = v.to(dtype)  # DeepSpeed casts the module, not its inputs
-            out[k] = v
-        return out
+        return runtime.move_batch(batch, self.device, dtype)
 
     # ---------------------------------------------------------------- the step
     def _set_lr(self) -> float:

@@ -47,7 +47,8 @@ def layout_of_config(config: dict[str, Any], source: str) -> tuple[Layout | None
     """config.json contents -> (layout or None for native, engine model config)."""
     from pydantic import ValidationError
 
-    from ptft_engine.models import ConfigError, format_validation_error, parse_model_config
+    from ptft_engine.errors import ConfigError, format_validation_error
+    from ptft_engine.models import parse_model_config
 
     if config.get("ptft_format") == NATIVE:
         try:

@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 import torch
 
+from ptft_engine.data.tokenizer import role_tokens
 from ptft_engine.export.errors import ExportError
 from ptft_engine.export.formats import NATIVE, layout_for
 from ptft_engine.export.manifest import MANIFEST, sha256_json, write_manifest
@@ -23,9 +24,6 @@ log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                    "vocab.json", "merges.txt")
-_SPECIAL_ROLES = {"pad_token": ["[PAD]", "<pad>"], "unk_token": ["[UNK]", "<unk>"], "cls_token": ["[CLS]"],
-                  "sep_token": ["[SEP]"], "mask_token": ["[MASK]", "<mask>"],
-                  "bos_token": ["<bos>", "<s>", "<|endoftext|>"], "eos_token": ["<eos>", "</s>", "<|endoftext|>"]}
 
 
 def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
@@ -59,13 +57,9 @@ def special_tokens(out_dir: Path) -> dict[str, tuple[str, int]]:
         return {}
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(path))
-    found = {}
-    for role, names in _SPECIAL_ROLES.items():
-        name = next((n for n in names if tok.token_to_id(n) is not None), None)
-        if name is not None:
-            found[role] = (name, tok.token_to_id(name))
-    return found
+    vocab = Tokenizer.from_file(str(path)).get_vocab(with_added_tokens=True)
+    return {f"{role}_token": (name, vocab[name]) for role, name in role_tokens(vocab, own_only=True).items()
+            if name is not None}
 
 
 def _set_post_processor(path: Path, task: dict | None) -> None:
@@ -75,7 +69,7 @@ def _set_post_processor(path: Path, task: dict | None) -> None:
     from tokenizers import Tokenizer, processors
 
     tok = Tokenizer.from_file(str(path))
-    eos = next((n for n in _SPECIAL_ROLES["eos_token"] if tok.token_to_id(n) is not None), None)
+    eos = role_tokens(tok.get_vocab(with_added_tokens=True), own_only=True)["eos"]
     if task is not None and eos is not None:
         tok.post_processor = processors.TemplateProcessing(
             single=f"$A {eos}", pair=f"$A {eos} $B:1 {eos}:1", special_tokens=[(eos, tok.token_to_id(eos))])

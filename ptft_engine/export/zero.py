@@ -356,7 +356,8 @@ def resolve_source(source: Path) -> tuple[Path, Path]:
 
 def export_checkpoint(source: str | Path, out_dir: str | Path, *, tokenizer: str | Path | None = None, **kwargs):
     from ptft_engine.export.writer import export_tensors
-    from ptft_engine.models import ConfigError, parse_model_config
+    from ptft_engine.errors import ConfigError
+    from ptft_engine.models import parse_model_config
 
     ckpt, run_dir = resolve_source(Path(source))
     run_cfg = read_run_config(run_dir)

@@ -1,11 +1,16 @@
-"""Typed fine-tuning config (YAML -> pydantic); unknown keys are a one-line error naming the key."""
+"""Typed fine-tuning config (YAML -> pydantic); unknown keys are a one-line error naming the key.
+
+Read by the engine's config loader (ptft_engine.config.loader), so a fine-tuning recipe
+takes the same `key=value` overrides and gives the same errors as a pre-training one."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ptft_engine.config.loader import load_config, validate
+from ptft_engine.errors import ConfigError
 
 TaskKind = Literal["sequence_classification", "token_classification", "regression", "image_classification"]
 DEFAULT_METRIC = {"sequence_classification": "accuracy", "token_classification": "entity_f1",
@@ -119,38 +124,13 @@ class FinetuneConfig(_Section):
         return self.eval.metric or DEFAULT_METRIC[self.task.kind]
 
 
-def _set_dotted(data: dict, dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    for k in keys[:-1]:
-        data = data.setdefault(k, {})
-        if not isinstance(data, dict):
-            raise ValueError(f"override {dotted!r}: {k} is not a section")
-    data[keys[-1]] = value
-
-
 def parse_finetune_config(data: Any, source: str = "config") -> FinetuneConfig:
-    from ptft_engine.models import format_validation_error
-
+    """A mapping of settings (e.g. built in code) -> FinetuneConfig; ConfigError naming the key."""
     if not isinstance(data, dict):
-        raise ValueError(f"{source}: expected a mapping of fine-tuning settings")
-    try:
-        return FinetuneConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ValueError(f"{source}: {format_validation_error(exc)}") from None
+        raise ConfigError(f"{source}: expected a mapping of fine-tuning settings, got {type(data).__name__}")
+    return validate(FinetuneConfig, data, source)
 
 
 def load_finetune_config(path: str | Path | None, overrides: list[str] = ()) -> FinetuneConfig:
-    """YAML file + `key.sub=value` overrides (values parsed as YAML scalars)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"{path}: cannot read config ({exc.__class__.__name__})") from None
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} is not key=value")
-        _set_dotted(data, key.strip(), yaml.safe_load(value))
-    return parse_finetune_config(data, str(path or "config"))
+    """YAML file + dotted `key=value` overrides, read as `ptft pretrain` reads its recipe."""
+    return load_config(FinetuneConfig, path, list(overrides))

@@ -18,21 +18,16 @@ from typing import Any
 
 import torch
 
-IGNORE = -100
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
-_ROLES = {"pad": ["[PAD]", "<pad>"], "cls": ["[CLS]", "<s>", "<bos>"], "sep": ["[SEP]", "</s>", "<eos>"],
-          "eos": ["<eos>", "</s>", "<|endoftext|>", "[SEP]"], "unk": ["[UNK]", "<unk>"]}
-
-
-class FinetuneDataError(ValueError):
-    """Bad fine-tuning data; the message names the file and line or field."""
+from ptft_engine.data.sources import IMAGE_EXTS
+from ptft_engine.data.tokenizer import role_ids
+from ptft_engine.finetune.errors import FinetuneDataError
+from ptft_engine.finetune.shard_data import ShardImage, read_shard_records
+from ptft_engine.labels import IGNORE_INDEX
 
 
 # ---------------------------------------------------------------------------- reading
 def read_records(path: str | Path, fmt: str, text_field: str = "text", label_field: str = "label") -> list[dict[str, Any]]:
     if fmt == "shards":  # as given: a URL keeps its "//"
-        from ptft_engine.finetune.shard_data import read_shard_records  # it imports this module
-
         return read_shard_records(str(path), text_field, label_field)
     path = Path(path)
     if fmt == "image_folder":
@@ -58,7 +53,7 @@ def read_image_folder(root: Path) -> list[dict[str, Any]]:
         raise FinetuneDataError(f"{root}: image folder not found")
     out = [{"image": str(p), "label": cls_dir.name}
            for cls_dir in sorted(d for d in root.iterdir() if d.is_dir())
-           for p in sorted(cls_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTS]
+           for p in sorted(cls_dir.iterdir()) if p.suffix.lower().lstrip(".") in IMAGE_EXTS]
     if not out:
         raise FinetuneDataError(f"{root}: no images in class subfolders (expected root/<class>/<image>.png)")
     return out
@@ -123,7 +118,7 @@ class TextEncoder:
             raise FinetuneDataError(f"{path}: tokenizer file not found (set data.tokenizer)")
         self.tok = Tokenizer.from_file(str(path))
         vocab = self.tok.get_vocab(with_added_tokens=True)
-        self.ids = {role: next((vocab[n] for n in names if n in vocab), None) for role, names in _ROLES.items()}
+        self.ids = role_ids(vocab)
         self.arch = arch
         self.pad_id = self.ids["pad"] if self.ids["pad"] is not None else (self.ids["eos"] or 0)
 
@@ -166,11 +161,11 @@ class TextEncoder:
             w = word_ids[p] if p >= 0 else None
             first = w is not None and (p == 0 or word_ids[p - 1] != w)
             if w is None:
-                labels.append(IGNORE)
+                labels.append(IGNORE_INDEX)
             elif first:
                 labels.append(tags[w])
             else:
-                labels.append(continuation.get(tags[w], tags[w]) if all_subtokens else IGNORE)
+                labels.append(continuation.get(tags[w], tags[w]) if all_subtokens else IGNORE_INDEX)
             starts.append(1 if first else 0)
         return {"input_ids": ids, "token_type_ids": types, "labels": labels, "word_starts": starts}
 
@@ -194,7 +189,7 @@ class ListDataset(torch.utils.data.Dataset):
 
 
 def pad_collate(pad_id: int):
-    """List of examples -> batch dict; sequences are right-padded, labels padded with -100."""
+    """List of examples -> batch dict; sequences are right-padded, labels padded with IGNORE_INDEX."""
     def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         if "pixel_values" in items[0]:
@@ -209,7 +204,7 @@ def pad_collate(pad_id: int):
         labels = [it["labels"] for it in items]
         if isinstance(labels[0], list):
             n = max(len(x) for x in labels)
-            out["labels"] = torch.tensor([x + [IGNORE] * (n - len(x)) for x in labels])
+            out["labels"] = torch.tensor([x + [IGNORE_INDEX] * (n - len(x)) for x in labels])
         else:
             out["labels"] = torch.tensor(labels)
         return out
@@ -223,7 +218,6 @@ def load_image(path, size: int, channels: int) -> torch.Tensor:
     from PIL import Image
 
     from ptft_engine.data.images import MEAN, STD
-    from ptft_engine.finetune.shard_data import ShardImage
 
     with Image.open(path.open() if isinstance(path, ShardImage) else path) as im:
         im = im.convert("RGB" if channels == 3 else "L").resize((size, size), Image.BILINEAR)

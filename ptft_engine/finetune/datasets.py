@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ptft_engine.finetune.data import (
-    FinetuneDataError, ListDataset, TextEncoder, field, load_image, pad_collate, read_records, split_records, subsample,
+    ListDataset, TextEncoder, field, load_image, pad_collate, read_records, split_records, subsample,
 )
+from ptft_engine.finetune.errors import FinetuneDataError
 
 
 @dataclass

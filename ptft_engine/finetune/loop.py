@@ -11,30 +11,25 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from ptft_engine.engine.runtime import move_batch, pick_device, seed_everything
+from ptft_engine.engine.schedules import lr_at
 from ptft_engine.finetune.config import MINIMISED, FinetuneConfig
 from ptft_engine.finetune.datasets import build_task_data
 from ptft_engine.finetune.freezing import apply_strategy
 from ptft_engine.finetune.llrd import param_groups
 from ptft_engine.finetune.metrics import classification_metrics, regression_metrics, token_metrics
 from ptft_engine.finetune.report import write_report
-from ptft_engine.finetune.saved import head_if_fits, save_task_model, to_device
+from ptft_engine.finetune.saved import head_if_fits, save_task_model
 from ptft_engine.finetune.tasks import TaskModel, select_backbone
+from ptft_engine.labels import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
-
-
-def _device(want: str) -> torch.device:
-    if want == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: cuda requested but no CUDA device is visible")
-    return torch.device("cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available()) else "cpu")
 
 
 def load_backbone(cfg: FinetuneConfig) -> tuple[torch.nn.Module, str | None, dict[str, Any]]:
@@ -53,17 +48,6 @@ def load_backbone(cfg: FinetuneConfig) -> tuple[torch.nn.Module, str | None, dic
     return build_model(cfg.model.config), cfg.data.tokenizer, {"pretrained": None, "from_scratch": True}
 
 
-def lr_lambda(total: int, warmup: int, schedule: str):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
-    return f
-
-
 @torch.no_grad()
 def evaluate(model: TaskModel, loader, device, label_names: list[str] | None) -> dict[str, float]:
     model.eval()
@@ -71,13 +55,13 @@ def evaluate(model: TaskModel, loader, device, label_names: list[str] | None) ->
     y_true: list = []
     y_pred: list = []
     for batch in loader:
-        batch = to_device(batch, device)
+        batch = move_batch(batch, device)
         logits = model(batch)
         total_loss += model.loss(logits, batch["labels"]).item()
         batches += 1
         if model.kind == "token_classification":
             pred = logits.argmax(-1)
-            starts = batch["word_starts"].bool() & (batch["labels"] != -100)
+            starts = batch["word_starts"].bool() & (batch["labels"] != IGNORE_INDEX)
             for r in range(pred.shape[0]):
                 keep = starts[r]
                 y_true.append([label_names[i] for i in batch["labels"][r][keep].tolist()])
@@ -98,15 +82,9 @@ def evaluate(model: TaskModel, loader, device, label_names: list[str] | None) ->
     return {"loss": total_loss / max(1, batches), **metrics}
 
 
-def _seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
-    _seed(cfg.seed)
-    device = _device(cfg.device)
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device, key="device")
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     kind = cfg.task.kind
@@ -131,7 +109,10 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                                                collate_fn=data.collate, drop_last=len(data.train) > o.batch_size)
     val_loader = torch.utils.data.DataLoader(data.val, batch_size=cfg.eval.batch_size, collate_fn=data.collate)
     total = o.max_steps or o.epochs * len(train_loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, int(o.warmup_ratio * total), o.schedule))
+    # the pre-training schedule as a factor of each group's lr (layer-wise decay keeps its ratios)
+    warmup = int(o.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(
+        step, base_lr=1.0, total_steps=total, warmup_steps=warmup, schedule=o.schedule))
     eval_every = cfg.eval.every or len(train_loader)
     metric, sign = cfg.metric, (-1.0 if cfg.metric in MINIMISED else 1.0)
     task_info = {"kind": kind, "num_outputs": num_outputs, "labels": data.label_names, "pooling": model.pooling,
@@ -151,7 +132,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         bar = tqdm(total=total, desc=f"finetune {kind}", unit="step")
     while step < total and not stopped_early:
         for batch in train_loader:
-            batch = to_device(batch, device)
+            batch = move_batch(batch, device)
             loss = model.loss(model(batch), batch["labels"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

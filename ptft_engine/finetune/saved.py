@@ -62,6 +62,3 @@ def head_if_fits(path: str | Path, model: TaskModel) -> bool:
     model.load_head(head)
     return True
 
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}

@@ -22,9 +22,8 @@ from ptft_engine.data.errors import DataError
 from ptft_engine.data.index import ShardInfo, read_members, resolve_source
 from ptft_engine.data.remote import is_remote, redact
 from ptft_engine.data.sources import IMAGE_EXTS
-from ptft_engine.finetune.data import FinetuneDataError
+from ptft_engine.finetune.errors import FinetuneDataError
 
-_IMAGE_MEMBERS = tuple(dict.fromkeys(IMAGE_EXTS.values())) + ("jpeg",)
 _PINNED: list = []  # open cached shards: a shared flock on each keeps it from eviction
 
 
@@ -97,17 +96,17 @@ def read_shard_records(spec: str, text_field: str = "text", label_field: str = "
                 except (ValueError, OSError, EOFError) as exc:
                     raise FinetuneDataError(f"shard {shard.path}, sample {i}: unreadable ({exc})") from None
                 key = sample["__key__"]
-                if "txt" in sample and not any(e in sample for e in _IMAGE_MEMBERS):
+                if "txt" in sample and not any(e in sample for e in IMAGE_EXTS):
                     out.append(_text_record(sample, redact(shard.path), key, text_field, label_field))
                     continue
                 if "cls" not in sample:
                     raise FinetuneDataError(
                         f"shard {shard.path}, key {key}: no .cls label member (has .{', .'.join(e for e in sorted(sample) if e != '__key__')}); "
                         "format: shards needs image-folder shards (ptft shard --format images)")
-                ext = next((e for e in _IMAGE_MEMBERS if e in sample), None)
+                ext = next((e for e in IMAGE_EXTS if e in sample), None)
                 if ext is None:
                     raise FinetuneDataError(f"shard {shard.path}, key {key}: no image member "
-                                            f"(.{', .'.join(_IMAGE_MEMBERS)})")
+                                            f"(.{', .'.join(IMAGE_EXTS)})")
                 out.append({"image": ShardImage(local, int(table[i]), int(table[i + 1]), ext),
                             "label": _label_name(sample["cls"], classes, shard.path, key)})
     if not out:

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ptft_engine.labels import IGNORE_INDEX
+
 TEXT_TASKS = ("sequence_classification", "token_classification", "regression")
 SEQUENCE_TASKS = ("sequence_classification", "regression")
 HEAD_MODULES = ("head", "pooler")  # what a task adds to the backbone (trained as the head, saved with it)
@@ -123,4 +125,4 @@ class TaskModel(nn.Module):
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.kind == "regression":
             return F.mse_loss(logits.float(), labels.float())
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)

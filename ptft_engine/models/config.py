@@ -14,13 +14,11 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from ptft_engine.errors import ConfigError, format_validation_error  # noqa: F401 (re-exported for models users)
+
 Activation = Literal["gelu", "gelu_new", "gelu_pytorch_tanh", "quick_gelu", "relu", "silu"]
 PosInt = Annotated[int, Field(gt=0)]
 Prob = Annotated[float, Field(ge=0.0, lt=1.0)]
-
-
-class ConfigError(ValueError):
-    """A config a user can fix; the message is one line naming the key."""
 
 
 class _Base(BaseModel):
@@ -155,40 +153,18 @@ ARCHS = ("encoder", "decoder", "vit", "dual_encoder")
 _adapter = TypeAdapter(ModelConfig)
 
 
-def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    """Pydantic's multi-line report -> one line per problem, joined by '; '."""
-    parts = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        # drop the union tag pydantic inserts ("encoder", "decoder" ...) after the arch switch
-        loc = [p for i, p in enumerate(loc) if not (p in ARCHS and i == 0)]
-        key = ".".join(([prefix] if prefix else []) + loc) or prefix or "config"
-        if err["type"] == "extra_forbidden":
-            parts.append(f"{key}: unknown key")
-        elif err["type"] == "union_tag_invalid":
-            got = err["input"].get("arch") if isinstance(err.get("input"), dict) else err.get("input")
-            parts.append(f"{key}.arch: must be one of {', '.join(ARCHS)}, got {got!r}")
-        elif err["type"] == "union_tag_not_found":
-            parts.append(f"{(key + '.') if key != 'config' else ''}arch: missing; choose one of {', '.join(ARCHS)}")
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-            field, sep, rest = msg.partition(": ")
-            if sep and field.isidentifier():  # a model validator naming its field: "field: why"
-                key, msg = f"{key}.{field}", rest
-            parts.append(f"{key}: {msg} (got {err['input']!r})" if err["type"] != "value_error" else f"{key}: {msg}")
-    return "; ".join(parts)
-
-
 def parse_model_config(data: Any, prefix: str = "model") -> EncoderConfig | DecoderConfig | ViTConfig | DualEncoderConfig:
     """dict (or an already-built config) -> typed config; ConfigError with one line otherwise."""
     if isinstance(data, (EncoderConfig, DecoderConfig, ViTConfig, DualEncoderConfig)):
         return data
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix}: expected a mapping of model settings, got {type(data).__name__}")
+    if "arch" not in data:  # pydantic cannot say which tags the union expects
+        raise ConfigError(f"{prefix}.arch: missing; choose one of {', '.join(ARCHS)}")
     try:
         return _adapter.validate_python(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, prefix)) from None
+        raise ConfigError(format_validation_error(exc, prefix, tree=data)) from None
 
 
 def load_model_config(path: str | Path) -> EncoderConfig | DecoderConfig | ViTConfig | DualEncoderConfig:

@@ -7,7 +7,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE = -100  # label of positions no loss is taken on (padding, unmasked tokens, document ends)
+from ptft_engine.labels import IGNORE_INDEX
+
+IGNORE = IGNORE_INDEX  # label of positions no loss is taken on (padding, unmasked tokens, document ends)
 
 
 def transformer_flops_per_token(matmul_params: int, num_layers: int, hidden_size: int, seq_len: int) -> int:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 
 from ptft_engine.data import DataConfig, build_loader
-from ptft_engine.data.packing import IGNORE, pack_causal, pack_segments
+from ptft_engine.data.packing import pack_causal, pack_segments
 from ptft_engine.data.text import mask_seed
+from ptft_engine.labels import IGNORE_INDEX
 
 CLS, SEP, PAD, EOS = 2, 3, 0, 6
 
@@ -73,7 +74,7 @@ def test_causal_packing_concatenates_with_eos_and_chunks():
     batch, stats = pack_causal(docs[:1], rows=2, seq_len=8, eos_id=EOS, pad_id=PAD, bos_id=5)
     assert batch["input_ids"].flatten()[:7].tolist() == [5] + docs[0] + [EOS]
     assert batch["attention_mask"].sum() == 7 and stats.padded == 9
-    assert (batch["labels"].flatten()[7:] == IGNORE).all()
+    assert (batch["labels"].flatten()[7:] == IGNORE_INDEX).all()
 
 
 def test_loader_masks_by_position_and_never_special_tokens(text_shards, tok_path):
@@ -88,7 +89,7 @@ def test_loader_masks_by_position_and_never_special_tokens(text_shards, tok_path
     n_batches = len(loader)  # of this epoch (the next one also holds this one's carried tail)
     for batch in loader:
         labels, seg = batch["labels"], batch["segment_ids"]
-        picked = labels != IGNORE
+        picked = labels != IGNORE_INDEX
         original = torch.where(picked, labels, batch["input_ids"])  # unmask
         assert not torch.isin(original[picked], torch.tensor(tok.special_ids)).any()
         assert (original[seg == 0] == tok.pad_id).all() and not picked[seg == 0].any()
@@ -109,7 +110,7 @@ def test_run_wide_gpu_backend_does_not_break_cpu_workers(text_shards, tok_path, 
     monkeypatch.setenv(registry.ENV_VAR, "cuda")  # meant for the step on a GPU
     cfg = DataConfig(shards=[text_shards], tokenizer=tok_path, seq_len=32, batch_size=2, num_workers=0)
     batch = next(iter(build_loader(cfg, objective="mlm")))
-    assert (batch["labels"] != IGNORE).any()
+    assert (batch["labels"] != IGNORE_INDEX).any()
 
 
 def test_auto_docs_per_batch_fills_batches(text_shards, tok_path):

@@ -5,7 +5,7 @@ import pytest
 from data_helpers import EN, ZH
 
 from ptft_engine import cli
-from ptft_engine.data.tokenizer import SPECIAL_TOKENS, load_tokenizer, train_tokenizer
+from ptft_engine.data.tokenizer import SPECIAL_TOKENS, load_tokenizer, role_ids, role_tokens, train_tokenizer
 
 MIXED = ["混合 text: 预训练 needs data, 数据!", "Ünïcödé and emoji 🙂 survive", "未登录的字：龘"]
 
@@ -72,3 +72,14 @@ def test_cli_train_on_raw_text_files(tmp_path, capsys):
     assert "on 30 texts" in capsys.readouterr().out
     info = load_tokenizer(str(tmp_path / "tok"))
     assert info.decode(info.encode_batch([ZH[1]])[0]) == ZH[1]
+
+
+def test_one_role_table_serves_the_engine_and_hugging_face():
+    # a BERT-style vocabulary: [CLS]/[SEP] stand in for bos/eos in the engine, but a
+    # transformers tokenizer_config names only a role's own token
+    bert = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
+    assert role_ids(bert) == {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4, "bos": 2, "eos": 3}
+    assert role_tokens(bert, own_only=True) == {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]",
+                                                "mask": "[MASK]", "bos": None, "eos": None}
+    gpt2 = {"<|endoftext|>": 7}
+    assert role_tokens(gpt2, own_only=True)["eos"] == "<|endoftext|>" and role_ids(gpt2)["cls"] is None

@@ -6,8 +6,9 @@ import yaml
 
 from ptft_engine import cli
 from ptft_engine.finetune import parse_finetune_config
-from ptft_engine.finetune.data import IGNORE, TextEncoder
+from ptft_engine.finetune.data import TextEncoder
 from ptft_engine.finetune.metrics import entity_f1, entity_spans, macro_f1, pearson, spearman
+from ptft_engine.labels import IGNORE_INDEX
 
 
 def test_entity_spans_and_f1():
@@ -32,7 +33,7 @@ def test_subword_label_alignment(assets):
     pieces = enc.tok.encode(words, is_pretokenized=True, add_special_tokens=False)
     assert out["input_ids"][0] == enc.ids["cls"] and out["input_ids"][-1] == enc.ids["sep"]
     assert len(pieces.ids) > len(words)  # the small vocabulary really splits words
-    labelled = [lab for lab in out["labels"] if lab != IGNORE]
+    labelled = [lab for lab in out["labels"] if lab != IGNORE_INDEX]
     assert labelled == tags  # one label per word, on its first sub-word
     assert sum(out["word_starts"]) == len(words)
     full = enc.encode_words(words, tags, 64, all_subtokens=True, continuation={2: 3})

@@ -5,8 +5,8 @@ import pytest
 import torch
 from finetune_fixtures import base_config
 
+from ptft_engine.engine.runtime import move_batch
 from ptft_engine.finetune import finetune, load_task_model, parse_finetune_config
-from ptft_engine.finetune.saved import to_device
 
 pytestmark = pytest.mark.slow  # whole fine-tuning runs
 
@@ -63,7 +63,7 @@ def test_saved_best_model_reloads_with_same_predictions(assets, tmp_path):
     loader = torch.utils.data.DataLoader(data.val, batch_size=64, collate_fn=data.collate)
     again = evaluate(model, loader, torch.device("cpu"), data.label_names)
     assert again["accuracy"] == pytest.approx(result["best"]["accuracy"])
-    batch = to_device(next(iter(loader)), torch.device("cpu"))
+    batch = move_batch(next(iter(loader)), torch.device("cpu"))
     assert model(batch).shape == (len(batch["labels"]), 2)
 
 

@@ -6,11 +6,15 @@ import sys
 import torch
 
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+import importlib  # noqa: E402
+
 import deepspeed  # noqa: E402
 
 from ptft_engine.models import build_model, count_parameters, load_model_config  # noqa: E402
 from ptft_engine.objectives import build_objective  # noqa: E402
 
+# as engine/setup.py: skip DeepSpeed's JIT build of a CPU shared-memory op that training never uses
+importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 deepspeed.init_distributed(dist_backend="gloo", verbose=False)
 ids = torch.randint(4, 64, (4, 12))
 CASES = {
