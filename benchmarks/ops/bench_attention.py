@@ -19,9 +19,7 @@ Prints one JSON object per case as it is measured; --json-out appends the same l
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import sys
 
 import torch
@@ -30,7 +28,7 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from ptft_engine.ops import BackendUnavailable, attention  # noqa: E402
+from ptft_engine.ops import attention  # noqa: E402
 from ptft_engine.ops.attention.reference import visible_mask  # noqa: E402
 from timing import emit, error_row, gpu_target, sig, time_cpu_pair, time_device  # noqa: E402
 

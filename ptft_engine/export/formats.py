@@ -15,8 +15,9 @@ def _hf_layouts() -> dict[str, type[Layout]]:
     from ptft_engine.export.hf_bert import BertLayout
     from ptft_engine.export.hf_gpt2 import GPT2Layout, LlamaLayout
     from ptft_engine.export.hf_vit import ViTLayout
+    from ptft_engine.export.hf_wav2vec2 import Wav2Vec2Layout
 
-    return {"bert": BertLayout, "gpt2": GPT2Layout, "llama": LlamaLayout, "vit": ViTLayout}
+    return {"bert": BertLayout, "gpt2": GPT2Layout, "llama": LlamaLayout, "vit": ViTLayout, "wav2vec2": Wav2Vec2Layout}
 
 
 def _make(kind: str, cfg) -> Layout:
@@ -36,6 +37,8 @@ def layout_for(cfg, fmt: str = "auto") -> Layout | None:
         return _make("bert", cfg)
     if cfg.arch == "decoder":
         return _make(cfg.style, cfg)
+    if cfg.arch == "wav2vec2":
+        return _make("wav2vec2", cfg)
     if cfg.arch == "vit" and fmt == "hf":
         return _make("vit", cfg)
     if fmt == "hf":

@@ -91,6 +91,10 @@ class Layout:
         weights are all there, so transformers initialises nothing at random)."""
         return config["architectures"]
 
+    def extra_json(self, cfg: Any) -> dict[str, Any]:
+        """Other JSON files transformers reads beside config.json (file name -> contents)."""
+        return {}
+
     def build_kwargs(self, names: set[str]) -> dict[str, Any]:
         """Extra keyword arguments for the engine model, decided by which tensors exist."""
         return {}

@@ -224,7 +224,7 @@ def export_tensors(
         gen = {k: v for k, v in decoder_ids.items() if v is not None}
         (out_dir / "generation_config.json").write_text(json.dumps({**gen, "_from_model_config": False}, indent=1))
         files.append("generation_config.json")
-    json_files = dict(extra_json or {})
+    json_files = {**({} if layout is None else layout.extra_json(model_cfg)), **(extra_json or {})}
     if task is not None:
         json_files[TASK_FILE] = {**task, "transformers_class": th.architecture,
                                  **({"transformers_class_why_none": th.reason} if not th.architecture else {})}

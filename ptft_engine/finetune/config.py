@@ -12,11 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ptft_engine.config.loader import load_config, validate
 from ptft_engine.errors import ConfigError
 
-TaskKind = Literal["sequence_classification", "token_classification", "regression", "image_classification"]
+TaskKind = Literal["sequence_classification", "token_classification", "regression", "image_classification",
+                   "audio_classification"]
 DEFAULT_METRIC = {"sequence_classification": "accuracy", "token_classification": "entity_f1",
-                  "regression": "pearson", "image_classification": "accuracy"}
+                  "regression": "pearson", "image_classification": "accuracy", "audio_classification": "accuracy"}
 MINIMISED = {"mse", "loss"}
-SHARD_TASKS = ("image_classification", "sequence_classification", "regression")  # data.format shards
+SHARD_TASKS = ("image_classification", "sequence_classification", "regression", "audio_classification")
 
 
 class _Section(BaseModel):
@@ -71,7 +72,8 @@ class LoRASection(_Section):
 
 
 class StrategySection(_Section):
-    kind: Literal["full", "partial", "linear_probe", "lora"] = "full"
+    kind: Literal["full", "partial", "linear_probe", "lora", "freeze_feature_encoder"] = Field(
+        "full", description="freeze_feature_encoder: audio_classification only (wav2vec 2.0's conv stack frozen)")
     freeze_embeddings: bool = False
     freeze_layers: int = Field(0, ge=0, description="partial: freeze the lower N blocks")
     lora: LoRASection = Field(default_factory=LoRASection)
@@ -117,6 +119,16 @@ class FinetuneConfig(_Section):
                              "(shards hold one text and one label per sample; token tasks read jsonl or csv)")
         if self.data.format == "shards" and self.data.text_pair_field:
             raise ValueError("data.text_pair_field needs jsonl or csv: shards hold one text per sample")
+        audio = self.task.kind == "audio_classification"
+        if audio and self.data.format != "shards":
+            raise ValueError("task.kind audio_classification reads audio shards: set data.format: shards "
+                             "(ptft shard --format audio)")
+        if audio and self.strategy.kind == "partial":
+            raise ValueError("strategy.kind partial: audio_classification takes full, freeze_feature_encoder, "
+                             "linear_probe or lora")
+        if not audio and self.strategy.kind == "freeze_feature_encoder":
+            raise ValueError(f"strategy.kind freeze_feature_encoder needs task.kind audio_classification, "
+                             f"got {self.task.kind}")
         return self
 
     @property

@@ -85,6 +85,10 @@ def evaluate(model: TaskModel, loader, device, label_names: list[str] | None) ->
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
     device = pick_device(cfg.device, key="device")
+    if cfg.task.kind == "audio_classification":  # a transformers task model: its own loop
+        from ptft_engine.finetune.audio import finetune_audio_from_config
+
+        return finetune_audio_from_config(cfg, device)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     kind = cfg.task.kind

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-TARGETS = {
-    "attn": ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj"),
-    "mlp": ("fc_in", "fc_out", "gate_proj", "up_proj", "down_proj"),
+TARGETS = {  # engine names, and transformers Wav2Vec2's (out_proj, intermediate_dense, output_dense)
+    "attn": ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "out_proj"),
+    "mlp": ("fc_in", "fc_out", "gate_proj", "up_proj", "down_proj", "intermediate_dense", "output_dense"),
 }
 
 

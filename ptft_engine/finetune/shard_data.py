@@ -1,5 +1,9 @@
 """Labelled samples from `ptft shard` output for fine-tuning.
 
+An audio shard sample (`ptft shard --format audio --manifest ...`) holds KEY.pcm (int16
+PCM at the index's "sample_rate") and KEY.cls; it becomes {"audio": float32 clip, "label":
+class name, "sample_rate": rate}, read whole (clips are short) for audio_classification.
+
 An image shard sample holds the image (KEY.png / .jpg / ...) and KEY.cls, the class
 index; index.json keeps the class names ("classes"). A text shard sample written with
 `ptft shard --format jsonl --label-field F` holds KEY.txt and KEY.label (the field's
@@ -64,6 +68,20 @@ def _text_record(sample: dict, shard: str, key: str, text_field: str, label_fiel
         raise FinetuneDataError(f"shard {shard}, key {key}: undecodable .txt or .label ({exc})") from None
 
 
+def _audio_record(sample: dict, classes: list[str] | None, rate, shard: str, key: str) -> dict[str, Any]:
+    """An audio sample of `ptft shard --format audio`: .pcm (int16) and .cls -> float32 clip + label."""
+    from ptft_engine.data.audio import pcm_frames, to_float  # the stream's decoding: one reading of .pcm
+
+    if "cls" not in sample:
+        raise FinetuneDataError(f"shard {shard}, key {key}: no .cls label member; shard labelled audio with "
+                                "ptft shard --format audio --manifest labels.jsonl")
+    try:
+        audio = to_float(pcm_frames(sample))
+    except ValueError as exc:
+        raise FinetuneDataError(f"shard {shard}, key {key}: {exc}") from None
+    return {"audio": audio, "label": _label_name(sample["cls"], classes, shard, key), "sample_rate": rate}
+
+
 def _open(shard: ShardInfo) -> Opened:
     """A shard opened through the node-local cache (remote: downloaded; local: sha256 checked).
     A cached shard stays open for the process (pinned), as records point into it."""
@@ -78,7 +96,8 @@ def _open(shard: ShardInfo) -> Opened:
 
 def read_shard_records(spec: str, text_field: str = "text", label_field: str = "label") -> list[dict[str, Any]]:
     """Shard directory / index.json / tar / glob / URL / pipe: -> [{"image": ShardImage, "label": class
-    name}] for image shards, [{text_field: text, label_field: label}] for labelled text shards."""
+    name}] for image shards, [{text_field: text, label_field: label}] for labelled text shards,
+    [{"audio": clip, "label": class name, "sample_rate": Hz}] for labelled audio shards."""
     try:
         index = resolve_source(str(spec))
     except DataError as exc:
@@ -96,6 +115,9 @@ def read_shard_records(spec: str, text_field: str = "text", label_field: str = "
                 except (ValueError, OSError, EOFError) as exc:
                     raise FinetuneDataError(f"shard {shard.path}, sample {i}: unreadable ({exc})") from None
                 key = sample["__key__"]
+                if "pcm" in sample:
+                    out.append(_audio_record(sample, classes, index.extra.get("sample_rate"), redact(shard.path), key))
+                    continue
                 if "txt" in sample and not any(e in sample for e in IMAGE_EXTS):
                     out.append(_text_record(sample, redact(shard.path), key, text_field, label_field))
                     continue

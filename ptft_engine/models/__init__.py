@@ -6,6 +6,7 @@ from ptft_engine.models.config import (
     EncoderConfig,
     ModelConfig,
     ViTConfig,
+    Wav2Vec2Config,
     format_validation_error,
     load_model_config,
     parse_model_config,
@@ -13,6 +14,6 @@ from ptft_engine.models.config import (
 from ptft_engine.models.registry import build_model, count_parameters
 
 __all__ = [
-    "ConfigError", "DecoderConfig", "DualEncoderConfig", "EncoderConfig", "ModelConfig", "ViTConfig",
+    "ConfigError", "DecoderConfig", "DualEncoderConfig", "EncoderConfig", "ModelConfig", "ViTConfig", "Wav2Vec2Config",
     "build_model", "count_parameters", "format_validation_error", "load_model_config", "parse_model_config",
 ]

@@ -148,14 +148,71 @@ class DualEncoderConfig(_Base):
         return self
 
 
-ModelConfig = Annotated[Union[EncoderConfig, DecoderConfig, ViTConfig, DualEncoderConfig], Field(discriminator="arch")]
-ARCHS = ("encoder", "decoder", "vit", "dual_encoder")
+class Wav2Vec2Config(_Base):
+    """wav2vec 2.0 speech encoder: conv feature encoder over raw 16 kHz audio, feature
+    projection, convolutional relative positions, Transformer context network. Field
+    names are transformers' Wav2Vec2Config names, so an export writes them through.
+    Defaults are wav2vec2-base (Baevski et al. 2020): 7 convs of 512 channels, kernels
+    10,3,3,3,3,2,2, strides 5,2,2,2,2,2,2 (320 samples = 20 ms per frame, 25 ms field)."""
+
+    arch: Literal["wav2vec2"] = "wav2vec2"
+    hidden_size: PosInt = 768
+    num_hidden_layers: PosInt = 12
+    num_attention_heads: PosInt = 12
+    intermediate_size: PosInt = 3072
+    hidden_act: Activation = "gelu"
+    hidden_dropout: Prob = 0.1
+    feat_proj_dropout: Prob = 0.1
+    layer_norm_eps: Annotated[float, Field(gt=0)] = 1e-5
+    # "group": GroupNorm in the first conv only (wav2vec2-base); "layer": LayerNorm after every conv (large/lv60)
+    feat_extract_norm: Literal["group", "layer"] = "group"
+    feat_extract_activation: Activation = "gelu"
+    conv_dim: list[PosInt] = Field(default_factory=lambda: [512] * 7)
+    conv_kernel: list[PosInt] = Field(default_factory=lambda: [10, 3, 3, 3, 3, 2, 2])
+    conv_stride: list[PosInt] = Field(default_factory=lambda: [5, 2, 2, 2, 2, 2, 2])
+    conv_bias: bool = False
+    num_conv_pos_embeddings: PosInt = 128
+    num_conv_pos_embedding_groups: PosInt = 16
+    # True: pre-norm blocks and a final LayerNorm (large/lv60); False: post-norm blocks (base)
+    do_stable_layer_norm: bool = False
+
+    @model_validator(mode="after")
+    def _valid(self):
+        self._check_heads(self.hidden_size, self.num_attention_heads)
+        if not len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride):
+            raise ValueError(f"conv_dim: conv_dim, conv_kernel and conv_stride need one entry per conv layer, got "
+                             f"{len(self.conv_dim)}, {len(self.conv_kernel)} and {len(self.conv_stride)}")
+        if self.hidden_size % self.num_conv_pos_embedding_groups:
+            raise ValueError(f"num_conv_pos_embedding_groups: {self.num_conv_pos_embedding_groups} must divide "
+                             f"hidden_size {self.hidden_size}")
+        return self
+
+    @property
+    def samples_per_frame(self) -> int:
+        """Hop between frames in audio samples (320 for base: 20 ms at 16 kHz)."""
+        return math.prod(self.conv_stride)
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames the feature encoder makes of `num_samples` samples (0 if too short)."""
+        n = num_samples
+        for k, s in zip(self.conv_kernel, self.conv_stride):
+            n = (n - k) // s + 1 if n >= k else 0
+        return n
+
+
+ModelConfig = Annotated[Union[EncoderConfig, DecoderConfig, ViTConfig, DualEncoderConfig, Wav2Vec2Config],
+                        Field(discriminator="arch")]
+ARCHS = ("encoder", "decoder", "vit", "dual_encoder", "wav2vec2")
+_CONFIG_CLASSES = (EncoderConfig, DecoderConfig, ViTConfig, DualEncoderConfig, Wav2Vec2Config)
 _adapter = TypeAdapter(ModelConfig)
 
 
-def parse_model_config(data: Any, prefix: str = "model") -> EncoderConfig | DecoderConfig | ViTConfig | DualEncoderConfig:
+AnyModelConfig = Union[EncoderConfig, DecoderConfig, ViTConfig, DualEncoderConfig, Wav2Vec2Config]
+
+
+def parse_model_config(data: Any, prefix: str = "model") -> AnyModelConfig:
     """dict (or an already-built config) -> typed config; ConfigError with one line otherwise."""
-    if isinstance(data, (EncoderConfig, DecoderConfig, ViTConfig, DualEncoderConfig)):
+    if isinstance(data, _CONFIG_CLASSES):
         return data
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix}: expected a mapping of model settings, got {type(data).__name__}")
@@ -167,7 +224,7 @@ def parse_model_config(data: Any, prefix: str = "model") -> EncoderConfig | Deco
         raise ConfigError(format_validation_error(exc, prefix, tree=data)) from None
 
 
-def load_model_config(path: str | Path) -> EncoderConfig | DecoderConfig | ViTConfig | DualEncoderConfig:
+def load_model_config(path: str | Path) -> AnyModelConfig:
     """Read a model preset (configs/models/*.yaml)."""
     path = Path(path)
     try:

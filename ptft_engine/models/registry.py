@@ -6,7 +6,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ptft_engine.models.config import DecoderConfig, DualEncoderConfig, EncoderConfig, ViTConfig, parse_model_config
+from ptft_engine.models.config import (DecoderConfig, DualEncoderConfig, EncoderConfig, ViTConfig, Wav2Vec2Config,
+                                       parse_model_config)
 
 
 def _builders() -> dict[type, type]:
@@ -14,9 +15,10 @@ def _builders() -> dict[type, type]:
     from ptft_engine.models.dual_encoder import DualEncoder
     from ptft_engine.models.encoder import TransformerEncoder
     from ptft_engine.models.vit import VisionTransformer
+    from ptft_engine.models.wav2vec2 import Wav2Vec2
 
     return {EncoderConfig: TransformerEncoder, DecoderConfig: CausalDecoder, ViTConfig: VisionTransformer,
-            DualEncoderConfig: DualEncoder}
+            DualEncoderConfig: DualEncoder, Wav2Vec2Config: Wav2Vec2}
 
 
 def build_model(cfg: Any, device: torch.device | str | None = None) -> nn.Module:

@@ -99,7 +99,8 @@ def test_bad_shard_input_is_a_one_line_error(folder_and_shards, tmp_path, capsys
     assert f"shard {tmp_path / 'text' / 'shard-000000.tar'}, key 0000000_000000: no .label member" in err
 
     with pytest.raises(ValueError, match="data.format=shards needs task.kind image_classification or "
-                                         "sequence_classification or regression, got token_classification"):
+                                         "sequence_classification or regression or audio_classification, "
+                                         "got token_classification"):
         parse_finetune_config({**cfg, "task": {"kind": "token_classification"}})
 
 

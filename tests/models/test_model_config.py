@@ -42,9 +42,10 @@ def test_semantic_checks_name_the_field():
 
 
 # Hugging Face's counts for the same architectures (transformers' BertForMaskedLM, GPT2LMHeadModel
-# with vocab 50304, ViTModel without pooler, LlamaForCausalLM as TinyLlama), from their own code
+# with vocab 50304, ViTModel without pooler, LlamaForCausalLM as TinyLlama, Wav2Vec2Model as
+# facebook/wav2vec2-base), from their own code
 HF_PARAMETER_COUNTS = {"bert-base": 109_514_298, "bert-large": 335_174_458, "gpt2-small": 124_475_904,
-                       "vit-base": 85_798_656, "llama-1.1b": 1_100_048_384}
+                       "vit-base": 85_798_656, "llama-1.1b": 1_100_048_384, "wav2vec2-base": 94_371_712}
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=[p.stem for p in PRESETS])

@@ -24,9 +24,14 @@ CASES = {
     "vit-tiny-digits": ("simclr", {"view1": torch.rand(4, 1, 8, 8), "view2": torch.rand(4, 1, 8, 8)}),
     "clip-tiny": ("clip", {"pixel_values": torch.rand(4, 1, 8, 8), "input_ids": ids,
                            "attention_mask": torch.ones(4, 12, dtype=torch.bool)}),
+    "wav2vec2-tiny": ({"name": "wav2vec2", "num_negatives": 5},
+                      {"input_values": torch.randn(4, 8000), "attention_mask": torch.ones(4, 8000, dtype=torch.bool)}),
 }
 root = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "models")
+only = sys.argv[2:]  # names to check (default: all)
 for name, (objective, batch) in CASES.items():
+    if only and name not in only:
+        continue
     cfg = load_model_config(os.path.join(root, f"{name}.yaml"))
     ds = {"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 3},
           "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "torch_adam": True}}}

@@ -99,11 +99,11 @@ def test_config_errors_name_the_key_and_the_registered_names(toy):
     assert parse_objective_config("toy") == ToyConfig()
     assert parse_objective_config({"name": "toy", "scale": 2}).scale == 2.0
     for data, expect in [
-        ({"name": "byol"}, "objective.name: must be one of mlm, clm, simclr, clip, toy, got 'byol'"),
-        ({"scale": 2}, "objective.name: missing; choose one of mlm, clm, simclr, clip, toy"),
+        ({"name": "byol"}, "objective.name: must be one of mlm, clm, simclr, clip, wav2vec2, toy, got 'byol'"),
+        ({"scale": 2}, "objective.name: missing; choose one of mlm, clm, simclr, clip, wav2vec2, toy"),
         ({"name": "toy", "scael": 2}, "objective.scael: unknown key"),
         ({"name": "toy", "scale": 0}, "objective.scale: "),
-        (3, "objective: expected a mapping with name: one of mlm, clm, simclr, clip, toy, got int"),
+        (3, "objective: expected a mapping with name: one of mlm, clm, simclr, clip, wav2vec2, toy, got int"),
     ]:
         with pytest.raises(ConfigError) as info:
             parse_objective_config(data)
@@ -111,7 +111,7 @@ def test_config_errors_name_the_key_and_the_registered_names(toy):
     cfg = load_run_config(None, ["objective.name=toy", "objective.scale=3"])
     assert cfg.objective == ToyConfig(scale=3) and cfg.model_dump()["objective"] == {"name": "toy", "scale": 3.0}
     unregister("toy")
-    with pytest.raises(ConfigError, match="objective.name: must be one of mlm, clm, simclr, clip, got 'toy'"):
+    with pytest.raises(ConfigError, match="objective.name: must be one of mlm, clm, simclr, clip, wav2vec2, got 'toy'"):
         parse_objective_config({"name": "toy"})
     with pytest.raises(RunConfigError, match="objective"):
         load_run_config(None, ["objective.name=toy"])
@@ -120,7 +120,7 @@ def test_config_errors_name_the_key_and_the_registered_names(toy):
 def test_the_loader_reads_data_needs_from_the_spec(toy, tmp_path):
     with pytest.raises(DataError, match="objective 'toy' needs data kind 'text', but the data config says kind 'image'"):
         build_loader(DataConfig(shards=[str(tmp_path)], kind="image"), objective="toy")
-    with pytest.raises(DataError, match="unknown objective 'byol'; choose one of mlm, clm, simclr, clip, toy"):
+    with pytest.raises(DataError, match="unknown objective 'byol'; choose one of mlm, clm, simclr, clip, wav2vec2, toy"):
         build_loader(DataConfig(shards=[str(tmp_path)]), objective="byol")
 
 

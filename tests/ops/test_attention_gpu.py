@@ -47,9 +47,9 @@ def test_gpu_fp32_is_tight(backend):
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_gpu_fully_masked_rows_give_zeros(backend):
     (q, k, v, do), _ = make_inputs(2, 2, 40, 64, torch.bfloat16, device="cuda")
-    kpm = torch.zeros(2, 40, dtype=torch.bool, device="cuda")
-    kpm[1] = True
-    out, dq, dk, dv = run(backend_fn(backend), q, k, v, do, causal=True, key_padding_mask=kpm)
+    keep = torch.ones(2, 40, dtype=torch.bool, device="cuda")
+    keep[1] = False
+    out, dq, dk, dv = run(backend_fn(backend), q, k, v, do, causal=True, attention_mask=keep)
     for name, t in (("out", out), ("dq", dq), ("dk", dk), ("dv", dv)):
         assert torch.isfinite(t).all(), f"{backend} {name} has NaN/inf"
         assert (t[1] == 0).all(), f"{backend} {name} of the fully masked batch row is not zero"
@@ -60,8 +60,8 @@ def test_automatic_choice_on_gpu_prefers_triton_explicit_cuda_still_works():
     from ptft_engine.ops.attention.op import _op_reason
 
     q = torch.randn(1, 1, 8, 64, device="cuda", dtype=torch.bfloat16)
-    assert registry.choose("attention", q.device, None, _op_reason(q), gpu_order=registry.MATMUL_GPU_ORDER) == "triton"
-    assert registry.choose("attention", q.device, "cuda", _op_reason(q)) == "cuda"
+    assert registry.choose("attention", q, None, _op_reason) == "triton"
+    assert registry.choose("attention", q, "cuda", _op_reason) == "cuda"
 
 
 GQA_CASES = [

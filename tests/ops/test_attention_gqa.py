@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ptft_engine.ops import attention
-from ptft_engine.ops.attention import native, triton as triton_attention
+from ptft_engine.ops.attention import native, reference, triton as triton_attention
 from ptft_engine.ops.attention.reference import attention_reference
 from test_attention import assert_close_fp32, assert_flash_rule, make_inputs, run
 
@@ -68,10 +68,11 @@ def test_reference_gqa_is_attention_over_expanded_heads(h_kv):
         torch.testing.assert_close(out[:, h:h + 1], one, rtol=0, atol=0)
 
 
-def test_cpu_gqa_gradcheck_float64():
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_gqa_gradcheck_float64(backend):
     (q, k, v, _), masks = gqa_inputs(1, 9, 8, 2, torch.float64, pad=True, segments=True)
     q, k, v = (t.requires_grad_(True) for t in (q, k, v))
-    fn = lambda q, k, v: attention(q, k, v, causal=True, scale=0.4, backend="cpu", **masks)  # noqa: E731
+    fn = lambda q, k, v: attention(q, k, v, causal=True, scale=0.4, backend=backend, **masks)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (q, k, v), eps=1e-6, atol=1e-5)
 
 
@@ -99,26 +100,27 @@ def test_gqa_dkdv_is_deterministic(backend):
     assert torch.equal(first[2], second[2]) and torch.equal(first[3], second[3])
 
 
-@pytest.mark.parametrize("backend,module", [("cpu", native), ("triton", triton_attention)])
+@pytest.mark.parametrize("backend,module", [("cpu", native), ("triton", triton_attention),
+                                            ("reference", reference)])
 def test_backend_sees_kv_heads_not_a_repeated_copy(backend, module, monkeypatch):
     """The launchers receive k, v (and give back dk, dv) with Hkv heads: no (B, H, S, D) copy."""
     (q, k, v, do), _ = gqa_inputs(1, 24, 16, 1, torch.float32)
     seen = []
-    for name in ("attention_forward", "attention_backward"):
+    for name in ("forward", "backward"):
         real = getattr(module, name)
 
         def spy(*args, _real=real, _name=name):
             seen.append((_name, tuple(a.shape for a in args[:6] if isinstance(a, torch.Tensor))))
             result = _real(*args)
-            if _name == "attention_backward":
+            if _name == "backward":
                 seen.append(("grads", tuple(t.shape for t in result)))
             return result
 
         monkeypatch.setattr(module, name, spy)
     run(lambda *a, **kw: attention(*a, backend=backend, **kw), q, k, v, do, causal=True)
     q_shape, kv_shape = (1, H, 24, 16), (1, 1, 24, 16)
-    assert seen == [("attention_forward", (q_shape, kv_shape, kv_shape)),
-                    ("attention_backward", (q_shape, q_shape, kv_shape, kv_shape, q_shape, (1, H, 24))),
+    assert seen == [("forward", (q_shape, kv_shape, kv_shape)),
+                    ("backward", (q_shape, q_shape, kv_shape, kv_shape, q_shape, (1, H, 24))),
                     ("grads", (q_shape, kv_shape, kv_shape))], seen
 
 
@@ -158,3 +160,18 @@ def test_self_attention_passes_kv_heads_unrepeated(monkeypatch):
         want = layer(x, causal=True)
     assert shapes == [((2, H, 11, 8), (2, 1, 11, 8), (2, 1, 11, 8))]
     torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_custom_op_fake_and_autograd_take_kv_heads(backend):
+    """torch.library.opcheck of ptft::attention and its backward with Hkv = 1: the fake (meta)
+    kernels give dk, dv the kv heads' shape, as the real kernels do."""
+    from ptft_engine.ops.attention.op import attention_backward_op, attention_op
+
+    (q, k, v, do), masks = gqa_inputs(2, 9, 8, 1, torch.float32, pad=True, segments=True)
+    seg = masks["segment_ids"].to(torch.int32)
+    args = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), masks["attention_mask"], seg, True, 0.35,
+            backend)
+    torch.library.opcheck(attention_op, args)
+    out, lse = attention_op(q.detach(), k.detach(), v.detach(), *args[3:])
+    torch.library.opcheck(attention_backward_op, (do, q.detach(), k.detach(), v.detach(), out, lse, *args[3:]))

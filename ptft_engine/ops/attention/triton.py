@@ -441,8 +441,14 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
 
-def attention_forward(q, k, v, causal, key_padding_mask, segment_ids, scale):
+def _padding(attention_mask):
+    """The kernels take True = padding key: the one place the mask is inverted for them."""
+    return None if attention_mask is None else ~attention_mask
+
+
+def forward(q, k, v, causal, attention_mask, segment_ids, scale):
     """(out (B, H, S_q, D) in q's dtype, lse (B, H, S_q) fp32, natural log, +inf if empty)."""
+    key_padding_mask = _padding(attention_mask)
     q, k, v = (_rows_contiguous(t) for t in (q, k, v))
     b, h, s_q, d = q.shape
     s_k = k.shape[2]
@@ -455,8 +461,9 @@ def attention_forward(q, k, v, causal, key_padding_mask, segment_ids, scale):
     return out, lse
 
 
-def attention_backward(grad_out, q, k, v, out, lse, causal, key_padding_mask, segment_ids, scale):
+def backward(grad_out, q, k, v, out, lse, causal, attention_mask, segment_ids, scale):
     """(dq, dk, dv) in the inputs' dtype, recomputing probabilities from lse."""
+    key_padding_mask = _padding(attention_mask)
     grad_out, q, k, v, out = (_rows_contiguous(t) for t in (grad_out, q, k, v, out))
     b, h, s_q, d = q.shape
     s_k = k.shape[2]
