@@ -80,10 +80,7 @@ class SelfAttention(nn.Module):
         v = v.view(B, S, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, S, Dh)
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-        if self.num_kv_heads != self.num_heads:
-            rep = self.num_heads // self.num_kv_heads
-            k = k.repeat_interleave(rep, dim=1)  # (B, H, S, Dh)
-            v = v.repeat_interleave(rep, dim=1)
+        # Grouped-query: the kernels read each kv head for its H / Hkv query heads in place.
         out = _attention()(q, k, v, causal=causal, attention_mask=attention_mask, segment_ids=segment_ids)
         out = out.transpose(1, 2).reshape(B, S, D)  # (B, S, H*Dh)
         return self.dropout(self.o_proj(out))

@@ -29,7 +29,7 @@ def _loss_and_grads(model, args, kwargs):
     return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("name", ["bert-tiny", "gpt2-tiny", "vit-tiny-digits"])
+@pytest.mark.parametrize("name", ["bert-tiny", "gpt2-tiny", "llama-tiny", "vit-tiny-digits"])  # llama: GQA
 def test_compiled_model_matches_eager(name):
     torch._dynamo.reset()
     torch.manual_seed(0)

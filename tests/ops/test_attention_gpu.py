@@ -62,3 +62,24 @@ def test_automatic_choice_on_gpu_prefers_triton_explicit_cuda_still_works():
     q = torch.randn(1, 1, 8, 64, device="cuda", dtype=torch.bfloat16)
     assert registry.choose("attention", q, None, _op_reason) == "triton"
     assert registry.choose("attention", q, "cuda", _op_reason) == "cuda"
+
+
+GQA_CASES = [
+    pytest.param(2, 113, 72, dict(pad=True, segments=True), True, id="s113-d72-causal-pad-seg"),
+    pytest.param(1, 300, 128, {}, True, id="s300-d128-causal"),
+    pytest.param(1, 77, 64, dict(s_k=190, pad=True), False, id="cross-77x190-d64"),
+]
+
+
+@pytest.mark.parametrize("h_kv", [1, 2], ids=["mqa", "gqa2"])
+@pytest.mark.parametrize("b,s,d,extra,causal", GQA_CASES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])  # fp16 shares bf16 code
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_grouped_query_matches_reference(backend, dtype, b, s, d, extra, causal, h_kv):
+    """4 query heads over h_kv shared k/v heads, read in place; dk/dv come back with h_kv heads."""
+    (q, k, v, do), masks = make_inputs(b, 4, s, d, dtype, device="cuda", **extra)
+    k, v = k[:, :h_kv].contiguous(), v[:, :h_kv].contiguous()
+    if dtype == torch.float32:
+        assert_close_fp32(backend, q, k, v, do, causal=causal, **masks)
+    else:
+        assert_flash_rule(backend, q, k, v, do, atol=2e-3, causal=causal, **masks)

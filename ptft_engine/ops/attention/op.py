@@ -119,9 +119,9 @@ def _check_inputs(q, k, v, causal, attention_mask, segment_ids):
         if t.dtype != q.dtype or t.device != q.device:
             raise ValueError(f"attention: {name} is {t.dtype} on {t.device} but q is {q.dtype} on {q.device}")
     b, h, s_q, d = q.shape
-    if k.shape != v.shape or k.shape[:2] != (b, h) or k.shape[3] != d:
-        raise ValueError(f"attention: k {tuple(k.shape)} and v {tuple(v.shape)} must be (B, H, S_k, D) "
-                         f"matching q {tuple(q.shape)}")
+    if k.shape != v.shape or k.shape[0] != b or k.shape[3] != d or k.shape[1] == 0 or h % k.shape[1]:
+        raise ValueError(f"attention: k {tuple(k.shape)} and v {tuple(v.shape)} must be (B, Hkv, S_k, D) "
+                         f"matching q {tuple(q.shape)}, with Hkv dividing H")
     s_k = k.shape[2]
     if s_k != s_q and (causal or segment_ids is not None):
         raise ValueError(f"attention: causal and segment_ids need equal query/key lengths, got {s_q} and {s_k}")

@@ -10,6 +10,9 @@ Masking conventions (shared by every backend and the models):
 - `segment_ids` (B, S) int: query i sees key j only if their ids are equal
   (block-diagonal attention for packed documents), combined with causal and padding.
 - A query row that sees no key outputs zeros; its gradients are zero too.
+- Grouped-query attention: k, v may have Hkv heads with Hkv dividing q's H; query head h
+  reads kv head h // (H // Hkv) (Hkv == 1: multi-query). The fused kernels index the shared
+  head; this spec simply expands it, and autograd sums the gradients of each group.
 """
 from __future__ import annotations
 
@@ -54,7 +57,7 @@ def attention_reference(
     upcast: bool = False,
     return_lse: bool = False,
 ):
-    """softmax(q k^T * scale + mask) v for (B, H, S, D) inputs, differentiable by autograd.
+    """softmax(q k^T * scale + mask) v for q (B, H, S_q, D), k/v (B, Hkv, S_k, D), differentiable.
 
     With `return_lse` also returns the fp32 log-sum-exp (B, H, S_q) of the scaled,
     masked scores (+inf for rows that see no key), which the fused kernels save.
@@ -64,8 +67,11 @@ def attention_reference(
         q, k, v = q.float(), k.float(), v.float()
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    batch, _, s_q, _ = q.shape
+    batch, heads, s_q, _ = q.shape
     s_k = k.shape[2]
+    if k.shape[1] != heads:  # grouped-query: every kv head serves H // Hkv adjacent query heads
+        k = k.repeat_interleave(heads // k.shape[1], dim=1)  # (B, H, S_k, D)
+        v = v.repeat_interleave(heads // v.shape[1], dim=1)
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, H, S_q, S_k)
     mask = visible_mask(batch, s_q, s_k, q.device, causal=causal,
                         attention_mask=attention_mask, segment_ids=segment_ids)
@@ -98,9 +104,13 @@ def forward(q, k, v, causal, attention_mask, segment_ids, scale):
 
 def backward(grad_out, q, k, v, out, lse, causal, attention_mask, segment_ids, scale):
     """(dq, dk, dv): P = exp(S - lse), dV = P^T dO, dS = P * (dO V^T - rowsum(dO * O)), dQ = dS K * scale,
-    dK = dS^T Q * scale. Masked entries and empty rows (lse = +inf) have P = 0."""
+    dK = dS^T Q * scale. Masked entries and empty rows (lse = +inf) have P = 0. Grouped-query k, v
+    (Hkv heads) are expanded, and each kv head's dK, dV sum over the H / Hkv query heads it serves."""
     acc = lse.dtype
+    (b, heads, _, d), h_kv, s_k = q.shape, k.shape[1], k.shape[2]
     qf, kf, vf, do = q.to(acc), k.to(acc), v.to(acc), grad_out.to(acc)
+    if h_kv != heads:
+        kf, vf = kf.repeat_interleave(heads // h_kv, dim=1), vf.repeat_interleave(heads // h_kv, dim=1)  # (B, H, S_k, D)
     scores = torch.matmul(qf, kf.transpose(-1, -2)) * scale  # (B, H, S_q, S_k)
     mask = visible_mask(q.shape[0], q.shape[2], k.shape[2], q.device, causal=causal,
                         attention_mask=attention_mask, segment_ids=segment_ids)
@@ -112,4 +122,6 @@ def backward(grad_out, q, k, v, out, lse, causal, attention_mask, segment_ids, s
     ds = p * (torch.matmul(do, vf.transpose(-1, -2)) - delta)
     dq = torch.matmul(ds, kf) * scale
     dk = torch.matmul(ds.transpose(-1, -2), qf) * scale
+    if h_kv != heads:  # (B, H, S_k, D) -> (B, Hkv, S_k, D): a group's query heads are adjacent
+        dk, dv = (g.view(b, h_kv, heads // h_kv, s_k, d).sum(2) for g in (dk, dv))
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
