@@ -3,10 +3,13 @@
 --device cpu (default): (4, 8, 512, 64) fp32, the C++ cpu backend vs SDPA on CPU, causal
 and not, forward and forward+backward, in milliseconds (ratio = peer / ours, so > 1 means
 we are faster); calls alternate so both see the same machine load. One extra case packs
-4 documents per row (segment_ids + causal), where SDPA needs an explicit boolean mask.
---device cuda: bf16, D = 128, S in {2048, 4096}, full, causal and 4 packed documents per
-row: forward, backward and forward+backward TFLOP/s of the triton and cuda backends vs SDPA
-(flash; with the packed rows' mask SDPA picks its masked kernel), ratio = ours / peer.
+4 documents per row (segment_ids + causal), where SDPA needs an explicit boolean mask, and
+one is grouped-query (Hkv = H / 4 key/value heads, causal): our kernel reads the shared heads in
+place, SDPA gets them with enable_gqa=True.
+--device cuda: bf16, D = 128, S in {2048, 4096}, full, causal, 4 packed documents per row and
+grouped-query causal (H / 4 kv heads): forward, backward and forward+backward TFLOP/s of the
+triton and cuda backends vs SDPA (flash; with the packed rows' mask SDPA picks its masked
+kernel, with grouped heads whichever takes enable_gqa), ratio = ours / peer.
 FLOPs: 4*B*H*S^2*D forward, half when causal, 2.5x that for backward. --dry runs these
 cases tiny on the CPU (fp32, Triton interpreted) so the GPU path is exercised without a GPU.
 Prints one JSON object per case as it is measured; --json-out appends the same lines to a file.
@@ -16,9 +19,7 @@ Prints one JSON object per case as it is measured; --json-out appends the same l
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import sys
 
 import torch
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from ptft_engine.ops import BackendUnavailable, attention  # noqa: E402
+from ptft_engine.ops import attention  # noqa: E402
 from ptft_engine.ops.attention.reference import visible_mask  # noqa: E402
 from timing import emit, error_row, gpu_target, sig, time_cpu_pair, time_device  # noqa: E402
 
@@ -41,6 +42,14 @@ def bench_cpu(args) -> None:
     b, h, s, d = 4, 8, 512, 64
     g = torch.Generator().manual_seed(0)
     q, k, v, do = (torch.randn(b, h, s, d, generator=g) for _ in range(4))
+    _bench_cpu_cases(args, q, k, v, do)
+    h_kv = h // 4  # grouped-query: 4 query heads per key/value head
+    _bench_cpu_cases(args, q, k[:, :h_kv].contiguous(), v[:, :h_kv].contiguous(), do)
+
+
+def _bench_cpu_cases(args, q, k, v, do) -> None:
+    b, h, s, d = q.shape
+    h_kv = k.shape[1]
     seg = (torch.arange(s) // (s // 4)).expand(b, s).contiguous()  # 4 packed documents per row
     packed_mask = visible_mask(b, s, s, q.device, causal=True, segment_ids=seg)  # (B, 1, S, S)
     cases = {
@@ -48,8 +57,11 @@ def bench_cpu(args) -> None:
         "causal": (dict(causal=True), dict(is_causal=True)),
         "packed4_causal": (dict(causal=True, segment_ids=seg), dict(attn_mask=packed_mask)),
     }
-    repeats = 5 if args.quick else 15
     shape = f"{b}x{h}x{s}x{d}"
+    if h_kv != h:  # the grouped-query run: one causal case, SDPA broadcasting the kv heads itself
+        cases = {f"gqa{h // h_kv}_causal": (dict(causal=True), dict(is_causal=True, enable_gqa=True))}
+        shape = f"{b}x{h}kv{h_kv}x{s}x{d}"
+    repeats = 5 if args.quick else 15
     for name, (our_kw, sdpa_kw) in cases.items():
         ours = lambda q, k, v: attention(q, k, v, backend="cpu", **our_kw)  # noqa: E731
         peer = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, **sdpa_kw)  # noqa: E731
@@ -87,11 +99,15 @@ def bench_cuda(args) -> None:
         def sdpa(q, k, v, causal, mask=None):
             if mask is not None:  # flash cannot take a mask: SDPA picks its masked kernel itself
                 return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            if k.shape[1] != q.shape[1]:  # grouped heads: SDPA picks a kernel that broadcasts them
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
             with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
-        for layout in ("full", "causal", "packed4_causal"):
+        h_kv = max(1, h // 4)
+        for layout in ("full", "causal", "packed4_causal", "gqa4_causal"):
             causal = layout != "full"
+            kv = (k[:, :h_kv].contiguous(), v[:, :h_kv].contiguous()) if layout.startswith("gqa") else (k, v)
             # FLOPs of the dense (causal: half) problem for every contender, so TFLOP/s compare like for like
             fwd_flops = 4 * b * h * s * s * d * (0.5 if causal else 1.0)
             if layout == "packed4_causal":
@@ -100,10 +116,10 @@ def bench_cuda(args) -> None:
             else:
                 peer_fn = lambda q, k, v, causal=causal: sdpa(q, k, v, causal)  # noqa: E731
                 our_kw = dict(causal=causal)
-            peer = _tflops(peer_fn, q, k, v, do, fwd_flops, repeats, device)
+            peer = _tflops(peer_fn, q, *kv, do, fwd_flops, repeats, device)
             for name in ("triton", "cuda"):
                 fn = lambda q, k, v, name=name, kw=our_kw: attention(q, k, v, backend=name, **kw)  # noqa: E731
-                ours = _tflops(fn, q, k, v, do, fwd_flops, repeats, device)
+                ours = _tflops(fn, q, *kv, do, fwd_flops, repeats, device)
                 for phase in ("fwd", "bwd", "fwdbwd"):
                     case = f"attention_{device}_{phase}_{name}_{layout}_{str(dtype)[6:]}_{b}x{h}x{s}x{d}"
                     unit = "TFLOP/s (peer: SDPA, flash where no mask)"

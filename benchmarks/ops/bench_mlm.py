@@ -70,6 +70,14 @@ def bench_cpu(args) -> None:
              "Mtokens/s", args.json_out, threads=torch.get_num_threads())
 
 
+def copy_bandwidth(nbytes: int, repeats: int, device: str) -> float:
+    """GB/s of a device-to-device copy, the ceiling: it moves 2 bytes of traffic per byte copied.
+    The buffers are freed when this returns."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    return 2 * nbytes / time_device(lambda: dst.copy_(src), repeats, device) / 1e9
+
+
 def bench_cuda(args) -> None:
     """GB/s of each GPU backend against a device-to-device copy, then tokens/s against the HF recipe on the same
     device; a backend that fails is an error row and the others still run. --dry: tiny, on the CPU."""
@@ -78,11 +86,7 @@ def bench_cuda(args) -> None:
     repeats = 2 if args.dry else (10 if args.quick else 50)
     where = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (dry run)"}
     ids, sids = make_batch(rows, seq, device)
-    # the ceiling: a device-to-device copy moves 2 bytes of traffic per byte copied
-    src = torch.empty(2**20 if args.dry else 2**30, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    copy_gbs = 2 * src.numel() / time_device(lambda: dst.copy_(src), repeats, device) / 1e9
-    del src, dst
+    copy_gbs = copy_bandwidth(2**20 if args.dry else 2**30, repeats, device)
     moved = 3 * ids.numel() * ids.element_size()  # read ids; write masked ids and labels
     tokens = ids.numel()
     times = {}

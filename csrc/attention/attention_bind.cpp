@@ -23,8 +23,10 @@ void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bo
     TORCH_CHECK(t->scalar_type() == q.scalar_type(), "attention: q, k, v dtypes differ");
   }
   TORCH_CHECK(k.sizes() == v.sizes(), "attention: k ", k.sizes(), " and v ", v.sizes(), " differ");
-  TORCH_CHECK(k.size(0) == q.size(0) && k.size(1) == q.size(1) && k.size(3) == q.size(3),
-              "attention: k ", k.sizes(), " does not match q ", q.sizes(), " in B, H or D");
+  TORCH_CHECK(k.size(0) == q.size(0) && k.size(3) == q.size(3),
+              "attention: k ", k.sizes(), " does not match q ", q.sizes(), " in B or D");
+  TORCH_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0, "attention: k/v heads ", k.size(1),
+              " must divide q heads ", q.size(1), " (grouped-query attention)");
   TORCH_CHECK(!(causal || seg.has_value()) || k.size(2) == q.size(2),
               "attention: causal/segment_ids need equal query and key lengths");
   if (pad.has_value()) {
@@ -90,6 +92,7 @@ AttnCudaParams cuda_params(const at::Tensor& q, const at::Tensor& k, bool causal
   AttnCudaParams p;
   p.B = static_cast<int>(q.size(0));
   p.H = static_cast<int>(q.size(1));
+  p.Hkv = static_cast<int>(k.size(1));
   p.Sq = static_cast<int>(q.size(2));
   p.Sk = static_cast<int>(k.size(2));
   p.D = static_cast<int>(q.size(3));

@@ -106,77 +106,7 @@ inline const acc_t* as_acc(const scalar_t* src, int64_t n, std::vector<acc_t>& b
   }
 }
 
-// BLAS GEMM from the MKL/OpenBLAS that libtorch_cpu carries and exports (ATen's own
-// cpublas::gemm wrappers are not exported to extensions). Weak, so a torch without them
-// still loads and falls back to the plain loop below.
-extern "C" {
-void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
-            const int*, const float*, const int*, const float*, float*, const int*) __attribute__((weak));
-void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*, const double*,
-            const int*, const double*, const int*, const double*, double*, const int*) __attribute__((weak));
-int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
-}
-
-// Each parallel task runs its GEMMs on one thread: MKL otherwise starts its own team from
-// inside ours, and on a busy machine the spinning threads slow the whole call 10-50x.
-class SingleThreadBlas {
- public:
-  SingleThreadBlas() : prev_(MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0) {}
-  ~SingleThreadBlas() {
-    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(prev_);
-  }
-
- private:
-  int prev_;
-};
-
-// Column-major C (m x n) = alpha * op(A) * op(B) + beta * C, as BLAS defines it.
-template <typename T>
-void gemm_loop(bool ta, bool tb, int m, int n, int kd, T alpha, const T* a, int lda, const T* b,
-               int ldb, T beta, T* c, int ldc) {
-  for (int j = 0; j < n; ++j)
-    for (int i = 0; i < m; ++i) {
-      T acc = 0;
-      for (int p = 0; p < kd; ++p) acc += (ta ? a[p + i * lda] : a[i + p * lda]) * (tb ? b[j + p * ldb] : b[p + j * ldb]);
-      c[i + j * ldc] = alpha * acc + (beta == T(0) ? T(0) : beta * c[i + j * ldc]);
-    }
-}
-
-template <typename T>
-void blas_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t kd, T alpha, const T* a, int64_t lda,
-               const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
-  const char cta = ta ? 'T' : 'N', ctb = tb ? 'T' : 'N';
-  const int im = int(m), in = int(n), ik = int(kd), ila = int(lda), ilb = int(ldb), ilc = int(ldc);
-  if constexpr (std::is_same_v<T, float>) {
-    if (sgemm_) return sgemm_(&cta, &ctb, &im, &in, &ik, &alpha, a, &ila, b, &ilb, &beta, c, &ilc);
-  } else {
-    if (dgemm_) return dgemm_(&cta, &ctb, &im, &in, &ik, &alpha, a, &ila, b, &ilb, &beta, c, &ilc);
-  }
-  gemm_loop<T>(ta, tb, im, in, ik, alpha, a, ila, b, ilb, beta, c, ilc);
-}
-
-// Row-major helpers: a row-major matrix is its transpose in column-major terms, so each
-// computes C^T = op(B)^T op(A)^T.
-// C (m x n) = alpha * A (m x kd) * B^T (B is n x kd) + beta * C.
-template <typename T>
-inline void gemm_abt(int64_t m, int64_t n, int64_t kd, T alpha, const T* a, int64_t lda,
-                     const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
-  blas_gemm<T>(true, false, n, m, kd, alpha, b, ldb, a, lda, beta, c, ldc);
-}
-
-// C (m x n) = A (m x kd) * B (kd x n) + beta * C.
-template <typename T>
-inline void gemm_ab(int64_t m, int64_t n, int64_t kd, const T* a, int64_t lda, const T* b,
-                    int64_t ldb, T beta, T* c, int64_t ldc) {
-  blas_gemm<T>(false, false, n, m, kd, T(1), b, ldb, a, lda, beta, c, ldc);
-}
-
-// C (m x n) += A^T * B with A (kd x m), B (kd x n).
-template <typename T>
-inline void gemm_atb(int64_t m, int64_t n, int64_t kd, const T* a, int64_t lda, const T* b,
-                     int64_t ldb, T* c, int64_t ldc) {
-  blas_gemm<T>(false, true, n, m, kd, T(1), b, ldb, a, lda, T(1), c, ldc);
-}
+#include "attention/attention_cpu_blas.h"  // gemm_abt, gemm_ab, gemm_atb, SingleThreadBlas
 
 // Which keys a query may see, for one batch row.
 struct Visibility {
@@ -236,8 +166,13 @@ struct Visibility {
   }
 };
 
+// H query heads share Hkv key/value heads (grouped-query attention; Hkv == H is plain
+// multi-head, Hkv == 1 multi-query): query head h reads kv head h / (H / Hkv).
 struct Shape {
-  int64_t B, H, Sq, Sk, D;
+  int64_t B, H, Hkv, Sq, Sk, D;
+  int64_t group() const { return H / Hkv; }
+  // Row of (batch, kv head) in k/v for row bh = b * H + h of q.
+  int64_t kv_row(int64_t bh) const { return (bh / H) * Hkv + (bh % H) / group(); }
 };
 
 Visibility visibility_for(int64_t b, const Shape& sh, bool causal, const bool* pad,
@@ -265,8 +200,8 @@ void forward_impl(const scalar_t* q, const scalar_t* k, const scalar_t* v, scala
       int32_t qlo, qhi;
       vis.seg_range(qs, mq, &qlo, &qhi);
       const acc_t* qa = as_acc(q + (bh * sh.Sq + qs) * D, mq * D, qbuf);
-      const scalar_t* kb_base = k + bh * sh.Sk * D;
-      const scalar_t* vb_base = v + bh * sh.Sk * D;
+      const scalar_t* kb_base = k + sh.kv_row(bh) * sh.Sk * D;
+      const scalar_t* vb_base = v + sh.kv_row(bh) * sh.Sk * D;
       std::fill(o.begin(), o.end(), acc_t(0));
       std::fill(m.begin(), m.end(), ninf);
       std::fill(l.begin(), l.end(), acc_t(0));
@@ -314,25 +249,39 @@ void backward_impl(const scalar_t* dout, const scalar_t* q, const scalar_t* k, c
                    scalar_t* dv, const Shape& sh, bool causal, const bool* pad,
                    const int32_t* seg, double scale_d) {
   using acc_t = acc_type_t<scalar_t>;
-  const int64_t D = sh.D, Sq = sh.Sq, Sk = sh.Sk;
+  const int64_t D = sh.D, Sq = sh.Sq, Sk = sh.Sk, G = sh.group();
   const acc_t scale = static_cast<acc_t>(scale_d);
-  // One (batch, head) per task: dk/dv of a key block gather over all query blocks and
-  // dq over all key blocks, so a task owns every accumulator it writes.
-  at::parallel_for(0, sh.B * sh.H, 1, [&](int64_t begin, int64_t end) {
+  // One (batch, kv head, key range) per task: dK/dV of a key block gather over every query
+  // block of all G query heads that share it (no atomics, a fixed order: deterministic), and
+  // the group's dQ over the range's key blocks. The G query heads of a group are adjacent in
+  // q, so the group's rows form one contiguous (G * Sq, D) block. With fewer (batch, kv head)
+  // pairs than threads (multi-query, small batches) the key blocks are split into ranges; each
+  // range's dQ goes to its own fp32 slice, summed afterwards in range order.
+  const int64_t n_pairs = sh.B * sh.Hkv, n_kblocks = (Sk + kBwdBlockK - 1) / kBwdBlockK;
+  const int64_t n_split = std::max<int64_t>(
+      1, std::min<int64_t>(n_kblocks, at::divup(at::get_num_threads(), std::max<int64_t>(n_pairs, 1))));
+  const int64_t kblocks_per_split = (n_kblocks + n_split - 1) / n_split;
+  const int64_t dq_numel = sh.B * sh.H * Sq * D;
+  std::vector<acc_t> dq_parts(n_split > 1 ? n_split * dq_numel : 0);
+  at::parallel_for(0, n_pairs * n_split, 1, [&](int64_t begin, int64_t end) {
     SingleThreadBlas one_thread;
     std::vector<acc_t> qbuf, kbuf, vbuf, dobuf, obuf;
-    std::vector<acc_t> p(kBwdBlockQ * kBwdBlockK), dp(kBwdBlockQ * kBwdBlockK), delta(Sq), dq_acc(Sq * D);
+    std::vector<acc_t> p(kBwdBlockQ * kBwdBlockK), dp(kBwdBlockQ * kBwdBlockK), delta(G * Sq), dq_acc(G * Sq * D);
     std::vector<acc_t> dk_acc(kBwdBlockK * D), dv_acc(kBwdBlockK * D);
     std::vector<int32_t> qlo((Sq + kBwdBlockQ - 1) / kBwdBlockQ), qhi(qlo.size());
-    for (int64_t bh = begin; bh < end; ++bh) {
-      const Visibility vis = visibility_for(bh / sh.H, sh, causal, pad, seg);
-      const acc_t* qa = as_acc(q + bh * Sq * D, Sq * D, qbuf);
-      const acc_t* doa = as_acc(dout + bh * Sq * D, Sq * D, dobuf);
-      const acc_t* oa = as_acc(out + bh * Sq * D, Sq * D, obuf);
-      const acc_t* ka = as_acc(k + bh * Sk * D, Sk * D, kbuf);
-      const acc_t* va = as_acc(v + bh * Sk * D, Sk * D, vbuf);
-      const acc_t* lse_bh = lse + bh * Sq;
-      for (int64_t i = 0; i < Sq; ++i) {  // delta_i = dO_i . O_i = sum_j P_ij dP_ij
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bkv = task / n_split, split = task % n_split;
+      const int64_t k_begin = split * kblocks_per_split * kBwdBlockK;
+      const int64_t k_end = std::min(Sk, k_begin + kblocks_per_split * kBwdBlockK);
+      const int64_t b = bkv / sh.Hkv, bh0 = b * sh.H + (bkv % sh.Hkv) * G;  // first query head
+      const Visibility vis = visibility_for(b, sh, causal, pad, seg);
+      const acc_t* qa = as_acc(q + bh0 * Sq * D, G * Sq * D, qbuf);
+      const acc_t* doa = as_acc(dout + bh0 * Sq * D, G * Sq * D, dobuf);
+      const acc_t* oa = as_acc(out + bh0 * Sq * D, G * Sq * D, obuf);
+      const acc_t* ka = as_acc(k + bkv * Sk * D, Sk * D, kbuf);
+      const acc_t* va = as_acc(v + bkv * Sk * D, Sk * D, vbuf);
+      const acc_t* lse_g = lse + bh0 * Sq;
+      for (int64_t i = 0; i < G * Sq; ++i) {  // delta_i = dO_i . O_i = sum_j P_ij dP_ij
         acc_t acc = 0;
         for (int64_t d = 0; d < D; ++d) acc += doa[i * D + d] * oa[i * D + d];
         delta[i] = acc;
@@ -340,43 +289,58 @@ void backward_impl(const scalar_t* dout, const scalar_t* q, const scalar_t* k, c
       for (size_t qb = 0; qb < qlo.size(); ++qb)
         vis.seg_range(qb * kBwdBlockQ, std::min(kBwdBlockQ, Sq - int64_t(qb) * kBwdBlockQ), &qlo[qb], &qhi[qb]);
       std::fill(dq_acc.begin(), dq_acc.end(), acc_t(0));
-      for (int64_t ks = 0; ks < Sk; ks += kBwdBlockK) {
+      for (int64_t ks = k_begin; ks < k_end; ks += kBwdBlockK) {
         const int64_t nk = std::min(kBwdBlockK, Sk - ks);
         std::fill(dk_acc.begin(), dk_acc.end(), acc_t(0));
         std::fill(dv_acc.begin(), dv_acc.end(), acc_t(0));
         const int64_t q_first = causal ? (ks / kBwdBlockQ) * kBwdBlockQ : 0;  // earlier rows see none of these keys
-        for (int64_t qs = q_first; qs < Sq; qs += kBwdBlockQ) {
-          const int64_t mq = std::min(kBwdBlockQ, Sq - qs), qb = qs / kBwdBlockQ;
-          const auto kind = vis.classify(qs, mq, ks, nk, qlo[qb], qhi[qb]);
-          if (kind == Visibility::kSkip) continue;
-          const acc_t* qi = qa + qs * D;
-          const acc_t* doi = doa + qs * D;
-          gemm_abt<acc_t>(mq, nk, D, scale, qi, D, ka + ks * D, D, acc_t(0), p.data(), nk);
-          if (kind == Visibility::kPartial) vis.apply(p.data(), nk, qs, mq, ks, nk);
-          for (int64_t i = 0; i < mq; ++i) exp_shift_sum(p.data() + i * nk, nk, lse_bh[qs + i]);
-          gemm_atb<acc_t>(nk, D, mq, p.data(), nk, doi, D, dv_acc.data(), D);  // dV += P^T dO
-          gemm_abt<acc_t>(mq, nk, D, acc_t(1), doi, D, va + ks * D, D, acc_t(0), dp.data(), nk);
-          for (int64_t i = 0; i < mq; ++i) {  // dS = P * (dP - delta) * scale, kept in dp
-            acc_t* dpi = dp.data() + i * nk;
-            const acc_t* pi = p.data() + i * nk;
-            const acc_t di = delta[qs + i];
-            for (int64_t j = 0; j < nk; ++j) dpi[j] = pi[j] * (dpi[j] - di) * scale;
+        for (int64_t g = 0; g < G; ++g) {
+          const int64_t row0 = g * Sq;  // this head's first row in the group's (G * Sq, D) block
+          for (int64_t qs = q_first; qs < Sq; qs += kBwdBlockQ) {
+            const int64_t mq = std::min(kBwdBlockQ, Sq - qs), qb = qs / kBwdBlockQ;
+            const auto kind = vis.classify(qs, mq, ks, nk, qlo[qb], qhi[qb]);
+            if (kind == Visibility::kSkip) continue;
+            const acc_t* qi = qa + (row0 + qs) * D;
+            const acc_t* doi = doa + (row0 + qs) * D;
+            gemm_abt<acc_t>(mq, nk, D, scale, qi, D, ka + ks * D, D, acc_t(0), p.data(), nk);
+            if (kind == Visibility::kPartial) vis.apply(p.data(), nk, qs, mq, ks, nk);
+            for (int64_t i = 0; i < mq; ++i) exp_shift_sum(p.data() + i * nk, nk, lse_g[row0 + qs + i]);
+            gemm_atb<acc_t>(nk, D, mq, p.data(), nk, doi, D, dv_acc.data(), D);  // dV += P^T dO
+            gemm_abt<acc_t>(mq, nk, D, acc_t(1), doi, D, va + ks * D, D, acc_t(0), dp.data(), nk);
+            for (int64_t i = 0; i < mq; ++i) {  // dS = P * (dP - delta) * scale, kept in dp
+              acc_t* dpi = dp.data() + i * nk;
+              const acc_t* pi = p.data() + i * nk;
+              const acc_t di = delta[row0 + qs + i];
+              for (int64_t j = 0; j < nk; ++j) dpi[j] = pi[j] * (dpi[j] - di) * scale;
+            }
+            gemm_ab<acc_t>(mq, D, nk, dp.data(), nk, ka + ks * D, D, acc_t(1), dq_acc.data() + (row0 + qs) * D, D);
+            gemm_atb<acc_t>(nk, D, mq, dp.data(), nk, qi, D, dk_acc.data(), D);  // dK += dS^T Q
           }
-          gemm_ab<acc_t>(mq, D, nk, dp.data(), nk, ka + ks * D, D, acc_t(1), dq_acc.data() + qs * D, D);
-          gemm_atb<acc_t>(nk, D, mq, dp.data(), nk, qi, D, dk_acc.data(), D);  // dK += dS^T Q
         }
         for (int64_t x = 0; x < nk * D; ++x) {
-          dk[(bh * Sk + ks) * D + x] = static_cast<scalar_t>(dk_acc[x]);
-          dv[(bh * Sk + ks) * D + x] = static_cast<scalar_t>(dv_acc[x]);
+          dk[(bkv * Sk + ks) * D + x] = static_cast<scalar_t>(dk_acc[x]);
+          dv[(bkv * Sk + ks) * D + x] = static_cast<scalar_t>(dv_acc[x]);
         }
       }
-      for (int64_t x = 0; x < Sq * D; ++x) dq[bh * Sq * D + x] = static_cast<scalar_t>(dq_acc[x]);
+      if (n_split == 1) {
+        for (int64_t x = 0; x < G * Sq * D; ++x) dq[bh0 * Sq * D + x] = static_cast<scalar_t>(dq_acc[x]);
+      } else {
+        std::copy(dq_acc.begin(), dq_acc.end(), dq_parts.begin() + split * dq_numel + bh0 * Sq * D);
+      }
+    }
+  });
+  if (n_split == 1) return;
+  at::parallel_for(0, dq_numel, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t x = begin; x < end; ++x) {
+      acc_t acc = 0;
+      for (int64_t s = 0; s < n_split; ++s) acc += dq_parts[s * dq_numel + x];
+      dq[x] = static_cast<scalar_t>(acc);
     }
   });
 }
 
 Shape shape_of(const at::Tensor& q, const at::Tensor& k) {
-  return Shape{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3)};
+  return Shape{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3)};
 }
 
 const bool* pad_ptr(const std::optional<at::Tensor>& t) {

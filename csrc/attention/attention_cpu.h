@@ -7,7 +7,8 @@
 
 namespace ptft {
 
-// q (B, H, S_q, D), k/v (B, H, S_k, D) contiguous; key_padding_mask bool (B, S_k) with
+// q (B, H, S_q, D), k/v (B, Hkv, S_k, D) contiguous with Hkv dividing H (query head h
+// reads kv head h / (H / Hkv): grouped-query attention); dk/dv come back with Hkv heads; key_padding_mask bool (B, S_k) with
 // True = padding; segment_ids int32 (B, S). Returns out (B, H, S_q, D) in q's dtype and
 // lse (B, H, S_q) in the accumulation dtype (+inf for rows that see no key).
 std::tuple<at::Tensor, at::Tensor> attention_cpu_forward(

@@ -38,6 +38,12 @@ __device__ __forceinline__ __half from_float<__half>(float x) { return __float2h
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
+// Offset of the (S_k, D) key/value matrix that query row bh = b * H + h reads.
+__host__ __device__ __forceinline__ int64_t kv_offset(const AttnCudaParams& p, int bh) {
+  const int kv_row = (bh / p.H) * p.Hkv + (bh % p.H) / (p.H / p.Hkv);
+  return static_cast<int64_t>(kv_row) * p.Sk * p.D;
+}
+
 __device__ __forceinline__ bool visible(const AttnCudaParams& p, int b, int i, int j) {
   if (i >= p.Sq || j >= p.Sk) return false;
   if (p.causal && j > i) return false;
@@ -88,7 +94,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(const T* __restrict_
   float* ss = vs + kBlockN * ld;    // (BM, BN) scores, then probabilities
   const int bh = blockIdx.y, b = bh / p.H, q0 = blockIdx.x * kBlockM;
   const int64_t q_off = static_cast<int64_t>(bh) * p.Sq * p.D;
-  const int64_t kv_off = static_cast<int64_t>(bh) * p.Sk * p.D;
+  const int64_t kv_off = kv_offset(p, bh);
   const int row = threadIdx.x / kThreadsPerRow, lane = threadIdx.x % kThreadsPerRow;
 
   load_tile(qs, ld, q + q_off, q0, kBlockM, p.Sq, p.D, p.scale);
@@ -196,9 +202,10 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(
   float* dss = ps + kBlockM * lds;
   float* lse_s = dss + kBlockM * lds;
   float* delta_s = lse_s + kBlockM;
-  const int bh = blockIdx.y, b = bh / p.H, k0 = blockIdx.x * kBlockN;
-  const int64_t q_off = static_cast<int64_t>(bh) * p.Sq * p.D;
-  const int64_t kv_off = static_cast<int64_t>(bh) * p.Sk * p.D;
+  // One CTA per (key block, batch, kv head); it sums over the G query heads sharing the kv head.
+  const int bkv = blockIdx.y, b = bkv / p.Hkv, group = p.H / p.Hkv, k0 = blockIdx.x * kBlockN;
+  const int bh0 = b * p.H + (bkv % p.Hkv) * group;  // first query head of the group
+  const int64_t kv_off = static_cast<int64_t>(bkv) * p.Sk * p.D;
   const int key = threadIdx.x / kThreadsPerRow, lane = threadIdx.x % kThreadsPerRow;
 
   load_tile(ks, ld, k + kv_off, k0, kBlockN, p.Sk, p.D, 1.f);
@@ -207,7 +214,10 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(
 #pragma unroll
   for (int t = 0; t < kDimsPerThread; ++t) dk_acc[t] = dv_acc[t] = 0.f;
   const int q_begin = p.causal ? (k0 / kBlockM) * kBlockM : 0;  // earlier rows see none of these keys
+  for (int g = 0; g < group; ++g)
   for (int q0 = q_begin; q0 < p.Sq; q0 += kBlockM) {
+    const int bh = bh0 + g;
+    const int64_t q_off = static_cast<int64_t>(bh) * p.Sq * p.D;
     __syncthreads();
     load_tile(qs, ld, q + q_off, q0, kBlockM, p.Sq, p.D, 1.f);
     load_tile(dos, ld, dout + q_off, q0, kBlockM, p.Sq, p.D, 1.f);
@@ -257,7 +267,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(
   float* delta_s = lse_s + kBlockM;
   const int bh = blockIdx.y, b = bh / p.H, q0 = blockIdx.x * kBlockM;
   const int64_t q_off = static_cast<int64_t>(bh) * p.Sq * p.D;
-  const int64_t kv_off = static_cast<int64_t>(bh) * p.Sk * p.D;
+  const int64_t kv_off = kv_offset(p, bh);
   const int row = threadIdx.x / kThreadsPerRow, lane = threadIdx.x % kThreadsPerRow;
 
   load_tile(qs, ld, q + q_off, q0, kBlockM, p.Sq, p.D, 1.f);
@@ -304,7 +314,8 @@ cudaError_t allow_smem(Kernel kernel, size_t bytes) {
 }
 
 cudaError_t check_params(const AttnCudaParams& p) {
-  if (p.B <= 0 || p.H <= 0 || p.Sq <= 0 || p.Sk <= 0 || p.D <= 0 || p.D > kAttnCudaMaxHeadDim) {
+  if (p.B <= 0 || p.H <= 0 || p.Hkv <= 0 || p.H % p.Hkv != 0 || p.Sq <= 0 || p.Sk <= 0 || p.D <= 0 ||
+      p.D > kAttnCudaMaxHeadDim) {
     return cudaErrorInvalidValue;
   }
   if (static_cast<int64_t>(p.B) * p.H > 65535) return cudaErrorInvalidConfiguration;  // gridDim.y limit
@@ -353,7 +364,7 @@ cudaError_t backward_typed(const void* dout, const void* q, const void* k, const
       const T* kt = static_cast<const T*>(k);
       const T* vt = static_cast<const T*>(v);
       const T* dot = static_cast<const T*>(dout);
-      const dim3 grid_kv((p.Sk + kTcBlockN - 1) / kTcBlockN, p.B * p.H);
+      const dim3 grid_kv((p.Sk + kTcBlockN - 1) / kTcBlockN, p.B * p.Hkv);
       attn_bwd_dkdv_tc_kernel<T><<<grid_kv, kTcThreads, smem, stream>>>(qt, kt, vt, dot, lse, delta,
                                                                         static_cast<T*>(dk), static_cast<T*>(dv), p);
       if ((err = cudaGetLastError()) != cudaSuccess) return err;
@@ -372,7 +383,7 @@ cudaError_t backward_typed(const void* dout, const void* q, const void* k, const
   const T* kt = static_cast<const T*>(k);
   const T* vt = static_cast<const T*>(v);
   const T* dot = static_cast<const T*>(dout);
-  const dim3 grid_kv((p.Sk + kBlockN - 1) / kBlockN, p.B * p.H);
+  const dim3 grid_kv((p.Sk + kBlockN - 1) / kBlockN, p.B * p.Hkv);
   attn_bwd_dkdv_kernel<T><<<grid_kv, kThreads, smem_dkdv, stream>>>(qt, kt, vt, dot, lse, delta,
                                                                      static_cast<T*>(dk), static_cast<T*>(dv), p);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;

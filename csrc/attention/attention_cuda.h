@@ -1,5 +1,6 @@
 // Plain C++ entry points of the CUDA attention kernels (no torch types: the .cu file
-// is compiled by nvcc alone). Tensors are contiguous (B, H, S, D); lse/delta (B, H, S_q).
+// is compiled by nvcc alone). Tensors are contiguous: q/out (B, H, S_q, D), k/v (B, Hkv, S_k, D)
+// with Hkv dividing H (query head h reads kv head h / (H / Hkv)); lse/delta (B, H, S_q).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -12,7 +13,7 @@ enum class AttnDtype { kFloat32, kFloat16, kBFloat16 };
 constexpr int kAttnCudaMaxHeadDim = 128;
 
 struct AttnCudaParams {
-  int B, H, Sq, Sk, D;  // D <= kAttnCudaMaxHeadDim
+  int B, H, Hkv, Sq, Sk, D;  // D <= kAttnCudaMaxHeadDim; Hkv divides H
   bool causal;
   const bool* key_padding_mask;  // (B, Sk), true = padding key; or nullptr
   const int32_t* segment_ids;    // (B, Sq); or nullptr

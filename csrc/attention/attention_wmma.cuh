@@ -51,7 +51,7 @@ __global__ void __launch_bounds__(kTcThreads) attn_fwd_tc_kernel(const T* __rest
   float* os = ss + kTcBlockM * kTcLdS;                             // (64, ldo) running output
   const int bh = blockIdx.y, b = bh / p.H, q0 = blockIdx.x * kTcBlockM;
   const int64_t q_off = static_cast<int64_t>(bh) * p.Sq * p.D;
-  const int64_t kv_off = static_cast<int64_t>(bh) * p.Sk * p.D;
+  const int64_t kv_off = kv_offset(p, bh);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int r_local = warp * 16 + (lane & 15);  // this lane's row; lanes l and l + 16 share it
   const int part = lane >> 4;                    // which half of the row's columns it handles
@@ -220,9 +220,10 @@ __global__ void __launch_bounds__(kTcThreads) attn_bwd_dkdv_tc_kernel(
   float* dpt = st + kTcBlockN * kTcLdS;                               // dP^T
   float* lse_s = dpt + kTcBlockN * kTcLdS;
   float* delta_s = lse_s + kTcBlockM;
-  const int bh = blockIdx.y, b = bh / p.H, k0 = blockIdx.x * kTcBlockN;
-  const int64_t q_off = static_cast<int64_t>(bh) * p.Sq * p.D;
-  const int64_t kv_off = static_cast<int64_t>(bh) * p.Sk * p.D;
+  // One CTA per (key block, batch, kv head); it sums over the G query heads sharing the kv head.
+  const int bkv = blockIdx.y, b = bkv / p.Hkv, group = p.H / p.Hkv, k0 = blockIdx.x * kTcBlockN;
+  const int bh0 = b * p.H + (bkv % p.Hkv) * group;  // first query head of the group
+  const int64_t kv_off = static_cast<int64_t>(bkv) * p.Sk * p.D;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int r_local = warp * 16 + (lane & 15), part = lane >> 4, kj = k0 + r_local;
   const float scale_log2 = p.scale * 1.4426950408889634f;
@@ -236,7 +237,10 @@ __global__ void __launch_bounds__(kTcThreads) attn_bwd_dkdv_tc_kernel(
     wmma::fill_fragment(dv_acc[f], 0.f);
   }
   const int q_begin = p.causal ? (k0 / kTcBlockM) * kTcBlockM : 0;  // earlier rows see none of these keys
+  for (int g = 0; g < group; ++g)
   for (int q0 = q_begin; q0 < p.Sq; q0 += kTcBlockM) {
+    const int bh = bh0 + g;
+    const int64_t q_off = static_cast<int64_t>(bh) * p.Sq * p.D;
     __syncthreads();
     load_tile16(qs, ldh, q + q_off, q0, p.Sq, p.D);
     load_tile16(dos, ldh, dout + q_off, q0, p.Sq, p.D);
@@ -286,7 +290,7 @@ __global__ void __launch_bounds__(kTcThreads) attn_bwd_dq_tc_kernel(
   float* delta_s = lse_s + kTcBlockM;
   const int bh = blockIdx.y, b = bh / p.H, q0 = blockIdx.x * kTcBlockM;
   const int64_t q_off = static_cast<int64_t>(bh) * p.Sq * p.D;
-  const int64_t kv_off = static_cast<int64_t>(bh) * p.Sk * p.D;
+  const int64_t kv_off = kv_offset(p, bh);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int r_local = warp * 16 + (lane & 15), part = lane >> 4, qi = q0 + r_local;
   const float scale_log2 = p.scale * 1.4426950408889634f;

@@ -2,8 +2,9 @@
 several ranks with DeepSpeed ZeRO, export, fine-tune with 1 %, 10 % and 100 % of the
 labels against the same model from scratch, print the comparison and write a report.
 
-Data: scikit-learn's 8x8 digits (SimCLR, then digit classification) and Python's own
-help texts, pydoc_data.topics (WordPiece tokenizer + masked LM). Pre-training runs
+Data: scikit-learn's 8x8 digits (SimCLR, then digit classification) and the docstrings of
+the standard library and of installed packages (WordPiece tokenizer, masked LM and causal
+LM, then: which package does a docstring come from). Pre-training runs
 through the deepspeed launcher (launch/local.sh): on CPU 2 ranks with gloo, on a GPU
 machine one rank per GPU. --quick takes about 2 minutes on 2 CPU cores, the full run
 under 10. Everything goes under --out; `ptft report DIR` redraws the plots.

@@ -73,7 +73,7 @@ def run(args) -> int:
     print("packages:")
     for name, ver in report["packages"].items():
         print(f"  {name:<{width - 2}} {ver}")
-    print("kernel backends (all ops: attention, mlm_mask, contrastive_loss):")
+    print("kernel backends (all ops: attention, mlm_mask, contrastive = contrastive_loss and nt_xent_loss):")
     for dev, backends in report["backends"].items():
         for name, why in backends.items():
             mark = "yes" if why is None else f"no  - {why}"

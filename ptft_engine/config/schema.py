@@ -57,6 +57,9 @@ class RunSection(Section):
     peak_tflops: Optional[float] = Field(None, gt=0, description="per-device peak for MFU; auto for known GPUs")
     tensorboard: bool = True
     progress_bar: bool = True
+    compile: bool = Field(False, description="torch.compile the objective's forward (model and loss)")
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = Field(
+        "inductor", description="torch.compile backend when compile is on")
 
 
 class TrainSection(Section):
@@ -95,6 +98,10 @@ class CheckpointSection(Section):
     keep_last: int = Field(3, ge=1)
     resume: Optional[str] = Field(None, description="'auto' (newest complete), a checkpoint dir, or null")
     save_at_end: bool = True
+    async_save: bool = Field(True, description="snapshot to host memory, write in the background; the step "
+                                               "resumes once the snapshot is taken")
+    export_hf_every: int = Field(0, ge=0, description="also write an HF-format export every N saves and at "
+                                                      "the end (0: never)")
 
 
 class BadStepSection(Section):

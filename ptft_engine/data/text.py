@@ -35,7 +35,7 @@ def cpu_mask_backend(requested: str | None) -> str | None:
 
     cpu = torch.device("cpu")
     try:
-        return registry.choose("mlm_mask", cpu, None)
+        return registry.choose("mlm_mask", torch.empty(0, dtype=torch.int64), None)  # the choice for CPU ids
     except registry.BackendUnavailable:
         return next((b for b in ("cpu", "reference") if registry.generic_reason(b, cpu) is None), "reference")
 

@@ -137,3 +137,38 @@ class Launch:
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
+
+
+class Grid:
+    """A fine-tuning grid in its own process (the second core's work while this process runs
+    another): every line goes to a log file, lines that are not chatter are shown tagged."""
+
+    def __init__(self, tag: str, cmd: list[str], log_path: Path, env: dict[str, str]):
+        self.tag, self.log_path, self.start, self.seconds = tag, log_path, time.perf_counter(), None
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self.tail: list[str] = []
+        self.reader = threading.Thread(target=self._follow, daemon=True)
+        self.reader.start()
+
+    def _follow(self) -> None:
+        with open(self.log_path, "w") as log:
+            for line in self.proc.stdout:
+                log.write(line)
+                self.tail = (self.tail + [line.rstrip()])[-25:]
+                if line.startswith("    ") and not _NOISE.search(line):
+                    print(f"    [{self.tag}] " + line.strip(), flush=True)
+        self.seconds = time.perf_counter() - self.start
+
+    def wait(self) -> float:
+        rc = self.proc.wait()
+        self.reader.join()
+        if rc != 0:
+            print("\n".join(f"    [{self.tag}] | " + t for t in self.tail[-15:]), file=sys.stderr)
+            raise UserError(f"fine-tuning grid ({self.tag}) failed (exit {rc}); full log: {self.log_path}")
+        return self.seconds
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()

@@ -22,7 +22,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ def step_tag(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def _barrier() -> None:
+def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
@@ -93,40 +93,56 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return json.loads(meta_file.read_text())
 
 
+def prepare(ckpt_dir: Path, tmp: Path, rank: int) -> None:
+    """Collective: rank 0 clears a leftover `tmp-<tag>` before any rank writes into it."""
+    if rank == 0:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    barrier()
+
+
 def save(engine, ckpt_dir: str | Path, step: int, *, rank: int, rank_state: dict[str, Any],
          meta: dict[str, Any], keep_last: int) -> Path:
     """Collective: every rank calls it. Returns the final checkpoint path."""
     ckpt_dir = Path(ckpt_dir)
-    tag = step_tag(step)
-    tmp_tag = f"tmp-{tag}"
-    final = ckpt_dir / tag
-    if rank == 0:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(ckpt_dir / tmp_tag, ignore_errors=True)
-    _barrier()
+    tmp_tag = f"tmp-{step_tag(step)}"
+    prepare(ckpt_dir, ckpt_dir / tmp_tag, rank)
     engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, save_latest=False)
     (ckpt_dir / tmp_tag).mkdir(parents=True, exist_ok=True)
     torch.save({"rng": rng_state(), **rank_state}, ckpt_dir / tmp_tag / f"rank{rank:05d}.pt")
-    _barrier()  # every rank's files are on disk before the checkpoint is declared complete
+    barrier()  # every rank's files are on disk before the checkpoint is declared complete
     if rank == 0:
-        done = complete_checkpoints(ckpt_dir)
-        seq = _write_order(done[-1])[0] + 1 if done else 0  # write order of this lineage, for pruning
-        _fsync_write(ckpt_dir / tmp_tag / "meta.json",
-                     json.dumps({"step": step, "seq": seq, "saved_at": time.time(), **meta}, indent=1, default=str))
-        replaced = ckpt_dir / f"tmp-replaced-{tag}"  # "tmp-*": remove_partial clears it after a kill
-        if final.exists():  # re-saving a step (after a rollback): move the old copy aside in one rename,
-            # after pointing `latest` back at the newest other complete checkpoint, so that neither
-            # `latest` nor find_latest can meet a missing or half-deleted directory
-            others = [p for p in done if p.name != tag]
-            _write_latest(ckpt_dir, others[-1].name if others else None)
-            shutil.rmtree(replaced, ignore_errors=True)
-            os.rename(final, replaced)
-        os.rename(ckpt_dir / tmp_tag, final)
-        _write_latest(ckpt_dir, tag)
+        finalize(ckpt_dir, step, meta, keep_last)
+    barrier()
+    return ckpt_dir / step_tag(step)
+
+
+def finalize(ckpt_dir: Path, step: int, meta: dict[str, Any], keep_last: int) -> Path:
+    """Rank 0, once every rank's files are in `tmp-<tag>`: meta.json, rename, `latest`, pruning."""
+    tag = step_tag(step)
+    tmp_tag = f"tmp-{tag}"
+    final = ckpt_dir / tag
+    done = complete_checkpoints(ckpt_dir)
+    seq = _write_order(done[-1])[0] + 1 if done else 0  # write order of this lineage, for pruning
+    _fsync_write(ckpt_dir / tmp_tag / "meta.json",
+                 json.dumps({"step": step, "seq": seq, "saved_at": time.time(), **meta}, indent=1, default=str))
+    replaced = ckpt_dir / f"tmp-replaced-{tag}"  # "tmp-*": remove_partial clears it after a kill
+    if final.exists():  # re-saving a step (after a rollback): move the old copy aside in one rename,
+        # after pointing `latest` back at the newest other complete checkpoint, so that neither
+        # `latest` nor find_latest can meet a missing or half-deleted directory
+        others = [p for p in done if p.name != tag]
+        _write_latest(ckpt_dir, others[-1].name if others else None)
         shutil.rmtree(replaced, ignore_errors=True)
-        prune(ckpt_dir, keep_last)
-    _barrier()
+        os.rename(final, replaced)
+    os.rename(ckpt_dir / tmp_tag, final)
+    _write_latest(ckpt_dir, tag)
+    shutil.rmtree(replaced, ignore_errors=True)
+    prune(ckpt_dir, keep_last)
     return final
+
+
+def fsync_write(path: Path, text: str) -> None:
+    _fsync_write(path, text)
 
 
 def _write_latest(ckpt_dir: Path, tag: str | None) -> None:
@@ -159,17 +175,23 @@ def remove_partial(ckpt_dir: str | Path) -> None:
                 os.rename(p, final)
 
 
-def load(engine, path: str | Path, *, rank: int, world_size: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Collective: restores model + optimizer into `engine`; returns (meta, this rank's state)."""
+def load(engine, path: str | Path, *, rank: int,
+         states: Callable[[Path], None] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Collective: restores model + optimizer into `engine` (DeepSpeed's load, or `states(path)`
+    for a checkpoint of another layout); returns (meta, this rank's state). A rank the saving
+    run did not have reads rank 0's file (the trainer and data state are global) and keeps
+    its own RNG."""
     path = Path(path)
     meta = read_meta(path)
-    if meta.get("world_size", world_size) != world_size:
-        raise ValueError(f"{path}: saved with {meta['world_size']} ranks, this run has {world_size}; "
-                         "resume with the same number of ranks")
-    loaded, _ = engine.load_checkpoint(str(path.parent), tag=path.name, load_optimizer_states=True,
-                                       load_lr_scheduler_states=False)
-    if loaded is None:
-        raise ValueError(f"{path}: DeepSpeed could not load this checkpoint")
-    state = torch.load(path / f"rank{rank:05d}.pt", weights_only=False)
-    set_rng_state(state["rng"])
+    if states is not None:
+        states(path)
+    else:
+        loaded, _ = engine.load_checkpoint(str(path.parent), tag=path.name, load_optimizer_states=True,
+                                           load_lr_scheduler_states=False)
+        if loaded is None:
+            raise ValueError(f"{path}: DeepSpeed could not load this checkpoint")
+    own = rank < meta.get("world_size", rank + 1)
+    state = torch.load(path / f"rank{rank if own else 0:05d}.pt", weights_only=False)
+    if own:
+        set_rng_state(state["rng"])
     return meta, state

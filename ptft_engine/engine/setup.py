@@ -135,6 +135,13 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def compile_objective(objective: torch.nn.Module, backend: str) -> None:
+    """torch.compile the objective's forward in place: parameter names (checkpoints) stay the eager ones.
+    Data-dependent shapes (MLM's selected rows) are traced rather than split into several graphs."""
+    torch._dynamo.config.capture_dynamic_output_shape_ops = True
+    objective.compile(backend=backend)
+
+
 def init_deepspeed(cfg: RunConfig, build: Callable[[], torch.nn.Module], world_size: int, device: torch.device):
     import deepspeed
     ds_config = build_deepspeed_config(cfg, world_size, on_gpu=device.type == "cuda")
@@ -144,6 +151,8 @@ def init_deepspeed(cfg: RunConfig, build: Callable[[], torch.nn.Module], world_s
     else:
         with torch.device(device):  # initialise on the device: a 1B model's init is slow on the CPU
             objective = build()
+    if cfg.run.compile:
+        compile_objective(objective, cfg.run.compile_backend)
     # fused kernel on GPU (one launch for all tensors); offloaded state lives on the CPU
     fused = device.type == "cuda" and not cfg.deepspeed.offload_optimizer
     optimizer = GuardedAdamW(param_groups(objective, cfg.train.weight_decay), lr=cfg.train.lr,

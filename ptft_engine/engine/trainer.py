@@ -21,13 +21,16 @@ import torch.distributed as dist
 import yaml
 
 from ptft_engine.config.schema import RunConfig
-from ptft_engine.engine import checkpoint, checks, rundir, runtime, setup
+from ptft_engine.engine import checkpoint, checks, elastic, rundir, runtime, setup
+from ptft_engine.engine.async_save import AsyncSaver
+from ptft_engine.engine.trainer_checkpoints import CheckpointHooks
 from ptft_engine.engine.heartbeat import Heartbeat
 from ptft_engine.engine.metrics import DataCounters, MetricsLogger, memory_stats, peak_tflops
 from ptft_engine.engine.schedules import lr_at
 from ptft_engine.engine.signals import StopRequest
 
 log = logging.getLogger(__name__)
+CLOSE_WAIT_S = 30.0  # how long close() waits for a background save an error left in flight
 
 
 class TrainingStopped(RuntimeError):
@@ -44,7 +47,7 @@ class TrainState:
     tokens_seen: int = 0
 
 
-class Trainer:
+class Trainer(CheckpointHooks):
     def __init__(self, cfg: RunConfig, *, objective_factory: Callable[[], torch.nn.Module] | None = None,
                  run_dir: str | Path | None = None, overwrite: bool = False):
         self.cfg = cfg
@@ -88,6 +91,10 @@ class Trainer:
         self.state = TrainState()
         self.faults = DataCounters()
         self.last_saved_step = -1
+        self.saves_done, self.last_export_step = 0, -1
+        self.resume_changes: list[str] = []
+        self.saver = (AsyncSaver(self.engine, rank=self.rank, world_size=self.world_size,
+                                 timeout_s=cfg.run.dist_timeout_s) if cfg.checkpoint.async_save else None)
         if self.rank == 0:
             # reloadable: `ptft pretrain --config <run_dir>/config.yaml` repeats the run
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
@@ -107,7 +114,12 @@ class Trainer:
                                     start_step=self.state.step, tensorboard=cfg.run.tensorboard,
                                     progress_bar=cfg.run.progress_bar)
         if resume_path is not None:
-            self.logger.message(f"resumed from {resume_path} at step {self.state.step}")
+            changed = ", ".join(self.resume_changes)
+            self.logger.message(f"resumed from {resume_path} at step {self.state.step}"
+                                + (f" (elastic: {changed})" if changed else ""))
+            if changed:
+                self.logger.log(self.state.step, {"changes": self.resume_changes, "checkpoint": str(resume_path)},
+                                split="resume")
         self.peak = peak_tflops(self.device, cfg.run.peak_tflops)
         self.unit = setup.throughput_unit(cfg)
         self.flops_per_unit = setup.flops_per_unit(self.objective, cfg)
@@ -143,10 +155,7 @@ class Trainer:
         path = checkpoint.find_latest(self.ckpt_dir) if resume == "auto" else Path(resume)
         if path is None:
             return None
-        meta = checkpoint.read_meta(path)
-        if meta.get("world_size", self.world_size) != self.world_size:
-            raise ValueError(f"{path}: saved with {meta['world_size']} ranks, this run has {self.world_size}; "
-                             "resume with the same number of ranks")
+        elastic.check_compatible(self.cfg, checkpoint.read_meta(path), path)  # before anything is written
         return path
 
     # ---------------------------------------------------------------- data
@@ -232,6 +241,7 @@ class Trainer:
                     self._guarded(self.evaluate)
                 if out["stop"]:
                     self._guarded(self.save)
+                    self._guarded(self.settle_saves)  # the checkpoint is complete before we exit
                     self.stopped_by = self.stop.name or "on another rank"  # the flag came in the all-reduce
                     self._summary(f"stopped by a signal ({self.stopped_by}) at step {self.state.step}; checkpoint "
                                   f"saved in {self.ckpt_dir}, continue with --resume auto")
@@ -239,7 +249,8 @@ class Trainer:
                 if cfg.checkpoint.every and self.state.step % cfg.checkpoint.every == 0:
                     self._guarded(self.save)
             if cfg.checkpoint.save_at_end:
-                self._guarded(self.save)
+                self._guarded(lambda: self.save(final=True))
+            self._guarded(self.settle_saves)
             self._summary(f"finished at step {self.state.step}")
             return self.state
         finally:
@@ -287,6 +298,7 @@ class Trainer:
 
     def _too_many_bad_steps(self) -> None:
         limit = self.cfg.bad_steps
+        self.settle_saves()  # a save in flight becomes the rollback target
         latest = checkpoint.find_latest(self.ckpt_dir)
         if limit.action == "rollback" and latest is not None and self.state.rollbacks < limit.max_rollbacks:
             self.state.rollbacks += 1
@@ -330,41 +342,19 @@ class Trainer:
         self.engine.train()
         return loss
 
-    # ---------------------------------------------------------------- checkpoints
-    def _rank_state(self) -> dict[str, Any]:
-        s = self.state
-        return {"trainer": {"step": s.step, "skipped": s.skipped, "consecutive_bad": s.consecutive_bad,
-                            "rollbacks": s.rollbacks, "epoch": s.epoch, "tokens_seen": s.tokens_seen},
-                "data": self.loader.state_dict(), "data_totals": dict(self.faults.totals)}
-
-    def save(self) -> Path | None:
-        if self.state.step == self.last_saved_step:
-            return None
-        path = checkpoint.save(self.engine, self.ckpt_dir, self.state.step, rank=self.rank,
-                               rank_state=self._rank_state(), keep_last=self.cfg.checkpoint.keep_last,
-                               meta={"world_size": self.world_size, "zero_stage": self.cfg.deepspeed.zero_stage,
-                                     "epoch": self.state.epoch, "run": self.cfg.run.name})
-        self.last_saved_step = self.state.step
-        return path
-
-    def load(self, path: Path, *, keep_data_position: bool = False) -> None:
-        _, rank_state = checkpoint.load(self.engine, path, rank=self.rank, world_size=self.world_size)
-        t = rank_state["trainer"]
-        self.state.step, self.state.skipped, self.state.tokens_seen = t["step"], t["skipped"], t["tokens_seen"]
-        self.state.consecutive_bad = 0
-        if not keep_data_position:
-            self.faults = DataCounters()
-            self.faults.totals = dict(rank_state.get("data_totals", {}))
-            self.state.epoch = t["epoch"]
-            self.loader = self._make_loader(self.state.epoch)
-            self.loader.load_state_dict(rank_state["data"])
-            self.data_iter = None
-        self.last_saved_step = self.state.step
-
     def close(self) -> None:
         """Tear the process group down so no rank lingers after the others exit (through
         DeepSpeed, which then forgets its cached subgroups: a later Trainer can start anew);
         then give the run directory free."""
+        if getattr(self, "saver", None) is not None:
+            # fit() has settled its saves; a save still in flight here means an error stopped the
+            # run: give it a bounded time (rank 0 would wait for dead peers), the last one stays
+            try:
+                if not self.saver.wait(timeout=CLOSE_WAIT_S):
+                    log.warning("a background checkpoint write is still running: abandoned (%s keeps the "
+                                "last complete checkpoint)", self.ckpt_dir)
+            except RuntimeError as exc:
+                log.error("%s", exc)
         if getattr(self, "heartbeat", None) is not None:
             self.heartbeat.close()
         self.stop.restore()

@@ -20,16 +20,9 @@ naming the rank and the file (meta.json records the world size the run saved wit
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import importlib
 import json
 import logging
 import math
-import mmap
-import pickle
-import re
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -38,118 +31,26 @@ import torch
 
 from ptft_engine.export.errors import ExportError
 from ptft_engine.export.manifest import sha256_json
+from ptft_engine.export.zero_files import (_check_complete, _optimizer_state, _rank_files, _rank_of, _saved_layout,
+                                           release_pages, torch_load)
 
 log = logging.getLogger(__name__)
 MODEL_PREFIX = "model."  # objectives own the model as `.model`
-_SAFE_DS_GLOBALS = {
-    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
-    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
-    "deepspeed.runtime.zero.config.ZeroStageEnum",
-    "deepspeed.utils.tensor_fragment.fragment_address",
-}
-_RANK_RE = re.compile(r"zero_pp_rank_(\d+)_mp_rank_(\d+)_(optim|model)_states\.pt$")
-
-
-def _rank_of(path: Path) -> str:
-    m = _RANK_RE.search(path.name)
-    return f"rank {int(m.group(1))} file" if m else "file"
-
-
-def torch_load(path: Path) -> dict[str, Any]:
-    """Unpickle a DeepSpeed file with weights_only, allowing only known DeepSpeed classes;
-    memory-mapped where the file allows it. A damaged file is one line naming it."""
+def _moment_groups(sd: dict, key: str, path: Path, base: str) -> list[torch.Tensor]:
+    """One Adam state (exp_avg, exp_avg_sq) per parameter group, each the flat partition of this rank."""
+    state = sd.get(base)
+    state = state.get("state") if isinstance(state, dict) else None
     try:
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        unknown = sorted(set(unsafe) - _SAFE_DS_GLOBALS)
-        if unknown:
-            raise ExportError(f"{path}: refusing to unpickle unexpected class(es) {', '.join(unknown)}")
-        allowed = []
-        for dotted in unsafe:
-            module, _, name = dotted.rpartition(".")
-            allowed.append(getattr(importlib.import_module(module), name))
-        with torch.serialization.safe_globals(allowed):
-            try:
-                return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as exc:  # legacy (non-zip) files cannot be memory-mapped
-                if "zip" not in str(exc) or zipfile.is_zipfile(path):
-                    raise
-                return torch.load(str(path), map_location="cpu", weights_only=True)
-    except ExportError:
-        raise
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
-        why = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
-        raise ExportError(f"{path}: {_rank_of(path)} is damaged or truncated ({why})") from None
+        return [state[g][key] for g in sorted(state)]
+    except (KeyError, TypeError):
+        raise ExportError(f"{path}: {_rank_of(path)} has no optimizer state {key!r} (saved before the first "
+                          "step?)") from None
 
 
-def _check_complete(path: Path) -> None:
-    """torch's zip files end with a central directory: a truncated file has none."""
-    try:
-        with zipfile.ZipFile(path):
-            pass
-    except zipfile.BadZipFile:
-        with open(path, "rb") as f:
-            if f.read(4) != b"PK\x03\x04":
-                return  # a legacy (non-zip) torch file: torch_load judges it
-        raise ExportError(f"{path}: {_rank_of(path)} is damaged or truncated (no zip central directory; "
-                          f"{path.stat().st_size} bytes)") from None
-    except OSError as exc:
-        raise ExportError(f"{path}: {_rank_of(path)} cannot be read ({exc.strerror or exc})") from None
-
-
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platform.startswith("linux") else None
-_MADV_DONTNEED = 4
-
-
-def release_pages(t: torch.Tensor) -> None:
-    """Drop the resident pages of a slice of a memory-mapped (read-only, private) rank file
-    from this process: they count in its RSS until the whole file is unmapped, and the
-    kernel re-reads them from the file if they are touched again. Callers pass only slices
-    of files torch_load memory-mapped. Only pages that lie wholly inside the slice are
-    dropped, and only on Linux; elsewhere this does nothing."""
-    if _LIBC is None or t.numel() == 0:
-        return
-    start = t.data_ptr()
-    end = start + t.numel() * t.element_size()
-    lo = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
-    hi = end // mmap.PAGESIZE * mmap.PAGESIZE
-    if hi > lo:
-        _LIBC.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_DONTNEED)
-
-
-def _rank_files(ckpt: Path, kind: str, world: int | None = None) -> list[Path]:
-    """The rank files of one kind, ranks 0..world-1; a missing one is named with its rank."""
-    found = {}
-    for p in ckpt.iterdir():
-        m = _RANK_RE.search(p.name)
-        if m and m.group(3) == kind:
-            if int(m.group(2)) != 0:
-                raise ExportError(f"{p}: model-parallel checkpoints (mp_rank > 0) are not supported")
-            found[int(m.group(1))] = p
-    if not found:
-        return []
-    ranks = sorted(found)
-    expected = range(world if world else max(ranks) + 1)
-    missing = [r for r in expected if r not in found]
-    if missing:
-        some = found[ranks[0]]
-        name = some.name.replace(f"zero_pp_rank_{ranks[0]}_", f"zero_pp_rank_{missing[0]}_")
-        more = f" (and {len(missing) - 1} more rank(s))" if len(missing) > 1 else ""
-        saved = f"meta.json: world_size={world}" if world else f"ranks up to {max(ranks)} exist"
-        raise ExportError(f"{ckpt}: rank {missing[0]} file {name} is missing{more} ({saved})")
-    if world and len(ranks) > world:
-        raise ExportError(f"{ckpt}: {kind} files of {len(ranks)} ranks but meta.json says world_size={world}")
-    return [found[r] for r in ranks]
-
-
-def _optimizer_state(sd: dict, path: Path) -> dict:
-    try:
-        return sd["optimizer_state_dict"]
-    except KeyError:
-        raise ExportError(f"{path}: no optimizer_state_dict (not a DeepSpeed ZeRO optimizer file)") from None
-
-
-def _zero12_tensors(files: list[Path], param_shapes: list[dict]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Stage 1/2: ranks in order; flat groups are contiguous, params laid out back to back."""
+def _zero12_tensors(files: list[Path], param_shapes: list[dict],
+                    key: str | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Stage 1/2: ranks in order; flat groups are contiguous, params laid out back to back.
+    key None: the fp32 master weights; else that optimizer state (same partitioning)."""
     pending: dict[str, list[torch.Tensor]] = {}
     offsets = []  # per group: [(name, shape, start, numel)] in the unpartitioned flat buffer
     for shapes in param_shapes:
@@ -163,7 +64,8 @@ def _zero12_tensors(files: list[Path], param_shapes: list[dict]) -> Iterator[tup
     for rank, path in enumerate(files):
         mapped = zipfile.is_zipfile(path)  # torch_load memory-maps zip files only
         sd = _optimizer_state(torch_load(path), path)
-        parts = sd.get("single_partition_of_fp32_groups")
+        parts = (sd.get("single_partition_of_fp32_groups") if key is None
+                 else _moment_groups(sd, key, path, "base_optimizer_state"))
         if parts is None:
             raise ExportError(f"{path}: no single_partition_of_fp32_groups (not a stage 1/2 optimizer file)")
         if len(parts) != len(offsets):
@@ -195,14 +97,16 @@ def _zero12_tensors(files: list[Path], param_shapes: list[dict]) -> Iterator[tup
                           "(missing rank files?)")
 
 
-def _zero3_tensors(files: list[Path], param_shapes: list[dict]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Stage 3: each param split over all ranks; rank files memory-mapped, one tensor at a time."""
+def _zero3_tensors(files: list[Path], param_shapes: list[dict],
+                   key: str | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Stage 3: each param split over all ranks; rank files memory-mapped, one tensor at a time.
+    key None: the fp32 master weights; else that optimizer state (same partitioning)."""
     world = len(files)
     flats = []
     mapped = all(zipfile.is_zipfile(p) for p in files)  # torch_load memory-maps zip files only
     for path in files:
         sd = _optimizer_state(torch_load(path), path)
-        groups = sd.get("fp32_flat_groups")
+        groups = sd.get("fp32_flat_groups") if key is None else _moment_groups(sd, key, path, "optimizer_state_dict")
         if groups is None:
             raise ExportError(f"{path}: no fp32_flat_groups (not a stage 3 optimizer file)")
         flats.append(groups)  # memory-mapped views: nothing read until sliced
@@ -233,17 +137,6 @@ def _frozen_zero3(files: list[Path], model_sd: dict) -> Iterator[tuple[str, torc
     for name, shape in shapes.items():
         numel = math.prod(shape)
         yield name, torch.cat([f[name].flatten() for f in frags])[:numel].view(tuple(shape)).clone()
-
-
-def _saved_layout(ckpt: Path) -> tuple[int | None, int | None]:
-    """(world size, ZeRO stage) as meta.json recorded them (None where it does not say)."""
-    try:
-        meta = json.loads((ckpt / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None, None
-    meta = meta if isinstance(meta, dict) else {}
-    world, stage = meta.get("world_size"), meta.get("zero_stage")
-    return (world if isinstance(world, int) and world > 0 else None), (stage if isinstance(stage, int) else None)
 
 
 def consolidated_tensors(ckpt: Path) -> tuple[Iterator[tuple[str, torch.Tensor]], dict[str, Any]]:
@@ -297,6 +190,48 @@ def consolidated_tensors(ckpt: Path) -> tuple[Iterator[tuple[str, torch.Tensor]]
                 yield name, module[name]
 
     return stream(), info
+
+
+def optimizer_tensors(ckpt: Path, key: str | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """The trained parameters' fp32 master weights (key None) or one Adam state ("exp_avg",
+    "exp_avg_sq") per parameter, by engine-objective name, one tensor at a time: what an
+    elastic resume hands to a new layout. Also returns the optimizer's step count first,
+    as ("<step>", tensor)."""
+    world, _ = _saved_layout(ckpt)
+    optim_files = _rank_files(ckpt, "optim", world)
+    stage3_models = _rank_files(ckpt, "model", world)
+    for path in optim_files + stage3_models:
+        _check_complete(path)
+    model_file = stage3_models[0] if stage3_models else ckpt / "mp_rank_00_model_states.pt"
+    model_sd = torch_load(model_file)
+    param_shapes = model_sd.get("param_shapes")
+    param_shapes = [param_shapes] if isinstance(param_shapes, dict) else param_shapes
+    if optim_files:
+        sd = _optimizer_state(torch_load(optim_files[0]), optim_files[0])
+        state = (sd.get("base_optimizer_state") or sd.get("optimizer_state_dict") or {}).get("state") or {}
+    else:
+        state = (model_sd.get("optimizer") or {}).get("state") or {}
+    if not state:
+        raise ExportError(f"{ckpt}: no optimizer state (saved before the first step?)")
+    yield "<step>", state[min(state)]["step"]
+    if stage3_models:
+        yield from _zero3_tensors(optim_files, param_shapes, key)
+    elif optim_files:
+        yield from _zero12_tensors(optim_files, param_shapes, key)
+    else:  # stage 0: the whole module, and torch's optimizer state numbered in parameter-group order
+        module, buffers, storages = model_sd["module"], set(model_sd.get("buffer_names") or []), set()
+        names = []
+        for name, t in module.items():  # a tied alias shares its parameter's storage: listed once
+            if name not in buffers and t.untyped_storage().data_ptr() not in storages:
+                storages.add(t.untyped_storage().data_ptr())
+                names.append(name)
+        # the engine's groups (engine/setup.py param_groups): matrices (decayed), then the rest
+        names = [n for n in names if module[n].ndim >= 2] + [n for n in names if module[n].ndim < 2]
+        if len(names) != len(state):
+            raise ExportError(f"{ckpt}: {len(state)} optimizer states for {len(names)} parameters (frozen "
+                              "parameters in a ZeRO-0 checkpoint cannot be matched to their states)")
+        for i, name in enumerate(names):
+            yield name, module[name].float() if key is None else state[i][key]
 
 
 def model_tensors(ckpt: Path) -> tuple[Iterator[tuple[str, torch.Tensor]], dict[str, Any]]:

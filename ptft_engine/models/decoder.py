@@ -78,8 +78,8 @@ class CausalDecoder(PtftModel):
             position_ids = default_positions(input_ids, segment_ids)
         x = self.embeddings(input_ids, position_ids if self.rotary is None else None)
         rotary = None if self.rotary is None else self.rotary(position_ids, x.dtype)
-        pad = None if attention_mask is None else ~attention_mask.bool()  # ops want True = padding
-        x = self.layers(x, causal=True, key_padding_mask=pad, segment_ids=segment_ids, rotary=rotary)
+        mask = None if attention_mask is None else attention_mask.bool()
+        x = self.layers(x, causal=True, attention_mask=mask, segment_ids=segment_ids, rotary=rotary)
         return self.final_norm(x)
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -77,8 +77,8 @@ class TransformerEncoder(PtftModel):
         if position_ids is None and segment_ids is not None:
             position_ids = positions_from_segments(segment_ids)
         x = self.embeddings(input_ids, position_ids, token_type_ids)
-        pad = None if attention_mask is None else ~attention_mask.bool()  # ops want True = padding
-        return self.layers(x, key_padding_mask=pad, segment_ids=segment_ids)
+        mask = None if attention_mask is None else attention_mask.bool()
+        return self.layers(x, attention_mask=mask, segment_ids=segment_ids)
 
     def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (..., vocab); apply to selected positions only to save the big matmul."""

@@ -179,8 +179,7 @@ class Wav2Vec2(PtftModel):
         if not self.config.do_stable_layer_norm:
             x = self.encoder_norm(x)
         x = self.dropout(x)
-        pad = None if frames is None else ~frames  # ops.attention wants True = padding
-        x = self.layers(x, key_padding_mask=pad)
+        x = self.layers(x, attention_mask=frames)  # True = a real frame, attended
         if self.config.do_stable_layer_norm:
             x = self.encoder_norm(x)
         return Wav2Vec2Output(x, normed, frames)

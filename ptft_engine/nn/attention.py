@@ -26,7 +26,8 @@ class SelfAttention(nn.Module):
 
     fused_qkv=True keeps one `qkv_proj` (out = [q; k; v]) so a GPT-2 export is its
     Conv1D `c_attn` transposed; otherwise separate q/k/v projections (BERT, ViT,
-    Llama). num_kv_heads < num_heads gives grouped-query attention (Llama).
+    Llama). num_kv_heads < num_heads gives grouped-query attention (Llama). attention_mask: bool
+    (B, S), True = attend (the convention everywhere; only the kernels' launchers invert it).
     """
 
     def __init__(
@@ -65,7 +66,7 @@ class SelfAttention(nn.Module):
         x: torch.Tensor,
         *,
         causal: bool = False,
-        key_padding_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
         segment_ids: torch.Tensor | None = None,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
@@ -79,10 +80,7 @@ class SelfAttention(nn.Module):
         v = v.view(B, S, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, S, Dh)
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-        if self.num_kv_heads != self.num_heads:
-            rep = self.num_heads // self.num_kv_heads
-            k = k.repeat_interleave(rep, dim=1)  # (B, H, S, Dh)
-            v = v.repeat_interleave(rep, dim=1)
-        out = _attention()(q, k, v, causal=causal, key_padding_mask=key_padding_mask, segment_ids=segment_ids)
+        # Grouped-query: the kernels read each kv head for its H / Hkv query heads in place.
+        out = _attention()(q, k, v, causal=causal, attention_mask=attention_mask, segment_ids=segment_ids)
         out = out.transpose(1, 2).reshape(B, S, D)  # (B, S, H*Dh)
         return self.dropout(self.o_proj(out))

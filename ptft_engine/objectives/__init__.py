@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ptft_engine.models.config import ConfigError, parse_model_config
+from ptft_engine.errors import ConfigError
+from ptft_engine.models.config import parse_model_config
 from ptft_engine.objectives.spec import (
     ObjectiveConfig,
     ObjectiveConfigBase,

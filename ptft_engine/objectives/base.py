@@ -9,7 +9,6 @@ from torch import nn
 
 from ptft_engine.labels import IGNORE_INDEX
 
-IGNORE = IGNORE_INDEX  # label of positions no loss is taken on (padding, unmasked tokens, document ends)
 
 
 def transformer_flops_per_token(matmul_params: int, num_layers: int, hidden_size: int, seq_len: int) -> int:
@@ -52,12 +51,12 @@ class TokenPredictionObjective(Objective):
 
     @staticmethod
     def token_loss(logits: torch.Tensor, targets: torch.Tensor, num_tokens: int) -> dict:
-        """Mean cross-entropy and accuracy over the targets that are not IGNORE.
+        """Mean cross-entropy and accuracy over the targets that are not IGNORE_INDEX.
         logits (N, V), targets (N,)."""
-        valid = targets != IGNORE
+        valid = targets != IGNORE_INDEX
         count = valid.sum()
         denom = count.clamp(min=1)
-        loss = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="sum") / denom
+        loss = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum") / denom
         with torch.no_grad():
             correct = ((logits.argmax(-1) == targets) & valid).sum()
         return {

@@ -7,7 +7,8 @@ from typing import Literal
 import torch
 
 from ptft_engine.data.needs import DataNeeds
-from ptft_engine.objectives.base import IGNORE, TokenPredictionObjective, need
+from ptft_engine.labels import IGNORE_INDEX
+from ptft_engine.objectives.base import TokenPredictionObjective, need
 from ptft_engine.objectives.spec import ObjectiveConfigBase, ObjectiveSpec, register
 from ptft_engine.objectives.synthetic import token_batch
 
@@ -22,9 +23,9 @@ def shifted_targets(labels: torch.Tensor, segment_ids=None, attention_mask=None)
     """(B, S) labels -> (B, S-1) targets for positions 0..S-2."""
     targets = labels[:, 1:].to(torch.long, copy=True)  # edited below: never write into the batch
     if segment_ids is not None:
-        targets[segment_ids[:, 1:] != segment_ids[:, :-1]] = IGNORE  # next token belongs to another document
+        targets[segment_ids[:, 1:] != segment_ids[:, :-1]] = IGNORE_INDEX  # next token belongs to another document
     if attention_mask is not None:
-        targets[~attention_mask[:, 1:].bool()] = IGNORE
+        targets[~attention_mask[:, 1:].bool()] = IGNORE_INDEX
     return targets
 
 

@@ -6,7 +6,8 @@ from typing import Literal
 import torch
 
 from ptft_engine.data.needs import DataNeeds
-from ptft_engine.objectives.base import IGNORE, TokenPredictionObjective, need
+from ptft_engine.labels import IGNORE_INDEX
+from ptft_engine.objectives.base import TokenPredictionObjective, need
 from ptft_engine.objectives.spec import ObjectiveConfigBase, ObjectiveSpec, register
 from ptft_engine.objectives.synthetic import token_progressions
 
@@ -28,7 +29,7 @@ class MaskedLMObjective(TokenPredictionObjective):
             token_type_ids=batch.get("token_type_ids"),
             segment_ids=batch.get("segment_ids"),
         )  # (B, S, D)
-        selected = labels != IGNORE
+        selected = labels != IGNORE_INDEX
         # The vocabulary projection is the largest matmul: run it on the ~15 % selected rows only.
         logits = self.model.mlm_logits(hidden[selected])  # (N, V)
         return self.token_loss(logits, labels[selected].long(), input_ids.numel())
@@ -41,7 +42,7 @@ def synthetic_mlm_batch(cfg, g: torch.Generator) -> dict:
     selected[:, 0] = True  # at least one target per row
     return {"input_ids": torch.where(selected, torch.full_like(ids, cfg.vocab_size - 1), ids),
             "attention_mask": torch.ones_like(ids),
-            "labels": torch.where(selected, ids, torch.full_like(ids, IGNORE))}
+            "labels": torch.where(selected, ids, torch.full_like(ids, IGNORE_INDEX))}
 
 
 SPEC = register(ObjectiveSpec(

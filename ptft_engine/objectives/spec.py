@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, SerializeAsAn
 from torch import nn
 
 from ptft_engine.data.needs import DataNeeds
-from ptft_engine.models.config import ARCHS, ConfigError, format_validation_error
+from ptft_engine.errors import ConfigError, format_validation_error
+from ptft_engine.models.config import ARCHS
 
 
 class ObjectiveConfigBase(BaseModel):

@@ -1,6 +1,6 @@
 """Fused kernels with one public function per op; see registry.py for backend choice.
 
-    attention(q, k, v, *, causal, key_padding_mask, segment_ids, scale, backend)
+    attention(q, k, v, *, causal, attention_mask, segment_ids, scale, backend)
     mlm_mask(input_ids, *, seed, sample_ids, ..., backend)
     contrastive_loss(a, b, logit_scale, *, symmetric, chunk_size, group, backend)
     nt_xent_loss(z1, z2, temperature, *, chunk_size, group, backend)

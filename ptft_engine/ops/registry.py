@@ -9,8 +9,10 @@ and device what it picked.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
+from types import ModuleType
 from typing import Callable, Iterator
 
 import torch
@@ -93,7 +95,9 @@ def generic_reason(backend: str, device: torch.device) -> str | None:
     raise ValueError(f"unknown kernel backend {backend!r}")
 
 
-def _requested(backend: str | None) -> str | None:
+def requested(backend: str | None = None) -> str:
+    """The backend this call asks for: its argument, else the process default, else PTFT_KERNEL_BACKEND,
+    else "auto". Resolved when the op is called, so its backward uses the same choice."""
     if backend is not None:
         name = _check_name(backend, "backend argument")
     elif _default is not None:
@@ -101,44 +105,45 @@ def _requested(backend: str | None) -> str | None:
     elif os.environ.get(ENV_VAR):
         name = _check_name(os.environ[ENV_VAR], ENV_VAR)
     else:
-        return None
-    return None if name == "auto" else name
+        name = "auto"
+    return name
 
 
 # Kernels whose matmuls run on tensor cores: Triton (tl.dot) for every float dtype; CUDA (WMMA, fp32
-# accumulate, sm_80+) for fp16/bf16 inputs only, fp32 stays scalar FMA there. On matmul-heavy ops automatic
-# GPU choice takes Triton first (the measured kernel); mlm_mask has no matmul and keeps the default order.
+# accumulate, sm_80+) for fp16/bf16 inputs only, fp32 stays scalar FMA there. For matmul-heavy ops the
+# automatic GPU order puts these first, in this order; mlm_mask has no matmul and keeps the default order.
 # `ptft env` prints this table.
-TENSOR_CORE_KERNELS = {"attention": ("triton", "cuda"), "contrastive_loss": ("triton", "cuda"),
-                       "nt_xent_loss": ("triton", "cuda"), "mlm_mask": ()}
-MATMUL_GPU_ORDER = ("triton", "cuda", "reference")
+# Keys are the op names the registry is asked for ("contrastive": the core of both contrastive losses).
+TENSOR_CORE_KERNELS = {"attention": ("triton", "cuda"), "contrastive": ("triton", "cuda"), "mlm_mask": ()}
+DEFAULT_GPU_ORDER = ("cuda", "triton", "reference")
 
 
-def choose(
-    op: str,
-    device: torch.device,
-    backend: str | None = None,
-    op_reason: Callable[[str], str | None] | None = None,
-    gpu_order: tuple[str, ...] = ("cuda", "triton", "reference"),
-) -> str:
-    """Pick the backend for one call of `op`.
+def gpu_order(op: str) -> tuple[str, ...]:
+    """Automatic preference on CUDA tensors: the op's tensor-core kernels first, then the rest."""
+    first = TENSOR_CORE_KERNELS.get(op, ())
+    return first + tuple(name for name in DEFAULT_GPU_ORDER if name not in first)
 
-    `op_reason(backend)` lets an op add its own limits (dtype, head dim ...): it
-    returns why this call cannot use that backend, or None. `gpu_order` is the
-    automatic preference on CUDA tensors, for ops whose Triton kernel beats their CUDA one.
+
+def choose(op: str, x: torch.Tensor, backend: str | None = None,
+           op_reason: Callable[[str, torch.Tensor], str | None] | None = None) -> str:
+    """Pick the backend for one call of `op` whose main input is `x`.
+
+    `op_reason(backend, x)` lets an op add its own limits (dtype, head dim ...): it
+    returns why this call cannot use that backend, or None.
     """
+    device = x.device
 
     def reason(name: str) -> str | None:
-        return generic_reason(name, device) or (op_reason(name) if op_reason else None)
+        return generic_reason(name, device) or (op_reason(name, x) if op_reason else None)
 
-    want = _requested(backend)
-    if want is not None:
+    want = requested(backend)
+    if want != "auto":
         why = reason(want)
         if why:
             raise BackendUnavailable(f"{op}: backend {want!r} cannot run here: {why}")
         return want
     # Interpreted Triton is a test vehicle, far slower than C++: never pick it on CPU.
-    order = gpu_order if device.type == "cuda" else ("cpu", "reference")
+    order = gpu_order(op) if device.type == "cuda" else ("cpu", "reference")
     skipped = []
     for name in order:
         why = reason(name)
@@ -151,6 +156,15 @@ def choose(
             return name
         skipped.append(f"{name}: {why}")
     raise BackendUnavailable(f"{op}: no backend can run here ({'; '.join(skipped)})")
+
+
+def kernels(package: str, backend: str) -> ModuleType:
+    """The module of `ptft_engine.ops.<package>` that implements `backend`; every one exports the same
+    `forward` (and `backward` where the op has a gradient). cpu and cuda share the compiled extension."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {backend!r}")
+    module = "native" if backend in ("cpu", "cuda") else backend
+    return importlib.import_module(f"ptft_engine.ops.{package}.{module}")
 
 
 def status(device: torch.device) -> dict[str, str | None]:

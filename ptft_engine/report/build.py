@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ptft_engine.report import plots
-from ptft_engine.report.collect import (FinetuneRun, PretrainRun, find_comparison, find_finetune_runs,
+from ptft_engine.report.collect import (FinetuneRun, PretrainRun, find_comparisons, find_finetune_runs,
                                         find_pretrain_runs)
 
 Block = tuple  # ("h2", text) | ("p", text) | ("table", header, rows) | ("img", path, caption)
@@ -25,15 +25,16 @@ def build_report(root: str | Path, out_dir: str | Path | None = None, extra: dic
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such directory (give a run directory, a fine-tuning output or a demo --out)")
     out = Path(out_dir) if out_dir else root / "report"
-    pre, fine, comparison = find_pretrain_runs(root), find_finetune_runs(root), find_comparison(root)
+    pre, fine, comparisons = find_pretrain_runs(root), find_finetune_runs(root), find_comparisons(root)
+    comparison = comparisons[0][1] if comparisons else None  # the first one groups the fine-tuning curves
     if not (pre or fine or comparison):
         raise FileNotFoundError(f"{root}: nothing to report — no metrics.jsonl (pre-training), report.json "
                                 "(fine-tuning) or comparison.json (demo) below it")
     out.mkdir(parents=True, exist_ok=True)
     blocks: list[Block] = [("h1", f"Run report: {root.name}"),
                            ("p", f"{root.resolve()} — written {time.strftime('%Y-%m-%d %H:%M:%S')}")]
-    if comparison:
-        blocks += _comparison(root, comparison, out)
+    for name, data in comparisons:
+        blocks += _comparison(root, name, data, out)
     for run in pre:
         blocks += _pretrain(run, root, out)
     if fine:
@@ -55,21 +56,31 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _comparison(root: Path, comparison: dict, out: Path) -> list[Block]:
+def _comparison(root: Path, name: str, comparison: dict, out: Path) -> list[Block]:
     rows = comparison["rows"]
-    png = plots.plot_comparison(rows, out / "comparison.png")
-    blocks: list[Block] = [("h2", "Pre-trained vs from scratch")]
-    md_table = root / "comparison.md"
+    title = comparison.get("title", "Pre-trained vs from scratch")
+    png = plots.plot_comparison(rows, out / f"{name}.png", title=title)
+    blocks: list[Block] = [("h2", title)]
+    md_table = root / f"{name}.md"
     fractions = sorted({r["labels_fraction"] for r in rows})
     recipes = list(dict.fromkeys(r["recipe"] for r in rows))
-    acc = {(r["recipe"], r["labels_fraction"]): r["test_accuracy"] for r in rows}
+    by = {(r["recipe"], r["labels_fraction"]): r for r in rows}
     header = ["test accuracy"] + [f"{f * 100:g} % labels" for f in fractions]
-    table = [[name] + [f"{acc[(name, f)]:.3f}" if (name, f) in acc else "–" for f in fractions] for name in recipes]
+    table = [[recipe] + [_accuracy(by[(recipe, f)]) if (recipe, f) in by else "–" for f in fractions]
+             for recipe in recipes]
     blocks.append(("table", header, table))
     if md_table.is_file():
         blocks.append(("p", f"(also in {md_table.name}, with gains over scratch)"))
+    if comparison.get("goal"):
+        blocks.append(("p", comparison["goal"]))
     blocks.append(("img", png, "test accuracy per label budget"))
     return blocks
+
+
+def _accuracy(row: dict) -> str:
+    """mean, and ± the spread over seeds where the row has one"""
+    spread = row.get("spread")
+    return f"{row['test_accuracy']:.3f}" + (f" ± {spread:.3f}" if isinstance(spread, (int, float)) else "")
 
 
 def _pretrain(run: PretrainRun, root: Path, out: Path) -> list[Block]:

@@ -85,6 +85,12 @@ def find_finetune_runs(root: Path) -> list[FinetuneRun]:
     return runs
 
 
-def find_comparison(root: Path) -> dict | None:
-    data = _read_json(root / "comparison.json")
-    return data if data and data.get("rows") else None
+def find_comparisons(root: Path) -> list[tuple[str, dict]]:
+    """(name, data) of each comparison.json / <what>_comparison.json at the top of root
+    (a demo writes one per evidence table), comparison.json first."""
+    found = []
+    for path in sorted(root.glob("*comparison.json"), key=lambda p: (p.name != "comparison.json", p.name)):
+        data = _read_json(path)
+        if data and data.get("rows"):
+            found.append((path.stem, data))
+    return found

@@ -74,26 +74,31 @@ def plot_finetune(runs: list[FinetuneRun], path: Path, title: str) -> Path:
     return path
 
 
-def plot_comparison(rows: list[dict], path: Path) -> Path:
-    """Grouped bars: test accuracy per label budget, one bar per recipe (scratch first)."""
+def plot_comparison(rows: list[dict], path: Path, title: str = "pre-trained vs from scratch (same architecture)") -> Path:
+    """Grouped bars: test accuracy per label budget, one bar per recipe (scratch first);
+    error bars where the rows carry a spread over seeds."""
     plt = _plt()
     fractions = sorted({r["labels_fraction"] for r in rows})
     recipes = list(dict.fromkeys(r["recipe"] for r in rows))
     acc = {(r["recipe"], r["labels_fraction"]): r["test_accuracy"] for r in rows}
+    spread = {(r["recipe"], r["labels_fraction"]): r["spread"] for r in rows if isinstance(r.get("spread"), (int, float))}
     width = 0.8 / len(recipes)
-    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(fractions) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(fractions) + 2, 0.3 * len(recipes) * len(fractions) + 2),
+                                    4.5 + 0.15 * len(recipes)))
     for i, name in enumerate(recipes):
-        xs = [j + (i - (len(recipes) - 1) / 2) * width for j in range(len(fractions))]
-        ys = [acc.get((name, f), 0.0) for f in fractions]
-        bars = ax.bar(xs, ys, width, label=name, color="0.6" if name.startswith("scratch") else f"C{i}")
+        have = [(j, f) for j, f in enumerate(fractions) if (name, f) in acc]  # a recipe may skip a budget
+        xs = [j + (i - (len(recipes) - 1) / 2) * width for j, _ in have]
+        ys = [acc[(name, f)] for _, f in have]
+        err = [spread.get((name, f), 0.0) for _, f in have] if spread else None
+        bars = ax.bar(xs, ys, width, yerr=err, label=name, color="0.6" if name.startswith("scratch") else f"C{i}")
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
     labels = {r["labels_fraction"]: r.get("train_labels") for r in rows}
     ax.set_xticks(range(len(fractions)),
-                  [f"{f * 100:g} % labels" + (f"\n({labels[f]} images)" if labels.get(f) else "") for f in fractions])
+                  [f"{f * 100:g} % labels" + (f"\n({labels[f]} labelled)" if labels.get(f) else "") for f in fractions])
     ax.set_ylim(0, 1.15)
     ax.set_ylabel("test accuracy")
-    ax.set_title("pre-trained vs from scratch (same architecture)")
-    ax.legend(fontsize=8, loc="upper left", ncol=2)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)  # below: many recipes cover bars
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

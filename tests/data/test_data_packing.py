@@ -52,7 +52,7 @@ def test_packed_attention_equals_attention_per_document():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 2, 13, 8, generator=g) for _ in range(3))  # (B, H, S, D)
     # the reference backend states the masking contract every kernel must meet
-    out = attention(q, k, v, segment_ids=seg, key_padding_mask=~batch["attention_mask"], backend="reference")
+    out = attention(q, k, v, segment_ids=seg, attention_mask=batch["attention_mask"], backend="reference")
     checked = 0
     for r in range(2):
         for s in seg[r].unique().tolist():

@@ -132,7 +132,7 @@ def test_documents_never_attend_across_segments(text_shards, tok_path):
         ids, seg = b["input_ids"], b["segment_ids"]
         assert torch.equal(b["attention_mask"], seg > 0)
         q, k, v = (torch.randn(4, 2, 24, 8, generator=g) for _ in range(3))  # (B, H, S, D)
-        out = attention(q, k, v, segment_ids=seg, key_padding_mask=~b["attention_mask"], backend="reference")
+        out = attention(q, k, v, segment_ids=seg, attention_mask=b["attention_mask"], backend="reference")
         for r in range(4):
             for s in seg[r].unique().tolist():
                 if s == 0:

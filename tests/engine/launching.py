@@ -27,7 +27,7 @@ def base_env() -> dict[str, str]:
     return env
 
 
-def spawn_ranks(world: int, args: list[str], log_dir: Path) -> list[subprocess.Popen]:
+def spawn_ranks(world: int, args: list[str], log_dir: Path, runner: Path = RUNNER) -> list[subprocess.Popen]:
     """One process per rank, rendezvous over loopback (what a launcher does, minus its start-up)."""
     port = free_port()
     procs = []
@@ -37,7 +37,7 @@ def spawn_ranks(world: int, args: list[str], log_dir: Path) -> list[subprocess.P
         env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         out = open(log_dir / f"rank{rank}.log", "w")
-        procs.append(subprocess.Popen([PY, str(RUNNER), *args], env=env, stdout=out, stderr=subprocess.STDOUT))
+        procs.append(subprocess.Popen([PY, str(runner), *args], env=env, stdout=out, stderr=subprocess.STDOUT))
     return procs
 
 

@@ -195,7 +195,7 @@ class LoadingEngine(FakeEngine):
         return (str(Path(load_dir) / tag) if self.ok else None), {}
 
 
-def test_load_restores_rank_state_and_checks_world_size(tmp_path):
+def test_load_restores_rank_state_and_a_new_rank_reads_rank_0s(tmp_path):
     import random
 
     random.seed(123)
@@ -205,14 +205,20 @@ def test_load_restores_rank_state_and_checks_world_size(tmp_path):
                            meta={"world_size": 1}, keep_last=2)
     random.random()
     engine = LoadingEngine()
-    meta, state = checkpoint.load(engine, path, rank=0, world_size=1)
+    meta, state = checkpoint.load(engine, path, rank=0)
     assert meta["step"] == 7 and state["data"] == {"position": 42}
     assert engine.loaded_from == (tmp_path, "step-00000007", True)
     assert random.random() == expect  # the RNG is back where the save left it
-    with pytest.raises(ValueError, match="saved with 1 ranks, this run has 2"):
-        checkpoint.load(LoadingEngine(), path, rank=0, world_size=2)
+    # a rank the saving run did not have (elastic resume 1 -> 2): rank 0's trainer/data state,
+    # its own RNG kept; `states` replaces DeepSpeed's load
+    random.seed(5)
+    expect = random.random()
+    random.seed(5)
+    seen = []
+    meta, state = checkpoint.load(LoadingEngine(ok=False), path, rank=1, states=seen.append)
+    assert seen == [path] and state["data"] == {"position": 42} and random.random() == expect
     with pytest.raises(ValueError, match="could not load"):
-        checkpoint.load(LoadingEngine(ok=False), path, rank=0, world_size=1)
+        checkpoint.load(LoadingEngine(ok=False), path, rank=0)
     with pytest.raises(ValueError, match="no meta.json"):
         checkpoint.read_meta(tmp_path / "step-00000099")
     assert checkpoint.find_latest(tmp_path / "missing") is None and checkpoint.complete_checkpoints(tmp_path / "x") == []

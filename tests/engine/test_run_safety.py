@@ -1,7 +1,7 @@
 """Run safety with real processes through launch/local.sh (2 ranks, gloo, DataLoader workers):
 signals to the process group, the launcher or one rank save one checkpoint at the signal
 step and resume bitwise; a kill -9 of the launcher leaves no rank behind; a re-used run
-name or a resume on another world size changes nothing on disk; a SIGSTOPped rank makes all
+name or a resume with another model config changes nothing on disk; a SIGSTOPped rank makes all
 exit within the timeout, named; Slurm's requeue (stand-ins for srun/scontrol); a strict-mode
 data error inside a worker is one line."""
 from __future__ import annotations
@@ -116,10 +116,11 @@ def test_signals_save_at_the_signal_step_and_resume_bitwise(recipe, tmp_path):
     assert ref.wait(timeout=400) == 0, tail(tmp_path / "ref.log")
     timings["reference run"] = time.monotonic() - t
 
-    # a resume on another world size: refused, nothing changed (a re-used name without --resume:
-    # test_run_dir.py, in-process)
+    # a resume with another model config: refused, nothing changed (a re-used name without --resume:
+    # test_run_dir.py, in-process; a resume on another world size is allowed: test_elastic.py)
     before = snapshot(tmp_path / "ref")
-    for n, extra, message in [(1, ["--resume", "auto"], "saved with 2 ranks")]:
+    for n, extra, message in [(1, ["model.num_hidden_layers=3", "--resume", "auto"],
+                               "model.num_hidden_layers is 2 in the checkpoint but 3 in the config")]:
         t = time.monotonic()
         log = tmp_path / f"refused{n}.log"
         p = start(n, recipe, log, out, "run.name=ref", f"run.max_steps={STEPS}", *extra)

@@ -12,10 +12,11 @@ def tiny_encoder():
     return build_model(cfg).eval()
 
 
-def tiny_decoder(style="gpt2", tie=True):
+def tiny_decoder(style="gpt2", tie=True, kv_heads=2):
+    """4 query heads; a llama shares each k/v head among 4 / kv_heads of them (grouped-query)."""
     cfg = DecoderConfig(style=style, vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         max_position_embeddings=40, tie_word_embeddings=tie,
-                        num_key_value_heads=2 if style == "llama" else None)
+                        num_key_value_heads=kv_heads if style == "llama" else None)
     return build_model(cfg).eval()
 
 

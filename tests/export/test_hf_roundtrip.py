@@ -3,7 +3,8 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
+from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig, BertForMaskedLM, GPT2Config,
+                          GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM)
 
 from ptft_engine.export import export_model, load_export, load_pretrained
 from export_fixtures import VOCAB, tiny_decoder, tiny_encoder
@@ -27,13 +28,17 @@ def test_encoder_export_loads_in_transformers_with_same_logits(tmp_path, batch):
         torch.testing.assert_close(back(ids, attention_mask=mask), ours, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("style,tie", [("gpt2", True), ("gpt2", False), ("llama", True)])
-def test_decoder_export_loads_in_transformers_with_same_logits(tmp_path, batch, style, tie):
+@pytest.mark.parametrize("style,tie,kv_heads", [("gpt2", True, None), ("gpt2", False, None), ("llama", True, 2),
+                                               ("llama", False, 1)], ids=["gpt2-tied", "gpt2", "llama-gqa", "llama-mqa"])
+def test_decoder_export_loads_in_transformers_with_same_logits(tmp_path, batch, style, tie, kv_heads):
     ids, _ = batch
-    dec = tiny_decoder(style, tie)
+    dec = tiny_decoder(style, tie, kv_heads)
     export_model(dec, tmp_path)
     hf = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert type(hf).__name__ == ("GPT2LMHeadModel" if style == "gpt2" else "LlamaForCausalLM")
+    if style == "llama":  # grouped-query attention survives the export: k/v projections stay narrow
+        assert hf.config.num_key_value_heads == kv_heads
+        assert hf.model.layers[0].self_attn.k_proj.weight.shape == (kv_heads * 8, 32)
     with torch.no_grad():
         torch.testing.assert_close(dec(ids), hf(input_ids=ids).logits, atol=TOL, rtol=TOL)
 
@@ -106,5 +111,18 @@ def test_import_transformers_gpt2(tmp_path, batch):
                                     bos_token_id=0, eos_token_id=0)).eval()
     hf.save_pretrained(tmp_path)
     ours = load_pretrained(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), hf(input_ids=ids).logits, atol=TOL, rtol=TOL)
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2], ids=["mqa", "gqa"])
+def test_import_transformers_llama_keeps_grouped_query_heads(tmp_path, batch, kv_heads):
+    ids, _ = batch
+    hf = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=kv_heads, intermediate_size=48,
+                                      max_position_embeddings=32, tie_word_embeddings=False)).eval()
+    hf.save_pretrained(tmp_path)
+    ours = load_pretrained(tmp_path)
+    assert ours.config.num_key_value_heads == kv_heads
     with torch.no_grad():
         torch.testing.assert_close(ours(ids), hf(input_ids=ids).logits, atol=TOL, rtol=TOL)

@@ -24,16 +24,16 @@ def make_inputs(b, h, s_q, d, dtype, device="cpu", s_k=None, pad=False, segments
     k = torch.randn(b, h, s_k, d, generator=gen)
     v = torch.randn(b, h, s_k, d, generator=gen)
     do = torch.randn(b, h, s_q, d, generator=gen)
-    kpm = seg = None
-    if pad:
-        kpm = torch.rand(b, s_k, generator=gen) < 0.2
-        kpm[0, 0] = False
-        kpm[-1, s_k - s_k // 3:] = True
-        kpm = kpm.to(device)
+    keep = seg = None
+    if pad:  # attention_mask: True = attend, False = padding key
+        keep = torch.rand(b, s_k, generator=gen) >= 0.2
+        keep[0, 0] = True
+        keep[-1, s_k - s_k // 3:] = False
+        keep = keep.to(device)
     if segments:
         seg = torch.sort(torch.randint(0, 3, (b, s_q), generator=gen), dim=1).values.to(device)
     tensors = [t.to(device=device, dtype=dtype) for t in (q, k, v, do)]
-    return tensors, dict(key_padding_mask=kpm, segment_ids=seg)
+    return tensors, dict(attention_mask=keep, segment_ids=seg)
 
 
 def run(fn, q, k, v, do, **kw):
@@ -134,14 +134,14 @@ def test_reference_backend_matches_float64(causal):
     assert_close_fp32("reference", q, k, v, do, causal=causal, **masks)
 
 
-def _allowed_by_loops(batch, seq, *, causal, key_padding_mask=None, segment_ids=None):
+def _allowed_by_loops(batch, seq, *, causal, attention_mask=None, segment_ids=None):
     """The masking rules of the module docstring, one (query, key) pair at a time."""
     allowed = torch.zeros(batch, 1, seq, seq, dtype=torch.bool)
     for b in range(batch):
         for i in range(seq):
             for j in range(seq):
                 ok = not (causal and j > i)
-                ok = ok and not (key_padding_mask is not None and bool(key_padding_mask[b, j]))
+                ok = ok and (attention_mask is None or bool(attention_mask[b, j]))
                 ok = ok and (segment_ids is None or int(segment_ids[b, i]) == int(segment_ids[b, j]))
                 allowed[b, 0, i, j] = ok
     return allowed
@@ -161,7 +161,7 @@ def test_hand_computed_two_token_attention():
         run_ = lambda **kw: attention(q, k, v, scale=1.0, backend=backend, **kw)[0, 0]  # noqa: E731
         torch.testing.assert_close(run_(), full)
         torch.testing.assert_close(run_(causal=True), causal)
-        torch.testing.assert_close(run_(key_padding_mask=torch.tensor([[False, True]])), padded)
+        torch.testing.assert_close(run_(attention_mask=torch.tensor([[True, False]])), padded)
         # segments [0, 1]: each token sees only itself
         torch.testing.assert_close(run_(segment_ids=torch.tensor([[0, 1]])), torch.tensor([[10.0, 0.0], [0.0, 10.0]]))
 
@@ -177,7 +177,7 @@ def test_reference_upcast_computes_in_fp32():
 def test_reference_log_sum_exp_by_hand():
     """The saved LSE is log(sum exp(scaled masked scores)) per row; +inf where no key is visible."""
     (q, k, v, _), masks = make_inputs(1, 2, 6, 4, torch.float64, pad=True)
-    masks["key_padding_mask"][0, :] = torch.tensor([False, True, False, True, True, True])
+    masks["attention_mask"][0, :] = torch.tensor([True, False, True, False, False, False])
     out, lse = attention_reference(q, k, v, causal=True, scale=0.7, return_lse=True, **masks)
     allowed = _allowed_by_loops(1, 6, causal=True, **masks)[0, 0]
     assert lse.dtype == torch.float64 and lse.shape == (1, 2, 6)
@@ -213,10 +213,10 @@ def test_gradcheck_float64(backend):
                                            ("triton", torch.float16)])
 def test_fully_masked_rows_give_zeros(backend, dtype):
     (q, k, v, do), _ = make_inputs(2, 2, 20, 16, dtype)
-    kpm = torch.zeros(2, 20, dtype=torch.bool)
-    kpm[1] = True  # batch row 1 sees no key at all
+    keep = torch.ones(2, 20, dtype=torch.bool)
+    keep[1] = False  # batch row 1 sees no key at all
     seg = torch.zeros(2, 20, dtype=torch.long)
-    out, dq, dk, dv = run(backend_fn(backend), q, k, v, do, causal=True, key_padding_mask=kpm, segment_ids=seg)
+    out, dq, dk, dv = run(backend_fn(backend), q, k, v, do, causal=True, attention_mask=keep, segment_ids=seg)
     for name, t in (("out", out), ("dq", dq), ("dk", dk), ("dv", dv)):
         assert torch.isfinite(t).all(), f"{name} has NaN/inf"
         assert (t[1] == 0).all(), f"{name} of the fully masked batch row is not zero"
@@ -253,16 +253,16 @@ def test_explicit_backend_that_cannot_run_raises_with_reason():
 
 def test_automatic_choice_on_cpu():
     q = torch.randn(1, 1, 8, 16)
-    assert registry.choose("attention", q.device, None, _op_reason(q)) == "cpu"
+    assert registry.choose("attention", q, None, _op_reason) == "cpu"
     qh = q.half()  # no CPU kernel for fp16: falls back to the reference
-    assert registry.choose("attention", qh.device, None, _op_reason(qh)) == "reference"
+    assert registry.choose("attention", qh, None, _op_reason) == "reference"
     assert torch.isfinite(attention(qh, qh, qh)).all()
 
 
 def test_bad_inputs_name_the_argument():
     q = torch.randn(2, 2, 8, 16)
-    with pytest.raises(ValueError, match="key_padding_mask"):
-        attention(q, q, q, key_padding_mask=torch.zeros(2, 8))
+    with pytest.raises(ValueError, match="attention_mask"):
+        attention(q, q, q, attention_mask=torch.zeros(2, 8))
     with pytest.raises(ValueError, match="segment_ids"):
         attention(q, q, q, segment_ids=torch.zeros(2, 7, dtype=torch.long))
     with pytest.raises(ValueError, match="causal"):

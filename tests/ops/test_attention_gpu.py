@@ -47,9 +47,9 @@ def test_gpu_fp32_is_tight(backend):
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_gpu_fully_masked_rows_give_zeros(backend):
     (q, k, v, do), _ = make_inputs(2, 2, 40, 64, torch.bfloat16, device="cuda")
-    kpm = torch.zeros(2, 40, dtype=torch.bool, device="cuda")
-    kpm[1] = True
-    out, dq, dk, dv = run(backend_fn(backend), q, k, v, do, causal=True, key_padding_mask=kpm)
+    keep = torch.ones(2, 40, dtype=torch.bool, device="cuda")
+    keep[1] = False
+    out, dq, dk, dv = run(backend_fn(backend), q, k, v, do, causal=True, attention_mask=keep)
     for name, t in (("out", out), ("dq", dq), ("dk", dk), ("dv", dv)):
         assert torch.isfinite(t).all(), f"{backend} {name} has NaN/inf"
         assert (t[1] == 0).all(), f"{backend} {name} of the fully masked batch row is not zero"
@@ -60,5 +60,26 @@ def test_automatic_choice_on_gpu_prefers_triton_explicit_cuda_still_works():
     from ptft_engine.ops.attention.op import _op_reason
 
     q = torch.randn(1, 1, 8, 64, device="cuda", dtype=torch.bfloat16)
-    assert registry.choose("attention", q.device, None, _op_reason(q), gpu_order=registry.MATMUL_GPU_ORDER) == "triton"
-    assert registry.choose("attention", q.device, "cuda", _op_reason(q)) == "cuda"
+    assert registry.choose("attention", q, None, _op_reason) == "triton"
+    assert registry.choose("attention", q, "cuda", _op_reason) == "cuda"
+
+
+GQA_CASES = [
+    pytest.param(2, 113, 72, dict(pad=True, segments=True), True, id="s113-d72-causal-pad-seg"),
+    pytest.param(1, 300, 128, {}, True, id="s300-d128-causal"),
+    pytest.param(1, 77, 64, dict(s_k=190, pad=True), False, id="cross-77x190-d64"),
+]
+
+
+@pytest.mark.parametrize("h_kv", [1, 2], ids=["mqa", "gqa2"])
+@pytest.mark.parametrize("b,s,d,extra,causal", GQA_CASES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])  # fp16 shares bf16 code
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_grouped_query_matches_reference(backend, dtype, b, s, d, extra, causal, h_kv):
+    """4 query heads over h_kv shared k/v heads, read in place; dk/dv come back with h_kv heads."""
+    (q, k, v, do), masks = make_inputs(b, 4, s, d, dtype, device="cuda", **extra)
+    k, v = k[:, :h_kv].contiguous(), v[:, :h_kv].contiguous()
+    if dtype == torch.float32:
+        assert_close_fp32(backend, q, k, v, do, causal=causal, **masks)
+    else:
+        assert_flash_rule(backend, q, k, v, do, atol=2e-3, causal=causal, **masks)

@@ -32,12 +32,12 @@ LAYOUTS = {  # s_q, s_k and masks: every layout spans more than one 128-wide blo
 def packed_masks(docs, s):
     """segment_ids numbering each row's documents in order; keys past the last document are padding."""
     seg = torch.zeros(len(docs), s, dtype=torch.long)
-    pad = torch.zeros(len(docs), s, dtype=torch.bool)
+    keep = torch.ones(len(docs), s, dtype=torch.bool)
     for row, lengths in enumerate(docs):
         ends = torch.tensor(lengths).cumsum(0)
         seg[row] = torch.searchsorted(ends, torch.arange(s), right=True)
-        pad[row, int(ends[-1]):] = True
-    return dict(key_padding_mask=pad, segment_ids=seg)
+        keep[row, int(ends[-1]):] = False
+    return dict(attention_mask=keep, segment_ids=seg)
 
 
 @pytest.fixture
@@ -142,7 +142,7 @@ def test_skipped_blocks_are_never_read(causal):
     for t in (poisoned_k, poisoned_v):
         t[:, :, 32:64] = float("nan")  # document 1
         t[:, :, 96:] = float("nan")  # padding
-    kw = dict(causal=causal, key_padding_mask=pad, segment_ids=seg)
+    kw = dict(causal=causal, attention_mask=~pad, segment_ids=seg)
     clean = run(backend_fn("triton"), q, k, v, do, **kw)
     dirty = run(backend_fn("triton"), q, poisoned_k, poisoned_v, do, **kw)
     others = torch.cat([torch.arange(0, 32), torch.arange(64, 96)])

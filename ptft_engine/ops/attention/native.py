@@ -22,16 +22,19 @@ def _fn(kind: str, device: torch.device):
     return getattr(_native.native(), f"attention_{device.type}_{kind}")
 
 
-def attention_forward(q, k, v, causal, key_padding_mask, segment_ids, scale):
+def _padding(attention_mask):
+    """The kernels take True = padding key: the one place the mask is inverted for them."""
+    return None if attention_mask is None else (~attention_mask).contiguous()
+
+
+def forward(q, k, v, causal, attention_mask, segment_ids, scale):
     """(out (B, H, S_q, D) in q's dtype, lse (B, H, S_q) fp32 or fp64)."""
-    out, lse = _fn("forward", q.device)(q.contiguous(), k.contiguous(), v.contiguous(), causal,
-                                        key_padding_mask, segment_ids, scale)
-    return out, lse
+    return _fn("forward", q.device)(q.contiguous(), k.contiguous(), v.contiguous(), causal,
+                                    _padding(attention_mask), segment_ids, scale)
 
 
-def attention_backward(grad_out, q, k, v, out, lse, causal, key_padding_mask, segment_ids, scale):
+def backward(grad_out, q, k, v, out, lse, causal, attention_mask, segment_ids, scale):
     """(dq, dk, dv) in the inputs' dtype; recomputes the probabilities from lse."""
-    dq, dk, dv = _fn("backward", q.device)(grad_out.contiguous(), q.contiguous(), k.contiguous(),
-                                           v.contiguous(), out.contiguous(), lse.contiguous(), causal,
-                                           key_padding_mask, segment_ids, scale)
-    return dq, dk, dv
+    return _fn("backward", q.device)(grad_out.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(),
+                                     out.contiguous(), lse.contiguous(), causal, _padding(attention_mask),
+                                     segment_ids, scale)

@@ -7,8 +7,11 @@ of the additions varies run to run, so dQ is NOT bitwise deterministic (differen
 fp32 rounding level); dK, dV and the forward are deterministic.
 
 Inputs are read by their batch/head/sequence strides (the models' transposed (B, H, S, D)
-views need no copy; the head dim must be contiguous). Head dims up to 128 (odd ones padded
-to a power-of-two BLOCK_D and masked), any sequence length, causal / key padding / segments.
+views need no copy; the head dim must be contiguous). k and v may have fewer heads than q
+(grouped-query, Hkv dividing H): a query head reads its group's kv head in place, and the
+backward runs one program per key block of each (batch, kv head) that loops over the group's
+query heads, so dK/dV stay deterministic. Head dims up to 128 (odd ones padded to a
+power-of-two BLOCK_D and masked), any sequence length, causal / key padding / segments.
 With padding or segments a tiny pre-pass (`_chunk_ranges`) gives every 16 queries and keys
 their [min, max] segment id and whether a key is padded: key blocks whose range misses the
 query block's are skipped, blocks provably fully visible run without mask arithmetic.
@@ -119,20 +122,23 @@ def _fwd_step(acc, l_i, m_i, q, rows, start_n, dims, dim_ok, k_base, v_base, str
 def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, pad_ptr, seg_ptr, qr_ptr, kr_ptr,
                      stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
                      stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os,
-                     s_q, s_k, head_dim, n_heads, qk_scale, seq_bucket,
+                     s_q, s_k, head_dim, n_heads, kv_group, qk_scale, seq_bucket,
                      CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, HAS_SEG: tl.constexpr,
                      DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_D: tl.constexpr):
+    """One query block of one (batch, query head) per program; kv_group query heads share a
+    k/v head (grouped-query attention), read in place."""
     tl.static_assert(BLOCK_M % BLOCK_N == 0, "causal splitting needs BLOCK_M to be a multiple of BLOCK_N")
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
     batch = (bh // n_heads).to(tl.int64)
     head = (bh % n_heads).to(tl.int64)
+    kv_head = head // kv_group
     rows = start_m + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     dim_ok = dims < head_dim
-    k_base = k_ptr + batch * stride_kb + head * stride_kh
-    v_base = v_ptr + batch * stride_vb + head * stride_vh
+    k_base = k_ptr + batch * stride_kb + kv_head * stride_kh
+    v_base = v_ptr + batch * stride_vb + kv_head * stride_vh
     pad_row = pad_ptr + batch * s_k
     seg_row = seg_ptr + batch * s_q
     q = tl.load(q_ptr + batch * stride_qb + head * stride_qh + rows[:, None] * stride_qs + dims[None, :],
@@ -238,28 +244,26 @@ def _attn_bwd_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dk
                      stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
                      stride_vb, stride_vh, stride_vs, stride_dob, stride_doh, stride_dos,
                      stride_gb, stride_gh, stride_gs,
-                     s_q, s_k, head_dim, n_heads, scale, seq_bucket,
+                     s_q, s_k, head_dim, n_heads, kv_group, scale, seq_bucket,
                      CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, HAS_SEG: tl.constexpr,
                      DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_D: tl.constexpr):
-    """One key block per program, looping over the query blocks that can see it. dq_ptr is a
-    zeroed contiguous fp32 (B, H, S_q, D) buffer; dk/dv share the strides stride_g*."""
+    """One key block of one (batch, kv head) per program, looping over the kv_group query heads
+    that share it and, per head, the query blocks that can see it: dK/dV sum the whole group in
+    registers, in a fixed order (deterministic, no atomics). dq_ptr is a zeroed contiguous fp32
+    (B, H, S_q, D) buffer; dk/dv, (B, H / kv_group, S_k, D), share the strides stride_g*."""
     start_n = tl.program_id(0) * BLOCK_N
-    bh = tl.program_id(1)
-    batch = (bh // n_heads).to(tl.int64)
-    head = (bh % n_heads).to(tl.int64)
+    n_kv_heads = n_heads // kv_group
+    bkv = tl.program_id(1)
+    batch = (bkv // n_kv_heads).to(tl.int64)
+    kv_head = (bkv % n_kv_heads).to(tl.int64)
     cols = start_n + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
     dim_ok = dims < head_dim
-    q_base = q_ptr + batch * stride_qb + head * stride_qh
-    do_base = do_ptr + batch * stride_dob + head * stride_doh
-    dq_base = dq_ptr + bh.to(tl.int64) * s_q * head_dim
-    lse_row = lse_ptr + bh * s_q
-    delta_row = delta_ptr + bh * s_q
     kv_mask = (cols[:, None] < s_k) & dim_ok[None, :]
-    k = tl.load(k_ptr + batch * stride_kb + head * stride_kh + cols[:, None] * stride_ks + dims[None, :],
+    k = tl.load(k_ptr + batch * stride_kb + kv_head * stride_kh + cols[:, None] * stride_ks + dims[None, :],
                 mask=kv_mask, other=0.0)
-    v = tl.load(v_ptr + batch * stride_vb + head * stride_vh + cols[:, None] * stride_vs + dims[None, :],
+    v = tl.load(v_ptr + batch * stride_vb + kv_head * stride_vh + cols[:, None] * stride_vs + dims[None, :],
                 mask=kv_mask, other=0.0)
     seg_row = seg_ptr + batch * s_q
     # hoisted: the key block is fixed for the whole loop
@@ -270,42 +274,52 @@ def _attn_bwd_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dk
     lo = 0
     if CAUSAL:  # rows before this block's first key see none of it
         lo = (start_n // BLOCK_M) * BLOCK_M
-    if HAS_PAD or HAS_SEG:
-        n_qc = tl.cdiv(s_q, 16)
-        n_kc = tl.cdiv(s_k, 16)
-        k_lo, k_hi, k_pad = _chunk_range(kr_ptr + batch * 3 * n_kc, n_kc, start_n, BLOCK_N)
-        for start_m in range(lo, s_q, BLOCK_M):
-            q_lo, q_hi, _ = _chunk_range(qr_ptr + batch * 3 * n_qc, n_qc, start_m, BLOCK_M)
-            visit, full = _block_class(q_lo, q_hi, k_lo, k_hi, k_pad, start_m, start_n, s_k, CAUSAL,
-                                       BLOCK_M, BLOCK_N)
-            if visit:
-                if full:
-                    dk, dv = _bwd_step(dk, dv, k, v, cols, keep_k, seg_k, start_m, dims, dim_ok, q_base, do_base,
-                                       dq_base, stride_qs, stride_dos, lse_row, delta_row, s_q, head_dim, seg_row, scale,
-                                       False, CAUSAL, HAS_SEG, DOT_PREC, BLOCK_M, BLOCK_D)
-                else:
-                    dk, dv = _bwd_step(dk, dv, k, v, cols, keep_k, seg_k, start_m, dims, dim_ok, q_base, do_base,
-                                       dq_base, stride_qs, stride_dos, lse_row, delta_row, s_q, head_dim, seg_row, scale,
-                                       True, CAUSAL, HAS_SEG, DOT_PREC, BLOCK_M, BLOCK_D)
-    else:
-        # Query blocks [lo, mid) need masks (causal diagonal); from mid on every row sees this
-        # whole key block. A ragged last key block is masked throughout: its out-of-range keys
-        # must not reach dQ. Out-of-range rows load lse = +inf (p = 0).
-        if CAUSAL:
-            mid = tl.minimum(s_q, tl.cdiv(start_n + BLOCK_N, BLOCK_M) * BLOCK_M)
+    for g in range(0, kv_group):
+        head = kv_head * kv_group + g
+        bh = batch * n_heads + head
+        q_base = q_ptr + batch * stride_qb + head * stride_qh
+        do_base = do_ptr + batch * stride_dob + head * stride_doh
+        dq_base = dq_ptr + bh * s_q * head_dim
+        lse_row = lse_ptr + bh * s_q
+        delta_row = delta_ptr + bh * s_q
+        if HAS_PAD or HAS_SEG:
+            n_qc = tl.cdiv(s_q, 16)
+            n_kc = tl.cdiv(s_k, 16)
+            k_lo, k_hi, k_pad = _chunk_range(kr_ptr + batch * 3 * n_kc, n_kc, start_n, BLOCK_N)
+            for start_m in range(lo, s_q, BLOCK_M):
+                q_lo, q_hi, _ = _chunk_range(qr_ptr + batch * 3 * n_qc, n_qc, start_m, BLOCK_M)
+                visit, full = _block_class(q_lo, q_hi, k_lo, k_hi, k_pad, start_m, start_n, s_k, CAUSAL,
+                                           BLOCK_M, BLOCK_N)
+                if visit:
+                    if full:
+                        dk, dv = _bwd_step(dk, dv, k, v, cols, keep_k, seg_k, start_m, dims, dim_ok, q_base,
+                                           do_base, dq_base, stride_qs, stride_dos, lse_row, delta_row, s_q,
+                                           head_dim, seg_row, scale, False, CAUSAL, HAS_SEG, DOT_PREC, BLOCK_M,
+                                           BLOCK_D)
+                    else:
+                        dk, dv = _bwd_step(dk, dv, k, v, cols, keep_k, seg_k, start_m, dims, dim_ok, q_base,
+                                           do_base, dq_base, stride_qs, stride_dos, lse_row, delta_row, s_q,
+                                           head_dim, seg_row, scale, True, CAUSAL, HAS_SEG, DOT_PREC, BLOCK_M,
+                                           BLOCK_D)
         else:
-            mid = lo
-        if start_n + BLOCK_N > s_k:
-            mid = s_q
-        for start_m in range(lo, mid, BLOCK_M):
-            dk, dv = _bwd_step(dk, dv, k, v, cols, keep_k, seg_k, start_m, dims, dim_ok, q_base, do_base,
-                               dq_base, stride_qs, stride_dos, lse_row, delta_row, s_q, head_dim, seg_row, scale,
-                               True, CAUSAL, HAS_SEG, DOT_PREC, BLOCK_M, BLOCK_D)
-        for start_m in range(mid, s_q, BLOCK_M):
-            dk, dv = _bwd_step(dk, dv, k, v, cols, keep_k, seg_k, start_m, dims, dim_ok, q_base, do_base,
-                               dq_base, stride_qs, stride_dos, lse_row, delta_row, s_q, head_dim, seg_row, scale,
-                               False, CAUSAL, HAS_SEG, DOT_PREC, BLOCK_M, BLOCK_D)
-    g_offs = batch * stride_gb + head * stride_gh + cols[:, None] * stride_gs + dims[None, :]
+            # Query blocks [lo, mid) need masks (causal diagonal); from mid on every row sees this
+            # whole key block. A ragged last key block is masked throughout: its out-of-range keys
+            # must not reach dQ. Out-of-range rows load lse = +inf (p = 0).
+            if CAUSAL:
+                mid = tl.minimum(s_q, tl.cdiv(start_n + BLOCK_N, BLOCK_M) * BLOCK_M)
+            else:
+                mid = lo
+            if start_n + BLOCK_N > s_k:
+                mid = s_q
+            for start_m in range(lo, mid, BLOCK_M):
+                dk, dv = _bwd_step(dk, dv, k, v, cols, keep_k, seg_k, start_m, dims, dim_ok, q_base, do_base,
+                                   dq_base, stride_qs, stride_dos, lse_row, delta_row, s_q, head_dim, seg_row,
+                                   scale, True, CAUSAL, HAS_SEG, DOT_PREC, BLOCK_M, BLOCK_D)
+            for start_m in range(mid, s_q, BLOCK_M):
+                dk, dv = _bwd_step(dk, dv, k, v, cols, keep_k, seg_k, start_m, dims, dim_ok, q_base, do_base,
+                                   dq_base, stride_qs, stride_dos, lse_row, delta_row, s_q, head_dim, seg_row,
+                                   scale, False, CAUSAL, HAS_SEG, DOT_PREC, BLOCK_M, BLOCK_D)
+    g_offs = batch * stride_gb + kv_head * stride_gh + cols[:, None] * stride_gs + dims[None, :]
     tl.store(dk_ptr + g_offs, (dk * scale).to(dk_ptr.dtype.element_ty), mask=kv_mask)
     tl.store(dv_ptr + g_offs, dv.to(dv_ptr.dtype.element_ty), mask=kv_mask)
 
@@ -427,8 +441,14 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
 
-def attention_forward(q, k, v, causal, key_padding_mask, segment_ids, scale):
+def _padding(attention_mask):
+    """The kernels take True = padding key: the one place the mask is inverted for them."""
+    return None if attention_mask is None else ~attention_mask
+
+
+def forward(q, k, v, causal, attention_mask, segment_ids, scale):
     """(out (B, H, S_q, D) in q's dtype, lse (B, H, S_q) fp32, natural log, +inf if empty)."""
+    key_padding_mask = _padding(attention_mask)
     q, k, v = (_rows_contiguous(t) for t in (q, k, v))
     b, h, s_q, d = q.shape
     s_k = k.shape[2]
@@ -436,13 +456,14 @@ def attention_forward(q, k, v, causal, key_padding_mask, segment_ids, scale):
     lse = torch.empty((b, h, s_q), device=q.device, dtype=torch.float32)
     masks = _mask_args(q, s_k, key_padding_mask, segment_ids)
     _launch("fwd", s_q, b * h, q, k, v, out, lse, *masks, *_strides(q), *_strides(k), *_strides(v),
-            *_strides(out), s_q, s_k, d, h, scale * LOG2E,
+            *_strides(out), s_q, s_k, d, h, h // k.shape[1], scale * LOG2E,
             _bucket(s_q, s_k), **_consts(q, causal, key_padding_mask, segment_ids))
     return out, lse
 
 
-def attention_backward(grad_out, q, k, v, out, lse, causal, key_padding_mask, segment_ids, scale):
+def backward(grad_out, q, k, v, out, lse, causal, attention_mask, segment_ids, scale):
     """(dq, dk, dv) in the inputs' dtype, recomputing probabilities from lse."""
+    key_padding_mask = _padding(attention_mask)
     grad_out, q, k, v, out = (_rows_contiguous(t) for t in (grad_out, q, k, v, out))
     b, h, s_q, d = q.shape
     s_k = k.shape[2]
@@ -455,8 +476,9 @@ def attention_backward(grad_out, q, k, v, out, lse, causal, key_padding_mask, se
     dq = torch.zeros((b, h, s_q, d), device=q.device, dtype=torch.float32)  # fp32 atomics over key blocks
     dk = torch.empty(k.shape, device=k.device, dtype=k.dtype)
     dv = torch.empty(k.shape, device=k.device, dtype=v.dtype)
-    _launch("bwd", s_k, b * h, q, k, v, grad_out, lse, delta, dq, dk, dv,
+    h_kv = k.shape[1]  # one program per key block of each (batch, kv head); it loops the group
+    _launch("bwd", s_k, b * h_kv, q, k, v, grad_out, lse, delta, dq, dk, dv,
             *_mask_args(q, s_k, key_padding_mask, segment_ids),
             *_strides(q), *_strides(k), *_strides(v), *_strides(grad_out), *_strides(dk),
-            s_q, s_k, d, h, scale, _bucket(s_q, s_k), **consts)
+            s_q, s_k, d, h, h // h_kv, scale, _bucket(s_q, s_k), **consts)
     return dq.to(q.dtype), dk, dv

@@ -1,4 +1,4 @@
-"""Contrastive losses across ranks: local rows against all ranks' columns.
+"""Contrastive losses across ranks (the gather and its layout; op.py computes the losses).
 
 Each of the W ranks of `group` passes its local n rows (the same n on every rank). The
 embeddings are all-gathered with gradients (`gather_with_grad`: the backward all-reduces
@@ -25,8 +25,6 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from ptft_engine.ops.contrastive import reference
-from ptft_engine.ops.contrastive.op import clip_loss_from_lse, scaled_lse
 
 
 class GatherWithGrad(torch.autograd.Function):
@@ -51,7 +49,7 @@ def gather_with_grad(x: torch.Tensor, group) -> torch.Tensor:
     return GatherWithGrad.apply(x, group)
 
 
-def _rank_layout(x: torch.Tensor, group, name: str) -> tuple[int, int]:
+def rank_layout(x: torch.Tensor, group, name: str) -> tuple[int, int]:
     """(rank, world) after checking that every rank passes the same (n, D)."""
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError(f"{name}: group= was given but torch.distributed is not initialised")
@@ -63,32 +61,3 @@ def _rank_layout(x: torch.Tensor, group, name: str) -> tuple[int, int]:
     if len(set(seen)) != 1:
         raise ValueError(f"{name}: every rank must pass the same (n, D); got {seen} across ranks")
     return rank, world
-
-
-def contrastive_loss_distributed(a, b, scale, symmetric: bool, chunk: int, group, backend: str):
-    rank, _ = _rank_layout(a, group, "contrastive_loss")
-    n = a.shape[0]
-    b_all = gather_with_grad(b, group)  # (W * n, D)
-    a_all = gather_with_grad(a, group) if symmetric else None
-    if backend == "reference":
-        return reference.local_contrastive_loss_reference(a, b, a_all, b_all, scale, rank * n, symmetric)
-    row_lse, _ = scaled_lse(backend, a, b_all, scale, None, False, chunk)
-    # The positives are local: a_r . b_r, whichever copy of b_r the gradient flows through.
-    positive = scale * (a.to(row_lse.dtype) * b.to(row_lse.dtype)).sum(1)  # (n,)
-    col_lse = scaled_lse(backend, b, a_all, scale, None, False, chunk)[0] if symmetric else None
-    return clip_loss_from_lse(row_lse, col_lse, positive)
-
-
-def nt_xent_loss_distributed(z1, z2, temperature, chunk: int, group, backend: str):
-    rank, world = _rank_layout(z1, group, "nt_xent_loss")
-    n = z1.shape[0]
-    z1_all, z2_all = gather_with_grad(z1, group), gather_with_grad(z2, group)  # (W * n, D) each
-    if backend == "reference":
-        return reference.local_nt_xent_loss_reference(z1, z2, z1_all, z2_all, temperature, rank * n)
-    anchors = torch.cat([z1, z2])  # (2n, D)
-    views = torch.cat([z1_all, z2_all])  # (2 n W, D)
-    idx = torch.arange(n, device=z1.device) + rank * n
-    exclude = torch.cat([idx, idx + n * world])  # each anchor's own column
-    row_lse, _ = scaled_lse(backend, anchors, views, 1.0 / temperature, exclude, False, chunk)
-    pos = (z1.to(row_lse.dtype) * z2.to(row_lse.dtype)).sum(1) / temperature  # (n,)
-    return (row_lse - torch.cat([pos, pos])).mean()

@@ -1,33 +1,87 @@
 """Public contrastive losses: CLIP/InfoNCE (`contrastive_loss`) and SimCLR NT-Xent (`nt_xent_loss`).
 
-Every non-reference backend computes the same differentiable core, `scaled_lse`: the row
+Every backend computes the same differentiable core, the custom op ptft::contrastive_lse: the row
 (and optionally column) log-sum-exps of S = scale * a @ b.T, tile by tile with an online
-log-sum-exp, so the (N, M) matrix never exists whole; backward recomputes each tile from
-the saved log-sum-exps: dS_ij = g_row_i * exp(S_ij - row_lse_i) + g_col_j * exp(S_ij - col_lse_j).
-The losses are then `mean(lse - positive_logit)`, the positive logits (an O(N*D) dot
-product) being left to PyTorch autograd.
+log-sum-exp on the kernels, so the (N, M) matrix never exists whole; the backward op recomputes
+each tile from the saved log-sum-exps: dS_ij = g_row_i * exp(S_ij - row_lse_i) + g_col_j * exp(S_ij - col_lse_j).
+The losses are then `mean(lse - positive_logit)`, the positive logits (an O(N*D) dot product)
+being left to PyTorch autograd. With `group`, each rank's rows meet every rank's columns
+(distributed.py gathers them).
 """
-from __future__ import annotations
+from typing import Optional
 
 import torch
+from torch import Tensor
 
 from ptft_engine.ops import registry
-from ptft_engine.ops.contrastive import reference
+from ptft_engine.ops.contrastive.distributed import gather_with_grad, rank_layout
 
+OP_NAME = "contrastive"  # the registry's name for the shared core of both losses
 DEFAULT_CHUNK = 2048  # rows/cols per tile: a 16 MiB fp32 tile, big enough for efficient GEMMs
 _FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
-def _op_reason(name: str, x: torch.Tensor) -> str | None:
-    if name == "reference":
+def _op_reason(backend: str, x: torch.Tensor) -> str | None:
+    """Why this call cannot run on `backend` beyond the registry's generic limits (None: it can)."""
+    if backend == "reference":
         return None
     if x.dtype not in _FLOATS:
         return f"dtype {x.dtype} is not a floating type"
-    if name in ("triton", "cuda") and x.dtype == torch.float64:
-        return f"the {name} backend takes float32/float16/bfloat16, got float64"
-    if name == "triton" and x.device.type == "cpu" and x.dtype == torch.bfloat16:
+    if backend in ("triton", "cuda") and x.dtype == torch.float64:
+        return f"the {backend} backend takes float32/float16/bfloat16, got float64"
+    if backend == "triton" and x.device.type == "cpu" and x.dtype == torch.bfloat16:
         return "the Triton interpreter has no bfloat16 arithmetic"
     return None
+
+
+def _kernels(a: Tensor, backend: str):
+    return registry.kernels("contrastive", registry.choose(OP_NAME, a, backend, _op_reason))
+
+
+def _acc(a: Tensor) -> torch.dtype:
+    return torch.promote_types(a.dtype, torch.float32)
+
+
+@torch.library.custom_op("ptft::contrastive_lse", mutates_args=())
+def contrastive_lse_op(a: Tensor, b: Tensor, scale: Tensor, exclude: Optional[Tensor], want_cols: bool,
+                       chunk: int, backend: str) -> tuple[Tensor, Tensor]:
+    """(row_lse (n,), col_lse (m,), empty unless want_cols); exclude[i]: a column left out of row i (-1: none)."""
+    row, col = _kernels(a, backend).forward(a, b, scale, exclude, want_cols, chunk)
+    return row.contiguous(), col.contiguous()
+
+
+@contrastive_lse_op.register_fake
+def _(a, b, scale, exclude, want_cols, chunk, backend):
+    return a.new_empty(a.shape[0], dtype=_acc(a)), a.new_empty(b.shape[0] if want_cols else 0, dtype=_acc(a))
+
+
+@torch.library.custom_op("ptft::contrastive_lse_backward", mutates_args=())
+def contrastive_lse_backward_op(a: Tensor, b: Tensor, scale: Tensor, exclude: Optional[Tensor], row_lse: Tensor,
+                                col_lse: Tensor, g_row: Tensor, g_col: Optional[Tensor], chunk: int,
+                                backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    da, db, ds = _kernels(a, backend).backward(a, b, scale, exclude, row_lse, col_lse, g_row, g_col, chunk)
+    return da.to(a.dtype).contiguous(), db.to(b.dtype).contiguous(), ds.to(scale.dtype).reshape(scale.shape)
+
+
+@contrastive_lse_backward_op.register_fake
+def _(a, b, scale, exclude, row_lse, col_lse, g_row, g_col, chunk, backend):
+    return a.new_empty(a.shape), b.new_empty(b.shape), scale.new_empty(scale.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    a, b, scale, exclude, want_cols, chunk, backend = inputs
+    ctx.save_for_backward(a, b, scale, exclude, *output)
+    ctx.want_cols, ctx.chunk, ctx.backend = want_cols, chunk, backend
+
+
+def _backward(ctx, g_row, g_col):
+    a, b, scale, exclude, row_lse, col_lse = ctx.saved_tensors
+    da, db, ds = contrastive_lse_backward_op(a, b, scale, exclude, row_lse, col_lse, g_row,
+                                             g_col if ctx.want_cols else None, ctx.chunk, ctx.backend)
+    return da, db, ds, None, None, None, None
+
+
+contrastive_lse_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _as_scale(value, name: str, like: torch.Tensor) -> torch.Tensor:
@@ -65,60 +119,37 @@ def _check_chunk(chunk_size: int | None) -> int:
     return int(chunk_size)
 
 
-def scaled_lse(backend: str, a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
-               exclude: torch.Tensor | None, want_cols: bool, chunk: int):
-    """(row_lse (n,), col_lse (m,) or None) of S = scale * a @ b.T, float32 (float64 for float64).
+def _gathered(x: Tensor, group) -> Tensor:
+    return x if group is None else gather_with_grad(x, group)  # (W * n, D)
 
-    `exclude[i]` is a column left out of row i (-1: none), e.g. self-similarity in NT-Xent.
-    Differentiable w.r.t. a, b and scale on every backend.
-    """
-    if backend == "reference":
-        s = scale * (a @ b.T).to(torch.promote_types(a.dtype, torch.float32))  # (n, m)
-        if exclude is not None:
-            rows = torch.nonzero(exclude >= 0).squeeze(1)
-            mask = torch.zeros_like(s, dtype=torch.bool)
-            mask[rows, exclude[rows]] = True
-            s = s.masked_fill(mask, float("-inf"))
-        return s.logsumexp(1), (s.logsumexp(0) if want_cols else None)
-    if backend == "chunked":
-        from ptft_engine.ops.contrastive import chunked as impl
-    elif backend == "cpu" or backend == "cuda":
-        from ptft_engine.ops.contrastive import native as impl
-    elif backend == "triton":
-        from ptft_engine.ops.contrastive import triton as impl
+
+def _clip_loss(a, b, scale, symmetric: bool, chunk: int, group, backend: str) -> Tensor:
+    """Rows a against all columns b_all (and b against a_all); the positives are local: a_r . b_r."""
+    if group is not None:
+        rank_layout(a, group, "contrastive_loss")
+    b_all = _gathered(b, group)
+    if group is None:  # one pass gives both directions
+        row_lse, col_lse = contrastive_lse_op(a, b, scale, None, symmetric, chunk, backend)
     else:
-        raise ValueError(f"unknown contrastive backend {backend!r}")
-    return impl.scaled_lse(a, b, scale, exclude, want_cols, chunk)
-
-
-def clip_loss_from_lse(row_lse, col_lse, positive):
-    """mean(row_lse - positive), averaged with the column direction when col_lse is given."""
+        row_lse, _ = contrastive_lse_op(a, b_all, scale, None, False, chunk, backend)
+        col_lse = contrastive_lse_op(b, _gathered(a, group), scale, None, False, chunk, backend)[0] if symmetric else None
+    positive = scale * (a.to(row_lse.dtype) * b.to(row_lse.dtype)).sum(1)  # (n,)
     loss = (row_lse - positive).mean()
-    if col_lse is None:
-        return loss
-    return 0.5 * (loss + (col_lse - positive).mean())
+    return 0.5 * (loss + (col_lse - positive).mean()) if symmetric else loss
 
 
-def clip_loss_on(backend: str, a, b, scale, symmetric: bool, chunk: int) -> torch.Tensor:
-    """Single-process CLIP loss on a given backend ("chunked" too), inputs already checked."""
-    if backend == "reference":
-        return reference.contrastive_loss_reference(a, b, scale, symmetric)
-    row_lse, col_lse = scaled_lse(backend, a, b, scale, None, symmetric, chunk)
-    positive = scale * (a.to(row_lse.dtype) * b.to(row_lse.dtype)).sum(1)  # (N,)
-    return clip_loss_from_lse(row_lse, col_lse, positive)
-
-
-def nt_xent_loss_on(backend: str, z1, z2, temp, chunk: int) -> torch.Tensor:
-    """Single-process NT-Xent on a given backend ("chunked" too), inputs already checked."""
-    if backend == "reference":
-        return reference.nt_xent_loss_reference(z1, z2, temp)
+def _nt_xent_loss(z1, z2, temp, chunk: int, group, backend: str) -> Tensor:
+    """Anchors [z1; z2] (local) against all views [z1_all; z2_all]; each anchor's own column is left out.
+    Local view i of z1 is global view rank*n + i; its positive is view n*W + rank*n + i."""
+    rank, world = (0, 1) if group is None else rank_layout(z1, group, "nt_xent_loss")
     n = z1.shape[0]
-    z = torch.cat([z1, z2])  # (2N, D)
-    exclude = torch.arange(2 * n, device=z.device)
-    row_lse, _ = scaled_lse(backend, z, z, 1.0 / temp, exclude, False, chunk)
-    zf = z.to(row_lse.dtype)
-    positive = (zf * zf.roll(n, 0)).sum(1) / temp  # (2N,) view i pairs with view (i + N) mod 2N
-    return (row_lse - positive).mean()
+    anchors = torch.cat([z1, z2])  # (2n, D)
+    views = anchors if group is None else torch.cat([_gathered(z1, group), _gathered(z2, group)])  # (2nW, D)
+    idx = torch.arange(n, device=z1.device) + rank * n
+    exclude = torch.cat([idx, idx + n * world])
+    row_lse, _ = contrastive_lse_op(anchors, views, 1.0 / temp, exclude, False, chunk, backend)
+    pos = (z1.to(row_lse.dtype) * z2.to(row_lse.dtype)).sum(1) / temp  # (n,)
+    return (row_lse - torch.cat([pos, pos])).mean()
 
 
 def contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale, *, symmetric: bool = True,
@@ -136,13 +167,7 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale, *, symmetric
     _check_pair(a, b, ("a", "b"))
     scale = _as_scale(logit_scale, "logit_scale", a)
     chunk = _check_chunk(chunk_size)
-    name = registry.choose("contrastive_loss", a.device, backend, lambda n: _op_reason(n, a),
-                           gpu_order=registry.MATMUL_GPU_ORDER)
-    if group is not None:
-        from ptft_engine.ops.contrastive import distributed
-
-        return distributed.contrastive_loss_distributed(a, b, scale, symmetric, chunk, group, name)
-    return clip_loss_on(name, a, b, scale, symmetric, chunk)
+    return _clip_loss(a, b, scale, symmetric, chunk, group, registry.requested(backend))
 
 
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature, *, chunk_size: int | None = None,
@@ -157,10 +182,4 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature, *, chunk_size:
         raise ValueError(f"temperature must be positive, got {temperature!r}")
     temp = _as_scale(temperature, "temperature", z1)
     chunk = _check_chunk(chunk_size)
-    name = registry.choose("nt_xent_loss", z1.device, backend, lambda n: _op_reason(n, z1),
-                           gpu_order=registry.MATMUL_GPU_ORDER)
-    if group is not None:
-        from ptft_engine.ops.contrastive import distributed
-
-        return distributed.nt_xent_loss_distributed(z1, z2, temp, chunk, group, name)
-    return nt_xent_loss_on(name, z1, z2, temp, chunk)
+    return _nt_xent_loss(z1, z2, temp, chunk, group, registry.requested(backend))

@@ -57,3 +57,32 @@ def local_nt_xent_loss_reference(z1_local: torch.Tensor, z2_local: torch.Tensor,
     self_mask[rows, self_col] = True
     sim = sim.masked_fill(self_mask, float("-inf"))
     return F.cross_entropy(sim, pos_col)
+
+
+# The backend interface (as triton.py and native.py): the row (and column) log-sum-exps of
+# S = scale * a @ b.T and their backward, here on the whole (n, m) matrix; op.py wraps them.
+def _scores(a, b, scale, exclude):
+    """(raw a @ b.T, scaled S with row i's column exclude[i] at -inf), in fp32 (fp64 for fp64)."""
+    acc = torch.promote_types(a.dtype, torch.float32)
+    raw = a.to(acc) @ b.to(acc).T  # (n, m)
+    s = scale.reshape(()).to(acc) * raw
+    if exclude is not None:
+        rows = torch.nonzero(exclude >= 0).squeeze(1)
+        s = s.index_put((rows, exclude[rows]), torch.tensor(float("-inf"), dtype=acc, device=s.device))
+    return raw, s
+
+
+def forward(a, b, scale, exclude, want_cols, chunk):
+    """(row_lse (n,), col_lse (m,) or empty); chunk is unused: the spec holds the whole matrix."""
+    _, s = _scores(a, b, scale, exclude)
+    return s.logsumexp(1), (s.logsumexp(0) if want_cols else s.new_empty(0))
+
+
+def backward(a, b, scale, exclude, row_lse, col_lse, g_row, g_col, chunk):
+    """(da, db, dscale) for dS = g_row * exp(S - row_lse) + g_col * exp(S - col_lse)."""
+    raw, s = _scores(a, b, scale, exclude)
+    d = g_row[:, None] * torch.exp(s - row_lse[:, None])
+    if g_col is not None:
+        d = d + g_col[None, :] * torch.exp(s - col_lse[None, :])
+    sc = scale.reshape(()).to(s.dtype)
+    return sc * (d @ b.to(s.dtype)), sc * (d.T @ a.to(s.dtype)), (d * raw).sum()

@@ -210,36 +210,24 @@ def grad_rows(a, b, scale, exclude, rlse, grow, clse, gcol, want_ds: bool):
     return da, (ds.sum() if want_ds else None)
 
 
-class TritonScaledLSE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, a, b, scale, exclude, want_cols, chunk):
-        a, b = a.contiguous(), b.contiguous()
-        sc = scale.detach().reshape(1).to(torch.float32)
-        rl = row_lse(a, b, sc, exclude)
-        ex_t = transpose_exclude(exclude, b.shape[0])
-        cl = row_lse(b, a, sc, ex_t) if want_cols else rl.new_empty(0)
-        ctx.save_for_backward(a, b, scale, exclude, ex_t, rl, cl)
-        ctx.want_cols = want_cols
-        ctx.set_materialize_grads(False)
-        return rl, cl
-
-    @staticmethod
-    def backward(ctx, g_row, g_col):
-        a, b, scale, exclude, ex_t, rl, cl = ctx.saved_tensors
-        if not ctx.want_cols:
-            g_col = None
-        if g_row is None and g_col is None:
-            return None, None, None, None, None, None
-        sc = scale.detach().reshape(1).to(torch.float32)
-        g_row = g_row.float().contiguous() if g_row is not None else None
-        g_col = g_col.float().contiguous() if g_col is not None else None
-        da, ds = grad_rows(a, b, sc, exclude, rl, g_row, cl, g_col, True)
-        # dS.T has the same form with rows and columns swapped.
-        db, _ = grad_rows(b, a, sc, ex_t, cl, g_col, rl, g_row, False)
-        return da.to(a.dtype), db.to(b.dtype), ds.to(scale.dtype).reshape(scale.shape), None, None, None
+def _scale_arg(scale: torch.Tensor) -> torch.Tensor:
+    return scale.detach().reshape(1).to(torch.float32)
 
 
-def scaled_lse(a, b, scale, exclude, want_cols, chunk):
-    """chunk is unused: the kernels' BLOCK_M x BLOCK_N tiles are the chunks."""
-    row, col = TritonScaledLSE.apply(a, b, scale, exclude, want_cols, chunk)
-    return row, (col if want_cols else None)
+def forward(a, b, scale, exclude, want_cols, chunk):
+    """(row_lse (n,), col_lse (m,) or empty) fp32; chunk is unused: the BLOCK_M x BLOCK_N tiles are the chunks."""
+    a, b = a.contiguous(), b.contiguous()
+    rl = row_lse(a, b, _scale_arg(scale), exclude)
+    cl = row_lse(b, a, _scale_arg(scale), transpose_exclude(exclude, b.shape[0])) if want_cols else rl.new_empty(0)
+    return rl, cl
+
+
+def backward(a, b, scale, exclude, rl, cl, g_row, g_col, chunk):
+    """(da, db, dscale) in fp32; dS.T has the same form as dS with rows and columns swapped."""
+    a, b = a.contiguous(), b.contiguous()
+    sc = _scale_arg(scale)
+    g_row = g_row.float().contiguous()
+    g_col = g_col.float().contiguous() if g_col is not None else None
+    da, ds = grad_rows(a, b, sc, exclude, rl, g_row, cl, g_col, True)
+    db, _ = grad_rows(b, a, sc, transpose_exclude(exclude, b.shape[0]), cl, g_col, rl, g_row, False)
+    return da, db, ds

@@ -7,7 +7,7 @@ from ptft_engine.ops._native import native
 from ptft_engine.ops.mlm.reference import MaskPlan
 
 
-def mlm_mask_native(
+def forward(
     input_ids: torch.Tensor, sample_ids: torch.Tensor, plan: MaskPlan, is_special: torch.Tensor, allowed: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """input_ids (B, S) contiguous int64/int32, sample_ids (B,) int64; tables on the same device."""

@@ -1,4 +1,8 @@
-"""Public `mlm_mask`: validates once, builds (and caches) the id tables, picks a backend."""
+"""Public `mlm_mask`: validates once, builds (and caches) the id tables, picks a backend.
+
+A plain function, not a custom op: its outputs are integer ids with no gradient, so there is no
+autograd glue, and it runs in the data pipeline, outside any compiled model.
+"""
 from __future__ import annotations
 
 import functools
@@ -8,10 +12,9 @@ from typing import Sequence
 import torch
 
 from ptft_engine.ops import registry
-from ptft_engine.ops.mlm.reference import make_plan, mlm_mask_reference, special_tables
+from ptft_engine.ops.mlm.reference import make_plan, special_tables
 
 OP_NAME = "mlm_mask"
-_IMPLEMENTED = {"reference", "cpu", "cuda", "triton"}
 
 
 @functools.lru_cache(maxsize=16)
@@ -44,12 +47,6 @@ def _check_tensors(input_ids: torch.Tensor, sample_ids: torch.Tensor, vocab_size
             raise ValueError(f"mlm_mask: input_ids must lie in [0, vocab_size={vocab_size}), found values in [{int(lo)}, {int(hi)}]")
 
 
-def _op_reason(backend: str) -> str | None:
-    if backend not in _IMPLEMENTED:
-        return f"mlm_mask has no {backend} implementation yet"
-    return None
-
-
 def mlm_mask(
     input_ids: torch.Tensor, *, seed: int, sample_ids: torch.Tensor, mask_token_id: int, vocab_size: int,
     special_token_ids: Sequence[int], mask_prob: float = 0.15, replace_prob: float = 0.8,
@@ -74,18 +71,10 @@ def mlm_mask(
         mask_prob=mask_prob, replace_prob=replace_prob, random_prob=random_prob,
     )
     _check_tensors(input_ids, sample_ids, vocab_size)
-    name = registry.choose(OP_NAME, input_ids.device, backend, _op_reason)
+    name = registry.choose(OP_NAME, input_ids, backend)
     if input_ids.numel() == 0:
         return input_ids.clone(), input_ids.clone()
-    if name == "reference":
-        return mlm_mask_reference(input_ids, sample_ids, plan)
     is_special, allowed = _tables_on(vocab_size, special, input_ids.device)
     ids = input_ids.contiguous()
     sids = sample_ids.to(torch.int64).contiguous()
-    if name == "triton":
-        from ptft_engine.ops.mlm.triton import mlm_mask_triton
-
-        return mlm_mask_triton(ids, sids, plan, is_special, allowed)
-    from ptft_engine.ops.mlm.native import mlm_mask_native
-
-    return mlm_mask_native(ids, sids, plan, is_special, allowed)
+    return registry.kernels("mlm", name).forward(ids, sids, plan, is_special, allowed)

@@ -36,9 +36,9 @@ from typing import Sequence
 
 import torch
 
+from ptft_engine.labels import IGNORE_INDEX
 from ptft_engine.ops.mlm.philox import MASK32, philox4x32
 
-IGNORE_INDEX = -100
 MAX_VOCAB = 2**31 - 1  # keeps u2 * len(allowed) inside int64 and ids inside int32
 
 
@@ -141,3 +141,9 @@ def mlm_mask_reference(
         masked = torch.where(to_random, plan.allowed.to(device)[pick], masked)
     labels = torch.where(selected, ids, torch.full_like(ids, IGNORE_INDEX))
     return masked.to(input_ids.dtype), labels.to(input_ids.dtype)
+
+
+def forward(input_ids: torch.Tensor, sample_ids: torch.Tensor, plan: MaskPlan, is_special: torch.Tensor,
+            allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backend interface (as triton.py and native.py); the spec derives its tables from the plan."""
+    return mlm_mask_reference(input_ids, sample_ids, plan)

@@ -53,7 +53,7 @@ def _mlm_mask_kernel(
         tl.store(labels_ptr + offs, labels.to(labels_ptr.dtype.element_ty), mask=in_row)
 
 
-def mlm_mask_triton(
+def forward(
     input_ids: torch.Tensor, sample_ids: torch.Tensor, plan: MaskPlan, is_special: torch.Tensor, allowed: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """input_ids (B, S) contiguous int64/int32, sample_ids (B,) int64; tables on the same device."""
