@@ -61,9 +61,11 @@ def test_pretraining_ran_under_the_launcher_and_exported(stage):
                                                     b["encoder.layers.0.attention.q_proj.weight"])
 
 
-def test_report_draws_the_pretraining_loss(stage):
+def test_report_shows_the_table_and_the_pretraining_loss(stage):
     from ptft_engine.report import build_report
 
     out, _, _ = stage
     paths = build_report(out)
-    assert (out / "report" / f"pretrain_{speech.RUN_NAME}.png") in paths
+    assert {out / "report" / f"pretrain_{speech.RUN_NAME}.png", out / "report/speech_comparison.png"} <= set(paths)
+    md = (out / "report/report.md").read_text()
+    assert "## Speech: wav2vec 2.0 pre-trained vs from scratch" in md and "| pre-trained / frozen feature encoder |" in md
