@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from shared_helpers import free_port
 
 from ptft_engine import cli
-from shared_helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 MLM = str(REPO / "configs" / "mlm_tiny.yaml")

@@ -14,7 +14,6 @@ Tokens are real (non-pad) tokens of (batch, seq_len) CLM batches, 2 workers.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics

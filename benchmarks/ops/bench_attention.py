@@ -28,9 +28,10 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
+from timing import emit, error_row, gpu_target, sig, time_cpu_pair, time_device  # noqa: E402
+
 from ptft_engine.ops import attention  # noqa: E402
 from ptft_engine.ops.attention.reference import visible_mask  # noqa: E402
-from timing import emit, error_row, gpu_target, sig, time_cpu_pair, time_device  # noqa: E402
 
 
 def fwd_bwd(fn, q, k, v, do):

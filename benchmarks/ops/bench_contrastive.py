@@ -31,8 +31,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # timing.py, also when imported by a subprocess
 
-from ptft_engine.ops.contrastive import op  # noqa: E402
 from timing import emit, error_row, gpu_target, time_device  # noqa: E402
+
+from ptft_engine.ops.contrastive import op  # noqa: E402
 
 
 def _inputs(n, d, dtype, device, seed=0):

@@ -11,10 +11,10 @@ import argparse
 import os
 
 import torch
-
-from ptft_engine.ops import mlm_mask
 from timing import emit as emit_row
 from timing import error_row, sig, time_cpu_pair, time_device
+
+from ptft_engine.ops import mlm_mask
 
 VOCAB = 30522  # BERT-base
 SPECIAL = (0, 100, 101, 102, 103)  # [PAD] [UNK] [CLS] [SEP] [MASK]

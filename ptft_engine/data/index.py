@@ -30,11 +30,12 @@ import io
 import json
 import os
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from ptft_engine.data import remote
 from ptft_engine.data.errors import DataError
+
 # shard records live one level down (shard_info.py); importers of the index get them here too
 from ptft_engine.data.shard_info import ShardInfo, sample_members, scan_tar, sha256_file, split_key  # noqa: F401
 from ptft_engine.data.tarblocks import plain_members

@@ -21,7 +21,8 @@ import shutil
 import subprocess
 import tempfile
 import time
-from typing import BinaryIO, Callable
+from collections.abc import Callable
+from typing import BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
 from braceexpand import braceexpand

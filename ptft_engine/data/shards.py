@@ -14,10 +14,9 @@ import os
 import sys
 import tarfile
 import time
-
-import numpy as np
 from dataclasses import dataclass, field
 
+import numpy as np
 from tqdm import tqdm
 
 from ptft_engine.data import sources

@@ -24,15 +24,23 @@ import json
 import logging
 import math
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from ptft_engine.export.errors import ExportError
 from ptft_engine.export.manifest import sha256_json
-from ptft_engine.export.zero_files import (_check_complete, _optimizer_state, _rank_files, _rank_of, _saved_layout,
-                                           release_pages, torch_load)
+from ptft_engine.export.zero_files import (
+    _check_complete,
+    _optimizer_state,
+    _rank_files,
+    _rank_of,
+    _saved_layout,
+    release_pages,
+    torch_load,
+)
 
 log = logging.getLogger(__name__)
 MODEL_PREFIX = "model."  # objectives own the model as `.model`
@@ -290,8 +298,8 @@ def resolve_source(source: Path) -> tuple[Path, Path]:
 
 
 def export_checkpoint(source: str | Path, out_dir: str | Path, *, tokenizer: str | Path | None = None, **kwargs):
-    from ptft_engine.export.writer import export_tensors
     from ptft_engine.errors import ConfigError
+    from ptft_engine.export.writer import export_tensors
     from ptft_engine.models import parse_model_config
 
     ckpt, run_dir = resolve_source(Path(source))

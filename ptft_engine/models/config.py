@@ -200,7 +200,7 @@ class Wav2Vec2Config(_Base):
         return n
 
 
-ModelConfig = Annotated[Union[EncoderConfig, DecoderConfig, ViTConfig, DualEncoderConfig, Wav2Vec2Config],
+ModelConfig = Annotated[EncoderConfig | DecoderConfig | ViTConfig | DualEncoderConfig | Wav2Vec2Config,
                         Field(discriminator="arch")]
 ARCHS = ("encoder", "decoder", "vit", "dual_encoder", "wav2vec2")
 _CONFIG_CLASSES = (EncoderConfig, DecoderConfig, ViTConfig, DualEncoderConfig, Wav2Vec2Config)

@@ -14,8 +14,13 @@ import time
 from pathlib import Path
 
 from ptft_engine.report import plots
-from ptft_engine.report.collect import (FinetuneRun, PretrainRun, find_comparisons, find_finetune_runs,
-                                        find_pretrain_runs)
+from ptft_engine.report.collect import (
+    FinetuneRun,
+    PretrainRun,
+    find_comparisons,
+    find_finetune_runs,
+    find_pretrain_runs,
+)
 
 Block = tuple  # ("h2", text) | ("p", text) | ("table", header, rows) | ("img", path, caption)
 

@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
+import run_elastic
 import torch
 import yaml
-
-import run_elastic
 from launching import HERE, read_losses, spawn_ranks, tail, wait_all
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "data"))

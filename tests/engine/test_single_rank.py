@@ -8,10 +8,10 @@ import time
 
 import pytest
 import torch
+from toy import ToyCausalLM
 
 from ptft_engine.config import load_run_config
 from ptft_engine.engine import Trainer, TrainingStopped, checkpoint
-from toy import ToyCausalLM
 
 pytestmark = pytest.mark.slow  # training runs through DeepSpeed (the save/kill unit tests are test_checkpoint_kill.py)
 

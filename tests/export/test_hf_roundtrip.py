@@ -3,11 +3,19 @@ import json
 
 import pytest
 import torch
-from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig, BertForMaskedLM, GPT2Config,
-                          GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM)
+from export_fixtures import VOCAB, tiny_decoder, tiny_encoder
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    BertConfig,
+    BertForMaskedLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from ptft_engine.export import export_model, load_export, load_pretrained
-from export_fixtures import VOCAB, tiny_decoder, tiny_encoder
 
 TOL = 1e-5
 

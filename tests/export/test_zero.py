@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from shared_helpers import free_port, rank_env
 
 from ptft_engine import cli
 from ptft_engine.export import ExportError, export_checkpoint, load_export
 from ptft_engine.export.zero import torch_load
-from shared_helpers import free_port, rank_env
 
 HERE = Path(__file__).parent
 pytestmark = pytest.mark.slow

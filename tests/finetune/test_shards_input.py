@@ -10,8 +10,8 @@ import yaml
 from ptft_engine.cli import main
 from ptft_engine.finetune import parse_finetune_config
 from ptft_engine.finetune.data import read_image_folder, read_records
-from ptft_engine.finetune.errors import FinetuneDataError
 from ptft_engine.finetune.datasets import build_task_data
+from ptft_engine.finetune.errors import FinetuneDataError
 from ptft_engine.models import parse_model_config
 
 CLASSES = ["circle", "cross", "stripe"]

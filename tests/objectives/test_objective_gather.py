@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from shared_helpers import spawn_gloo
 
 from ptft_engine.models import load_model_config
 from ptft_engine.objectives import build_objective
-from shared_helpers import spawn_gloo
 
 PRESETS = Path(__file__).resolve().parents[2] / "configs" / "models"
 CASES = {"clip": "clip-tiny", "simclr": "vit-tiny-digits"}

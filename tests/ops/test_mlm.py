@@ -4,8 +4,7 @@ import math
 import pytest
 import torch
 
-from ptft_engine.ops import BackendUnavailable, mlm_mask
-from ptft_engine.ops import _native
+from ptft_engine.ops import BackendUnavailable, _native, mlm_mask
 from ptft_engine.ops.mlm.philox import philox4x32
 
 HAS_CUDA = torch.cuda.is_available()
