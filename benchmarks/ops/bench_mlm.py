@@ -64,7 +64,8 @@ def bench_cpu(args) -> None:
     shapes = [(64, 512)] if args.quick else [(64, 512), (256, 512)]
     for rows, seq in shapes:
         ids, sids = make_batch(rows, seq, "cpu")
-        ours, peer = time_cpu_pair(ours_fn(ids, sids, "cpu"), lambda: peer_recipe(ids, special), repeats, warmup=3)
+        ours, peer = time_cpu_pair(ours_fn(ids, sids, "cpu"), lambda ids=ids: peer_recipe(ids, special), repeats,
+                                   warmup=3)
         tokens = rows * seq
         emit(f"mlm_mask cpu ({rows}, {seq}) vs HF collator recipe", tokens / ours / 1e6, tokens / peer / 1e6,
              "Mtokens/s", args.json_out, threads=torch.get_num_threads())

@@ -166,7 +166,7 @@ def _resolve_remote(spec: str, *, timeout: float, retries: int, cache_dir: str |
         if isinstance(doc, dict) and "columns" in doc:
             index = _remote_columns(doc, where, cache_dir=cache_dir, timeout=timeout, retries=retries)
         else:
-            index = index_from_doc(doc, remote.redact(where), lambda rel: remote.sibling(where, rel),
+            index = index_from_doc(doc, remote.redact(where), lambda rel, where=where: remote.sibling(where, rel),
                                    check_files=False)
         parts.append(index if locations is None else _select(index, locations, where))
     from ptft_engine.data.index_columns import concat_shards

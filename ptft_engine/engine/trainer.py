@@ -208,7 +208,8 @@ class Trainer(CheckpointHooks):
             units += float(out[f"num_{self.unit}"])  # the count the spec's unit names
         bad = self.optimizer.last_step_bad or not self.engine.was_step_applied()
         # one collective per step: mean loss over ranks, units processed, stop request from any rank
-        stats = torch.stack([loss_sum / gas, loss_sum.new_tensor(units), loss_sum.new_tensor(float(self.stop.requested))])
+        stats = torch.stack([loss_sum / gas, loss_sum.new_tensor(units),
+                             loss_sum.new_tensor(float(self.stop.requested))])
         if self.world_size > 1:
             dist.all_reduce(stats)
         stats = stats.cpu()

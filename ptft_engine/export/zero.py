@@ -95,7 +95,8 @@ def _zero12_tensors(files: list[Path], param_shapes: list[dict],
                 pieces = pending.pop(name, [])
                 flat = torch.cat(pieces) if len(pieces) > 1 else (pieces[0] if pieces else torch.empty(0))
                 if flat.numel() != numel:
-                    raise ExportError(f"{path}: tensor {name!r} has {flat.numel()} of {numel} elements in the partitions")
+                    raise ExportError(f"{path}: tensor {name!r} has {flat.numel()} of {numel} elements "
+                                      "in the partitions")
                 yield name, flat.view(shape)
                 cursor[g] += 1
         del sd, parts  # release this rank before the next is read

@@ -37,7 +37,8 @@ def test_encoder_export_loads_in_transformers_with_same_logits(tmp_path, batch):
 
 
 @pytest.mark.parametrize("style,tie,kv_heads", [("gpt2", True, None), ("gpt2", False, None), ("llama", True, 2),
-                                               ("llama", False, 1)], ids=["gpt2-tied", "gpt2", "llama-gqa", "llama-mqa"])
+                                               ("llama", False, 1)],
+                         ids=["gpt2-tied", "gpt2", "llama-gqa", "llama-mqa"])
 def test_decoder_export_loads_in_transformers_with_same_logits(tmp_path, batch, style, tie, kv_heads):
     ids, _ = batch
     dec = tiny_decoder(style, tie, kv_heads)

@@ -77,11 +77,11 @@ def test_finetune_command_on_shards_writes_metrics(folder_and_shards, tmp_path, 
     assert report["best"]["accuracy"] == max(v["accuracy"] for v in report["history"]["val"][1:])
     task = json.loads((tmp_path / "out" / "best" / "task.json").read_text())
     assert task["labels"] == CLASSES
-    assert json.loads((tmp_path / "out" / "best" / "metrics.json").read_text())["accuracy"] == report["best"]["accuracy"]
+    best = json.loads((tmp_path / "out" / "best" / "metrics.json").read_text())
+    assert best["accuracy"] == report["best"]["accuracy"]
 
 
-def test_bad_shard_input_is_a_one_line_error(folder_and_shards, tmp_path, capsys):
-    root = folder_and_shards
+def test_bad_shard_input_is_a_one_line_error(tmp_path, capsys):
     missing = tmp_path / "no_such_shards"
     with pytest.raises(FinetuneDataError, match=f"shard path '{missing}' does not exist"):
         read_records(missing, "shards")

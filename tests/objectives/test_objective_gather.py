@@ -19,7 +19,8 @@ def make_batch(objective):
     g = torch.Generator().manual_seed(5)
     if objective == "clip":
         return {"pixel_values": torch.rand(8, 1, 8, 8, generator=g),
-                "input_ids": torch.randint(4, 64, (8, 6), generator=g), "attention_mask": torch.ones(8, 6, dtype=torch.bool)}
+                "input_ids": torch.randint(4, 64, (8, 6), generator=g),
+                "attention_mask": torch.ones(8, 6, dtype=torch.bool)}
     return {"view1": torch.rand(8, 1, 8, 8, generator=g), "view2": torch.rand(8, 1, 8, 8, generator=g)}
 
 

@@ -107,7 +107,8 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str]) -> Non
     if a.shape[0] == 0:
         raise ValueError(f"{na} and {nb} are empty (N = 0)")
     if a.dtype != b.dtype or a.device != b.device:
-        raise ValueError(f"{na} and {nb} must share dtype and device, got {a.dtype}/{a.device} and {b.dtype}/{b.device}")
+        raise ValueError(f"{na} and {nb} must share dtype and device, "
+                         f"got {a.dtype}/{a.device} and {b.dtype}/{b.device}")
 
 
 def _check_chunk(chunk_size: int | None) -> int:
@@ -131,7 +132,8 @@ def _clip_loss(a, b, scale, symmetric: bool, chunk: int, group, backend: str) ->
         row_lse, col_lse = contrastive_lse_op(a, b, scale, None, symmetric, chunk, backend)
     else:
         row_lse, _ = contrastive_lse_op(a, b_all, scale, None, False, chunk, backend)
-        col_lse = contrastive_lse_op(b, _gathered(a, group), scale, None, False, chunk, backend)[0] if symmetric else None
+        col_lse = (contrastive_lse_op(b, _gathered(a, group), scale, None, False, chunk, backend)[0]
+                   if symmetric else None)
     positive = scale * (a.to(row_lse.dtype) * b.to(row_lse.dtype)).sum(1)  # (n,)
     loss = (row_lse - positive).mean()
     return 0.5 * (loss + (col_lse - positive).mean()) if symmetric else loss
