@@ -20,7 +20,8 @@ def test_env_reports_backends_truthfully():
 
 @pytest.mark.slow  # a CLI subprocess
 def test_env_json_is_valid():
-    out = subprocess.run([sys.executable, "-m", "ptft_engine.cli", "env", "--json"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "ptft_engine.cli", "env", "--json"],
+                         capture_output=True, text=True, check=True)
     assert json.loads(out.stdout)["torch"]
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from shared_helpers import free_port
 
 from ptft_engine import cli
-from shared_helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 MLM = str(REPO / "configs" / "mlm_tiny.yaml")
@@ -69,7 +69,8 @@ def test_cuda_requested_without_a_gpu(tmp_path):
                    "no CUDA device")
     # an explicit kernel backend that cannot run here: said once, with what to do instead
     one_line_error(ptft("pretrain", "--config", MLM, "run.max_steps=1", f"run.output_dir={tmp_path}",
-                        env={"PTFT_KERNEL_BACKEND": "cuda"}), "backend 'cuda' cannot run here", "PTFT_KERNEL_BACKEND=auto")
+                        env={"PTFT_KERNEL_BACKEND": "cuda"}),
+                   "backend 'cuda' cannot run here", "PTFT_KERNEL_BACKEND=auto")
 
 
 @pytest.mark.slow  # CLI subprocesses

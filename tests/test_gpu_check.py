@@ -36,7 +36,8 @@ def test_dry_run_writes_every_file_and_row(tmp_path):
     # Triton ran interpreted and was measured against SDPA; the cuda backend cannot run on a CPU and says so
     triton_attn = [r for r in rows if r["case"].startswith("attention_cpu_fwdbwd_triton_packed4")]
     assert triton_attn and all(r["ours"] > 0 and r["peer"] > 0 for r in triton_attn)
-    cuda_rows = [r for r in rows if "_cuda_" in r["case"] or r["case"].startswith(("mlm_mask cuda", "contrastive_loss cuda"))]
+    cuda_rows = [r for r in rows
+                 if "_cuda_" in r["case"] or r["case"].startswith(("mlm_mask cuda", "contrastive_loss cuda"))]
     assert cuda_rows and all("cannot run here" in r["error"] for r in cuda_rows)
     assert any(c.startswith("contrastive_loss triton") for c in cases)
     assert any(c == "gpt_1b_mfu" for c in cases) and any(c.startswith("mlm_mask triton") for c in cases)

@@ -31,9 +31,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # module (under ptft_engine/) -> the tests that guard it (pytest arguments)
 TARGETS: dict[str, list[str]] = {
-    "ops/mlm/reference.py": ["tests/ops/test_mlm.py", "-k", "rederivation or known or special or edges or errors or empty or boundary or outside"],
-    "ops/attention/reference.py": ["tests/ops/test_attention.py", "-k", "reference or sdpa or hand or upcast or log_sum_exp"],
-    "ops/contrastive/reference.py": ["tests/ops/test_contrastive.py", "-k", "references or naive_fp32 or bad_inputs or split"],
+    "ops/mlm/reference.py": ["tests/ops/test_mlm.py", "-k",
+                             "rederivation or known or special or edges or errors or empty or boundary or outside"],
+    "ops/attention/reference.py": ["tests/ops/test_attention.py", "-k",
+                                   "reference or sdpa or hand or upcast or log_sum_exp"],
+    "ops/contrastive/reference.py": ["tests/ops/test_contrastive.py", "-k",
+                                     "references or naive_fp32 or bad_inputs or split"],
     "data/order.py": ["tests/data/test_data_order.py"],
     "engine/checkpoint.py": ["tests/engine/test_checkpoint_kill.py"],
     "finetune/llrd.py": ["tests/finetune/test_strategies.py", "-k", "layer"],
@@ -102,7 +105,8 @@ def _docstring_lines(tree: ast.AST) -> set[int]:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body:
             first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                    and isinstance(first.value.value, str)):
                 skip.update(range(first.lineno, first.end_lineno + 1))
     return skip
 
@@ -230,7 +234,8 @@ def scratch_tree() -> Path:
 
 def run_tests(tree: Path, args: list[str], timeout: float) -> tuple[str, float]:
     extra = os.environ.get("PYTHONPATH")
-    env = {**os.environ, "PYTHONPATH": str(tree) + (os.pathsep + extra if extra else ""), "PYTHONDONTWRITEBYTECODE": "1"}
+    pythonpath = str(tree) + (os.pathsep + extra if extra else "")
+    env = {**os.environ, "PYTHONPATH": pythonpath, "PYTHONDONTWRITEBYTECODE": "1"}
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--timeout", str(int(timeout)),
            *args]
     t0 = time.time()

@@ -32,8 +32,7 @@ def emit(case, ours, peer, unit, **extra):
 
 
 def epoch_stats(shards, tok, objective, seq_len, batch, packing) -> tuple[dict, dict]:
-    from ptft_engine.data import DataConfig, build_loader
-    from ptft_engine.data import lengths
+    from ptft_engine.data import DataConfig, build_loader, lengths
 
     lengths._CACHE.clear()  # time the tokenising pass, not the cache
     cfg = DataConfig(shards=[shards], tokenizer=tok, seq_len=seq_len, batch_size=batch, num_workers=0,

@@ -14,7 +14,6 @@ Tokens are real (non-pad) tokens of (batch, seq_len) CLM batches, 2 workers.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -80,7 +79,8 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=12, help="documents packed per batch")
     ap.add_argument("--shuffle-buffer", type=int, default=500)
     ap.add_argument("--shard-kb", type=int, default=256)
-    ap.add_argument("--mbps", type=float, default=5.0, help="server rate (MB/s) of the wait case: above what the stream consumes")
+    ap.add_argument("--mbps", type=float, default=5.0,
+                    help="server rate (MB/s) of the wait case: above what the stream consumes")
     args = ap.parse_args()
     n_docs, rounds = (2000, 1) if args.quick else (6000, 3)
 

@@ -176,7 +176,8 @@ def scale_cases(root: str, sizes, peer_json_max: int, peer_mix_max: int) -> None
                 ours = run_child({**common, "impl": "ours", "indexes": [os.path.join(d, "index.json") for d in dirs]})
                 peer = {}
                 if json_too:
-                    peer = run_child({**common, "impl": "peer", "indexes": [os.path.join(d, "listed.json") for d in dirs]})
+                    listed = [os.path.join(d, "listed.json") for d in dirs]
+                    peer = run_child({**common, "impl": "peer", "indexes": listed})
                 extra = {f"{k}_ours": v for k, v in ours.items() if k != "start_s"}
                 extra.update({f"{k}_peer": v for k, v in peer.items()
                               if k in ("index_load_s", "step_ms", "peak_rss_mb", "stat_calls_at_start")})
@@ -234,7 +235,8 @@ def shuffle_quality(root: str) -> None:
         peer = stats(where_u, gid_shard[perm])
         emit(f"shuffle_adjacent_distance_block_{block // 1000}k",  ours["mean"], peer["mean"], "positions",
              median_ours=ours["median"], median_peer=peer["median"],
-             shards_per_rank_batch_ours=ours["shards_per_rank_batch"], shards_per_rank_batch_peer=peer["shards_per_rank_batch"],
+             shards_per_rank_batch_ours=ours["shards_per_rank_batch"],
+             shards_per_rank_batch_peer=peer["shards_per_rank_batch"],
              shards_per_global_step_ours=ours["shards_per_global_step"],
              shards_per_global_step_peer=peer["shards_per_global_step"], step_ms_fresh_block=step_ms,
              epoch_build_s=build_s, samples=n_samples, shards=n_shards,

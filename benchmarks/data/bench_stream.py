@@ -33,7 +33,7 @@ ZH = "深度学习模型需要大量的数据进行预训练中文文本也必�
 def make_corpus(path: str, n_docs: int, seed: int = 0) -> None:
     rng = random.Random(seed)
     with open(path, "w") as f:
-        for i in range(n_docs):
+        for _ in range(n_docs):
             n = rng.randint(20, 300)
             words = [rng.choice(WORDS) if rng.random() < 0.85 else ZH[rng.randrange(len(ZH) - 4):][:4]
                      for _ in range(n)]

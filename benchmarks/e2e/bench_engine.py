@@ -29,7 +29,6 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-
 JSON_OUT: str | None = None
 
 

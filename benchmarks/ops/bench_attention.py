@@ -28,9 +28,10 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
+from timing import emit, error_row, gpu_target, sig, time_cpu_pair, time_device  # noqa: E402
+
 from ptft_engine.ops import attention  # noqa: E402
 from ptft_engine.ops.attention.reference import visible_mask  # noqa: E402
-from timing import emit, error_row, gpu_target, sig, time_cpu_pair, time_device  # noqa: E402
 
 
 def fwd_bwd(fn, q, k, v, do):
@@ -63,15 +64,16 @@ def _bench_cpu_cases(args, q, k, v, do) -> None:
         shape = f"{b}x{h}kv{h_kv}x{s}x{d}"
     repeats = 5 if args.quick else 15
     for name, (our_kw, sdpa_kw) in cases.items():
-        ours = lambda q, k, v: attention(q, k, v, backend="cpu", **our_kw)  # noqa: E731
-        peer = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, **sdpa_kw)  # noqa: E731
+        ours = lambda q, k, v, kw=our_kw: attention(q, k, v, backend="cpu", **kw)  # noqa: E731
+        peer = lambda q, k, v, kw=sdpa_kw: F.scaled_dot_product_attention(q, k, v, **kw)  # noqa: E731
         with torch.no_grad():
-            t_ours, t_peer = (t * 1e3 for t in time_cpu_pair(lambda: ours(q, k, v), lambda: peer(q, k, v), repeats))
+            t_ours, t_peer = (t * 1e3 for t in time_cpu_pair(lambda f=ours: f(q, k, v), lambda f=peer: f(q, k, v),
+                                                             repeats))
         emit({"case": f"attention_cpu_fwd_{name}_fp32_{shape}", "ours": round(t_ours, 3), "peer": round(t_peer, 3),
               "ratio": round(t_peer / t_ours, 3), "unit": "ms (peer: torch SDPA cpu; ratio = peer/ours)",
               "threads": torch.get_num_threads()}, args.json_out)
-        t_ours, t_peer = (t * 1e3 for t in time_cpu_pair(lambda: fwd_bwd(ours, q, k, v, do),
-                                                         lambda: fwd_bwd(peer, q, k, v, do), max(3, repeats // 2)))
+        t_ours, t_peer = (t * 1e3 for t in time_cpu_pair(lambda f=ours: fwd_bwd(f, q, k, v, do),
+                                                         lambda f=peer: fwd_bwd(f, q, k, v, do), max(3, repeats // 2)))
         emit({"case": f"attention_cpu_fwdbwd_{name}_fp32_{shape}", "ours": round(t_ours, 3),
               "peer": round(t_peer, 3), "ratio": round(t_peer / t_ours, 3),
               "unit": "ms (peer: torch SDPA cpu; ratio = peer/ours)", "threads": torch.get_num_threads()},
@@ -111,7 +113,7 @@ def bench_cuda(args) -> None:
             # FLOPs of the dense (causal: half) problem for every contender, so TFLOP/s compare like for like
             fwd_flops = 4 * b * h * s * s * d * (0.5 if causal else 1.0)
             if layout == "packed4_causal":
-                peer_fn = lambda q, k, v: sdpa(q, k, v, True, packed_mask)  # noqa: E731
+                peer_fn = lambda q, k, v, mask=packed_mask: sdpa(q, k, v, True, mask)  # noqa: E731
                 our_kw = dict(causal=True, segment_ids=seg)
             else:
                 peer_fn = lambda q, k, v, causal=causal: sdpa(q, k, v, causal)  # noqa: E731

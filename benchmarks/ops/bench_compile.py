@@ -20,9 +20,10 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
+from timing import emit, error_row, sig  # noqa: E402
+
 from ptft_engine.config import load_run_config  # noqa: E402
 from ptft_engine.engine.setup import build_objective_from_config, compile_objective, make_loader  # noqa: E402
-from timing import emit, error_row, sig  # noqa: E402
 
 CASES = {"gpt2-tiny clm": "clm_tiny.yaml", "bert-tiny mlm": "mlm_tiny.yaml"}
 

@@ -31,8 +31,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # timing.py, also when imported by a subprocess
 
-from ptft_engine.ops.contrastive import op  # noqa: E402
 from timing import emit, error_row, gpu_target, time_device  # noqa: E402
+
+from ptft_engine.ops.contrastive import op  # noqa: E402
 
 
 def _inputs(n, d, dtype, device, seed=0):
@@ -71,8 +72,9 @@ def cpu_variant(backend, n, d, repeats):
 
 
 def _in_subprocess(backend, n, d, repeats):
-    code = ("import json, sys; sys.path.insert(0, %r); from benchmarks.ops.bench_contrastive import cpu_variant; "
-            "print(json.dumps(cpu_variant(%r, %d, %d, %d)))" % (ROOT, backend, n, d, repeats))
+    code = (f"import json, sys; sys.path.insert(0, {ROOT!r}); "
+            "from benchmarks.ops.bench_contrastive import cpu_variant; "
+            f"print(json.dumps(cpu_variant({backend!r}, {n:d}, {d:d}, {repeats:d})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -120,7 +122,8 @@ def bench_cuda(quick, repeats, dry, json_out):
         if device == "cuda":
             torch.cuda.empty_cache()
         for backend in ("cuda", "triton"):
-            tag = f"contrastive_loss {backend} {device} N={n} D={d} {str(dtype).replace('torch.', '')} symmetric fwd+bwd"
+            dtype_name = str(dtype).replace("torch.", "")
+            tag = f"contrastive_loss {backend} {device} N={n} D={d} {dtype_name} symmetric fwd+bwd"
             try:
                 ours = _gpu_variant(backend, a, b, repeats, device)
             except Exception as exc:  # noqa: BLE001 - an unavailable backend is a result, not a crash

@@ -11,10 +11,10 @@ import argparse
 import os
 
 import torch
-
-from ptft_engine.ops import mlm_mask
 from timing import emit as emit_row
 from timing import error_row, sig, time_cpu_pair, time_device
+
+from ptft_engine.ops import mlm_mask
 
 VOCAB = 30522  # BERT-base
 SPECIAL = (0, 100, 101, 102, 103)  # [PAD] [UNK] [CLS] [SEP] [MASK]
@@ -64,7 +64,8 @@ def bench_cpu(args) -> None:
     shapes = [(64, 512)] if args.quick else [(64, 512), (256, 512)]
     for rows, seq in shapes:
         ids, sids = make_batch(rows, seq, "cpu")
-        ours, peer = time_cpu_pair(ours_fn(ids, sids, "cpu"), lambda: peer_recipe(ids, special), repeats, warmup=3)
+        ours, peer = time_cpu_pair(ours_fn(ids, sids, "cpu"), lambda ids=ids: peer_recipe(ids, special), repeats,
+                                   warmup=3)
         tokens = rows * seq
         emit(f"mlm_mask cpu ({rows}, {seq}) vs HF collator recipe", tokens / ours / 1e6, tokens / peer / 1e6,
              "Mtokens/s", args.json_out, threads=torch.get_num_threads())

@@ -44,7 +44,8 @@ def collect() -> dict:
         "gpu": torch.cuda.get_device_name(0) if cuda else None,
         "nvcc": shutil.which("nvcc"),
         "cpu_threads": torch.get_num_threads(),
-        "packages": {m: _version(m) for m in ("deepspeed", "triton", "webdataset", "tokenizers", "safetensors", "transformers")},
+        "packages": {m: _version(m) for m in ("deepspeed", "triton", "webdataset", "tokenizers", "safetensors",
+                                              "transformers")},
         "native_extension": "ok" if _native.LOAD_ERROR is None else _native.LOAD_ERROR,
         "native_cuda_kernels": _native.cuda_built(),
         "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "0"),
@@ -56,7 +57,8 @@ def collect() -> dict:
     for dev in devices:
         report["backends"][dev.type] = registry.status(dev)
     if not cuda:
-        report["backends"]["cuda"] = {"cuda": "no CUDA device visible to torch", "triton": "no CUDA device visible to torch"}
+        no_device = "no CUDA device visible to torch"
+        report["backends"]["cuda"] = {"cuda": no_device, "triton": no_device}
     return report
 
 

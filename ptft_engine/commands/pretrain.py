@@ -48,9 +48,8 @@ def run(args) -> int:
         return 0
 
     from ptft_engine.engine import Trainer, TrainingStopped
-    from ptft_engine.engine.signals import EXIT_STOPPED
-
     from ptft_engine.engine.checks import StartCheckError
+    from ptft_engine.engine.signals import EXIT_STOPPED
 
     try:
         trainer = Trainer(cfg, overwrite=args.overwrite)

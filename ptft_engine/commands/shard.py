@@ -85,8 +85,9 @@ def run(args) -> int:
         from ptft_engine.data.reindex import index_existing
 
         index = index_existing(args.inputs, args.output)
+        written_to = args.output or os.path.dirname(os.path.abspath(index.shards[0].path))
         print(f"indexed {index.total} samples in {len(index.shards)} shards (kind {index.kind}); "
-              f"wrote index.json and .idx files to {args.output or os.path.dirname(os.path.abspath(index.shards[0].path))}")
+              f"wrote index.json and .idx files to {written_to}")
         return 0
     if args.output is None:
         raise UserError("--output is required (the folder for the shards and index.json)")

@@ -6,7 +6,7 @@ only composes them.
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
@@ -39,7 +39,7 @@ def _data_tag(v: Any) -> str:
 
 
 DataSection = Annotated[
-    Union[Annotated[SyntheticDataConfig, Tag("synthetic")], Annotated[DataConfig, Tag("shards")]],
+    Annotated[SyntheticDataConfig, Tag("synthetic")] | Annotated[DataConfig, Tag("shards")],
     Discriminator(_data_tag),
 ]
 
@@ -54,7 +54,7 @@ class RunSection(Section):
     eval_steps: int = Field(10, ge=1, description="batches per evaluation")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dist_timeout_s: float = Field(600.0, gt=0, description="collectives that wait longer abort the run")
-    peak_tflops: Optional[float] = Field(None, gt=0, description="per-device peak for MFU; auto for known GPUs")
+    peak_tflops: float | None = Field(None, gt=0, description="per-device peak for MFU; auto for known GPUs")
     tensorboard: bool = True
     progress_bar: bool = True
     compile: bool = Field(False, description="torch.compile the objective's forward (model and loss)")
@@ -93,10 +93,10 @@ class DeepSpeedSection(Section):
 
 
 class CheckpointSection(Section):
-    dir: Optional[str] = Field(None, description="default: <output_dir>/<name>/checkpoints")
+    dir: str | None = Field(None, description="default: <output_dir>/<name>/checkpoints")
     every: int = Field(0, ge=0, description="save every N steps; 0 = only on signals and at the end")
     keep_last: int = Field(3, ge=1)
-    resume: Optional[str] = Field(None, description="'auto' (newest complete), a checkpoint dir, or null")
+    resume: str | None = Field(None, description="'auto' (newest complete), a checkpoint dir, or null")
     save_at_end: bool = True
     async_save: bool = Field(True, description="snapshot to host memory, write in the background; the step "
                                                "resumes once the snapshot is taken")
@@ -112,8 +112,8 @@ class BadStepSection(Section):
 
 class RunConfig(Section):
     run: RunSection = Field(default_factory=RunSection)
-    model: Optional[ModelConfig] = None  # type: ignore[valid-type]
-    objective: Optional[ObjectiveConfig] = None  # type: ignore[valid-type]
+    model: ModelConfig | None = None  # type: ignore[valid-type]
+    objective: ObjectiveConfig | None = None  # type: ignore[valid-type]
     data: DataSection = Field(default_factory=lambda: SyntheticDataConfig(synthetic=True))
     train: TrainSection = Field(default_factory=TrainSection)
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)

@@ -23,8 +23,9 @@ import hashlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import numpy as np
 
@@ -86,7 +87,7 @@ class ShardCache:
             self.counts[key] += n
 
     @classmethod
-    def from_config(cls, cfg) -> "ShardCache":
+    def from_config(cls, cfg) -> ShardCache:
         return cls(cfg.cache_dir, int(cfg.cache_max_gb * 1e9), retries=cfg.fetch_retries, timeout=cfg.fetch_timeout_s)
 
     def check_writable(self) -> None:

@@ -97,7 +97,7 @@ class DataConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _check(self) -> "DataConfig":
+    def _check(self) -> DataConfig:
         if self.weights is not None:
             if len(self.weights) != len(self.shards):
                 raise ValueError(f"weights has {len(self.weights)} entries but shards has {len(self.shards)} sources")

@@ -15,7 +15,7 @@ class CorruptSampleError(DataError):
 
     # one message argument, so DataLoader can re-raise it in the main process as this type
     @classmethod
-    def of(cls, shard: str, key: str, reason: str) -> "CorruptSampleError":
+    def of(cls, shard: str, key: str, reason: str) -> CorruptSampleError:
         return cls(f"corrupt data in shard {shard!r}, key {key!r}: {reason} (strict mode)")
 
 

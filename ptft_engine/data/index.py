@@ -30,11 +30,12 @@ import io
 import json
 import os
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from ptft_engine.data import remote
 from ptft_engine.data.errors import DataError
+
 # shard records live one level down (shard_info.py); importers of the index get them here too
 from ptft_engine.data.shard_info import ShardInfo, sample_members, scan_tar, sha256_file, split_key  # noqa: F401
 from ptft_engine.data.tarblocks import plain_members
@@ -165,7 +166,7 @@ def _resolve_remote(spec: str, *, timeout: float, retries: int, cache_dir: str |
         if isinstance(doc, dict) and "columns" in doc:
             index = _remote_columns(doc, where, cache_dir=cache_dir, timeout=timeout, retries=retries)
         else:
-            index = index_from_doc(doc, remote.redact(where), lambda rel: remote.sibling(where, rel),
+            index = index_from_doc(doc, remote.redact(where), lambda rel, where=where: remote.sibling(where, rel),
                                    check_files=False)
         parts.append(index if locations is None else _select(index, locations, where))
     from ptft_engine.data.index_columns import concat_shards

@@ -8,7 +8,7 @@ The loader picks a batch builder by `kind`; the builders read the rest. A new ki
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 TextLayout = Literal["causal", "segments"]
 
@@ -25,7 +25,7 @@ class DataNeeds:
 
     kind: str
     tokenizer: bool = False
-    text_layout: Optional[TextLayout] = None
+    text_layout: TextLayout | None = None
     mlm_mask: bool = False
     image_views: int = 0
 

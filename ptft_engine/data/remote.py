@@ -21,7 +21,8 @@ import shutil
 import subprocess
 import tempfile
 import time
-from typing import BinaryIO, Callable
+from collections.abc import Callable
+from typing import BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
 from braceexpand import braceexpand
@@ -153,7 +154,8 @@ def _stream(location: str, out: BinaryIO, *, timeout: float, max_bytes: int | No
                 err.seek(0)
                 lines = err.read().decode(errors="replace").strip().splitlines()
                 why = redact(lines[-1]) if lines else "no message"
-                raise FetchError(f"{redact(location)}: `{argv[0]}` failed (exit {pipe.proc.returncode}: {why})") from None
+                raise FetchError(f"{redact(location)}: `{argv[0]}` failed "
+                                 f"(exit {pipe.proc.returncode}: {why})") from None
         finally:
             if pipe.proc.poll() is None:
                 pipe.proc.kill()

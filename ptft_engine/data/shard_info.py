@@ -10,8 +10,8 @@ import hashlib
 import os
 import re
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 

@@ -14,10 +14,9 @@ import os
 import sys
 import tarfile
 import time
-
-import numpy as np
 from dataclasses import dataclass, field
 
+import numpy as np
 from tqdm import tqdm
 
 from ptft_engine.data import sources
@@ -98,10 +97,11 @@ class ShardFiles:
         if self.ids_dtype or self.sample_rate:
             lens_path = self.path[: -len(".tar")] + ".lens"
             np.asarray(self.lengths, dtype="<u4").tofile(lens_path)
+        seconds = round(sum(self.lengths) / self.sample_rate, 3) if self.sample_rate else None
         self.shards.append(ShardInfo(path=self.path, samples=len(self.offsets), offsets_path=idx_path,
                                      bytes=self.pos + len(tail), sha256=self.sha.hexdigest(),
                                      lengths_path=lens_path, ids_dtype=self.ids_dtype,
-                                     seconds=round(sum(self.lengths) / self.sample_rate, 3) if self.sample_rate else None))
+                                     seconds=seconds))
 
 
 @dataclass
@@ -120,7 +120,8 @@ class WriteSummary:
 
     def lines(self, show_bad: int = 20) -> list[str]:
         out = [f"wrote {self.samples} samples in {self.shards} shards, {self.bytes_written / 1e6:.1f} MB "
-               f"in {self.seconds:.1f} s ({self.mb_per_s:.1f} MB/s, {self.samples / max(self.seconds, 1e-9):.0f} samples/s)",
+               f"in {self.seconds:.1f} s ({self.mb_per_s:.1f} MB/s, "
+               f"{self.samples / max(self.seconds, 1e-9):.0f} samples/s)",
                f"index: {self.index_path}"]
         if self.bad:
             out.append(f"skipped {len(self.bad)} bad inputs:")

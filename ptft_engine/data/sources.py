@@ -154,7 +154,7 @@ def process(item: Item, opts: Options) -> tuple[list[dict], list[tuple[str, str]
             nbytes = len(raw)
             text = raw.decode("utf-8")
             docs = [text] if opts.text_unit == "file" else text.split("\n\n")
-            for j, doc in enumerate(docs):
+            for doc in docs:
                 if doc.strip():
                     samples.append({"txt": doc.strip().encode()})
                 elif opts.text_unit == "file":

@@ -12,7 +12,6 @@ from ptft_engine.data.needs import DataNeeds
 from ptft_engine.data.packing import pack_causal, pack_plan_rows, pack_segments
 from ptft_engine.data.tokenizer import TokenizerInfo
 
-
 RECENT_DOCS = 8  # tokenised long documents kept per worker
 
 

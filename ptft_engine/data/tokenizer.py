@@ -8,8 +8,8 @@ with checkpoints and exports. Byte-level BPE round-trips any UTF-8 text exactly
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 from ptft_engine.data.errors import DataError
 

@@ -13,7 +13,7 @@ from ptft_engine.config.schema import RunConfig
 
 
 def micro_batch_size(cfg: RunConfig) -> int:
-    return int(getattr(cfg.data, "batch_size"))
+    return int(cfg.data.batch_size)
 
 
 def engine_clips_itself(cfg: RunConfig) -> bool:

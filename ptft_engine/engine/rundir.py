@@ -66,7 +66,7 @@ class RunLock:
         self.path = run_dir / LOCK_NAME
         self._fh = None
 
-    def acquire(self, record: bool = True) -> "RunLock":
+    def acquire(self, record: bool = True) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(self.path, "a+")  # no truncation: a refused job leaves the holder's line alone
         try:

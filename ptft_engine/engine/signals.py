@@ -49,7 +49,7 @@ class StopRequest:
             self.signum = signum
             log.warning("received %s: will save a checkpoint and stop after this step", signal.Signals(signum).name)
 
-    def install(self) -> "StopRequest":
+    def install(self) -> StopRequest:
         if not self._old and threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 self._old[sig] = signal.signal(sig, self._handle)

@@ -7,7 +7,8 @@ the same number of batches. What a batch holds is the objective spec's `syntheti
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -23,11 +24,11 @@ import yaml
 from ptft_engine.config.schema import RunConfig
 from ptft_engine.engine import checkpoint, checks, elastic, rundir, runtime, setup
 from ptft_engine.engine.async_save import AsyncSaver
-from ptft_engine.engine.trainer_checkpoints import CheckpointHooks
 from ptft_engine.engine.heartbeat import Heartbeat
 from ptft_engine.engine.metrics import DataCounters, MetricsLogger, memory_stats, peak_tflops
 from ptft_engine.engine.schedules import lr_at
 from ptft_engine.engine.signals import StopRequest
+from ptft_engine.engine.trainer_checkpoints import CheckpointHooks
 
 log = logging.getLogger(__name__)
 CLOSE_WAIT_S = 30.0  # how long close() waits for a background save an error left in flight
@@ -207,7 +208,8 @@ class Trainer(CheckpointHooks):
             units += float(out[f"num_{self.unit}"])  # the count the spec's unit names
         bad = self.optimizer.last_step_bad or not self.engine.was_step_applied()
         # one collective per step: mean loss over ranks, units processed, stop request from any rank
-        stats = torch.stack([loss_sum / gas, loss_sum.new_tensor(units), loss_sum.new_tensor(float(self.stop.requested))])
+        stats = torch.stack([loss_sum / gas, loss_sum.new_tensor(units),
+                             loss_sum.new_tensor(float(self.stop.requested))])
         if self.world_size > 1:
             dist.all_reduce(stats)
         stats = stats.cpu()

@@ -139,12 +139,14 @@ class LlamaLayout(Layout):
         theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
         heads = hf["num_attention_heads"]
         if hf.get("head_dim") not in (None, hf["hidden_size"] // heads):
-            raise ExportError(f"{source}: head_dim={hf['head_dim']} != hidden_size/num_attention_heads is not supported")
+            raise ExportError(f"{source}: head_dim={hf['head_dim']} != hidden_size/num_attention_heads "
+                              "is not supported")
         return DecoderConfig(
             style="llama", vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
             intermediate_size=hf["intermediate_size"], num_hidden_layers=hf["num_hidden_layers"],
             num_attention_heads=heads, num_key_value_heads=hf.get("num_key_value_heads") or heads,
             hidden_act=hf.get("hidden_act", "silu"), max_position_embeddings=hf.get("max_position_embeddings", 2048),
             layer_norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=theta,
-            initializer_range=hf.get("initializer_range", 0.02), tie_word_embeddings=hf.get("tie_word_embeddings", False),
+            initializer_range=hf.get("initializer_range", 0.02),
+            tie_word_embeddings=hf.get("tie_word_embeddings", False),
         )

@@ -46,7 +46,8 @@ def from_hf_state_dict(model: nn.Module, hf_state: dict[str, torch.Tensor]) -> d
     missing = [name for name in needed if name not in mapped]
     if missing:
         hf_names = [target for target, _ in layout.to_target(missing[0], torch.empty(0))] or [missing[0]]
-        raise KeyError(f"the Hugging Face checkpoint lacks {len(missing)} weights this config needs, e.g. {hf_names[0]}")
+        raise KeyError(f"the Hugging Face checkpoint lacks {len(missing)} weights this config needs, "
+                       f"e.g. {hf_names[0]}")
     # tied aliases (lm_head.weight, mlm_head.decoder.weight) are state_dict keys too
     first: dict[int, str] = {}
     state = {}

@@ -61,7 +61,8 @@ def verify(directory: Path) -> dict[str, Any] | None:
         if not path.is_file():
             raise ExportError(f"{path}: listed in the manifest but missing")
         if path.stat().st_size != entry.get("bytes", path.stat().st_size):
-            raise ExportError(f"{path}: size {path.stat().st_size} != {entry['bytes']} in the manifest (truncated or changed)")
+            raise ExportError(f"{path}: size {path.stat().st_size} != {entry['bytes']} in the manifest "
+                              "(truncated or changed)")
         if sha256_file(path) != entry["sha256"]:
             raise ExportError(f"{path}: sha256 mismatch with the manifest (corrupted or changed after export)")
     return manifest

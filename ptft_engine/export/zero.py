@@ -24,15 +24,23 @@ import json
 import logging
 import math
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from ptft_engine.export.errors import ExportError
 from ptft_engine.export.manifest import sha256_json
-from ptft_engine.export.zero_files import (_check_complete, _optimizer_state, _rank_files, _rank_of, _saved_layout,
-                                           release_pages, torch_load)
+from ptft_engine.export.zero_files import (
+    _check_complete,
+    _optimizer_state,
+    _rank_files,
+    _rank_of,
+    _saved_layout,
+    release_pages,
+    torch_load,
+)
 
 log = logging.getLogger(__name__)
 MODEL_PREFIX = "model."  # objectives own the model as `.model`
@@ -87,7 +95,8 @@ def _zero12_tensors(files: list[Path], param_shapes: list[dict],
                 pieces = pending.pop(name, [])
                 flat = torch.cat(pieces) if len(pieces) > 1 else (pieces[0] if pieces else torch.empty(0))
                 if flat.numel() != numel:
-                    raise ExportError(f"{path}: tensor {name!r} has {flat.numel()} of {numel} elements in the partitions")
+                    raise ExportError(f"{path}: tensor {name!r} has {flat.numel()} of {numel} elements "
+                                      "in the partitions")
                 yield name, flat.view(shape)
                 cursor[g] += 1
         del sd, parts  # release this rank before the next is read
@@ -290,8 +299,8 @@ def resolve_source(source: Path) -> tuple[Path, Path]:
 
 
 def export_checkpoint(source: str | Path, out_dir: str | Path, *, tokenizer: str | Path | None = None, **kwargs):
-    from ptft_engine.export.writer import export_tensors
     from ptft_engine.errors import ConfigError
+    from ptft_engine.export.writer import export_tensors
     from ptft_engine.models import parse_model_config
 
     ckpt, run_dir = resolve_source(Path(source))

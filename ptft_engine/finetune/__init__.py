@@ -5,8 +5,8 @@
     model, info = load_task_model("out/best")  # for inference
 """
 from ptft_engine.finetune.config import FinetuneConfig, load_finetune_config, parse_finetune_config
-from ptft_engine.finetune.lora import LoRALinear, apply_lora, merge_lora, merged_state_dict
 from ptft_engine.finetune.loop import finetune
+from ptft_engine.finetune.lora import LoRALinear, apply_lora, merge_lora, merged_state_dict
 from ptft_engine.finetune.saved import load_task_model, save_task_model
 from ptft_engine.finetune.tasks import TaskModel
 

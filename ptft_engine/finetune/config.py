@@ -5,7 +5,7 @@ takes the same `key=value` overrides and gives the same errors as a pre-training
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -25,8 +25,8 @@ class _Section(BaseModel):
 
 
 class ModelSection(_Section):
-    pretrained: Optional[str] = Field(None, description="export directory (ours or a transformers checkpoint)")
-    config: Optional[dict[str, Any]] = Field(None, description="engine model config: train from scratch")
+    pretrained: str | None = Field(None, description="export directory (ours or a transformers checkpoint)")
+    config: dict[str, Any] | None = Field(None, description="engine model config: train from scratch")
 
     @model_validator(mode="after")
     def _one(self):
@@ -37,8 +37,8 @@ class ModelSection(_Section):
 
 class TaskSection(_Section):
     kind: TaskKind
-    num_labels: Optional[int] = Field(None, ge=1, description="default: from the labels in the data")
-    labels: Optional[list[str]] = None
+    num_labels: int | None = Field(None, ge=1, description="default: from the labels in the data")
+    labels: list[str] | None = None
     pooling: Literal["cls", "mean", "last"] = Field("cls", description="sequence pooling; decoders use last")
     head_dropout: float = Field(0.1, ge=0.0, lt=1.0)
     reinit_head: bool = Field(True, description="False keeps a saved head when its shape fits")
@@ -51,17 +51,17 @@ class DataSection(_Section):
                              "output for text tasks (directory, index.json, tar, glob, brace range, "
                              "http(s)/s3/gs URL or pipe:)")
     train: str
-    validation: Optional[str] = None
+    validation: str | None = None
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="held out of train when no validation file")
     train_fraction: float = Field(1.0, gt=0.0, le=1.0, description="use only this share of the training labels")
     text_field: str = "text"
-    text_pair_field: Optional[str] = None
+    text_pair_field: str | None = None
     label_field: str = "label"
     tokens_field: str = "tokens"
     tags_field: str = "tags"
-    tokenizer: Optional[str] = Field(None, description="default: tokenizer.json of the export")
+    tokenizer: str | None = Field(None, description="default: tokenizer.json of the export")
     max_length: int = Field(128, ge=4)
-    image_size: Optional[int] = Field(None, ge=4, description="default: the model's image_size")
+    image_size: int | None = Field(None, ge=4, description="default: the model's image_size")
 
 
 class LoRASection(_Section):
@@ -81,7 +81,7 @@ class StrategySection(_Section):
 
 class OptimSection(_Section):
     lr: float = Field(5e-5, gt=0)
-    head_lr: Optional[float] = Field(None, gt=0, description="default: lr (probes and LoRA like a higher one)")
+    head_lr: float | None = Field(None, gt=0, description="default: lr (probes and LoRA like a higher one)")
     layer_decay: float = Field(1.0, gt=0.0, le=1.0, description="layer-wise lr decay; 1 = off")
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
@@ -89,13 +89,13 @@ class OptimSection(_Section):
     clip_grad: float = Field(1.0, ge=0)
     batch_size: int = Field(16, ge=1)
     epochs: int = Field(3, ge=1)
-    max_steps: Optional[int] = Field(None, ge=1, description="stop after this many steps (overrides epochs)")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (overrides epochs)")
 
 
 class EvalSection(_Section):
-    metric: Optional[str] = Field(None, description="early-stopping metric; default by task")
-    every: Optional[int] = Field(None, ge=1, description="evaluate every N steps; default once per epoch")
-    patience: Optional[int] = Field(3, ge=1, description="evaluations without improvement before stopping; null = never")
+    metric: str | None = Field(None, description="early-stopping metric; default by task")
+    every: int | None = Field(None, ge=1, description="evaluate every N steps; default once per epoch")
+    patience: int | None = Field(3, ge=1, description="evaluations without improvement before stopping; null = never")
     batch_size: int = Field(64, ge=1)
 
 

@@ -26,7 +26,8 @@ from ptft_engine.labels import IGNORE_INDEX
 
 
 # ---------------------------------------------------------------------------- reading
-def read_records(path: str | Path, fmt: str, text_field: str = "text", label_field: str = "label") -> list[dict[str, Any]]:
+def read_records(path: str | Path, fmt: str, text_field: str = "text",
+                 label_field: str = "label") -> list[dict[str, Any]]:
     if fmt == "shards":  # as given: a URL keeps its "//"
         return read_shard_records(str(path), text_field, label_field)
     path = Path(path)

@@ -1,12 +1,20 @@
 """FinetuneConfig + the backbone's config -> train/validation datasets, label names, collate."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ptft_engine.finetune.data import (
-    ListDataset, TextEncoder, field, load_image, pad_collate, read_records, split_records, subsample,
+    ListDataset,
+    TextEncoder,
+    field,
+    load_image,
+    pad_collate,
+    read_records,
+    split_records,
+    subsample,
 )
 from ptft_engine.finetune.errors import FinetuneDataError
 

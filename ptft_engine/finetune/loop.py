@@ -101,7 +101,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         raise ValueError(f"task.num_labels={cfg.task.num_labels} but the data has {num_outputs} labels "
                          f"({', '.join(data.label_names)})")
     model = TaskModel(backbone, kind, num_outputs, cfg.task.pooling, cfg.task.head_dropout)
-    kept_head = not cfg.task.reinit_head and cfg.model.pretrained is not None and head_if_fits(cfg.model.pretrained, model)
+    kept_head = (not cfg.task.reinit_head and cfg.model.pretrained is not None
+                 and head_if_fits(cfg.model.pretrained, model))
     counts = apply_strategy(model, cfg.strategy)
     model.to(device).train()
 

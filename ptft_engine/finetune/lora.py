@@ -30,7 +30,8 @@ class LoRALinear(nn.Module):
             self.bias.requires_grad_(False)
         self.r, self.scaling = r, alpha / r
         self.lora_A = nn.Parameter(torch.empty(r, self.in_features, device=base.weight.device, dtype=base.weight.dtype))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, device=base.weight.device, dtype=base.weight.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, device=base.weight.device,
+                                               dtype=base.weight.dtype))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear initialises its weight
         self.dropout = nn.Dropout(dropout)
 

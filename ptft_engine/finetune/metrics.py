@@ -3,7 +3,7 @@ Pearson/Spearman. Inputs are plain Python lists or 1-D arrays of labels/predicti
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -122,8 +122,9 @@ def read_shard_records(spec: str, text_field: str = "text", label_field: str = "
                     out.append(_text_record(sample, redact(shard.path), key, text_field, label_field))
                     continue
                 if "cls" not in sample:
+                    members = ", .".join(e for e in sorted(sample) if e != "__key__")
                     raise FinetuneDataError(
-                        f"shard {shard.path}, key {key}: no .cls label member (has .{', .'.join(e for e in sorted(sample) if e != '__key__')}); "
+                        f"shard {shard.path}, key {key}: no .cls label member (has .{members}); "
                         "format: shards needs image-folder shards (ptft shard --format images)")
                 ext = next((e for e in IMAGE_EXTS if e in sample), None)
                 if ext is None:

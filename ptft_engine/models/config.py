@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -55,7 +55,8 @@ class EncoderConfig(_Base):
     def _valid(self):
         self._check_heads(self.hidden_size, self.num_attention_heads)
         if self.attention_probs_dropout_prob != 0.0:
-            raise ValueError("attention_probs_dropout_prob: must be 0.0 (ops.attention applies no dropout to probabilities)")
+            raise ValueError("attention_probs_dropout_prob: must be 0.0 "
+                             "(ops.attention applies no dropout to probabilities)")
         return self
 
 
@@ -200,14 +201,14 @@ class Wav2Vec2Config(_Base):
         return n
 
 
-ModelConfig = Annotated[Union[EncoderConfig, DecoderConfig, ViTConfig, DualEncoderConfig, Wav2Vec2Config],
+ModelConfig = Annotated[EncoderConfig | DecoderConfig | ViTConfig | DualEncoderConfig | Wav2Vec2Config,
                         Field(discriminator="arch")]
 ARCHS = ("encoder", "decoder", "vit", "dual_encoder", "wav2vec2")
 _CONFIG_CLASSES = (EncoderConfig, DecoderConfig, ViTConfig, DualEncoderConfig, Wav2Vec2Config)
 _adapter = TypeAdapter(ModelConfig)
 
 
-AnyModelConfig = Union[EncoderConfig, DecoderConfig, ViTConfig, DualEncoderConfig, Wav2Vec2Config]
+AnyModelConfig = EncoderConfig | DecoderConfig | ViTConfig | DualEncoderConfig | Wav2Vec2Config
 
 
 def parse_model_config(data: Any, prefix: str = "model") -> AnyModelConfig:
@@ -230,5 +231,6 @@ def load_model_config(path: str | Path) -> AnyModelConfig:
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read model config ({exc.__class__.__name__}: {exc})".replace("\n", " ")) from None
+        why = f"{exc.__class__.__name__}: {exc}".replace("\n", " ")
+        raise ConfigError(f"{path}: cannot read model config ({why})") from None
     return parse_model_config(data, prefix=path.name)

@@ -23,8 +23,17 @@ import torch
 from ptft_engine.models.base import PtftModel
 from ptft_engine.models.config import DecoderConfig
 from ptft_engine.nn import (
-    MLP, LayerStack, Linear, RotaryEmbedding, SelfAttention, SwiGLU, TiedLinear, TokenEmbeddings, TransformerBlock,
-    init_std, make_norm,
+    MLP,
+    LayerStack,
+    Linear,
+    RotaryEmbedding,
+    SelfAttention,
+    SwiGLU,
+    TiedLinear,
+    TokenEmbeddings,
+    TransformerBlock,
+    init_std,
+    make_norm,
 )
 from ptft_engine.nn.embeddings import default_positions
 

@@ -6,8 +6,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ptft_engine.models.config import (DecoderConfig, DualEncoderConfig, EncoderConfig, ViTConfig, Wav2Vec2Config,
-                                       parse_model_config)
+from ptft_engine.models.config import (
+    DecoderConfig,
+    DualEncoderConfig,
+    EncoderConfig,
+    ViTConfig,
+    Wav2Vec2Config,
+    parse_model_config,
+)
 
 
 def _builders() -> dict[type, type]:

@@ -28,7 +28,8 @@ class VisionTransformer(PtftModel):
         self.set_gradient_checkpointing(config.gradient_checkpointing)
 
     def _build(self, c: ViTConfig) -> None:
-        self.embeddings = PatchEmbedding(c.image_size, c.patch_size, c.num_channels, c.hidden_size, c.hidden_dropout_prob)
+        self.embeddings = PatchEmbedding(c.image_size, c.patch_size, c.num_channels, c.hidden_size,
+                                         c.hidden_dropout_prob)
         self.layers = layer_norm_blocks(c, pre_norm=True)
         self.final_norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
 

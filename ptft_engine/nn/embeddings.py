@@ -92,7 +92,8 @@ class PatchEmbedding(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != (self.num_channels, self.image_size, self.image_size):
+        expected = (self.num_channels, self.image_size, self.image_size)
+        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
             raise ValueError(
                 f"pixel_values must be (B, {self.num_channels}, {self.image_size}, {self.image_size}), "
                 f"got {tuple(pixel_values.shape)}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn

@@ -10,7 +10,6 @@ from torch import nn
 from ptft_engine.labels import IGNORE_INDEX
 
 
-
 def transformer_flops_per_token(matmul_params: int, num_layers: int, hidden_size: int, seq_len: int) -> int:
     """Training FLOPs per token, PaLM's estimate: 6*N for the weight matmuls (forward +
     backward) plus 12*L*D*S for attention scores and values (not halved for causal

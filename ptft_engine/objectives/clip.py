@@ -3,7 +3,7 @@ model's learnable (log-parameterised, clamped) logit scale, via ops.contrastive_
 with gather, negatives come from every rank."""
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ class CLIPObjectiveConfig(ObjectiveConfigBase):
 
     name: Literal["clip"] = "clip"
     gather: bool = Field(False, description="negatives from every rank (torch.distributed's default group)")
-    chunk_size: Optional[int] = Field(None, gt=0, description="rows per block of the fused contrastive kernel")
+    chunk_size: int | None = Field(None, gt=0, description="rows per block of the fused contrastive kernel")
 
 
 class CLIPObjective(Objective):

@@ -4,7 +4,7 @@ The projection MLP belongs to the objective, not the model: downstream tasks use
 encoder's features, as in the SimCLR paper."""
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +24,9 @@ class SimCLRObjectiveConfig(ObjectiveConfigBase):
     name: Literal["simclr"] = "simclr"
     temperature: float = Field(0.1, gt=0)
     projection_dim: int = Field(128, gt=0)
-    projection_hidden_dim: Optional[int] = Field(None, gt=0, description="default: the encoder's hidden size")
+    projection_hidden_dim: int | None = Field(None, gt=0, description="default: the encoder's hidden size")
     gather: bool = Field(False, description="negatives from every rank (torch.distributed's default group)")
-    chunk_size: Optional[int] = Field(None, gt=0, description="rows per block of the fused contrastive kernel")
+    chunk_size: int | None = Field(None, gt=0, description="rows per block of the fused contrastive kernel")
 
 
 class SimCLRObjective(Objective):

@@ -7,8 +7,9 @@ metrics read the spec; none of them branches on an objective's name.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Literal, Optional, Union
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, SerializeAsAny, TypeAdapter, ValidationError
@@ -44,7 +45,7 @@ class ObjectiveSpec:
     data: DataNeeds
     synthetic_batch: Callable[[Any, torch.Generator], dict]
     unit: Literal["tokens", "samples"]
-    flops_per_unit: Callable[[nn.Module, Optional[int]], float]
+    flops_per_unit: Callable[[nn.Module, int | None], float]
     build: Callable[[nn.Module, ObjectiveConfigBase], nn.Module]
 
     def __post_init__(self):
@@ -90,7 +91,7 @@ def config_adapter() -> TypeAdapter:
     """The discriminated union (on `name`) of every registered objective's config."""
     configs = tuple(spec.config for spec in _SPECS.values())
     if configs not in _adapters:
-        union = configs[0] if len(configs) == 1 else Annotated[Union[configs], Field(discriminator="name")]
+        union = configs[0] if len(configs) == 1 else Annotated[configs, Field(discriminator="name")]
         _adapters[configs] = TypeAdapter(union)
     return _adapters[configs]
 

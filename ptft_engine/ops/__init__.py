@@ -9,10 +9,10 @@ The op modules import only torch and their reference code; Triton and the compil
 extension load when a backend first needs them. The functions are bound here eagerly:
 a subpackage of the same name (ops/attention/) would otherwise shadow its function.
 """
-from ptft_engine.ops.registry import BackendUnavailable, set_default_backend, use_backend
 from ptft_engine.ops.attention.op import attention
 from ptft_engine.ops.contrastive.op import contrastive_loss, nt_xent_loss
 from ptft_engine.ops.mlm.op import mlm_mask
+from ptft_engine.ops.registry import BackendUnavailable, set_default_backend, use_backend
 
 __all__ = [
     "BackendUnavailable",

@@ -12,8 +12,8 @@ import contextlib
 import importlib
 import logging
 import os
+from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import Callable, Iterator
 
 import torch
 

@@ -14,8 +14,13 @@ import time
 from pathlib import Path
 
 from ptft_engine.report import plots
-from ptft_engine.report.collect import (FinetuneRun, PretrainRun, find_comparisons, find_finetune_runs,
-                                        find_pretrain_runs)
+from ptft_engine.report.collect import (
+    FinetuneRun,
+    PretrainRun,
+    find_comparisons,
+    find_finetune_runs,
+    find_pretrain_runs,
+)
 
 Block = tuple  # ("h2", text) | ("p", text) | ("table", header, rows) | ("img", path, caption)
 
@@ -23,7 +28,8 @@ Block = tuple  # ("h2", text) | ("p", text) | ("table", header, rows) | ("img", 
 def build_report(root: str | Path, out_dir: str | Path | None = None, extra: dict | None = None) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such directory (give a run directory, a fine-tuning output or a demo --out)")
+        raise FileNotFoundError(f"{root}: no such directory "
+                                "(give a run directory, a fine-tuning output or a demo --out)")
     out = Path(out_dir) if out_dir else root / "report"
     pre, fine, comparisons = find_pretrain_runs(root), find_finetune_runs(root), find_comparisons(root)
     comparison = comparisons[0][1] if comparisons else None  # the first one groups the fine-tuning curves
@@ -122,7 +128,8 @@ def _finetune(runs: list[FinetuneRun], comparison: dict | None, root: Path, out:
         metric = r.report.get("metric", "accuracy")
         best = (r.report.get("best") or {}).get(metric)
         table.append([_rel(r.path, root), metric, f"{best:.4f}" if isinstance(best, (int, float)) else "–",
-                      str(r.report.get("steps", "?")), str((r.report.get("params") or {}).get("trainable_params", "?"))])
+                      str(r.report.get("steps", "?")),
+                      str((r.report.get("params") or {}).get("trainable_params", "?"))])
     blocks.append(("table", ["run", "metric", "best (validation)", "steps", "trainable params"], table))
     return blocks
 

@@ -74,14 +74,16 @@ def plot_finetune(runs: list[FinetuneRun], path: Path, title: str) -> Path:
     return path
 
 
-def plot_comparison(rows: list[dict], path: Path, title: str = "pre-trained vs from scratch (same architecture)") -> Path:
+def plot_comparison(rows: list[dict], path: Path,
+                    title: str = "pre-trained vs from scratch (same architecture)") -> Path:
     """Grouped bars: test accuracy per label budget, one bar per recipe (scratch first);
     error bars where the rows carry a spread over seeds."""
     plt = _plt()
     fractions = sorted({r["labels_fraction"] for r in rows})
     recipes = list(dict.fromkeys(r["recipe"] for r in rows))
     acc = {(r["recipe"], r["labels_fraction"]): r["test_accuracy"] for r in rows}
-    spread = {(r["recipe"], r["labels_fraction"]): r["spread"] for r in rows if isinstance(r.get("spread"), (int, float))}
+    spread = {(r["recipe"], r["labels_fraction"]): r["spread"] for r in rows
+              if isinstance(r.get("spread"), (int, float))}
     width = 0.8 / len(recipes)
     fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(fractions) + 2, 0.3 * len(recipes) * len(fractions) + 2),
                                     4.5 + 0.15 * len(recipes)))

@@ -55,7 +55,7 @@ class ShardServer:
         self.requests: Counter = Counter()
         self.lock = threading.Lock()
 
-    def __enter__(self) -> "ShardServer":
+    def __enter__(self) -> ShardServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, directory=self.root))
         self.httpd.daemon_threads = True
         self.httpd.owner = self

@@ -55,7 +55,8 @@ def clip_dir(tmp_path_factory):
     with open(root / "labels.jsonl", "w") as f:
         for i in range(N_CLIPS):
             sf.write(root / f"c{i:02d}.wav", _tone(i, _length(i), 16_000), 16_000, subtype="PCM_16")
-            f.write(json.dumps({"path": f"c{i:02d}.wav", "label": ["yes", "no", "up"][i % 3], "text": f"clip {i}"}) + "\n")
+            row = {"path": f"c{i:02d}.wav", "label": ["yes", "no", "up"][i % 3], "text": f"clip {i}"}
+            f.write(json.dumps(row) + "\n")
     return root
 
 
@@ -200,7 +201,8 @@ def test_crops_are_fixed_length_deterministic_and_pure(audio_shards, clip_dir):
             n = _length(pos)
             assert int(b["attention_mask"][r].sum()) == min(n, crop)
             start = crop_start(n, crop, cfg.seed, 0, pos)
-            assert np.array_equal(b["input_values"][r, : min(n, crop)].numpy(), _pcm(clip_dir, pos)[start: start + crop])
+            assert np.array_equal(b["input_values"][r, : min(n, crop)].numpy(),
+                                  _pcm(clip_dir, pos)[start: start + crop])
     starts = {crop_start(_length(i), crop, cfg.seed, e, i) for i in range(5, N_CLIPS) for e in range(3)}
     assert len(starts) > 10  # windows move from clip to clip and epoch to epoch
     assert {crop_start(crop + 1, crop, seed, 0, 0) for seed in range(40)} == {0, 1}  # both ends reachable

@@ -44,7 +44,8 @@ def test_simclr_views_are_deterministic_and_differ(image_shards):
 def test_grayscale_views_for_one_channel_models(image_shards):
     rgb = DataConfig(shards=[image_shards], kind="image", image_size=12, batch_size=4, num_workers=0)
     gray = rgb.model_copy(update={"image_channels": 1})
-    b_rgb, b_gray = next(iter(build_loader(rgb, objective="simclr"))), next(iter(build_loader(gray, objective="simclr")))
+    b_rgb = next(iter(build_loader(rgb, objective="simclr")))
+    b_gray = next(iter(build_loader(gray, objective="simclr")))
     assert b_gray["view1"].shape == (4, 1, 12, 12)
     # same crops and jitter; luminance of the (un-normalised) RGB view, renormalised
     from ptft_engine.data.images import GRAY_MEAN, GRAY_STD, LUMA, MEAN, STD

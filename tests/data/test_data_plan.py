@@ -72,7 +72,8 @@ def test_every_token_of_the_corpus_appears_exactly_once(text_shards, tok_path, o
         assert ids[body].tolist() == [t for d in docs for t in d]  # pieces in order: docs continue across rows
         assert Counter(ids[mask].tolist())[tok.cls_id] == int(mask.sum() - body.sum()) // 2
     assert loader.stats["dropped_tokens"] == 0 and loader.stats["samples"] == 61
-    assert loader.stats["tokens"] == int(mask.sum()) and loader.stats["tokens"] + loader.stats["pad_tokens"] == mask.numel()
+    assert loader.stats["tokens"] == int(mask.sum())
+    assert loader.stats["tokens"] + loader.stats["pad_tokens"] == mask.numel()
     assert loader.stats["pad_tokens"] <= (16 if objective == "clm" else 2 * len(batches))
 
 
@@ -202,7 +203,8 @@ def test_pretokenised_shards_equal_read_time_tokenisation(tmp_path, tok_path):
     tok = load_tokenizer(tok_path)
     index = load_index(os.path.join(pre, "index.json"))
     for shard in index.shards:
-        assert shard.ids_dtype == "<u2" and os.path.basename(shard.lengths_path) == os.path.basename(shard.path)[:-4] + ".lens"
+        assert shard.ids_dtype == "<u2"
+        assert os.path.basename(shard.lengths_path) == os.path.basename(shard.path)[:-4] + ".lens"
         with open(shard.path, "rb") as fh:
             samples = [read_members(fh, shard.offset_table(), i) for i in range(shard.samples)]
         expected = tok.encode_batch([s["txt"].decode() for s in samples])
@@ -274,7 +276,8 @@ def test_a_document_unreadable_at_read_time_keeps_the_rows_in_place(layout):
     broken, stats = pack_plan_rows(plan, 0, plan.n_rows, {**docs, 1: None}, **ids)  # doc 1 unreadable
     lost = whole["attention_mask"] & ~broken["attention_mask"]
     assert torch.isin(whole["input_ids"][lost], torch.tensor(list(range(100, 109)) + [2, 3, 6])).all()
-    assert int(lost.sum()) == stats.dropped == 9 + (1 if layout == "causal" else 2 * 2)  # + <eos> / 2 pieces' [CLS][SEP]
+    # + <eos> / 2 pieces' [CLS][SEP]
+    assert int(lost.sum()) == stats.dropped == 9 + (1 if layout == "causal" else 2 * 2)
     keep = broken["attention_mask"]
     assert torch.equal(broken["input_ids"][keep], whole["input_ids"][keep])  # nothing else moved
     assert (broken["input_ids"][~keep] == 0).all() and whole_stats.dropped == 0
@@ -292,7 +295,8 @@ def test_a_long_document_is_tokenised_once_not_per_batch(tmp_path, tok_path, mon
     cfg = _cfg(shards, tok_path, shuffle=False)
     calls = []
     real = TokenizerInfo.encode_batch
-    monkeypatch.setattr(TokenizerInfo, "encode_batch", lambda self, texts: calls.append(len(texts)) or real(self, texts))
+    monkeypatch.setattr(TokenizerInfo, "encode_batch",
+                        lambda self, texts: calls.append(len(texts)) or real(self, texts))
     loader = build_loader(cfg, objective="clm")
     calls.clear()  # the lengths pass tokenises each document once; now the epoch
     cached = list(loader)
@@ -312,7 +316,8 @@ def test_shard_options_that_do_not_fit_the_format_are_named(tmp_path, tok_path):
                      workers=1, progress=False)
     with pytest.raises(DataError, match="tokenizer file .*missing.json.* does not exist"):
         write_shards([str(tmp_path / "a.txt")], str(tmp_path / "o3"),
-                     sources.Options(format="text", tokenizer=str(tmp_path / "missing.json")), workers=1, progress=False)
+                     sources.Options(format="text", tokenizer=str(tmp_path / "missing.json")),
+                     workers=1, progress=False)
 
 
 def test_elastic_resume_then_the_next_epoch_carries_the_actual_tail(text_shards, tok_path):
@@ -362,6 +367,8 @@ def test_a_vocabulary_beyond_uint16_stores_uint32_ids(tmp_path, tok_path, monkey
     assert {s.ids_dtype for s in index.shards} == {"<u4"}
     with open(index.shards[0].path, "rb") as fh:
         sample = read_members(fh, index.shards[0].offset_table(), 0)
-    assert np.frombuffer(sample["ids"], "<u4").tolist() == load_tokenizer(tok_path).encode_batch([sample["txt"].decode()])[0]
+    expected = load_tokenizer(tok_path).encode_batch([sample["txt"].decode()])[0]
+    assert np.frombuffer(sample["ids"], "<u4").tolist() == expected
     raw = write_text_shards(tmp_path, 12, name="raw")
-    _same(list(build_loader(_cfg(pre, tok_path), objective="mlm")), list(build_loader(_cfg(raw, tok_path), objective="mlm")))
+    _same(list(build_loader(_cfg(pre, tok_path), objective="mlm")),
+          list(build_loader(_cfg(raw, tok_path), objective="mlm")))

@@ -32,8 +32,8 @@ def corpus(tmp_path):
 def _cfg(spec, tok, cache, **kw):
     # packing: batch, so positions are documents (the packing plan over HTTP: test_plan_rows_over_http)
     return DataConfig(**{**dict(shards=[spec], tokenizer=tok, seq_len=32, batch_size=2, docs_per_batch=3,
-                                packing="batch", num_workers=0, emit_sample_index=True, cache_dir=str(cache), fetch_timeout_s=5,
-                                fetch_retries=2), **kw})
+                                packing="batch", num_workers=0, emit_sample_index=True, cache_dir=str(cache),
+                                fetch_timeout_s=5, fetch_retries=2), **kw})
 
 
 def _batches(loader, n=None):

@@ -6,11 +6,10 @@ import os
 
 import pytest
 import webdataset as wds
+from data_helpers import doc_text, png_bytes
 
 from ptft_engine import cli
 from ptft_engine.data.index import load_index, read_members, scan_tar, sha256_file
-
-from data_helpers import doc_text, png_bytes
 
 
 def _index(out) -> dict:

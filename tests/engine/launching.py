@@ -68,7 +68,7 @@ def wait_for_step(run_dir: Path, step: int, procs, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         f = run_dir / "metrics.jsonl"
-        if f.exists() and any(json.loads(l)["step"] >= step for l in f.read_text().splitlines() if l.strip()):
+        if f.exists() and any(json.loads(row)["step"] >= step for row in f.read_text().splitlines() if row.strip()):
             return
         if any(p.poll() is not None for p in procs):
             raise AssertionError(f"a rank exited before step {step}: {[p.poll() for p in procs]}")

@@ -12,9 +12,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from toy import ToyCausalLM  # noqa: E402
+
 from ptft_engine.config import load_run_config  # noqa: E402
 from ptft_engine.engine import Trainer, TrainingStopped  # noqa: E402
-from toy import ToyCausalLM  # noqa: E402
 
 
 def run_job(overrides: list[str]) -> int:

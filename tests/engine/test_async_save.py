@@ -58,5 +58,6 @@ def test_export_hf_every_n_saves_and_at_the_end(tmp_path):
     assert sorted(p.name for p in exports.iterdir()) == ["step-00000003-hf", "step-00000004-hf"]
     for d in exports.iterdir():
         manifest = json.loads((d / "manifest.json").read_text())
-        assert (d / "model.safetensors").is_file() and json.loads((d / "config.json").read_text())["model_type"] == "gpt2"
+        assert (d / "model.safetensors").is_file()
+        assert json.loads((d / "config.json").read_text())["model_type"] == "gpt2"
         assert manifest["source"]["step"] == int(d.name.split("-")[1])

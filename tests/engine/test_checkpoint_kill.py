@@ -221,7 +221,8 @@ def test_load_restores_rank_state_and_a_new_rank_reads_rank_0s(tmp_path):
         checkpoint.load(LoadingEngine(ok=False), path, rank=0)
     with pytest.raises(ValueError, match="no meta.json"):
         checkpoint.read_meta(tmp_path / "step-00000099")
-    assert checkpoint.find_latest(tmp_path / "missing") is None and checkpoint.complete_checkpoints(tmp_path / "x") == []
+    assert checkpoint.find_latest(tmp_path / "missing") is None
+    assert checkpoint.complete_checkpoints(tmp_path / "x") == []
     assert checkpoint.find_latest(str(tmp_path)) == path  # a str path works too (the CLI passes one)
 
 

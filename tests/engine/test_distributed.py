@@ -5,7 +5,6 @@ import signal
 
 import pytest
 import torch
-
 from launching import read_losses, spawn_ranks, tail, wait_all, wait_for_step
 
 pytestmark = pytest.mark.slow

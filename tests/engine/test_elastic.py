@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
+import run_elastic
 import torch
 import yaml
-
-import run_elastic
 from launching import HERE, read_losses, spawn_ranks, tail, wait_all
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
@@ -92,7 +91,8 @@ def rows_per_step(samples: Path) -> dict[int, list[int]]:
 
 def consolidated(ckpt: Path) -> dict[str, dict[str, torch.Tensor]]:
     from ptft_engine.export.zero import optimizer_tensors
-    return {str(key): {n: t.clone() for n, t in optimizer_tensors(ckpt, key)} for key in (None, "exp_avg", "exp_avg_sq")}
+    return {str(key): {n: t.clone() for n, t in optimizer_tensors(ckpt, key)}
+            for key in (None, "exp_avg", "exp_avg_sq")}
 
 
 def assert_same_state(a: Path, b: Path) -> None:
@@ -176,8 +176,9 @@ def test_a_resume_with_another_model_or_tokenizer_is_refused_and_writes_nothing(
     tok.save(str(other_tok))
     before = {str(p): p.read_bytes() for p in sorted((reference / "ref").rglob("*")) if p.is_file()}
     base = [*COMMON, f"run.output_dir={reference}", "run.name=ref", "deepspeed.zero_stage=2"]
-    for override, message in [("model.hidden_size=64", "model.hidden_size is 32 in the checkpoint but 64 in the config"),
-                              (f"data.tokenizer={other_tok}", f"data.tokenizer {other_tok} differs from the tokenizer")]:
+    mismatches = [("model.hidden_size=64", "model.hidden_size is 32 in the checkpoint but 64 in the config"),
+                  (f"data.tokenizer={other_tok}", f"data.tokenizer {other_tok} differs from the tokenizer")]
+    for override, message in mismatches:
         with pytest.raises(ValueError) as err:
             Trainer(load_run_config(recipe, [*base, override]))
         line = str(err.value)

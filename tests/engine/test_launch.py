@@ -11,7 +11,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from launching import base_env, free_port, tail, wait_for_step
 
 pytestmark = pytest.mark.slow

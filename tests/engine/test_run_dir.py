@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from toy import ToyCausalLM
 
 from ptft_engine.config import load_run_config
 from ptft_engine.engine import Trainer, checkpoint
 from ptft_engine.engine.checks import StartCheckError
 from ptft_engine.engine.rundir import RunLock
-from toy import ToyCausalLM
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
 from data_helpers import doc_text, write_text_shards  # noqa: E402

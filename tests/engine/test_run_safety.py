@@ -17,7 +17,6 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-
 from launching import base_env, free_port, tail
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
@@ -192,9 +191,8 @@ def test_signals_save_at_the_signal_step_and_resume_bitwise(recipe, tmp_path):
     assert train_steps(run_dir, "summary") == [STEPS]
     ref_losses, got = losses(tmp_path / "ref"), losses(run_dir)
     assert [got[s] for s in range(1, STEPS + 1)] == [ref_losses[s] for s in range(1, STEPS + 1)]
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
     import torch
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     w_ref = get_fp32_state_dict_from_zero_checkpoint(str(tmp_path / "ref" / "checkpoints"), tag=f"step-{STEPS:08d}")
     w_got = get_fp32_state_dict_from_zero_checkpoint(str(run_dir / "checkpoints"), tag=f"step-{STEPS:08d}")
     assert w_ref.keys() == w_got.keys() and all(torch.equal(w_ref[k], w_got[k]) for k in w_ref)

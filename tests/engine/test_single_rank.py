@@ -8,10 +8,10 @@ import time
 
 import pytest
 import torch
+from toy import ToyCausalLM
 
 from ptft_engine.config import load_run_config
 from ptft_engine.engine import Trainer, TrainingStopped, checkpoint
-from toy import ToyCausalLM
 
 pytestmark = pytest.mark.slow  # training runs through DeepSpeed (the save/kill unit tests are test_checkpoint_kill.py)
 
@@ -106,7 +106,8 @@ def test_sigterm_saves_then_resume_continues(tmp_path):
 
 
 def test_a_kill_during_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    trainer = make(tmp_path, "run.max_steps=6", "checkpoint.every=3", "checkpoint.async_save=false")  # the sync path (async: test_elastic.py)
+    # the sync path (async: test_elastic.py)
+    trainer = make(tmp_path, "run.max_steps=6", "checkpoint.every=3", "checkpoint.async_save=false")
     real_save = torch.save
 
     def dies_on_second_checkpoint(obj, path, *a, **k):

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ptft_engine.models import build_model, load_model_config
 from ptft_engine.export.hf_state import config_from_hf, from_hf_state_dict, hf_config, to_hf_state_dict
+from ptft_engine.models import build_model, load_model_config
 
 transformers = pytest.importorskip("transformers")
 save_file = pytest.importorskip("safetensors.torch").save_file

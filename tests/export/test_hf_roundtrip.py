@@ -3,11 +3,19 @@ import json
 
 import pytest
 import torch
-from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig, BertForMaskedLM, GPT2Config,
-                          GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM)
+from export_fixtures import VOCAB, tiny_decoder, tiny_encoder
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    BertConfig,
+    BertForMaskedLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from ptft_engine.export import export_model, load_export, load_pretrained
-from export_fixtures import VOCAB, tiny_decoder, tiny_encoder
 
 TOL = 1e-5
 
@@ -29,7 +37,8 @@ def test_encoder_export_loads_in_transformers_with_same_logits(tmp_path, batch):
 
 
 @pytest.mark.parametrize("style,tie,kv_heads", [("gpt2", True, None), ("gpt2", False, None), ("llama", True, 2),
-                                               ("llama", False, 1)], ids=["gpt2-tied", "gpt2", "llama-gqa", "llama-mqa"])
+                                               ("llama", False, 1)],
+                         ids=["gpt2-tied", "gpt2", "llama-gqa", "llama-mqa"])
 def test_decoder_export_loads_in_transformers_with_same_logits(tmp_path, batch, style, tie, kv_heads):
     ids, _ = batch
     dec = tiny_decoder(style, tie, kv_heads)

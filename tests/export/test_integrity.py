@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 import yaml
-
 from export_fixtures import tiny_encoder
+
 from ptft_engine import cli
 from ptft_engine.export import ExportError, export_checkpoint, export_model, load_export
 from ptft_engine.export.writer import unique_state

@@ -3,9 +3,9 @@ import json
 
 import pytest
 import torch
+from export_fixtures import tiny_decoder, tiny_encoder
 
 from ptft_engine.export import ExportError, export_model, load_pretrained
-from export_fixtures import tiny_decoder, tiny_encoder
 
 
 def test_pickle_only_checkpoint_is_refused(tmp_path):

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 import transformers
-
 from export_fixtures import tiny_encoder
+
 from ptft_engine.data.tokenizer import train_tokenizer
 from ptft_engine.export import export_model
 from ptft_engine.models import DecoderConfig, ViTConfig, build_model

@@ -3,9 +3,9 @@ tokens the model was trained with, while the engine's own pipeline adds none (no
 import json
 
 import pytest
+from export_fixtures import tiny_encoder
 from transformers import AutoTokenizer
 
-from export_fixtures import tiny_encoder
 from ptft_engine.data.tokenizer import load_tokenizer, train_tokenizer
 from ptft_engine.export import export_model
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from shared_helpers import free_port, rank_env
 
 from ptft_engine import cli
 from ptft_engine.export import ExportError, export_checkpoint, load_export
 from ptft_engine.export.zero import torch_load
-from shared_helpers import free_port, rank_env
 
 HERE = Path(__file__).parent
 pytestmark = pytest.mark.slow
@@ -59,7 +59,7 @@ def test_consolidated_export_equals_live_weights(zero_runs, tmp_path, stage):
     assert loaded.layout == "hf-gpt2"
     ours = loaded.model.state_dict()
     for name, value in live.items():
-        torch.testing.assert_close(ours[name], value, atol=0, rtol=0, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(ours[name], value, atol=0, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_cli_exports_a_run_dir_to_native_bf16(zero_runs, tmp_path, capsys):

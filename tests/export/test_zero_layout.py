@@ -11,7 +11,8 @@ from ptft_engine.export.zero import consolidated_tensors
 
 def _params():
     g = torch.Generator().manual_seed(0)
-    return [OrderedDict(a=torch.randn(5, 3, generator=g), b=torch.randn(7, generator=g), c=torch.randn(2, 11, generator=g)),
+    return [OrderedDict(a=torch.randn(5, 3, generator=g), b=torch.randn(7, generator=g),
+                        c=torch.randn(2, 11, generator=g)),
             OrderedDict(d=torch.randn(13, generator=g), e=torch.randn(1, generator=g))]
 
 

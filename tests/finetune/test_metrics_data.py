@@ -12,7 +12,8 @@ from ptft_engine.labels import IGNORE_INDEX
 
 
 def test_entity_spans_and_f1():
-    assert entity_spans(["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "I-PER"]) == {("PER", 0, 2), ("LOC", 3, 5), ("PER", 5, 6)}
+    spans = entity_spans(["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "I-PER"])
+    assert spans == {("PER", 0, 2), ("LOC", 3, 5), ("PER", 5, 6)}
     gold = [["B-PER", "I-PER", "O", "B-LOC"]]
     pred = [["B-PER", "O", "O", "B-LOC"]]  # PER boundary wrong: 1 of 2 right, 1 of 2 predicted right
     scores = entity_f1(gold, pred)

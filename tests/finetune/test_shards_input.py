@@ -10,8 +10,8 @@ import yaml
 from ptft_engine.cli import main
 from ptft_engine.finetune import parse_finetune_config
 from ptft_engine.finetune.data import read_image_folder, read_records
-from ptft_engine.finetune.errors import FinetuneDataError
 from ptft_engine.finetune.datasets import build_task_data
+from ptft_engine.finetune.errors import FinetuneDataError
 from ptft_engine.models import parse_model_config
 
 CLASSES = ["circle", "cross", "stripe"]
@@ -77,11 +77,11 @@ def test_finetune_command_on_shards_writes_metrics(folder_and_shards, tmp_path, 
     assert report["best"]["accuracy"] == max(v["accuracy"] for v in report["history"]["val"][1:])
     task = json.loads((tmp_path / "out" / "best" / "task.json").read_text())
     assert task["labels"] == CLASSES
-    assert json.loads((tmp_path / "out" / "best" / "metrics.json").read_text())["accuracy"] == report["best"]["accuracy"]
+    best = json.loads((tmp_path / "out" / "best" / "metrics.json").read_text())
+    assert best["accuracy"] == report["best"]["accuracy"]
 
 
-def test_bad_shard_input_is_a_one_line_error(folder_and_shards, tmp_path, capsys):
-    root = folder_and_shards
+def test_bad_shard_input_is_a_one_line_error(tmp_path, capsys):
     missing = tmp_path / "no_such_shards"
     with pytest.raises(FinetuneDataError, match=f"shard path '{missing}' does not exist"):
         read_records(missing, "shards")

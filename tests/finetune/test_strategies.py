@@ -5,7 +5,14 @@ from finetune_fixtures import base_config
 
 from ptft_engine.export import load_pretrained
 from ptft_engine.finetune import (
-    LoRALinear, TaskModel, apply_lora, finetune, load_task_model, merge_lora, merged_state_dict, parse_finetune_config,
+    LoRALinear,
+    TaskModel,
+    apply_lora,
+    finetune,
+    load_task_model,
+    merge_lora,
+    merged_state_dict,
+    parse_finetune_config,
 )
 from ptft_engine.finetune.llrd import param_groups
 from ptft_engine.models import EncoderConfig, build_model

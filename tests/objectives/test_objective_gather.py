@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from shared_helpers import spawn_gloo
 
 from ptft_engine.models import load_model_config
 from ptft_engine.objectives import build_objective
-from shared_helpers import spawn_gloo
 
 PRESETS = Path(__file__).resolve().parents[2] / "configs" / "models"
 CASES = {"clip": "clip-tiny", "simclr": "vit-tiny-digits"}
@@ -19,7 +19,8 @@ def make_batch(objective):
     g = torch.Generator().manual_seed(5)
     if objective == "clip":
         return {"pixel_values": torch.rand(8, 1, 8, 8, generator=g),
-                "input_ids": torch.randint(4, 64, (8, 6), generator=g), "attention_mask": torch.ones(8, 6, dtype=torch.bool)}
+                "input_ids": torch.randint(4, 64, (8, 6), generator=g),
+                "attention_mask": torch.ones(8, 6, dtype=torch.bool)}
     return {"view1": torch.rand(8, 1, 8, 8, generator=g), "view2": torch.rand(8, 1, 8, 8, generator=g)}
 
 

@@ -57,7 +57,8 @@ def test_clm_loss_is_next_token_ce_and_packing_matches_separate_rows():
 
 
 def test_objective_and_model_must_match():
-    with pytest.raises(ConfigError, match=r"^objective.name: clm trains a model with arch: decoder, but model.arch is encoder$"):
+    with pytest.raises(ConfigError,
+                       match=r"^objective.name: clm trains a model with arch: decoder, but model.arch is encoder$"):
         build_objective(preset("bert-tiny"), {"name": "clm"})
 
 
@@ -105,11 +106,13 @@ def test_flops_estimates_match_what_pytorch_counts():
     # the estimates also count biases and norms as matmul weights: a few % above the count
     n = 8
     cases = [
-        ("gpt2-tiny", "clm", {"input_ids": torch.randint(0, 100, (n, 64))}, lambda t: t.flops_per_token(seq_len=64) * n * 64),
+        ("gpt2-tiny", "clm", {"input_ids": torch.randint(0, 100, (n, 64))},
+         lambda t: t.flops_per_token(seq_len=64) * n * 64),
         ("vit-tiny-digits", "simclr", {"view1": torch.rand(n, 1, 8, 8), "view2": torch.rand(n, 1, 8, 8)},
          lambda t: t.flops_per_sample() * n),
         ("clip-tiny", "clip", {"pixel_values": torch.rand(n, 1, 8, 8), "input_ids": torch.randint(0, 64, (n, 16)),
-                               "attention_mask": torch.ones(n, 16, dtype=torch.bool)}, lambda t: t.flops_per_sample() * n),
+                               "attention_mask": torch.ones(n, 16, dtype=torch.bool)},
+         lambda t: t.flops_per_sample() * n),
     ]
     for name, objective, batch, estimate in cases:
         task = build_objective(preset(name), objective)

@@ -76,7 +76,8 @@ def test_builtin_specs_declare_arch_data_and_unit():
     got = {n: (get_spec(n).arch, get_spec(n).data.kind, get_spec(n).data.tokenizer, get_spec(n).unit)
            for n in ("mlm", "clm", "simclr", "clip")}
     assert got == {"mlm": ("encoder", "text", True, "tokens"), "clm": ("decoder", "text", True, "tokens"),
-                   "simclr": ("vit", "image", False, "samples"), "clip": ("dual_encoder", "image_text", True, "samples")}
+                   "simclr": ("vit", "image", False, "samples"),
+                   "clip": ("dual_encoder", "image_text", True, "samples")}
     assert get_spec("mlm").data.mlm_mask and not get_spec("clm").data.mlm_mask
     assert get_spec("simclr").data.image_views == 2 and get_spec("clip").data.image_views == 1
     assert all(get_spec(n).arch in ARCHS for n in names())
@@ -118,9 +119,11 @@ def test_config_errors_name_the_key_and_the_registered_names(toy):
 
 
 def test_the_loader_reads_data_needs_from_the_spec(toy, tmp_path):
-    with pytest.raises(DataError, match="objective 'toy' needs data kind 'text', but the data config says kind 'image'"):
+    with pytest.raises(DataError,
+                       match="objective 'toy' needs data kind 'text', but the data config says kind 'image'"):
         build_loader(DataConfig(shards=[str(tmp_path)], kind="image"), objective="toy")
-    with pytest.raises(DataError, match="unknown objective 'byol'; choose one of mlm, clm, simclr, clip, wav2vec2, toy"):
+    with pytest.raises(DataError,
+                       match="unknown objective 'byol'; choose one of mlm, clm, simclr, clip, wav2vec2, toy"):
         build_loader(DataConfig(shards=[str(tmp_path)]), objective="byol")
 
 

@@ -158,7 +158,7 @@ def test_hand_computed_two_token_attention():
     causal = torch.tensor([[10.0, 0.0], [1 / (1 + e2) * 10, e2 / (1 + e2) * 10]])
     padded = torch.tensor([[10.0, 0.0], [10.0, 0.0]])  # key 1 is padding: everyone sees key 0 only
     for backend in ("reference", "cpu", "triton"):
-        run_ = lambda **kw: attention(q, k, v, scale=1.0, backend=backend, **kw)[0, 0]  # noqa: E731
+        run_ = lambda backend=backend, **kw: attention(q, k, v, scale=1.0, backend=backend, **kw)[0, 0]  # noqa: E731
         torch.testing.assert_close(run_(), full)
         torch.testing.assert_close(run_(causal=True), causal)
         torch.testing.assert_close(run_(attention_mask=torch.tensor([[True, False]])), padded)

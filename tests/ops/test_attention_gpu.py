@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from test_attention import assert_close_fp32, assert_flash_rule, backend_fn, make_inputs, run
 
 pytestmark = pytest.mark.gpu

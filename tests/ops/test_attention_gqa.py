@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_attention import assert_close_fp32, assert_flash_rule, make_inputs, run
 
 from ptft_engine.ops import attention
-from ptft_engine.ops.attention import native, reference, triton as triton_attention
+from ptft_engine.ops.attention import native, reference
+from ptft_engine.ops.attention import triton as triton_attention
 from ptft_engine.ops.attention.reference import attention_reference
-from test_attention import assert_close_fp32, assert_flash_rule, make_inputs, run
 
 H = 4
 

@@ -136,7 +136,7 @@ def test_gradcheck_float64(backend):
     t = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
     for sym in (True, False):
         assert torch.autograd.gradcheck(
-            lambda x, y, k: contrastive_loss(x, y, k, symmetric=sym, chunk_size=3, backend=backend), (a, b, s))
+            lambda x, y, k, sym=sym: contrastive_loss(x, y, k, symmetric=sym, chunk_size=3, backend=backend), (a, b, s))
     assert torch.autograd.gradcheck(lambda x, y, k: nt_xent_loss(x, y, k, chunk_size=3, backend=backend), (a, b, t))
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from shared_helpers import spawn_gloo
 
 from ptft_engine.ops import contrastive_loss, nt_xent_loss, registry
-from shared_helpers import spawn_gloo
 
 WORLD, N_LOCAL, D_IN, D = 2, 5, 6, 8
 

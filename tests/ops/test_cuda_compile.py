@@ -32,4 +32,5 @@ def test_nvcc_compiles(cu, tmp_path):
 
 def test_cuda_sources_exist():
     ops = {p.parent.name for p in CU_FILES}
-    assert {"attention", "mlm", "contrastive"} <= ops, f"missing CUDA sources for: {ops ^ {'attention', 'mlm', 'contrastive'}}"
+    wanted = {"attention", "mlm", "contrastive"}
+    assert wanted <= ops, f"missing CUDA sources for: {ops ^ wanted}"

@@ -4,8 +4,7 @@ import math
 import pytest
 import torch
 
-from ptft_engine.ops import BackendUnavailable, mlm_mask
-from ptft_engine.ops import _native
+from ptft_engine.ops import BackendUnavailable, _native, mlm_mask
 from ptft_engine.ops.mlm.philox import philox4x32
 
 HAS_CUDA = torch.cuda.is_available()
@@ -223,7 +222,8 @@ def _philox_py(c0, c1, c2, c3, k0, k1):
     """Random123's Philox4x32-10 written out from the paper (Python ints, no torch)."""
     for _ in range(10):
         prod_b, prod_a = 0xCD9E8D57 * c2, 0xD2511F53 * c0
-        c0, c1, c2, c3 = ((prod_b >> 32) ^ c1 ^ k0) & _M32, prod_b & _M32, ((prod_a >> 32) ^ c3 ^ k1) & _M32, prod_a & _M32
+        c0, c1, c2, c3 = (((prod_b >> 32) ^ c1 ^ k0) & _M32, prod_b & _M32,
+                          ((prod_a >> 32) ^ c3 ^ k1) & _M32, prod_a & _M32)
         k0, k1 = (k0 + 0x9E3779B9) & _M32, (k1 + 0xBB67AE85) & _M32
     return c0, c1, c2, c3
 

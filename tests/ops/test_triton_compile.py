@@ -85,7 +85,8 @@ def test_attention_configs_compile_for_sm90(kind):
     rows = _run_child(kind)
     assert len(rows) >= 3
     if kind == "fwd":
-        spills = [(meta, stack) for meta, _, stack in rows if stack and (meta["BLOCK_M"], meta["BLOCK_N"]) != (128, 128)]
+        spills = [(meta, stack) for meta, _, stack in rows
+                  if stack and (meta["BLOCK_M"], meta["BLOCK_N"]) != (128, 128)]
         assert not spills, f"fwd configs spill registers at D=128: {spills}"
 
 

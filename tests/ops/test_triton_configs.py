@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_attention import assert_close_fp32, backend_fn, make_inputs, run
 
 from ptft_engine.ops import contrastive_loss, nt_xent_loss
 from ptft_engine.ops.attention import triton as triton_attention
 from ptft_engine.ops.contrastive import reference as contrastive_reference
 from ptft_engine.ops.contrastive import triton as triton_contrastive
-from test_attention import assert_close_fp32, backend_fn, make_inputs, run
 
 KINDS = ("fwd", "bwd")
 N_CONFIGS = max(len(triton_attention.configs(kind)) for kind in KINDS)

@@ -4,7 +4,6 @@ The backend is chosen inside the ops, so torch.compile sees one opaque node per 
 never traces the choice; the request (argument, default, environment) is resolved at the call and
 passed along, so the backward picks the same backend as the forward.
 """
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -51,7 +50,7 @@ def _lse_dtype(q: Tensor) -> torch.dtype:
 
 
 @torch.library.custom_op("ptft::attention", mutates_args=())
-def attention_op(q: Tensor, k: Tensor, v: Tensor, attention_mask: Optional[Tensor], segment_ids: Optional[Tensor],
+def attention_op(q: Tensor, k: Tensor, v: Tensor, attention_mask: Tensor | None, segment_ids: Tensor | None,
                  causal: bool, scale: float, backend: str) -> tuple[Tensor, Tensor]:
     """(out (B, H, S_q, D), lse (B, H, S_q)); lse is saved for the backward, not differentiable."""
     out, lse = _kernels(q, backend).forward(q, k, v, causal, attention_mask, segment_ids, scale)
@@ -65,7 +64,7 @@ def _(q, k, v, attention_mask, segment_ids, causal, scale, backend):
 
 @torch.library.custom_op("ptft::attention_backward", mutates_args=())
 def attention_backward_op(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
-                          attention_mask: Optional[Tensor], segment_ids: Optional[Tensor], causal: bool,
+                          attention_mask: Tensor | None, segment_ids: Tensor | None, causal: bool,
                           scale: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     grads = _kernels(q, backend).backward(grad_out, q, k, v, out, lse, causal, attention_mask, segment_ids, scale)
     return tuple(g.contiguous() for g in grads)

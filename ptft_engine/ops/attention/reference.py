@@ -110,7 +110,8 @@ def backward(grad_out, q, k, v, out, lse, causal, attention_mask, segment_ids, s
     (b, heads, _, d), h_kv, s_k = q.shape, k.shape[1], k.shape[2]
     qf, kf, vf, do = q.to(acc), k.to(acc), v.to(acc), grad_out.to(acc)
     if h_kv != heads:
-        kf, vf = kf.repeat_interleave(heads // h_kv, dim=1), vf.repeat_interleave(heads // h_kv, dim=1)  # (B, H, S_k, D)
+        group = heads // h_kv
+        kf, vf = kf.repeat_interleave(group, dim=1), vf.repeat_interleave(group, dim=1)  # (B, H, S_k, D)
     scores = torch.matmul(qf, kf.transpose(-1, -2)) * scale  # (B, H, S_q, S_k)
     mask = visible_mask(q.shape[0], q.shape[2], k.shape[2], q.device, causal=causal,
                         attention_mask=attention_mask, segment_ids=segment_ids)

@@ -26,7 +26,6 @@ import torch
 import torch.distributed as dist
 
 
-
 class GatherWithGrad(torch.autograd.Function):
     """all_gather along dim 0 whose backward sums the gradient over ranks and keeps our slice."""
 

@@ -8,7 +8,6 @@ The losses are then `mean(lse - positive_logit)`, the positive logits (an O(N*D)
 being left to PyTorch autograd. With `group`, each rank's rows meet every rank's columns
 (distributed.py gathers them).
 """
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -43,7 +42,7 @@ def _acc(a: Tensor) -> torch.dtype:
 
 
 @torch.library.custom_op("ptft::contrastive_lse", mutates_args=())
-def contrastive_lse_op(a: Tensor, b: Tensor, scale: Tensor, exclude: Optional[Tensor], want_cols: bool,
+def contrastive_lse_op(a: Tensor, b: Tensor, scale: Tensor, exclude: Tensor | None, want_cols: bool,
                        chunk: int, backend: str) -> tuple[Tensor, Tensor]:
     """(row_lse (n,), col_lse (m,), empty unless want_cols); exclude[i]: a column left out of row i (-1: none)."""
     row, col = _kernels(a, backend).forward(a, b, scale, exclude, want_cols, chunk)
@@ -56,8 +55,8 @@ def _(a, b, scale, exclude, want_cols, chunk, backend):
 
 
 @torch.library.custom_op("ptft::contrastive_lse_backward", mutates_args=())
-def contrastive_lse_backward_op(a: Tensor, b: Tensor, scale: Tensor, exclude: Optional[Tensor], row_lse: Tensor,
-                                col_lse: Tensor, g_row: Tensor, g_col: Optional[Tensor], chunk: int,
+def contrastive_lse_backward_op(a: Tensor, b: Tensor, scale: Tensor, exclude: Tensor | None, row_lse: Tensor,
+                                col_lse: Tensor, g_row: Tensor, g_col: Tensor | None, chunk: int,
                                 backend: str) -> tuple[Tensor, Tensor, Tensor]:
     da, db, ds = _kernels(a, backend).backward(a, b, scale, exclude, row_lse, col_lse, g_row, g_col, chunk)
     return da.to(a.dtype).contiguous(), db.to(b.dtype).contiguous(), ds.to(scale.dtype).reshape(scale.shape)
@@ -108,7 +107,8 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str]) -> Non
     if a.shape[0] == 0:
         raise ValueError(f"{na} and {nb} are empty (N = 0)")
     if a.dtype != b.dtype or a.device != b.device:
-        raise ValueError(f"{na} and {nb} must share dtype and device, got {a.dtype}/{a.device} and {b.dtype}/{b.device}")
+        raise ValueError(f"{na} and {nb} must share dtype and device, "
+                         f"got {a.dtype}/{a.device} and {b.dtype}/{b.device}")
 
 
 def _check_chunk(chunk_size: int | None) -> int:
@@ -132,7 +132,8 @@ def _clip_loss(a, b, scale, symmetric: bool, chunk: int, group, backend: str) ->
         row_lse, col_lse = contrastive_lse_op(a, b, scale, None, symmetric, chunk, backend)
     else:
         row_lse, _ = contrastive_lse_op(a, b_all, scale, None, False, chunk, backend)
-        col_lse = contrastive_lse_op(b, _gathered(a, group), scale, None, False, chunk, backend)[0] if symmetric else None
+        col_lse = (contrastive_lse_op(b, _gathered(a, group), scale, None, False, chunk, backend)[0]
+                   if symmetric else None)
     positive = scale * (a.to(row_lse.dtype) * b.to(row_lse.dtype)).sum(1)  # (n,)
     loss = (row_lse - positive).mean()
     return 0.5 * (loss + (col_lse - positive).mean()) if symmetric else loss

@@ -28,8 +28,10 @@ def _scaled_tile(a_ptr, b_ptr, rows, cols, n, m, D, stride_a, stride_b,
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, D, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
-        a = tl.load(a_ptr + rows[:, None] * stride_a + ks[None, :], mask=(rows < n)[:, None] & (ks < D)[None, :], other=0.0)
-        b = tl.load(b_ptr + cols[:, None] * stride_b + ks[None, :], mask=(cols < m)[:, None] & (ks < D)[None, :], other=0.0)
+        a = tl.load(a_ptr + rows[:, None] * stride_a + ks[None, :], mask=(rows < n)[:, None] & (ks < D)[None, :],
+                    other=0.0)
+        b = tl.load(b_ptr + cols[:, None] * stride_b + ks[None, :], mask=(cols < m)[:, None] & (ks < D)[None, :],
+                    other=0.0)
         acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
     return acc
 
@@ -104,7 +106,8 @@ def _contrastive_bwd_kernel(a_ptr, b_ptr, scale_ptr, excl_ptr, rlse_ptr, grow_pt
             d += gcol[None, :] * tl.exp(t - clse[None, :])
         if WANT_DS:
             ds += tl.sum(d * raw, 1)
-        b = tl.load(b_ptr + cols[:, None] * stride_b + dcols[None, :], mask=cmask[:, None] & (dcols < D)[None, :], other=0.0)
+        b = tl.load(b_ptr + cols[:, None] * stride_b + dcols[None, :], mask=cmask[:, None] & (dcols < D)[None, :],
+                    other=0.0)
         da = tl.dot((d * scale).to(b.dtype), b, da, input_precision=PRECISION)
     da_mask = rmask[:, None] & (dcols < D)[None, :]
     if n_splits == 1:

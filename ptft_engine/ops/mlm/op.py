@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import operator
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -26,7 +26,8 @@ def _tables_on(vocab_size: int, special: tuple[int, ...], device: torch.device) 
 
 def _check_tensors(input_ids: torch.Tensor, sample_ids: torch.Tensor, vocab_size: int) -> None:
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-        raise ValueError(f"mlm_mask: input_ids must be a (batch, seq) tensor, got {getattr(input_ids, 'shape', type(input_ids))}")
+        got = getattr(input_ids, "shape", type(input_ids))
+        raise ValueError(f"mlm_mask: input_ids must be a (batch, seq) tensor, got {got}")
     if input_ids.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"mlm_mask: input_ids must be int64 or int32, got {input_ids.dtype}")
     if not isinstance(sample_ids, torch.Tensor) or sample_ids.shape != (input_ids.shape[0],):
@@ -44,7 +45,8 @@ def _check_tensors(input_ids: torch.Tensor, sample_ids: torch.Tensor, vocab_size
     if input_ids.device.type == "cpu" and input_ids.numel():
         lo, hi = torch.aminmax(input_ids)
         if int(lo) < 0 or int(hi) >= vocab_size:
-            raise ValueError(f"mlm_mask: input_ids must lie in [0, vocab_size={vocab_size}), found values in [{int(lo)}, {int(hi)}]")
+            raise ValueError(f"mlm_mask: input_ids must lie in [0, vocab_size={vocab_size}), "
+                             f"found values in [{int(lo)}, {int(hi)}]")
 
 
 def mlm_mask(

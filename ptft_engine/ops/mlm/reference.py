@@ -31,8 +31,8 @@ treats them alike).
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -90,7 +90,8 @@ def make_plan(
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not 1 <= vocab_size <= MAX_VOCAB:
         raise ValueError(f"mlm_mask: vocab_size must be an int in [1, 2**31), got {vocab_size!r}")
     if isinstance(mask_token_id, bool) or not isinstance(mask_token_id, int) or not 0 <= mask_token_id < vocab_size:
-        raise ValueError(f"mlm_mask: mask_token_id must be an int in [0, vocab_size={vocab_size}), got {mask_token_id!r}")
+        raise ValueError(f"mlm_mask: mask_token_id must be an int in [0, vocab_size={vocab_size}), "
+                         f"got {mask_token_id!r}")
     for name, p in (("mask_prob", mask_prob), ("replace_prob", replace_prob), ("random_prob", random_prob)):
         _check_prob(name, p)
     if float(replace_prob) + float(random_prob) > 1.0 + 1e-9:
