@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import reduce
+from operator import or_
 from typing import Annotated, Any, Literal
 
 import torch
@@ -91,7 +93,8 @@ def config_adapter() -> TypeAdapter:
     """The discriminated union (on `name`) of every registered objective's config."""
     configs = tuple(spec.config for spec in _SPECS.values())
     if configs not in _adapters:
-        union = configs[0] if len(configs) == 1 else Annotated[configs, Field(discriminator="name")]
+        # A | B | ...: ruff's UP007 rewrote Union[configs] into the bare tuple, which is no type
+        union = configs[0] if len(configs) == 1 else Annotated[reduce(or_, configs), Field(discriminator="name")]
         _adapters[configs] = TypeAdapter(union)
     return _adapters[configs]
 
