@@ -8,12 +8,6 @@ from typing import Any
 
 from ptft_engine.errors import ConfigError
 from ptft_engine.models.config import parse_model_config
-from ptft_engine.objectives.clip import CLIPObjectiveConfig
-from ptft_engine.objectives.clm import CLMObjectiveConfig
-
-# isort: off  (importing registers; this order is the one config errors list them in)
-from ptft_engine.objectives.mlm import MLMObjectiveConfig
-from ptft_engine.objectives.simclr import SimCLRObjectiveConfig
 from ptft_engine.objectives.spec import (
     ObjectiveConfig,
     ObjectiveConfigBase,
@@ -25,8 +19,14 @@ from ptft_engine.objectives.spec import (
     spec_of,
     unregister,
 )
-from ptft_engine.objectives.wav2vec2 import Wav2Vec2ObjectiveConfig
 
+# Importing registers; this order is the one config errors list them in.
+# isort: off
+from ptft_engine.objectives.mlm import MLMObjectiveConfig
+from ptft_engine.objectives.clm import CLMObjectiveConfig
+from ptft_engine.objectives.simclr import SimCLRObjectiveConfig
+from ptft_engine.objectives.clip import CLIPObjectiveConfig
+from ptft_engine.objectives.wav2vec2 import Wav2Vec2ObjectiveConfig
 # isort: on
 
 __all__ = [

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import reduce
-from operator import or_
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, SerializeAsAny, TypeAdapter, ValidationError
@@ -93,8 +91,8 @@ def config_adapter() -> TypeAdapter:
     """The discriminated union (on `name`) of every registered objective's config."""
     configs = tuple(spec.config for spec in _SPECS.values())
     if configs not in _adapters:
-        # A | B | ...: ruff's UP007 rewrote Union[configs] into the bare tuple, which is no type
-        union = configs[0] if len(configs) == 1 else Annotated[reduce(or_, configs), Field(discriminator="name")]
+        # Union[tuple] spreads a runtime tuple of classes; ruff's UP007 fix would drop the Union
+        union = configs[0] if len(configs) == 1 else Annotated[Union[configs], Field(discriminator="name")]  # noqa: UP007
         _adapters[configs] = TypeAdapter(union)
     return _adapters[configs]
 
