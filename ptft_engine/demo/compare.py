@@ -24,7 +24,8 @@ RECIPES = {
     "scratch": Recipe(SCRATCH, False, {"kind": "full"}, {"lr": 1e-3}),
     "probe": Recipe("pre-trained / linear probe", True, {"kind": "linear_probe"}, {"lr": 1e-3, "head_lr": 1e-2}),
     "full": Recipe("pre-trained / full", True, {"kind": "full"}, {"lr": 1e-3, "head_lr": 1e-2, "layer_decay": 0.8}),
-    "lora": Recipe("pre-trained / LoRA r=8", True, {"kind": "lora", "lora": {"r": 8, "alpha": 16, "targets": ["attn", "mlp"]}},
+    "lora": Recipe("pre-trained / LoRA r=8", True,
+                   {"kind": "lora", "lora": {"r": 8, "alpha": 16, "targets": ["attn", "mlp"]}},
                    {"lr": 3e-3, "head_lr": 1e-2}),
 }
 
@@ -80,7 +81,8 @@ def run_grid(export: Path, digits: Path, out: Path, *, recipes: list[str], fract
                    "train_labels": labels_used(digits / "train", fraction),
                    "test_accuracy": sum(accs) / len(accs), "per_seed": accs,
                    "val_accuracy": (result["best"] or {}).get("accuracy"), "steps": result["steps"],
-                   "trainable_params": result["params"]["trainable_params"], "dirs": [str(out / f"{key}-{fraction:g}-seed{s}") for s in seeds]}
+                   "trainable_params": result["params"]["trainable_params"],
+                   "dirs": [str(out / f"{key}-{fraction:g}-seed{s}") for s in seeds]}
             print(f"    {_pct(fraction):>5} labels  {recipe.name:<28} test accuracy {row['test_accuracy']:.3f}"
                   f"  ({row['trainable_params']:,} trainable params, {time.perf_counter() - t0:.0f} s)", flush=True)
             rows.append(row)

@@ -46,9 +46,11 @@ RECIPES = {
     "frozen_lower": TextRecipe("MLM / frozen embeddings + lower 2 blocks", "mlm",
                                {"kind": "partial", "freeze_embeddings": True, "freeze_layers": 2},
                                {"lr": 1e-3, "head_lr": 5e-3}),
-    "lora": TextRecipe("MLM / LoRA r=8", "mlm", {"kind": "lora", "lora": {"r": 8, "alpha": 16, "targets": ["attn", "mlp"]}},
+    "lora": TextRecipe("MLM / LoRA r=8", "mlm",
+                       {"kind": "lora", "lora": {"r": 8, "alpha": 16, "targets": ["attn", "mlp"]}},
                        {"lr": 3e-3, "head_lr": 1e-2}),
-    "clm_scratch": TextRecipe("scratch decoder / full, last token", "clm", {"kind": "full"}, {"lr": 1e-3}, scratch=True),
+    "clm_scratch": TextRecipe("scratch decoder / full, last token", "clm", {"kind": "full"}, {"lr": 1e-3},
+                              scratch=True),
     "clm_small_lr": TextRecipe("CLM / full, small LR + layer decay, last token", "clm", {"kind": "full"},
                                {"lr": 5e-4, "head_lr": 5e-3, "layer_decay": 0.8}),
 }
@@ -191,7 +193,8 @@ def table(rows: list[dict], goal: float = 0.05) -> str:
     names = list(dict.fromkeys(r["recipe"] for r in rows))
     by = {(r["recipe"], r["labels_fraction"]): r for r in rows}
     labels = {r["labels_fraction"]: r["train_labels"] for r in rows}
-    lines = ["| docstring package, test accuracy | " + " | ".join(f"{f * 100:g} % labels ({labels[f]})" for f in fractions)
+    budgets = " | ".join(f"{f * 100:g} % labels ({labels[f]})" for f in fractions)
+    lines = ["| docstring package, test accuracy | " + budgets
              + " |", "|---|" + "---:|" * len(fractions)]
     for name in names:
         cells = []

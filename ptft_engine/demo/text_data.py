@@ -6,8 +6,8 @@ torch, sympy, networkx, matplotlib, transformers), with every package name and i
 usual aliases replaced by one placeholder word, so a docstring's own name is no cue.
 
 Hold-out: the labelled docstrings come from whole source files, drawn at random per
-package until they hold enough docstrings; nothing of those files goes into the pre-training corpus, and a corpus text whose first
-words equal a labelled text's is dropped too (packages copy docstrings between files).
+package until they hold enough docstrings; nothing of those files goes into the pre-training corpus,
+and a corpus text whose first words equal a labelled text's is dropped too (packages copy docstrings between files).
 """
 from __future__ import annotations
 

@@ -90,7 +90,8 @@ def run_demo(out: Path, plan: Plan, ranks: int) -> dict:
     with st.stage("write WebDataset shards", "labels are not used for pre-training"):
         ptft("shard", str(digits / "train"), "--format", "images", "--output", str(shards / "digits/train"),
              "--shard-size", "64KB", "--no-progress")
-        ptft("shard", str(digits / "val"), "--format", "images", "--output", str(shards / "digits/val"), "--no-progress")
+        ptft("shard", str(digits / "val"), "--format", "images", "--output", str(shards / "digits/val"),
+             "--no-progress")
         for name in ("corpus", "corpus_val"):
             ptft("shard", str(text / f"{name}.jsonl"), "--format", "jsonl", "--text-field", "text",
                  "--output", str(shards / "text" / name), "--shard-size", "2MB", "--no-progress")

@@ -58,7 +58,7 @@ def test_two_rank_checkpoints_and_metrics(demo):
         assert meta["world_size"] == 2 and meta["zero_stage"] == 2, meta
         rows = [json.loads(line) for line in (out / "runs" / run / "metrics.jsonl").read_text().splitlines()]
         losses = [r["loss"] for r in rows if r.get("split") == "train"]
-        assert losses and all(l == l and l < 20 for l in losses)  # finite, sensible
+        assert losses and all(x == x and x < 20 for x in losses)  # finite, sensible
     simclr = [json.loads(line) for line in (out / "runs/simclr_digits/metrics.jsonl").read_text().splitlines()]
     train = [r["loss"] for r in simclr if r.get("split") == "train"]
     assert min(train[-5:]) < train[0]  # contrastive loss came down

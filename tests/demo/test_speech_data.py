@@ -54,7 +54,8 @@ def test_spoken_digits_hold_out_voices_and_label_right(tmp_path):
     assert not set(train_voices) & set(test_voices) and not speakers(train_voices) & speakers(test_voices)
     assert out["train"]["clips"] == 2 * 10 and out["test"]["clips"] == 4 * 10
     for split, voices in (("train", train_voices), ("test", test_voices)):
-        manifest = [json.loads(line) for line in (tmp_path / "wav" / f"digits_{split}" / "manifest.jsonl").read_text().splitlines()]
+        manifest_path = tmp_path / "wav" / f"digits_{split}" / "manifest.jsonl"
+        manifest = [json.loads(line) for line in manifest_path.read_text().splitlines()]
         assert {m["voice"] for m in manifest} == set(voices)
         doc = json.loads(Path(os.path.join(out[split]["shards"], "index.json")).read_text())
         assert doc["classes"] == [str(d) for d in range(10)] and doc["sample_rate"] == 16_000
