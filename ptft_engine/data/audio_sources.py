@@ -22,31 +22,11 @@ import os
 import numpy as np
 
 from ptft_engine.data.errors import DataError
+from ptft_engine.data.inputs import expand_inputs
 
 AUDIO_EXTS = (".wav", ".flac", ".ogg")
 CLIPS_PER_ITEM = 32  # work item size: enough to amortise a pool round trip, small enough to spread
 PCM_DTYPE = "<i2"
-
-
-def expand_audio(inputs: list[str]) -> list[str]:
-    """Audio files named or found (recursively, by extension) in the inputs."""
-    import glob
-
-    files: list[str] = []
-    for spec in inputs:
-        if os.path.isdir(spec):
-            found = sorted(p for p in glob.glob(os.path.join(spec, "**", "*"), recursive=True)
-                           if os.path.isfile(p) and p.lower().endswith(AUDIO_EXTS))
-        elif glob.has_magic(spec):
-            found = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
-        elif os.path.isfile(spec):
-            found = [spec]
-        else:
-            raise FileNotFoundError(f"input {spec!r} does not exist")
-        if not found:
-            raise FileNotFoundError(f"input {spec!r} contains no audio files ({', '.join(AUDIO_EXTS)})")
-        files.extend(found)
-    return files
 
 
 def read_manifest(path: str) -> dict[str, dict]:
@@ -91,7 +71,7 @@ def plan_audio(inputs: list[str], manifest: str | None) -> tuple[list[tuple], di
         import soundfile  # noqa: F401
     except (ModuleNotFoundError, OSError) as exc:  # soundfile raises OSError without libsndfile
         raise DataError(f"--format audio needs soundfile and scipy ({exc}); pip install 'ptft_engine[audio]'") from None
-    files = expand_audio(inputs)
+    files = expand_inputs(inputs, AUDIO_EXTS)
     meta: dict = {}
     entries = read_manifest(manifest) if manifest else None
     classes: list[str] = []

@@ -14,6 +14,8 @@ import json
 import os
 from dataclasses import dataclass
 
+from ptft_engine.data.inputs import expand_inputs
+
 CHUNK_BYTES = 1 << 20  # one work item reads at most this much of a line-oriented file
 IMAGES_PER_ITEM = 64
 # The image file suffixes read everywhere (shard inputs, image folders) and the tar members
@@ -45,23 +47,6 @@ class Item:
     clips: tuple = ()  # audio: (path, class index or -1, transcript or None); see audio_sources.py
 
 
-def _expand(inputs: list[str]) -> list[str]:
-    files: list[str] = []
-    for spec in inputs:
-        if os.path.isdir(spec):
-            found = sorted(p for p in glob.glob(os.path.join(spec, "**", "*"), recursive=True) if os.path.isfile(p))
-        elif glob.has_magic(spec):
-            found = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
-        elif os.path.isfile(spec):
-            found = [spec]
-        else:
-            raise FileNotFoundError(f"input {spec!r} does not exist")
-        if not found:
-            raise FileNotFoundError(f"input {spec!r} contains no files")
-        files.extend(found)
-    return files
-
-
 def plan(inputs: list[str], opts: Options) -> tuple[list[Item], dict]:
     """Work items for the inputs, plus metadata for the index (class names for images)."""
     if opts.format == "audio":
@@ -90,7 +75,7 @@ def plan(inputs: list[str], opts: Options) -> tuple[list[Item], dict]:
             items.append(Item(path=pairs[i][0], images=tuple(pairs[i:i + IMAGES_PER_ITEM])))
         return items, {"classes": classes}
     items = []
-    for path in _expand(inputs):
+    for path in expand_inputs(inputs):
         line_mode = opts.format in ("jsonl", "image_text") or opts.text_unit == "line"
         size = os.path.getsize(path)
         if line_mode and size > CHUNK_BYTES:
