@@ -176,8 +176,14 @@ def consolidated_tensors(ckpt: Path) -> tuple[Iterator[tuple[str, torch.Tensor]]
             "ds_version": model_sd.get("ds_version"), "global_steps": model_sd.get("global_steps")}
 
     def stream():
-        if stage == 0:
-            yield from ((k, v.float() if v.is_floating_point() else v) for k, v in module.items())
+        if stage == 0:  # the whole module; a tied alias (e.g. mlm_head.decoder.weight) shares a storage: once
+            seen = set()
+            for name, t in module.items():
+                ptr = t.untyped_storage().data_ptr() if t.numel() else None
+                if name in buffers or (ptr is not None and ptr in seen):
+                    continue
+                seen.add(ptr)
+                yield name, t.float() if t.is_floating_point() else t
             return
         partitioned = {n for shapes in param_shapes for n in shapes}
         if stage == 3:

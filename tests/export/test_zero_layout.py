@@ -87,3 +87,15 @@ def test_stage12_emits_tensors_before_reading_later_ranks(tmp_path, monkeypatch)
     stream, _ = consolidated_tensors(tmp_path)
     name, _ = next(stream)
     assert name == "a" and [n for n in opened if "optim" in n] == ["zero_pp_rank_0_mp_rank_00_optim_states.pt"]
+
+
+def test_stage0_lists_a_tied_alias_once(tmp_path):
+    # ZeRO-0 saves the whole module; an MLM head's decoder weight is the word embedding itself
+    emb = torch.randn(6, 4)
+    module = OrderedDict(emb=emb, norm=torch.ones(4), decoder=emb)  # decoder: the same storage
+    torch.save({"module": module, "buffer_names": [], "ds_version": "test", "global_steps": 1},
+               tmp_path / "mp_rank_00_model_states.pt")
+    stream, info = consolidated_tensors(tmp_path)
+    out = dict(stream)
+    assert info["zero_stage_layout"] == "0"
+    assert sorted(out) == ["emb", "norm"] and torch.equal(out["emb"], emb)
