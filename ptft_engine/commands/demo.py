@@ -7,8 +7,8 @@ the standard library and of installed packages (WordPiece tokenizer, masked LM a
 LM, then: which package does a docstring come from), and speech made offline by eSpeak NG
 (wav2vec 2.0, then: which digit is spoken, by voices never heard). Pre-training runs
 through the deepspeed launcher (launch/local.sh): on CPU 2 ranks with gloo, on a GPU
-machine one rank per GPU. --quick took 2 min 5 s on 2 idle CPU cores; the full run
-takes 10 minutes or more there. Everything goes under --out; `ptft report DIR` redraws the plots.
+machine one rank per GPU. On 2 idle CPU cores --quick took 2 min 5 s, the full run
+10 min 34 s. Everything goes under --out; `ptft report DIR` redraws the plots.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from ptft_engine.cli import UserError
 
 EXAMPLE = """Examples:
   ptft demo --quick                 # about 2 minutes on 2 CPU cores (all three tables)
-  ptft demo --out demo_out          # the full run (10+ minutes on 2 CPU cores)
+  ptft demo --out demo_out          # the full run (about 11 minutes on 2 CPU cores)
   ptft demo --ranks 4 --out /tmp/d  # more ranks (GPUs when present)
 Then: open demo_out/report/report.html; ptft export/finetune/report --help for the parts."""
 
