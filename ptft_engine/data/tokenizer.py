@@ -122,10 +122,50 @@ def add_post_processor(tok) -> bool:
     return True
 
 
+def _continuation_pieces(tok, texts: list[str]) -> list[str]:
+    """The sorted "##c" pieces (c: a character that occurs inside a word) of `texts`,
+    seen through `tok`'s own normalizer and pre-tokenizer."""
+    chars: set[str] = set()
+    for text in texts:
+        for word, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text)):
+            chars.update(word[1:])
+    return ["##" + c for c in sorted(chars)]
+
+
+def _as_plain_vocab(tok, pieces: list[str]):
+    """`tok` with `pieces` kept at their ids as ordinary vocabulary, not added tokens
+    (an added token would be matched in raw text and dropped by skip_special_tokens)."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    spec = json.loads(tok.to_str())
+    drop = set(pieces)
+    spec["added_tokens"] = [t for t in spec["added_tokens"] if t["content"] not in drop]
+    return Tokenizer.from_str(json.dumps(spec))
+
+
 def train_tokenizer(texts: Iterable[str], *, kind: str = "bpe", vocab_size: int = 32000, min_frequency: int = 2,
                     lowercase: bool = False):
+    """Train a tokenizer; the same texts give the same tokenizer.json in every process.
+
+    WordPiece needs help for that: the `tokenizers` trainer numbers the "##c" continuation
+    pieces in the iteration order of a Rust HashMap, which is seeded per process, and merges
+    of equal count are then ranked by those ids, so the vocabulary itself changed from run
+    to run (and a fine-tuning result with it). Handing the trainer the sorted pieces right
+    after the special tokens fixes their ids; they are then made plain vocabulary again.
+    Byte-level BPE starts from the fixed 256-byte alphabet and is deterministic as it is.
+    """
     tok = _build(kind, lowercase)
-    tok.train_from_iterator(texts, trainer=_trainer(kind, vocab_size, min_frequency))
+    trainer = _trainer(kind, vocab_size, min_frequency)
+    pieces: list[str] = []
+    if kind == "wordpiece":
+        texts = list(texts)  # read twice: once for the pieces, once to train
+        pieces = _continuation_pieces(tok, texts)
+        trainer.special_tokens = [*SPECIAL_TOKENS, *pieces]
+    tok.train_from_iterator(texts, trainer=trainer)
+    if pieces:
+        tok = _as_plain_vocab(tok, pieces)
     add_post_processor(tok)  # the special-token ids exist only after training
     return tok
 

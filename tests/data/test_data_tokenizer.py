@@ -83,3 +83,37 @@ def test_one_role_table_serves_the_engine_and_hugging_face():
                                                 "mask": "[MASK]", "bos": None, "eos": None}
     gpt2 = {"<|endoftext|>": 7}
     assert role_tokens(gpt2, own_only=True)["eos"] == "<|endoftext|>" and role_ids(gpt2)["cls"] is None
+
+
+_TRAIN_AND_HASH = """
+import hashlib, sys
+from data_helpers import EN, ZH
+from ptft_engine.data.tokenizer import train_tokenizer
+texts = [f"{w}{i} {w}ing {w}ed un{w}" for i in range(40) for w in ("walk", "talk", "jump", "zip")] + (EN + ZH) * 3
+tok = train_tokenizer(texts, kind=sys.argv[1], vocab_size=400, min_frequency=1)
+print(hashlib.sha256(tok.to_str().encode()).hexdigest())
+"""
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+def test_training_is_the_same_in_every_process(kind):
+    # The trainer's hash maps are seeded per process: an unfixed WordPiece vocabulary
+    # differed between two processes on these texts (nearly always: many equal counts).
+    import os
+    import subprocess
+    import sys
+
+    here = os.path.dirname(__file__)
+    runs = {subprocess.run([sys.executable, "-c", _TRAIN_AND_HASH, kind], cwd=here, check=True,
+                           capture_output=True, text=True).stdout for _ in range(3)}
+    assert len(runs) == 1, f"{kind}: {len(runs)} different tokenizers from the same texts"
+
+
+def test_wordpiece_continuation_pieces_are_plain_vocabulary():
+    tok = train_tokenizer(EN * 5, kind="wordpiece", vocab_size=200, min_frequency=1)
+    added = {t.content for t in tok.get_added_tokens_decoder().values()}
+    assert added == set(SPECIAL_TOKENS)  # "##e" and the like are not added tokens
+    assert "##e" in tok.get_vocab()
+    # so text that spells a piece is split like any text, and decoding keeps it
+    ids = tok.encode("x ##e", add_special_tokens=False).ids
+    assert tok.decode(ids) != "x"

@@ -34,9 +34,24 @@ def test_partial_freezing_keeps_embeddings_and_lower_blocks_bit_identical(assets
         frozen = name.startswith(("embeddings.", "layers.0."))
         same = torch.equal(p, after.state_dict()[name])
         assert same == frozen, f"{name}: frozen={frozen} but unchanged={same}"
-    # it learns; the gain varies run to run (+0.125 .. +0.3 seen: fine-tuning is not yet bitwise
-    # repeatable across processes), so the bar is the one the head-only test uses
-    assert result["best"]["accuracy"] >= result["initial"]["accuracy"] + 0.1
+    # it learns: +0.417 measured (0.500 -> 0.917); the run is bitwise repeatable (next test)
+    assert result["best"]["accuracy"] >= result["initial"]["accuracy"] + 0.3
+
+
+@pytest.mark.slow  # two fresh processes, each a whole fine-tuning run
+def test_fine_tuning_is_bitwise_repeatable_across_processes(tmp_path):
+    # every source of per-process randomness (hash seeds, the tokenizer trainer's hash maps)
+    # must be out of the result: same tokenizer, same weights, same accuracy
+    import os
+    import subprocess
+    import sys
+
+    here = os.path.dirname(__file__)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.path.dirname(here)])}
+    outs = [subprocess.run([sys.executable, os.path.join(here, "run_partial_finetune.py"), str(tmp_path)],
+                           env=env, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
+            for _ in range(2)]
+    assert outs[0] == outs[1], outs
 
 
 @pytest.mark.slow  # a whole fine-tuning run
