@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from ptft_engine.ops import autotune
+from ptft_engine.ops.attention.layout import rows_contiguous
 from ptft_engine.ops.registry import triton_interpret
 
 LOG2E = 1.4426950408889634  # kernels work in base 2: exp(x) = exp2(x * log2(e))
@@ -449,12 +450,6 @@ def _consts(q, causal, key_padding_mask, segment_ids):
                 BLOCK_D=max(16, triton.next_power_of_2(head_dim)))
 
 
-def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
-    """The kernels address (B, H, S, D) tensors by their batch/head/sequence strides (the models'
-    transposed views need no copy); only the head dim must be contiguous."""
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def _strides(t: torch.Tensor) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
@@ -467,7 +462,7 @@ def _padding(attention_mask):
 def forward(q, k, v, causal, attention_mask, segment_ids, scale):
     """(out (B, H, S_q, D) in q's dtype, lse (B, H, S_q) fp32, natural log, +inf if empty)."""
     key_padding_mask = _padding(attention_mask)
-    q, k, v = (_rows_contiguous(t) for t in (q, k, v))
+    q, k, v = (rows_contiguous(t) for t in (q, k, v))
     b, h, s_q, d = q.shape
     s_k = k.shape[2]
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
@@ -483,7 +478,7 @@ def forward(q, k, v, causal, attention_mask, segment_ids, scale):
 def backward(grad_out, q, k, v, out, lse, causal, attention_mask, segment_ids, scale):
     """(dq, dk, dv) in the inputs' dtype, recomputing probabilities from lse."""
     key_padding_mask = _padding(attention_mask)
-    grad_out, q, k, v, out = (_rows_contiguous(t) for t in (grad_out, q, k, v, out))
+    grad_out, q, k, v, out = (rows_contiguous(t) for t in (grad_out, q, k, v, out))
     b, h, s_q, d = q.shape
     s_k = k.shape[2]
     consts = _consts(q, causal, key_padding_mask, segment_ids)
