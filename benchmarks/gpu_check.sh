@@ -29,7 +29,7 @@ log() { echo "$*" | tee -a "$OUT/log.txt"; }
 
 # name:share in run order; shares are percent of the budget less the 10 s kept for the summary. wheels
 # runs only when .whl/ exists; a step that finishes early (or does not run) leaves its time to the next.
-SHARES="wheels:4 build:30 env:2 bench_mlm:6 bench_attention:22 bench_contrastive:7 bench_e2e:12 tests_triton:10 tests_cuda:7"
+SHARES="wheels:4 build:30 env:3 bench_mlm:5 bench_attention:22 bench_contrastive:7 bench_e2e:12 tests_triton:10 tests_cuda:7"
 AVAIL=$((BUDGET - 10))
 kept_for_later() {  # seconds promised to the steps after $1
   local entry after=0 pct=0

@@ -88,3 +88,13 @@ def test_e2e_benchmark_failure_leaves_an_error_row(tmp_path, monkeypatch):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows == [{"case": "engine_step_time", "ours": None, "peer": None, "ratio": None, "unit": "s/step",
                      "device": "cpu", "error": "RuntimeError: CUDA out of memory"}]
+
+
+def test_shares_name_every_step_in_run_order_and_add_up_to_the_budget():
+    import re
+
+    text = SCRIPT.read_text()
+    shares = [entry.split(":") for entry in re.search(r'^SHARES="([^"]*)"', text, re.M).group(1).split()]
+    assert sum(int(pct) for _, pct in shares) == 100
+    calls = re.findall(r"^\s*step (\w+) \d+ ", text, re.M)  # the step calls, in the script's order
+    assert [name for name, _ in shares] == calls, calls
