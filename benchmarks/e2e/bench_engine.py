@@ -226,7 +226,13 @@ def main():
         raise SystemExit("bench_engine: --device cuda needs a CUDA device")
     if args.device == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    bench_step_time(args.device, args.quick, args.dry)
+    try:
+        bench_step_time(args.device, args.quick, args.dry)
+    except Exception as exc:
+        # a failed run is a result row too (gpu_check.sh's summary counts error rows); the exit status still fails
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        emit("engine_step_time", None, None, "s/step", device=args.device, error=f"{type(exc).__name__}: {first}")
+        raise
     if args.device == "cpu" and not args.dry:
         bench_zero3_memory()
 

@@ -14,12 +14,22 @@ namespace {
 
 using OptTensor = std::optional<at::Tensor>;
 
+// The CPU kernels need contiguous inputs (they pack a kv group's rows as one block); the CUDA
+// kernels read (B, H, S, D) inputs by their B/H/S strides and need only a contiguous head dim.
+bool layout_ok(const at::Tensor& t) {
+  return t.device().is_cpu() ? t.is_contiguous() : (t.size(3) == 1 || t.stride(3) == 1);
+}
+
+const char* layout_rule(c10::DeviceType dev) {
+  return dev == c10::DeviceType::CPU ? "contiguous" : "contiguous in the head dim";
+}
+
 void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal,
                const OptTensor& pad, const OptTensor& seg, c10::DeviceType dev) {
   for (const auto* t : {&q, &k, &v}) {
     TORCH_CHECK(t->device().type() == dev, "attention: q, k, v must be on ", dev, ", got ", t->device());
     TORCH_CHECK(t->dim() == 4, "attention: q, k, v must be (B, H, S, D), got ", t->sizes());
-    TORCH_CHECK(t->is_contiguous(), "attention: q, k, v must be contiguous");
+    TORCH_CHECK(layout_ok(*t), "attention: q, k, v must be ", layout_rule(dev));
     TORCH_CHECK(t->scalar_type() == q.scalar_type(), "attention: q, k, v dtypes differ");
   }
   TORCH_CHECK(k.sizes() == v.sizes(), "attention: k ", k.sizes(), " and v ", v.sizes(), " differ");
@@ -43,10 +53,11 @@ void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bo
 
 void check_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& out,
                     const at::Tensor& lse) {
-  TORCH_CHECK(dout.sizes() == q.sizes() && dout.scalar_type() == q.scalar_type() && dout.is_contiguous(),
-              "attention backward: grad_out must be contiguous and match q");
-  TORCH_CHECK(out.sizes() == q.sizes() && out.scalar_type() == q.scalar_type() && out.is_contiguous(),
-              "attention backward: out must be contiguous and match q");
+  const char* rule = layout_rule(q.device().type());
+  TORCH_CHECK(dout.sizes() == q.sizes() && dout.scalar_type() == q.scalar_type() && layout_ok(dout),
+              "attention backward: grad_out must be ", rule, " and match q");
+  TORCH_CHECK(out.sizes() == q.sizes() && out.scalar_type() == q.scalar_type() && layout_ok(out),
+              "attention backward: out must be ", rule, " and match q");
   TORCH_CHECK(lse.dim() == 3 && lse.size(0) == q.size(0) && lse.size(1) == q.size(1) &&
                   lse.size(2) == q.size(2) && lse.is_contiguous(),
               "attention backward: lse must be contiguous (B, H, S_q)");
@@ -83,8 +94,10 @@ AttnDtype cuda_dtype(at::ScalarType t) {
   }
 }
 
-AttnCudaParams cuda_params(const at::Tensor& q, const at::Tensor& k, bool causal, const OptTensor& pad,
-                           const OptTensor& seg, double scale) {
+AttnStrides strides(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2)}; }
+
+AttnCudaParams cuda_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal,
+                           const OptTensor& pad, const OptTensor& seg, double scale) {
   TORCH_CHECK(q.size(3) <= kAttnCudaMaxHeadDim, "attention_cuda: head dim ", q.size(3), " > ",
               kAttnCudaMaxHeadDim);
   TORCH_CHECK(q.size(0) * q.size(1) <= 65535, "attention_cuda: B*H = ", q.size(0) * q.size(1),
@@ -96,6 +109,10 @@ AttnCudaParams cuda_params(const at::Tensor& q, const at::Tensor& k, bool causal
   p.Sq = static_cast<int>(q.size(2));
   p.Sk = static_cast<int>(k.size(2));
   p.D = static_cast<int>(q.size(3));
+  p.q = strides(q);
+  p.k = strides(k);
+  p.v = strides(v);
+  p.dout = p.out = AttnStrides{0, 0, 0};  // set by the backward
   p.causal = causal;
   p.key_padding_mask = pad.has_value() ? pad->data_ptr<bool>() : nullptr;
   p.segment_ids = seg.has_value() ? seg->data_ptr<int32_t>() : nullptr;
@@ -109,10 +126,10 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& q, const at::T
   check_qkv(q, k, v, causal, pad, seg, c10::DeviceType::CUDA);
   const AttnDtype dtype = cuda_dtype(q.scalar_type());
   const c10::cuda::CUDAGuard guard(q.device());
-  at::Tensor out = at::empty_like(q);
+  at::Tensor out = at::empty(q.sizes(), q.options());  // contiguous, whatever q's strides
   at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
   const cudaError_t err = attention_cuda_forward(dtype, q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
-                                                 lse.data_ptr<float>(), cuda_params(q, k, causal, pad, seg, scale),
+                                                 lse.data_ptr<float>(), cuda_params(q, k, v, causal, pad, seg, scale),
                                                  c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "attention_cuda_forward: ", cudaGetErrorString(err));
   return {out, lse};
@@ -128,11 +145,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cuda_backward(
   const AttnDtype dtype = cuda_dtype(q.scalar_type());
   const c10::cuda::CUDAGuard guard(q.device());
   at::Tensor delta = at::empty_like(lse);
-  at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+  // contiguous gradients, whatever the inputs' strides
+  at::Tensor dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options());
+  at::Tensor dv = at::empty(v.sizes(), v.options());
+  AttnCudaParams p = cuda_params(q, k, v, causal, pad, seg, scale);
+  p.dout = strides(dout);
+  p.out = strides(out);
   const cudaError_t err = attention_cuda_backward(
       dtype, dout.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr<float>(),
-      delta.data_ptr<float>(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
-      cuda_params(q, k, causal, pad, seg, scale), c10::cuda::getCurrentCUDAStream());
+      delta.data_ptr<float>(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), p, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "attention_cuda_backward: ", cudaGetErrorString(err));
   return {dq, dk, dv};
 }

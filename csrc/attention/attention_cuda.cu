@@ -38,10 +38,17 @@ __device__ __forceinline__ __half from_float<__half>(float x) { return __float2h
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
-// Offset of the (S_k, D) key/value matrix that query row bh = b * H + h reads.
-__host__ __device__ __forceinline__ int64_t kv_offset(const AttnCudaParams& p, int bh) {
-  const int kv_row = (bh / p.H) * p.Hkv + (bh % p.H) / (p.H / p.Hkv);
-  return static_cast<int64_t>(kv_row) * p.Sk * p.D;
+// Offset of the (S, D) matrix of batch b, head h in a strided input.
+__host__ __device__ __forceinline__ int64_t head_offset(const AttnStrides& st, int b, int h) {
+  return b * st.b + h * st.h;
+}
+
+// The kv head that query head (bh % H) of bh = b * H + h reads (grouped-query attention).
+__host__ __device__ __forceinline__ int kv_head(const AttnCudaParams& p, int bh) { return (bh % p.H) / (p.H / p.Hkv); }
+
+// Offset of a contiguous (S, D) output matrix number `mat` (b * heads + h).
+__host__ __device__ __forceinline__ int64_t out_offset(int mat, int S, int D) {
+  return static_cast<int64_t>(mat) * S * D;
 }
 
 __device__ __forceinline__ bool visible(const AttnCudaParams& p, int b, int i, int j) {
@@ -55,14 +62,15 @@ __device__ __forceinline__ bool visible(const AttnCudaParams& p, int b, int i, i
   return true;
 }
 
-// Copies rows [row0, row0 + n_rows) of a (S, D) matrix into a float tile with leading
-// dimension ld (D + 1 keeps column walks free of bank conflicts); rows past S are zero.
+// Copies rows [row0, row0 + n_rows) of a (S, D) matrix whose rows are row_stride elements apart
+// into a float tile with leading dimension ld (D + 1 keeps column walks free of bank
+// conflicts); rows past S are zero.
 template <typename T>
-__device__ __forceinline__ void load_tile(float* tile, int ld, const T* src, int row0, int n_rows,
-                                          int S, int D, float mul) {
+__device__ __forceinline__ void load_tile(float* tile, int ld, const T* src, int64_t row_stride, int row0,
+                                          int n_rows, int S, int D, float mul) {
   for (int idx = threadIdx.x; idx < n_rows * D; idx += kThreads) {
     const int r = idx / D, d = idx % D;
-    tile[r * ld + d] = row0 + r < S ? to_float(src[static_cast<int64_t>(row0 + r) * D + d]) * mul : 0.f;
+    tile[r * ld + d] = row0 + r < S ? to_float(src[(row0 + r) * row_stride + d]) * mul : 0.f;
   }
 }
 
@@ -92,12 +100,14 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(const T* __restrict_
   float* ks = qs + kBlockM * ld;    // (BN, D)
   float* vs = ks + kBlockN * ld;    // (BN, D)
   float* ss = vs + kBlockN * ld;    // (BM, BN) scores, then probabilities
-  const int bh = blockIdx.y, b = bh / p.H, q0 = blockIdx.x * kBlockM;
-  const int64_t q_off = static_cast<int64_t>(bh) * p.Sq * p.D;
-  const int64_t kv_off = kv_offset(p, bh);
+  const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H, hk = kv_head(p, bh), q0 = blockIdx.x * kBlockM;
+  const T* qm = q + head_offset(p.q, b, h);
+  const T* km = k + head_offset(p.k, b, hk);
+  const T* vm = v + head_offset(p.v, b, hk);
+  const int64_t o_off = out_offset(bh, p.Sq, p.D);
   const int row = threadIdx.x / kThreadsPerRow, lane = threadIdx.x % kThreadsPerRow;
 
-  load_tile(qs, ld, q + q_off, q0, kBlockM, p.Sq, p.D, p.scale);
+  load_tile(qs, ld, qm, p.q.s, q0, kBlockM, p.Sq, p.D, p.scale);
   float o[kDimsPerThread];
 #pragma unroll
   for (int t = 0; t < kDimsPerThread; ++t) o[t] = 0.f;
@@ -105,8 +115,8 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(const T* __restrict_
   const int k_end = p.causal ? min(p.Sk, q0 + kBlockM) : p.Sk;  // later keys are invisible
   for (int k0 = 0; k0 < k_end; k0 += kBlockN) {
     __syncthreads();  // previous tile fully consumed
-    load_tile(ks, ld, k + kv_off, k0, kBlockN, p.Sk, p.D, 1.f);
-    load_tile(vs, ld, v + kv_off, k0, kBlockN, p.Sk, p.D, 1.f);
+    load_tile(ks, ld, km, p.k.s, k0, kBlockN, p.Sk, p.D, 1.f);
+    load_tile(vs, ld, vm, p.v.s, k0, kBlockN, p.Sk, p.D, 1.f);
     __syncthreads();
     for (int e = threadIdx.x; e < kBlockM * kBlockN; e += kThreads) {
       const int i = e / kBlockN, j = e % kBlockN;
@@ -144,7 +154,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(const T* __restrict_
 #pragma unroll
     for (int t = 0; t < kDimsPerThread; ++t) {
       const int d = lane + t * kThreadsPerRow;
-      if (d < p.D) out[q_off + static_cast<int64_t>(qi) * p.D + d] = from_float<T>(o[t] * inv);
+      if (d < p.D) out[o_off + static_cast<int64_t>(qi) * p.D + d] = from_float<T>(o[t] * inv);
     }
     if (lane == 0) lse[static_cast<int64_t>(bh) * p.Sq + qi] = l > 0.f ? m + logf(l) : INFINITY;
   }
@@ -152,11 +162,15 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(const T* __restrict_
 
 template <typename T>
 __global__ void attn_bwd_delta_kernel(const T* __restrict__ dout, const T* __restrict__ out,
-                                      float* __restrict__ delta, int64_t n_rows, int D) {
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (r >= n_rows) return;
+                                      float* __restrict__ delta, AttnCudaParams p) {
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // (b * H + h) * Sq + i
+  if (r >= static_cast<int64_t>(p.B) * p.H * p.Sq) return;
+  const int bh = static_cast<int>(r / p.Sq), b = bh / p.H, h = bh % p.H;
+  const int64_t i = r % p.Sq;
+  const T* dorow = dout + head_offset(p.dout, b, h) + i * p.dout.s;
+  const T* orow = out + head_offset(p.out, b, h) + i * p.out.s;
   float acc = 0.f;
-  for (int d = 0; d < D; ++d) acc = fmaf(to_float(dout[r * D + d]), to_float(out[r * D + d]), acc);
+  for (int d = 0; d < p.D; ++d) acc = fmaf(to_float(dorow[d]), to_float(orow[d]), acc);
   delta[r] = acc;
 }
 
@@ -204,23 +218,22 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(
   float* delta_s = lse_s + kBlockM;
   // One CTA per (key block, batch, kv head); it sums over the G query heads sharing the kv head.
   const int bkv = blockIdx.y, b = bkv / p.Hkv, group = p.H / p.Hkv, k0 = blockIdx.x * kBlockN;
-  const int bh0 = b * p.H + (bkv % p.Hkv) * group;  // first query head of the group
-  const int64_t kv_off = static_cast<int64_t>(bkv) * p.Sk * p.D;
+  const int hk = bkv % p.Hkv, h0 = hk * group;  // the group's first query head
+  const int64_t g_off = out_offset(bkv, p.Sk, p.D);
   const int key = threadIdx.x / kThreadsPerRow, lane = threadIdx.x % kThreadsPerRow;
 
-  load_tile(ks, ld, k + kv_off, k0, kBlockN, p.Sk, p.D, 1.f);
-  load_tile(vs, ld, v + kv_off, k0, kBlockN, p.Sk, p.D, 1.f);
+  load_tile(ks, ld, k + head_offset(p.k, b, hk), p.k.s, k0, kBlockN, p.Sk, p.D, 1.f);
+  load_tile(vs, ld, v + head_offset(p.v, b, hk), p.v.s, k0, kBlockN, p.Sk, p.D, 1.f);
   float dk_acc[kDimsPerThread], dv_acc[kDimsPerThread];
 #pragma unroll
   for (int t = 0; t < kDimsPerThread; ++t) dk_acc[t] = dv_acc[t] = 0.f;
   const int q_begin = p.causal ? (k0 / kBlockM) * kBlockM : 0;  // earlier rows see none of these keys
   for (int g = 0; g < group; ++g)
   for (int q0 = q_begin; q0 < p.Sq; q0 += kBlockM) {
-    const int bh = bh0 + g;
-    const int64_t q_off = static_cast<int64_t>(bh) * p.Sq * p.D;
+    const int h = h0 + g, bh = b * p.H + h;
     __syncthreads();
-    load_tile(qs, ld, q + q_off, q0, kBlockM, p.Sq, p.D, 1.f);
-    load_tile(dos, ld, dout + q_off, q0, kBlockM, p.Sq, p.D, 1.f);
+    load_tile(qs, ld, q + head_offset(p.q, b, h), p.q.s, q0, kBlockM, p.Sq, p.D, 1.f);
+    load_tile(dos, ld, dout + head_offset(p.dout, b, h), p.dout.s, q0, kBlockM, p.Sq, p.D, 1.f);
     load_row_stats(lse_s, delta_s, lse, delta, static_cast<int64_t>(bh) * p.Sq, q0, p.Sq);
     __syncthreads();
     prob_and_dscore(p, b, q0, k0, qs, dos, ks, vs, lse_s, delta_s, ps, dss, ld);
@@ -245,8 +258,8 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(
     for (int t = 0; t < kDimsPerThread; ++t) {
       const int d = lane + t * kThreadsPerRow;
       if (d < p.D) {
-        dk[kv_off + static_cast<int64_t>(kj) * p.D + d] = from_float<T>(dk_acc[t] * p.scale);
-        dv[kv_off + static_cast<int64_t>(kj) * p.D + d] = from_float<T>(dv_acc[t]);
+        dk[g_off + static_cast<int64_t>(kj) * p.D + d] = from_float<T>(dk_acc[t] * p.scale);
+        dv[g_off + static_cast<int64_t>(kj) * p.D + d] = from_float<T>(dv_acc[t]);
       }
     }
   }
@@ -265,13 +278,14 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(
   float* dss = vs + kBlockN * ld;
   float* lse_s = dss + kBlockM * lds;
   float* delta_s = lse_s + kBlockM;
-  const int bh = blockIdx.y, b = bh / p.H, q0 = blockIdx.x * kBlockM;
-  const int64_t q_off = static_cast<int64_t>(bh) * p.Sq * p.D;
-  const int64_t kv_off = kv_offset(p, bh);
+  const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H, hk = kv_head(p, bh), q0 = blockIdx.x * kBlockM;
+  const T* km = k + head_offset(p.k, b, hk);
+  const T* vm = v + head_offset(p.v, b, hk);
+  const int64_t o_off = out_offset(bh, p.Sq, p.D);
   const int row = threadIdx.x / kThreadsPerRow, lane = threadIdx.x % kThreadsPerRow;
 
-  load_tile(qs, ld, q + q_off, q0, kBlockM, p.Sq, p.D, 1.f);
-  load_tile(dos, ld, dout + q_off, q0, kBlockM, p.Sq, p.D, 1.f);
+  load_tile(qs, ld, q + head_offset(p.q, b, h), p.q.s, q0, kBlockM, p.Sq, p.D, 1.f);
+  load_tile(dos, ld, dout + head_offset(p.dout, b, h), p.dout.s, q0, kBlockM, p.Sq, p.D, 1.f);
   load_row_stats(lse_s, delta_s, lse, delta, static_cast<int64_t>(bh) * p.Sq, q0, p.Sq);
   float dq_acc[kDimsPerThread];
 #pragma unroll
@@ -279,8 +293,8 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(
   const int k_end = p.causal ? min(p.Sk, q0 + kBlockM) : p.Sk;
   for (int k0 = 0; k0 < k_end; k0 += kBlockN) {
     __syncthreads();
-    load_tile(ks, ld, k + kv_off, k0, kBlockN, p.Sk, p.D, 1.f);
-    load_tile(vs, ld, v + kv_off, k0, kBlockN, p.Sk, p.D, 1.f);
+    load_tile(ks, ld, km, p.k.s, k0, kBlockN, p.Sk, p.D, 1.f);
+    load_tile(vs, ld, vm, p.v.s, k0, kBlockN, p.Sk, p.D, 1.f);
     __syncthreads();
     prob_and_dscore(p, b, q0, k0, qs, dos, ks, vs, lse_s, delta_s, nullptr, dss, ld);
     __syncthreads();
@@ -299,7 +313,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(
 #pragma unroll
     for (int t = 0; t < kDimsPerThread; ++t) {
       const int d = lane + t * kThreadsPerRow;
-      if (d < p.D) dq[q_off + static_cast<int64_t>(qi) * p.D + d] = from_float<T>(dq_acc[t] * p.scale);
+      if (d < p.D) dq[o_off + static_cast<int64_t>(qi) * p.D + d] = from_float<T>(dq_acc[t] * p.scale);
     }
   }
 }
@@ -352,7 +366,7 @@ cudaError_t backward_typed(const void* dout, const void* q, const void* k, const
                            const AttnCudaParams& p, cudaStream_t stream) {
   const int64_t n_rows = static_cast<int64_t>(p.B) * p.H * p.Sq;
   attn_bwd_delta_kernel<T><<<static_cast<unsigned>((n_rows + 255) / 256), 256, 0, stream>>>(
-      static_cast<const T*>(dout), static_cast<const T*>(out), delta, n_rows, p.D);
+      static_cast<const T*>(dout), static_cast<const T*>(out), delta, p);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   if constexpr (!std::is_same<T, float>::value) {

@@ -1,6 +1,7 @@
 // Tensor-core (WMMA) attention kernels for fp16/bf16 on sm_80+: the forward and the two-kernel
 // backward. Not a stand-alone header: attention_cuda.cu includes it inside its anonymous namespace,
-// after the helpers both kernel families share (to_float, from_float, visible, AttnCudaParams).
+// after the helpers both kernel families share (to_float, from_float, visible, head_offset,
+// kv_head, out_offset).
 #pragma once
 // Tensor-core (WMMA, sm_80+) forward for fp16/bf16 inputs: each CTA of 4 warps owns 64 query
 // rows (16 per warp) and walks 64-key tiles. S = Q K^T and O += P V run as 16x16x16 WMMA
@@ -25,14 +26,16 @@ size_t tc_forward_smem_bytes(int D) {
          sizeof(float) * (kTcBlockM * kTcLdS + kTcBlockM * tc_ld32(D));
 }
 
-// Rows [row0, row0 + 64) of a (S, D) matrix into a 16-bit tile with leading dimension ld;
-// rows past S and columns past D (up to the 16-padded width) are zero.
+// Rows [row0, row0 + 64) of a (S, D) matrix whose rows are row_stride elements apart into a
+// 16-bit tile with leading dimension ld; rows past S and columns past D (up to the 16-padded
+// width) are zero.
 template <typename T>
-__device__ __forceinline__ void load_tile16(T* tile, int ld, const T* src, int row0, int S, int D) {
+__device__ __forceinline__ void load_tile16(T* tile, int ld, const T* src, int64_t row_stride, int row0, int S,
+                                            int D) {
   const int width = padded_dim(D);
   for (int idx = threadIdx.x; idx < kTcBlockM * width; idx += kTcThreads) {
     const int r = idx / width, d = idx % width;
-    tile[r * ld + d] = (row0 + r < S && d < D) ? src[static_cast<int64_t>(row0 + r) * D + d] : from_float<T>(0.f);
+    tile[r * ld + d] = (row0 + r < S && d < D) ? src[(row0 + r) * row_stride + d] : from_float<T>(0.f);
   }
 }
 
@@ -49,23 +52,24 @@ __global__ void __launch_bounds__(kTcThreads) attn_fwd_tc_kernel(const T* __rest
   T* ps = vs + kTcBlockN * ldh;            // (64, kTcLdP) probabilities
   float* ss = reinterpret_cast<float*>(ps + kTcBlockM * kTcLdP);  // (64, kTcLdS) scores
   float* os = ss + kTcBlockM * kTcLdS;                             // (64, ldo) running output
-  const int bh = blockIdx.y, b = bh / p.H, q0 = blockIdx.x * kTcBlockM;
-  const int64_t q_off = static_cast<int64_t>(bh) * p.Sq * p.D;
-  const int64_t kv_off = kv_offset(p, bh);
+  const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H, hk = kv_head(p, bh), q0 = blockIdx.x * kTcBlockM;
+  const T* km = k + head_offset(p.k, b, hk);
+  const T* vm = v + head_offset(p.v, b, hk);
+  const int64_t o_off = out_offset(bh, p.Sq, p.D);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int r_local = warp * 16 + (lane & 15);  // this lane's row; lanes l and l + 16 share it
   const int part = lane >> 4;                    // which half of the row's columns it handles
   const int qi = q0 + r_local;
   const float scale_log2 = p.scale * 1.4426950408889634f;
 
-  load_tile16(qs, ldh, q + q_off, q0, p.Sq, p.D);
+  load_tile16(qs, ldh, q + head_offset(p.q, b, h), p.q.s, q0, p.Sq, p.D);
   for (int idx = threadIdx.x; idx < kTcBlockM * ldo; idx += kTcThreads) os[idx] = 0.f;
   float m = -INFINITY, l = 0.f;  // base-2 running max and sum of this lane's row
   const int k_end = p.causal ? min(p.Sk, q0 + kTcBlockM) : p.Sk;  // later keys are invisible
   for (int k0 = 0; k0 < k_end; k0 += kTcBlockN) {
     __syncthreads();  // previous K/V tiles consumed (and, first time, Q and O initialised)
-    load_tile16(ks, ldh, k + kv_off, k0, p.Sk, p.D);
-    load_tile16(vs, ldh, v + kv_off, k0, p.Sk, p.D);
+    load_tile16(ks, ldh, km, p.k.s, k0, p.Sk, p.D);
+    load_tile16(vs, ldh, vm, p.v.s, k0, p.Sk, p.D);
     __syncthreads();
     for (int n = 0; n < kTcBlockN; n += 16) {  // S_w (16 x 64) = Q_w K^T
       wmma::fragment<wmma::accumulator, 16, 16, 16, float> s_frag;
@@ -119,7 +123,7 @@ __global__ void __launch_bounds__(kTcThreads) attn_fwd_tc_kernel(const T* __rest
   if (qi < p.Sq) {
     const float inv = l > 0.f ? 1.f / l : 0.f;
     const float* orow = os + r_local * ldo;
-    for (int d = part; d < p.D; d += 2) out[q_off + static_cast<int64_t>(qi) * p.D + d] = from_float<T>(orow[d] * inv);
+    for (int d = part; d < p.D; d += 2) out[o_off + static_cast<int64_t>(qi) * p.D + d] = from_float<T>(orow[d] * inv);
     if (part == 0) lse[static_cast<int64_t>(bh) * p.Sq + qi] = l > 0.f ? (m + log2f(l)) * 0.6931471805599453f : INFINITY;
   }
 #endif
@@ -222,14 +226,14 @@ __global__ void __launch_bounds__(kTcThreads) attn_bwd_dkdv_tc_kernel(
   float* delta_s = lse_s + kTcBlockM;
   // One CTA per (key block, batch, kv head); it sums over the G query heads sharing the kv head.
   const int bkv = blockIdx.y, b = bkv / p.Hkv, group = p.H / p.Hkv, k0 = blockIdx.x * kTcBlockN;
-  const int bh0 = b * p.H + (bkv % p.Hkv) * group;  // first query head of the group
-  const int64_t kv_off = static_cast<int64_t>(bkv) * p.Sk * p.D;
+  const int hk = bkv % p.Hkv, h0 = hk * group;  // the group's first query head
+  const int64_t g_off = out_offset(bkv, p.Sk, p.D);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int r_local = warp * 16 + (lane & 15), part = lane >> 4, kj = k0 + r_local;
   const float scale_log2 = p.scale * 1.4426950408889634f;
 
-  load_tile16(ks, ldh, k + kv_off, k0, p.Sk, p.D);
-  load_tile16(vs, ldh, v + kv_off, k0, p.Sk, p.D);
+  load_tile16(ks, ldh, k + head_offset(p.k, b, hk), p.k.s, k0, p.Sk, p.D);
+  load_tile16(vs, ldh, v + head_offset(p.v, b, hk), p.v.s, k0, p.Sk, p.D);
   AccFrag dk_acc[kTcMaxFrags], dv_acc[kTcMaxFrags];
 #pragma unroll
   for (int f = 0; f < kTcMaxFrags; ++f) {
@@ -239,11 +243,10 @@ __global__ void __launch_bounds__(kTcThreads) attn_bwd_dkdv_tc_kernel(
   const int q_begin = p.causal ? (k0 / kTcBlockM) * kTcBlockM : 0;  // earlier rows see none of these keys
   for (int g = 0; g < group; ++g)
   for (int q0 = q_begin; q0 < p.Sq; q0 += kTcBlockM) {
-    const int bh = bh0 + g;
-    const int64_t q_off = static_cast<int64_t>(bh) * p.Sq * p.D;
+    const int h = h0 + g, bh = b * p.H + h;
     __syncthreads();
-    load_tile16(qs, ldh, q + q_off, q0, p.Sq, p.D);
-    load_tile16(dos, ldh, dout + q_off, q0, p.Sq, p.D);
+    load_tile16(qs, ldh, q + head_offset(p.q, b, h), p.q.s, q0, p.Sq, p.D);
+    load_tile16(dos, ldh, dout + head_offset(p.dout, b, h), p.dout.s, q0, p.Sq, p.D);
     for (int i = threadIdx.x; i < kTcBlockM; i += kTcThreads) {
       const bool in = q0 + i < p.Sq;
       lse_s[i] = in ? lse[static_cast<int64_t>(bh) * p.Sq + q0 + i] * 1.4426950408889634f : INFINITY;
@@ -266,9 +269,9 @@ __global__ void __launch_bounds__(kTcThreads) attn_bwd_dkdv_tc_kernel(
   }
   __syncthreads();  // the Q/dO tiles are free: stage the results there
   float* stage = reinterpret_cast<float*>(qs);
-  tc_store_rows(dk_acc, p.scale, stage, dk + kv_off, k0, p.Sk, p.D);
+  tc_store_rows(dk_acc, p.scale, stage, dk + g_off, k0, p.Sk, p.D);
   __syncthreads();
-  tc_store_rows(dv_acc, 1.f, stage, dv + kv_off, k0, p.Sk, p.D);
+  tc_store_rows(dv_acc, 1.f, stage, dv + g_off, k0, p.Sk, p.D);
 #endif
 }
 
@@ -288,15 +291,15 @@ __global__ void __launch_bounds__(kTcThreads) attn_bwd_dq_tc_kernel(
   float* dps = ss + kTcBlockM * kTcLdS;                                // dP
   float* lse_s = dps + kTcBlockM * kTcLdS;
   float* delta_s = lse_s + kTcBlockM;
-  const int bh = blockIdx.y, b = bh / p.H, q0 = blockIdx.x * kTcBlockM;
-  const int64_t q_off = static_cast<int64_t>(bh) * p.Sq * p.D;
-  const int64_t kv_off = kv_offset(p, bh);
+  const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H, hk = kv_head(p, bh), q0 = blockIdx.x * kTcBlockM;
+  const T* km = k + head_offset(p.k, b, hk);
+  const T* vm = v + head_offset(p.v, b, hk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int r_local = warp * 16 + (lane & 15), part = lane >> 4, qi = q0 + r_local;
   const float scale_log2 = p.scale * 1.4426950408889634f;
 
-  load_tile16(qs, ldh, q + q_off, q0, p.Sq, p.D);
-  load_tile16(dos, ldh, dout + q_off, q0, p.Sq, p.D);
+  load_tile16(qs, ldh, q + head_offset(p.q, b, h), p.q.s, q0, p.Sq, p.D);
+  load_tile16(dos, ldh, dout + head_offset(p.dout, b, h), p.dout.s, q0, p.Sq, p.D);
   for (int i = threadIdx.x; i < kTcBlockM; i += kTcThreads) {
     const bool in = q0 + i < p.Sq;
     lse_s[i] = in ? lse[static_cast<int64_t>(bh) * p.Sq + q0 + i] * 1.4426950408889634f : INFINITY;
@@ -308,8 +311,8 @@ __global__ void __launch_bounds__(kTcThreads) attn_bwd_dq_tc_kernel(
   const int k_end = p.causal ? min(p.Sk, q0 + kTcBlockM) : p.Sk;
   for (int k0 = 0; k0 < k_end; k0 += kTcBlockN) {
     __syncthreads();
-    load_tile16(ks, ldh, k + kv_off, k0, p.Sk, p.D);
-    load_tile16(vs, ldh, v + kv_off, k0, p.Sk, p.D);
+    load_tile16(ks, ldh, km, p.k.s, k0, p.Sk, p.D);
+    load_tile16(vs, ldh, vm, p.v.s, k0, p.Sk, p.D);
     __syncthreads();
     tc_abt(ss + warp * 16 * kTcLdS, qs + warp * 16 * ldh, ldh, ks, ldh, dp);    // S_w = Q_w K^T
     tc_abt(dps + warp * 16 * kTcLdS, dos + warp * 16 * ldh, ldh, vs, ldh, dp);  // dP_w = dO_w V^T
@@ -325,6 +328,6 @@ __global__ void __launch_bounds__(kTcThreads) attn_bwd_dq_tc_kernel(
     tc_ab_acc(dq_acc, dss + warp * 16 * kTcLdP, ks, ldh, dp);  // dQ_w += dS_w K
   }
   __syncthreads();
-  tc_store_rows(dq_acc, p.scale, reinterpret_cast<float*>(ks), dq + q_off, q0, p.Sq, p.D);
+  tc_store_rows(dq_acc, p.scale, reinterpret_cast<float*>(ks), dq + out_offset(bh, p.Sq, p.D), q0, p.Sq, p.D);
 #endif
 }

@@ -82,3 +82,28 @@ def test_gpu_grouped_query_matches_reference(backend, dtype, b, s, d, extra, cau
         assert_close_fp32(backend, q, k, v, do, causal=causal, **masks)
     else:
         assert_flash_rule(backend, q, k, v, do, atol=2e-3, causal=causal, **masks)
+
+
+def _strided_inputs(dtype):
+    """Inputs as a model hands them over: q and dO (B, H, S, D) views of (B, S, H, D) tensors, v a
+    view of an (S, B, Hkv, D) one (k and v with different strides), grouped heads; all dense, so
+    the clone in `run` keeps their strides."""
+    (q, k, v, do), masks = make_inputs(2, 4, 150, 72, dtype, device="cuda", pad=True, segments=True)
+    q, k, do = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k[:, :2], do))
+    v = v[:, :2].permute(2, 0, 1, 3).contiguous().permute(1, 2, 0, 3)
+    return (q, k, v, do), masks
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_strided_inputs_are_read_in_place(backend, dtype):
+    from ptft_engine.ops.attention import native
+
+    (q, k, v, do), masks = _strided_inputs(dtype)
+    assert not any(t.is_contiguous() for t in (q, k, v, do)) and k.stride() != v.stride()
+    assert all(t.clone().stride() == t.stride() for t in (q, k, v, do))
+    assert all(native._layout(t) is t for t in (q, k, v, do))  # the CUDA launcher copies none of them
+    if dtype == torch.float32:
+        assert_close_fp32(backend, q, k, v, do, causal=True, **masks)
+    else:
+        assert_flash_rule(backend, q, k, v, do, atol=2e-3, causal=True, **masks)

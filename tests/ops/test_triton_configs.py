@@ -14,6 +14,7 @@ from test_attention import assert_close_fp32, backend_fn, make_inputs, run
 
 from ptft_engine.ops import contrastive_loss, nt_xent_loss
 from ptft_engine.ops.attention import triton as triton_attention
+from ptft_engine.ops.attention.layout import rows_contiguous
 from ptft_engine.ops.contrastive import reference as contrastive_reference
 from ptft_engine.ops.contrastive import triton as triton_contrastive
 
@@ -111,7 +112,7 @@ def test_attention_reads_transposed_views_by_stride():
     (q, k, v, do), masks = make_inputs(2, 3, 70, 24, torch.float32, pad=True, segments=True)
     q, k, v, do = (_bshd_view(t) for t in (q, k, v, do))
     assert not any(t.is_contiguous() for t in (q, k, v, do))
-    assert all(triton_attention._rows_contiguous(t) is t for t in (q, k, v, do))  # no copy
+    assert all(rows_contiguous(t) is t for t in (q, k, v, do))  # no copy
     assert_close_fp32("triton", q, k, v, do, causal=True, **masks)
     # a head dim with a stride (here every other element) is copied once, still right
     wide = [torch.cat([t, t], dim=-1)[..., ::2] for t in (q, k, v, do)]

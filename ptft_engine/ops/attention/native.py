@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ptft_engine.ops import _native
+from ptft_engine.ops.attention.layout import rows_contiguous
 
 _FUNCS = ("attention_{dev}_forward", "attention_{dev}_backward")
 
@@ -27,14 +28,20 @@ def _padding(attention_mask):
     return None if attention_mask is None else (~attention_mask).contiguous()
 
 
+def _layout(t: torch.Tensor) -> torch.Tensor:
+    """The CUDA kernels read q/k/v/dO/out by their strides (the models' transposed views are not
+    copied). The C++ CPU kernel packs a kv group's rows as one contiguous block and indexes
+    plain (B, H, S, D) arrays, so on CPU a strided view is copied once here."""
+    return rows_contiguous(t) if t.device.type == "cuda" else t.contiguous()
+
+
 def forward(q, k, v, causal, attention_mask, segment_ids, scale):
     """(out (B, H, S_q, D) in q's dtype, lse (B, H, S_q) fp32 or fp64)."""
-    return _fn("forward", q.device)(q.contiguous(), k.contiguous(), v.contiguous(), causal,
-                                    _padding(attention_mask), segment_ids, scale)
+    return _fn("forward", q.device)(_layout(q), _layout(k), _layout(v), causal, _padding(attention_mask),
+                                    segment_ids, scale)
 
 
 def backward(grad_out, q, k, v, out, lse, causal, attention_mask, segment_ids, scale):
     """(dq, dk, dv) in the inputs' dtype; recomputes the probabilities from lse."""
-    return _fn("backward", q.device)(grad_out.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(),
-                                     out.contiguous(), lse.contiguous(), causal, _padding(attention_mask),
-                                     segment_ids, scale)
+    return _fn("backward", q.device)(_layout(grad_out), _layout(q), _layout(k), _layout(v), _layout(out),
+                                     lse.contiguous(), causal, _padding(attention_mask), segment_ids, scale)

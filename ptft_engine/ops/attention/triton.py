@@ -16,7 +16,8 @@ With padding or segments a tiny pre-pass (`_chunk_ranges`) gives every 16 querie
 their [min, max] segment id and whether a key is padded: key blocks whose range misses the
 query block's are skipped, blocks provably fully visible run without mask arithmetic.
 Runs under TRITON_INTERPRET=1 on CPU for fp32/fp16 with fixed small blocks; on a GPU the
-block shapes are autotuned (or pinned with `pin_config`).
+block shapes are autotuned once per shape bucket and shared by all ranks (ops/autotune.py), or
+pinned with `pin_config`.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ptft_engine.ops import autotune
+from ptft_engine.ops.attention.layout import rows_contiguous
 from ptft_engine.ops.registry import triton_interpret
 
 LOG2E = 1.4426950408889634  # kernels work in base 2: exp(x) = exp2(x * log2(e))
@@ -122,7 +125,7 @@ def _fwd_step(acc, l_i, m_i, q, rows, start_n, dims, dim_ok, k_base, v_base, str
 def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, pad_ptr, seg_ptr, qr_ptr, kr_ptr,
                      stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
                      stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os,
-                     s_q, s_k, head_dim, n_heads, kv_group, qk_scale, seq_bucket,
+                     s_q, s_k, head_dim, n_heads, kv_group, qk_scale,
                      CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, HAS_SEG: tl.constexpr,
                      DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_D: tl.constexpr):
@@ -244,7 +247,7 @@ def _attn_bwd_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dk
                      stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
                      stride_vb, stride_vh, stride_vs, stride_dob, stride_doh, stride_dos,
                      stride_gb, stride_gh, stride_gs,
-                     s_q, s_k, head_dim, n_heads, kv_group, scale, seq_bucket,
+                     s_q, s_k, head_dim, n_heads, kv_group, scale,
                      CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, HAS_SEG: tl.constexpr,
                      DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_D: tl.constexpr):
@@ -341,23 +344,15 @@ def _configs(kind: str):
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in shapes]
 
 
-# Tune per power-of-two bucket of the sequence length (seq_bucket, unused by the kernels),
-# not per exact length: packed batches vary in length every step.
-_KEY = ["seq_bucket", "BLOCK_D", "CAUSAL", "HAS_PAD", "HAS_SEG", "DOT_PREC"]
 # PTFT_TRITON_AUTOTUNE=0 uses the first (no-spill / least-spill) config on GPU (tests: no tuning sweep).
 AUTOTUNE = os.environ.get("PTFT_TRITON_AUTOTUNE", "1") != "0"
-_tuned = {
-    # the bwd kernel adds into dQ: every timing trial must start from zeros
-    "fwd": triton.autotune(_configs("fwd"), key=_KEY)(_attn_fwd_kernel),
-    "bwd": triton.autotune(_configs("bwd"), key=_KEY, reset_to_zero=["dq_ptr"])(_attn_bwd_kernel),
-}
 _raw = {"fwd": _attn_fwd_kernel, "bwd": _attn_bwd_kernel}
 # The interpreter runs one numpy op per block: fixed 32-wide blocks, no tuning sweep.
 _INTERPRET_META = {"BLOCK_M": 32, "BLOCK_N": 32}
 
 
-# kind -> launch meta that every call uses instead of tuning (pin_config): ranks that pin the same
-# config run identical kernels, and tests run each autotune entry under the interpreter.
+# kind -> launch meta that every call uses instead of tuning (pin_config): tests run each
+# autotune entry under the interpreter with it.
 _pinned: dict[str, dict] = {}
 
 
@@ -376,19 +371,43 @@ def pin_config(kind: str, meta: dict | None) -> None:
         _pinned[kind] = dict(meta)
 
 
-def _launch(kind: str, n_blocks_of, bh: int, *args, **consts):
+def _candidates(kind: str) -> list[dict]:
+    """Launch metas a call may pick from: the pinned one, the interpreter's fixed blocks, the
+    first entry without autotuning, else the whole autotune list."""
+    if kind in _pinned:
+        return [_pinned[kind]]
+    if triton_interpret():
+        return [_INTERPRET_META]
+    return configs(kind) if AUTOTUNE else configs(kind)[:1]
+
+
+def _launch(kind: str, n_blocks_of: int, bh: int, key: tuple, args: tuple, consts: dict,
+            zero: torch.Tensor | None = None) -> None:
+    """Launch kernel `kind`; `zero` (the bwd's atomically accumulated dQ) is cleared before every
+    launch, tuning trials included. With several candidates the choice comes from
+    autotune.choose: timed once per key and shared by all ranks, so they run identical kernels.
+    The key is the power-of-two sequence bucket plus what changes the compiled kernel, not the
+    exact length: packed batches vary in length every step."""
     block = "BLOCK_N" if kind == "bwd" else "BLOCK_M"
-    if kind in _pinned or triton_interpret() or not AUTOTUNE:
-        meta = dict(_pinned.get(kind) or (_INTERPRET_META if triton_interpret() else configs(kind)[0]))
+
+    def launcher(meta: dict):
         if triton_interpret():  # warps and stages mean nothing to the interpreter
-            meta = {key: meta[key] for key in ("BLOCK_M", "BLOCK_N")}
-        _raw[kind][(triton.cdiv(n_blocks_of, meta[block]), bh)](*args, **consts, **meta)
-        return
-    _tuned[kind][lambda meta: (triton.cdiv(n_blocks_of, meta[block]), bh)](*args, **consts)
+            meta = {name: meta[name] for name in ("BLOCK_M", "BLOCK_N")}
+
+        def run():
+            if zero is not None:
+                zero.zero_()
+            _raw[kind][(triton.cdiv(n_blocks_of, meta[block]), bh)](*args, **consts, **meta)
+        return run
+
+    metas = _candidates(kind)
+    meta = metas[0] if len(metas) == 1 else autotune.choose(f"attention_{kind}", key, metas, launcher)
+    launcher(meta)()
 
 
-def _bucket(s_q: int, s_k: int) -> int:
-    return triton.next_power_of_2(max(s_q, s_k))
+def _tune_key(q: torch.Tensor, s_k: int, consts: dict) -> tuple:
+    return (triton.next_power_of_2(max(q.shape[2], s_k)), str(q.dtype).replace("torch.", ""),
+            *(f"{name}={value}" for name, value in sorted(consts.items())))
 
 
 def _chunk_ranges(ids: torch.Tensor, padded: torch.Tensor | None) -> torch.Tensor:
@@ -431,12 +450,6 @@ def _consts(q, causal, key_padding_mask, segment_ids):
                 BLOCK_D=max(16, triton.next_power_of_2(head_dim)))
 
 
-def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
-    """The kernels address (B, H, S, D) tensors by their batch/head/sequence strides (the models'
-    transposed views need no copy); only the head dim must be contiguous."""
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def _strides(t: torch.Tensor) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
@@ -449,22 +462,23 @@ def _padding(attention_mask):
 def forward(q, k, v, causal, attention_mask, segment_ids, scale):
     """(out (B, H, S_q, D) in q's dtype, lse (B, H, S_q) fp32, natural log, +inf if empty)."""
     key_padding_mask = _padding(attention_mask)
-    q, k, v = (_rows_contiguous(t) for t in (q, k, v))
+    q, k, v = (rows_contiguous(t) for t in (q, k, v))
     b, h, s_q, d = q.shape
     s_k = k.shape[2]
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     lse = torch.empty((b, h, s_q), device=q.device, dtype=torch.float32)
     masks = _mask_args(q, s_k, key_padding_mask, segment_ids)
-    _launch("fwd", s_q, b * h, q, k, v, out, lse, *masks, *_strides(q), *_strides(k), *_strides(v),
-            *_strides(out), s_q, s_k, d, h, h // k.shape[1], scale * LOG2E,
-            _bucket(s_q, s_k), **_consts(q, causal, key_padding_mask, segment_ids))
+    consts = _consts(q, causal, key_padding_mask, segment_ids)
+    _launch("fwd", s_q, b * h, _tune_key(q, s_k, consts),
+            (q, k, v, out, lse, *masks, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+             s_q, s_k, d, h, h // k.shape[1], scale * LOG2E), consts)
     return out, lse
 
 
 def backward(grad_out, q, k, v, out, lse, causal, attention_mask, segment_ids, scale):
     """(dq, dk, dv) in the inputs' dtype, recomputing probabilities from lse."""
     key_padding_mask = _padding(attention_mask)
-    grad_out, q, k, v, out = (_rows_contiguous(t) for t in (grad_out, q, k, v, out))
+    grad_out, q, k, v, out = (rows_contiguous(t) for t in (grad_out, q, k, v, out))
     b, h, s_q, d = q.shape
     s_k = k.shape[2]
     consts = _consts(q, causal, key_padding_mask, segment_ids)
@@ -473,12 +487,12 @@ def backward(grad_out, q, k, v, out, lse, causal, attention_mask, segment_ids, s
     _attn_bwd_preprocess[(triton.cdiv(s_q, pre_block), b * h)](
         out, grad_out, delta, *_strides(out), *_strides(grad_out), s_q, d, h,
         BLOCK_M=pre_block, BLOCK_D=consts["BLOCK_D"])
-    dq = torch.zeros((b, h, s_q, d), device=q.device, dtype=torch.float32)  # fp32 atomics over key blocks
+    dq = torch.empty((b, h, s_q, d), device=q.device, dtype=torch.float32)  # fp32 atomics; _launch zeroes it
     dk = torch.empty(k.shape, device=k.device, dtype=k.dtype)
     dv = torch.empty(k.shape, device=k.device, dtype=v.dtype)
     h_kv = k.shape[1]  # one program per key block of each (batch, kv head); it loops the group
-    _launch("bwd", s_k, b * h_kv, q, k, v, grad_out, lse, delta, dq, dk, dv,
-            *_mask_args(q, s_k, key_padding_mask, segment_ids),
-            *_strides(q), *_strides(k), *_strides(v), *_strides(grad_out), *_strides(dk),
-            s_q, s_k, d, h, h // h_kv, scale, _bucket(s_q, s_k), **consts)
+    _launch("bwd", s_k, b * h_kv, _tune_key(q, s_k, consts),
+            (q, k, v, grad_out, lse, delta, dq, dk, dv, *_mask_args(q, s_k, key_padding_mask, segment_ids),
+             *_strides(q), *_strides(k), *_strides(v), *_strides(grad_out), *_strides(dk),
+             s_q, s_k, d, h, h // h_kv, scale), consts, zero=dq)
     return dq.to(q.dtype), dk, dv
