@@ -26,16 +26,12 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from itertools import chain
-
-    from ptft_engine.data.audio import iter_clips, normalize
-    from ptft_engine.objectives.speech_targets import SAMPLE_RATE, fit_kmeans
+    from ptft_engine.objectives.speech_targets import fit_shards
 
     if args.clusters < 2:
         raise UserError(f"--clusters {args.clusters}: at least 2")
     start = time.perf_counter()
-    clips = chain.from_iterable(iter_clips(s, SAMPLE_RATE) for s in args.shards)
-    km = fit_kmeans(clips, args.clusters, seed=args.seed, max_frames=args.max_frames, normalize=normalize)
+    km = fit_shards(args.shards, args.clusters, seed=args.seed, max_frames=args.max_frames)
     km.save(args.output)
     print(f"k-means of {km.frames} MFCC frames into {km.num_clusters} clusters in {time.perf_counter() - start:.1f} s "
           f"(mean squared distance {km.inertia:.2f}) -> {args.output}")

@@ -152,6 +152,7 @@ class KMeansTargets:
         doc = {"format": FORMAT, "version": 1, "features": FEATURES, "num_clusters": self.num_clusters,
                "frames": self.frames, "inertia": None if math.isnan(self.inertia) else self.inertia,
                "mean": self.mean.tolist(), "std": self.std.tolist(), "centroids": self.centroids.tolist()}
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(doc))
 
     @classmethod
@@ -222,3 +223,14 @@ def fit_kmeans(clips: Iterable[np.ndarray], clusters: int, seed: int = 0, max_fr
     return KMeansTargets(torch.from_numpy(mean).float(), torch.from_numpy(std).float(),
                          torch.from_numpy(km.cluster_centers_).float(), frames=len(z),
                          inertia=float(km.inertia_) / len(z))
+
+
+def fit_shards(shards: list[str], clusters: int, seed: int = 0, max_frames: int | None = None) -> KMeansTargets:
+    """`fit_kmeans` over every clip of audio shards at 16 kHz (data.shards entries), each clip
+    normalised to zero mean and unit variance as the audio stream normalises its crops."""
+    from itertools import chain
+
+    from ptft_engine.data.audio import iter_clips, normalize
+
+    clips = chain.from_iterable(iter_clips(s, SAMPLE_RATE) for s in shards)
+    return fit_kmeans(clips, clusters, seed=seed, max_frames=max_frames, normalize=normalize)

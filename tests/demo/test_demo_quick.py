@@ -125,7 +125,7 @@ def test_report_images_are_real_pngs(demo):
     pngs = sorted((out / "report").glob("*.png"))
     names = {p.name for p in pngs}
     assert {"comparison.png", "text_comparison.png", "pretrain_simclr_digits.png", "pretrain_mlm_docstrings.png",
-            "pretrain_clm_docstrings.png", "speech_comparison.png", "pretrain_wav2vec2_speech.png"} <= names, names
+            "pretrain_clm_docstrings.png", "speech_comparison.png", "pretrain_hubert_speech.png"} <= names, names
     assert any(n.startswith("finetune_") for n in names)
     for p in pngs:
         data = p.read_bytes()
