@@ -80,11 +80,14 @@ def deltas(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     either end of a clip's real frames (lengths (B,)) is its edge frame repeated."""
     t = torch.arange(x.shape[1], device=x.device)[None, :]  # (1, T)
     last = (lengths.to(x.device)[:, None] - 1).clamp(min=0)  # (B, 1)
+
+    def pick(idx: torch.Tensor) -> torch.Tensor:  # (B, T) frame indexes -> (B, T, C)
+        return x.gather(1, idx[..., None].expand(-1, -1, x.shape[2]))
+
     out = torch.zeros_like(x)
     for n in range(1, DELTA_SPAN + 1):
         ahead = torch.minimum(t + n, last).clamp(min=0)  # (B, T)
         behind = torch.minimum((t - n).clamp(min=0), last)
-        pick = lambda idx: x.gather(1, idx[..., None].expand(-1, -1, x.shape[2]))  # noqa: E731
         out = out + n * (pick(ahead) - pick(behind))
     return out / (2 * sum(n * n for n in range(1, DELTA_SPAN + 1)))
 
