@@ -1,11 +1,12 @@
-"""HuBERT's first-iteration targets: k-means cluster ids of MFCC frames (Hsu et al. 2021, sec. 4.2).
+"""HuBERT's first-iteration targets: k-means cluster ids of MFCC frames (Hsu et al. 2021).
 
-Features: 39 per frame, 13 MFCCs (23 mel bands, orthonormal DCT-II, cepstral liftering 22:
-Kaldi's defaults, which HuBERT's MFCCs use) + deltas + delta-deltas (regression over +-2
-frames). Windows of 400 samples every 320 at 16 kHz: the receptive field and the stride of
-wav2vec 2.0's conv encoder, so MFCC frame t covers the samples conv frame t sees and there
-is one target per model frame (HuBERT's MFCC targets run at 100 Hz and are subsampled; here
-they are made at the model's 50 Hz directly). Deltas stop at each clip's last real frame, so
+Features: 39 per frame, 13 MFCCs (23 mel bands, orthonormal DCT-II, cepstral liftering 22 and
+pre-emphasis 0.97: Kaldi's defaults, which HuBERT's MFCCs use; a Hamming window where Kaldi
+uses its "povey" window) + deltas + delta-deltas (regression over +-2 frames). Windows of 400
+samples every 320 at 16 kHz: the receptive field and the stride of wav2vec 2.0's conv encoder,
+so MFCC frame t covers the samples conv frame t sees and there is one target per model frame
+(HuBERT's MFCC targets run at 100 Hz and are subsampled; here they are made at the model's
+50 Hz directly). Deltas stop at each clip's last real frame, so
 padding never changes a real frame's features.
 
 `fit_kmeans` standardises the features of a corpus (per dimension) and clusters them with
