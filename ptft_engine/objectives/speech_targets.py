@@ -6,8 +6,8 @@ uses its "povey" window) + deltas + delta-deltas (regression over +-2 frames). W
 samples every 320 at 16 kHz: the receptive field and the stride of wav2vec 2.0's conv encoder,
 so MFCC frame t covers the samples conv frame t sees and there is one target per model frame
 (HuBERT's MFCC targets run at 100 Hz and are subsampled; here they are made at the model's
-50 Hz directly). Deltas stop at each clip's last real frame, so
-padding never changes a real frame's features.
+50 Hz directly). Deltas stop at each clip's last real frame, so padding never changes a real
+frame's features.
 
 `fit_kmeans` standardises the features of a corpus (per dimension) and clusters them with
 scikit-learn's MiniBatchKMeans; `KMeansTargets` holds the centroids and the standardisation,
