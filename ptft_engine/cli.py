@@ -16,7 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "env": ("ptft_engine.commands.env", "report versions and which kernel backends work here"),
     "shard": ("ptft_engine.commands.shard", "write WebDataset tar shards from text, JSONL or image folders"),
     "tokenizer": ("ptft_engine.commands.tokenizer", "train a BPE or WordPiece tokenizer on shards or files"),
-    "pretrain": ("ptft_engine.commands.pretrain", "pre-train a model with DeepSpeed (MLM, causal LM, SimCLR, CLIP)"),
+    "speech-targets": ("ptft_engine.commands.speech_targets", "fit HuBERT's k-means targets (MFCC) on audio shards"),
+    "pretrain": ("ptft_engine.commands.pretrain", "pre-train with DeepSpeed: MLM, CLM, SimCLR, CLIP, wav2vec2, HuBERT"),
     "export": ("ptft_engine.commands.export", "consolidate a run/checkpoint into safetensors (HF layout) + manifest"),
     "finetune": ("ptft_engine.commands.finetune", "fine-tune an export on a labelled task (plain PyTorch, one device)"),
     "demo": ("ptft_engine.commands.demo", "run the whole workflow on bundled data"),
@@ -29,7 +30,7 @@ class UserError(Exception):
 
 
 def _top_parser() -> argparse.ArgumentParser:
-    lines = "\n".join(f"  {name:<11} {help_text}" for name, (_, help_text) in COMMANDS.items())
+    lines = "\n".join(f"  {name:<15} {help_text}" for name, (_, help_text) in COMMANDS.items())
     return argparse.ArgumentParser(
         prog="ptft",
         usage="ptft [--debug] COMMAND [options]",

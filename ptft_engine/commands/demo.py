@@ -5,7 +5,7 @@ labels against the same model from scratch, print the comparison and write a rep
 Data: scikit-learn's 8x8 digits (SimCLR, then digit classification) and the docstrings of
 the standard library and of installed packages (WordPiece tokenizer, masked LM and causal
 LM, then: which package does a docstring come from), and speech made offline by eSpeak NG
-(wav2vec 2.0, then: which digit is spoken, by voices never heard). Pre-training runs
+(HuBERT on k-means targets, then: which digit is spoken, by voices never heard). Pre-training runs
 through the deepspeed launcher (launch/local.sh): on CPU 2 ranks with gloo, on a GPU
 machine one rank per GPU. On 2 idle CPU cores --quick took 2 min 5 s, the full run
 10 min 34 s. Everything goes under --out; `ptft report DIR` redraws the plots.

@@ -119,3 +119,9 @@ class RunConfig(Section):
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     bad_steps: BadStepSection = Field(default_factory=BadStepSection)
+
+    @model_validator(mode="after")
+    def _objective_takes_data(self):
+        if self.objective is not None:
+            self.objective.check_data(self.data)
+        return self

@@ -13,6 +13,8 @@ batch's other clips, keeping the batch size equal on every rank.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
@@ -86,6 +88,36 @@ def check_sources(sources, cfg: DataConfig) -> tuple[int | None, bool]:
     if all(labelled) and len(set(classes)) > 1:
         raise DataError("labelled audio sources have different class lists; shard them with the same labels")
     return rate, bool(labelled) and all(labelled)
+
+
+def iter_clips(spec: str, sample_rate: int) -> Iterator[np.ndarray]:
+    """Every clip of the audio shards `spec` (directory, index.json, tar, glob or URL, as a
+    data.shards entry), whole, as float32 in [-1, 1): for passes over a corpus outside
+    training (k-means targets). DataError naming the shards when they are not audio at
+    `sample_rate` or a sample cannot be read."""
+    from ptft_engine.data.cache import ShardCache, ShardFailed
+    from ptft_engine.data.index import read_members, resolve_source
+
+    index = resolve_source(spec)
+    rate = index.extra.get("sample_rate")
+    if index.kind not in (None, "audio"):
+        raise DataError(f"shards {spec} hold {index.kind!r} data, not audio")
+    if rate and rate != sample_rate:
+        raise DataError(f"shards {spec} are at {rate} Hz, not {sample_rate}; reshard them with "
+                        f"`ptft shard --format audio --sample-rate {sample_rate}`")
+    cache = ShardCache()
+    for shard in index.shards:
+        try:
+            opened = cache.open(shard)
+        except (ShardFailed, OSError) as exc:
+            raise DataError(f"shard {shard.path}: {exc}") from None
+        with opened.fh as fh:
+            for i in range(shard.samples):
+                try:
+                    clip = to_float(pcm_frames(read_members(fh, opened.table, i)))
+                except ValueError as exc:
+                    raise DataError(f"shard {shard.path}, sample {i}: unreadable audio ({exc})") from None
+                yield clip
 
 
 class AudioBuilder:

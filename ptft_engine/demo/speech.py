@@ -1,10 +1,12 @@
-"""The demo's speech table: wav2vec 2.0 pre-training of the tiny model on unlabelled eSpeak NG
-sentences (demo/speech_data.py), export, then spoken-digit classification fine-tuned from the
-export and, as the baseline, from a randomly initialised model of the same architecture, at a
-share of the labels each; accuracy on the digits of voices that never speak in train.
+"""The demo's speech table: HuBERT pre-training (objectives/hubert.py) of the tiny wav2vec 2.0
+model on unlabelled eSpeak NG sentences (demo/speech_data.py), its targets k-means clusters of
+MFCC frames fitted on those sentences; export, then spoken-digit classification fine-tuned from
+the export and, as the baseline, from a randomly initialised model of the same architecture, at
+a share of the labels each; accuracy on the digits of voices that never speak in train.
 
-One stage of `ptft demo`: data -> shards -> pre-training under launch/local.sh -> export ->
-grid -> speech_comparison.json / .md (the report shows every *comparison.json).
+One stage of `ptft demo`: data -> shards -> k-means targets -> pre-training under
+launch/local.sh -> export -> grid -> speech_comparison.json / .md (the report shows every
+*comparison.json).
 """
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ from ptft_engine.demo import speech_data
 from ptft_engine.demo.compare import SCRATCH, Recipe, table
 from ptft_engine.demo.stages import REPO, Launch, ptft
 
-CONFIG = REPO / "configs" / "demo" / "wav2vec2_speech.yaml"
-RUN_NAME = "wav2vec2_speech"  # run.name in CONFIG
+CONFIG = REPO / "configs" / "demo" / "hubert_speech.yaml"
+RUN_NAME = "hubert_speech"  # run.name in CONFIG
+CLUSTERS = 100  # k-means targets: HuBERT's first (MFCC) iteration uses 100
 VAL_FRACTION = 0.1  # of the train voices' clips, per digit: picks the best epoch
 LABELS = [str(d) for d in range(10)]  # the digit spoken (speech_data.DIGITS[label])
 
@@ -54,6 +57,16 @@ def write_data(root: Path, plan: SpeechPlan) -> dict:
     pre = speech_data.write_pretrain_speech(root, plan.sentences)
     digits = speech_data.write_spoken_digits(root, plan.renditions, plan.train_voices)
     return {"pretrain": pre, "digits": digits}
+
+
+def fit_targets(pretrain: dict, dest: Path) -> dict:
+    """HuBERT's targets: k-means of the unlabelled sentences' MFCC frames, saved to `dest` (what
+    `ptft speech-targets` writes); the labelled digits take no part."""
+    from ptft_engine.objectives.speech_targets import fit_shards
+
+    km = fit_shards([pretrain["shards"]], CLUSTERS)
+    km.save(dest)
+    return {"path": str(dest), "clusters": km.num_clusters, "frames": km.frames, "inertia": round(km.inertia, 3)}
 
 
 def write_scratch(export: Path, dest: Path, seed: int = 0) -> Path:
@@ -150,9 +163,9 @@ def run_speech(st, out: Path, plan: SpeechPlan, ranks: int, env: dict[str, str],
     """The demo's speech stage (one numbered stage of `st`); returns the rows and the table."""
     root = out / "bundled" / "speech"
     n_runs = len(plan.fractions) * len(plan.recipes) * len(plan.seeds)
-    with st.stage("speech", f"wav2vec 2.0 (tiny) pre-training on unlabelled eSpeak NG sentences, {plan.pretrain_steps} "
-                            f"steps on {ranks} ranks; spoken digits: {n_runs} fine-tuning runs, pre-trained vs "
-                            "scratch"):
+    with st.stage("speech", f"HuBERT pre-training of a tiny wav2vec 2.0 model on unlabelled eSpeak NG sentences, "
+                            f"{plan.pretrain_steps} steps on {ranks} ranks; spoken digits: {n_runs} fine-tuning "
+                            "runs, pre-trained vs scratch"):
         t0 = time.perf_counter()
         data = write_data(root, plan)
         st.timings["speech data"] = round(time.perf_counter() - t0, 1)
@@ -160,33 +173,39 @@ def run_speech(st, out: Path, plan: SpeechPlan, ranks: int, env: dict[str, str],
         print(f"    {data['pretrain']['clips']} sentences ({data['pretrain']['seconds'] / 60:.1f} min of speech); "
               f"digits: {d['train']['clips']} train clips by {len(d['voices']['train'])} voices, "
               f"{d['test']['clips']} test clips by {len(d['voices']['test'])} other voices", flush=True)
-        launch = Launch("wav2vec2", ranks, CONFIG,
+        t0 = time.perf_counter()
+        data["targets"] = fit_targets(data["pretrain"], root / "kmeans.json")
+        st.timings["speech targets"] = round(time.perf_counter() - t0, 1)
+        print(f"    targets: k-means of {data['targets']['frames']} MFCC frames into {CLUSTERS} clusters "
+              f"({st.timings['speech targets']:.0f} s)", flush=True)
+        launch = Launch("hubert", ranks, CONFIG,
                         [f"run.output_dir={out / 'runs'}", f"run.log_every={log_every}",
-                         f"run.max_steps={plan.pretrain_steps}", f"data.shards=[{data['pretrain']['shards']}]"],
-                        out / "logs/pretrain_wav2vec2.log", env, quiet=True)
+                         f"run.max_steps={plan.pretrain_steps}", f"data.shards=[{data['pretrain']['shards']}]",
+                         f"objective.kmeans_path={data['targets']['path']}"],
+                        out / "logs/pretrain_hubert.log", env, quiet=True)
         try:
             st.timings["speech pre-train"] = round(launch.wait(), 1)
         finally:
             launch.kill()
         print("    " + loss_drop(out / "runs" / RUN_NAME / "metrics.jsonl"), flush=True)
-        export = out / "export/wav2vec2-speech"
+        export = out / "export/hubert-speech"
         ptft("export", str(out / "runs" / RUN_NAME), str(export))
-        scratch = write_scratch(export, out / "export/wav2vec2-scratch")
+        scratch = write_scratch(export, out / "export/speech-scratch")
         t0 = time.perf_counter()
         rows = run_grid(export, scratch, d, out / "finetune_speech", plan)
         st.timings["speech fine-tune"] = round(time.perf_counter() - t0, 1)
         md = table(rows, "spoken digits, test accuracy (held-out voices)")
         (out / "speech_comparison.json").write_text(json.dumps({
-            "title": "Speech: wav2vec 2.0 pre-trained vs from scratch (spoken digits, held-out voices)",
+            "title": "Speech: HuBERT pre-trained vs from scratch (spoken digits, held-out voices)",
             "rows": rows, "ranks": ranks, "pretrain_steps": plan.pretrain_steps, "data": data}, indent=1))
         (out / "speech_comparison.md").write_text(md + "\n")
     return {"rows": rows, "table": md}
 
 
 def loss_drop(metrics: Path) -> str:
-    """'wav2vec2: contrastive loss 3.12 -> 2.71 ...' from the first and last logged train losses."""
+    """'hubert: training loss A -> B over N logs' from the first and last logged train losses."""
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     losses = [r["loss"] for r in rows if r.get("split") == "train" and isinstance(r.get("loss"), (int, float))]
     if len(losses) < 2:
-        return f"wav2vec2: fewer than two logged losses in {metrics}"
-    return f"wav2vec2: training loss {losses[0]:.3f} -> {losses[-1]:.3f} over {len(losses)} logs"
+        return f"hubert: fewer than two logged losses in {metrics}"
+    return f"hubert: training loss {losses[0]:.3f} -> {losses[-1]:.3f} over {len(losses)} logs"

@@ -179,8 +179,8 @@ def run_demo(out: Path, plan: Plan, ranks: int) -> dict:
           f"mean ± spread over {len(plan.text_seeds)} seed(s) (gain over the scratch model of the same "
           f"architecture in brackets); pre-trained on {tokens:,} tokens:\n")
     print(text_md)
-    print("\nSpeech: wav2vec 2.0 pre-trained vs from scratch, same tiny model, spoken digits of voices never heard "
-          "in fine-tuning:\n")
+    print("\nSpeech: HuBERT pre-trained vs from scratch, same tiny wav2vec 2.0 model, spoken digits of voices never "
+          "heard in fine-tuning:\n")
     print(spoken["table"])
     print(f"\nEverything is in {out}/: shards, tokenizer, runs (checkpoints, metrics.jsonl), export, finetune, "
           f"finetune_text, finetune_speech, report/report.html. Took {timings['total_s']:.0f} s.")

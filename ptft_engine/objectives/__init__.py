@@ -27,12 +27,13 @@ from ptft_engine.objectives.clm import CLMObjectiveConfig
 from ptft_engine.objectives.simclr import SimCLRObjectiveConfig
 from ptft_engine.objectives.clip import CLIPObjectiveConfig
 from ptft_engine.objectives.wav2vec2 import Wav2Vec2ObjectiveConfig
+from ptft_engine.objectives.hubert import HubertObjectiveConfig
 # isort: on
 
 __all__ = [
-    "CLIPObjectiveConfig", "CLMObjectiveConfig", "MLMObjectiveConfig", "ObjectiveConfig", "ObjectiveConfigBase",
-    "ObjectiveSpec", "SimCLRObjectiveConfig", "build_objective", "get_spec", "names", "parse_objective_config",
-    "register", "spec_of", "unregister", "Wav2Vec2ObjectiveConfig",
+    "CLIPObjectiveConfig", "CLMObjectiveConfig", "HubertObjectiveConfig", "MLMObjectiveConfig", "ObjectiveConfig",
+    "ObjectiveConfigBase", "ObjectiveSpec", "SimCLRObjectiveConfig", "build_objective", "get_spec", "names",
+    "parse_objective_config", "register", "spec_of", "unregister", "Wav2Vec2ObjectiveConfig",
 ]
 
 

@@ -28,6 +28,10 @@ class ObjectiveConfigBase(BaseModel):
 
     name: str
 
+    def check_data(self, data: Any) -> None:
+        """Raise ValueError (worded "objective.<key>: why") if this objective cannot train on
+        the run's data section (shards or synthetic); RunConfig calls it. Default: any."""
+
 
 @dataclass(frozen=True)
 class ObjectiveSpec:

@@ -34,7 +34,7 @@ def test_every_stage_reports_progress(demo):
     assert "| pre-trained / linear probe |" in stdout  # the comparison table at the end
     assert "| bag-of-words logistic regression |" in stdout and "| scratch encoder / full |" in stdout  # text table
     assert "[text]" in stdout and "pre-training corpus:" in stdout and "tokens" in stdout
-    assert "[wav2vec2] pretrain:" in stdout and "| pre-trained / frozen feature encoder |" in stdout  # speech table
+    assert "[hubert] pretrain:" in stdout and "| pre-trained / frozen feature encoder |" in stdout  # speech table
 
 
 def test_shards_and_index(demo):
@@ -125,7 +125,7 @@ def test_report_images_are_real_pngs(demo):
     pngs = sorted((out / "report").glob("*.png"))
     names = {p.name for p in pngs}
     assert {"comparison.png", "text_comparison.png", "pretrain_simclr_digits.png", "pretrain_mlm_docstrings.png",
-            "pretrain_clm_docstrings.png", "speech_comparison.png", "pretrain_wav2vec2_speech.png"} <= names, names
+            "pretrain_clm_docstrings.png", "speech_comparison.png", "pretrain_hubert_speech.png"} <= names, names
     assert any(n.startswith("finetune_") for n in names)
     for p in pngs:
         data = p.read_bytes()
@@ -135,7 +135,7 @@ def test_report_images_are_real_pngs(demo):
     report_md = (out / "report/report.md").read_text()
     assert "comparison.png" in report_md and "text_comparison.png" in report_md
     assert "| bag-of-words logistic regression |" in report_md  # the text table beside the digits one
-    assert "Speech: wav2vec 2.0 pre-trained vs from scratch" in report_md  # and the speech table
+    assert "Speech: HuBERT pre-trained vs from scratch" in report_md  # and the speech table
 
 
 def test_report_command_redraws(demo, tmp_path):

@@ -1,10 +1,12 @@
 """The demo's speech stage end to end at toy size (~30-60 s on 2 loaded CPU cores): eSpeak NG
-data -> audio shards -> wav2vec 2.0 pre-training under launch/local.sh -> export -> fine-tuning
-grid pre-trained vs scratch -> speech_comparison.json / .md rows, and the report's loss plot."""
+data -> audio shards -> k-means targets -> HuBERT pre-training under launch/local.sh -> export ->
+fine-tuning grid pre-trained vs scratch -> speech_comparison.json / .md rows, and the report's
+loss plot."""
 import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ptft_engine.demo import speech
 from ptft_engine.demo.stages import Stages
@@ -41,20 +43,29 @@ def test_rows_cover_the_grid_and_hold_test_accuracies(stage):
     assert md == result["table"] + "\n" and "| pre-trained / frozen feature encoder |" in md
     assert "| scratch / full |" in md and "held-out voices" in md.splitlines()[0]
     assert saved["data"]["digits"]["test"]["clips"] == 40  # the 4 held-out voices
-    assert {"speech data", "speech pre-train", "speech fine-tune", "speech"} <= set(st.timings)
+    assert {"speech data", "speech targets", "speech pre-train", "speech fine-tune", "speech"} <= set(st.timings)
 
 
-def test_pretraining_ran_under_the_launcher_and_exported(stage):
+def test_pretraining_ran_under_the_launcher_on_kmeans_targets_and_exported(stage):
     import torch
     from transformers import Wav2Vec2Model
 
+    from ptft_engine.objectives.speech_targets import KMeansTargets
+
     out, _, _ = stage
+    saved = json.loads((out / "speech_comparison.json").read_text())
+    targets = saved["data"]["targets"]
+    km = KMeansTargets.load(targets["path"])
+    assert km.num_clusters == targets["clusters"] == speech.CLUSTERS and km.frames == targets["frames"] > 100
     run = out / "runs" / speech.RUN_NAME
+    objective = yaml.safe_load((run / "config.yaml").read_text())["objective"]
+    assert (objective["name"], objective["kmeans_path"]) == ("hubert", targets["path"])
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if r.get("split") == "train"]
-    assert len(losses) == TOY.pretrain_steps and all(0 < x < 20 for x in losses)
-    pre = Wav2Vec2Model.from_pretrained(out / "export/wav2vec2-speech")
-    scratch = Wav2Vec2Model.from_pretrained(out / "export/wav2vec2-scratch")
+    # masked + unmasked cross-entropy over 100 clusters: about 2 ln 100 = 9.2 at the start
+    assert len(losses) == TOY.pretrain_steps and all(6 < x < 12 for x in losses)
+    pre = Wav2Vec2Model.from_pretrained(out / "export/hubert-speech")
+    scratch = Wav2Vec2Model.from_pretrained(out / "export/speech-scratch")
     assert pre.config.hidden_size == scratch.config.hidden_size == 64  # the same tiny architecture
     a, b = pre.state_dict(), scratch.state_dict()
     assert a.keys() == b.keys() and not torch.equal(a["encoder.layers.0.attention.q_proj.weight"],
@@ -68,5 +79,5 @@ def test_report_shows_the_table_and_the_pretraining_loss(stage):
     paths = build_report(out)
     assert {out / "report" / f"pretrain_{speech.RUN_NAME}.png", out / "report/speech_comparison.png"} <= set(paths)
     md = (out / "report/report.md").read_text()
-    assert "## Speech: wav2vec 2.0 pre-trained vs from scratch" in md
+    assert "## Speech: HuBERT pre-trained vs from scratch" in md
     assert "| pre-trained / frozen feature encoder |" in md

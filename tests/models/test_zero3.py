@@ -18,4 +18,4 @@ def test_every_arch_builds_and_trains_under_zero3_init():
     port = str(random.randint(20000, 40000))
     proc = subprocess.run([sys.executable, str(script), port], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert proc.stdout.count(" ok ") == 6, proc.stdout[-2000:]
+    assert proc.stdout.count(" ok ") == 7, proc.stdout[-2000:]

@@ -17,19 +17,21 @@ from ptft_engine.objectives import build_objective  # noqa: E402
 importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 deepspeed.init_distributed(dist_backend="gloo", verbose=False)
 ids = torch.randint(4, 64, (4, 12))
-CASES = {
-    "bert-tiny": ("mlm", {"input_ids": ids, "labels": torch.where(torch.rand(4, 12) < 0.3, ids, -100)}),
-    "gpt2-tiny": ("clm", {"input_ids": ids}),
-    "llama-tiny": ("clm", {"input_ids": ids}),
-    "vit-tiny-digits": ("simclr", {"view1": torch.rand(4, 1, 8, 8), "view2": torch.rand(4, 1, 8, 8)}),
-    "clip-tiny": ("clip", {"pixel_values": torch.rand(4, 1, 8, 8), "input_ids": ids,
+audio = {"input_values": torch.randn(4, 8000), "attention_mask": torch.ones(4, 8000, dtype=torch.bool)}
+CASES = [  # (model preset, objective, batch)
+    ("bert-tiny", "mlm", {"input_ids": ids, "labels": torch.where(torch.rand(4, 12) < 0.3, ids, -100)}),
+    ("gpt2-tiny", "clm", {"input_ids": ids}),
+    ("llama-tiny", "clm", {"input_ids": ids}),
+    ("vit-tiny-digits", "simclr", {"view1": torch.rand(4, 1, 8, 8), "view2": torch.rand(4, 1, 8, 8)}),
+    ("clip-tiny", "clip", {"pixel_values": torch.rand(4, 1, 8, 8), "input_ids": ids,
                            "attention_mask": torch.ones(4, 12, dtype=torch.bool)}),
-    "wav2vec2-tiny": ({"name": "wav2vec2", "num_negatives": 5},
-                      {"input_values": torch.randn(4, 8000), "attention_mask": torch.ones(4, 8000, dtype=torch.bool)}),
-}
+    ("wav2vec2-tiny", {"name": "wav2vec2", "num_negatives": 5}, audio),
+    # the cluster embeddings are the objective's own parameter, used in its forward (random targets here)
+    ("wav2vec2-tiny", {"name": "hubert", "final_dim": 16, "unmasked_weight": 1.0}, audio),
+]
 root = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "models")
 only = sys.argv[2:]  # names to check (default: all)
-for name, (objective, batch) in CASES.items():
+for name, objective, batch in CASES:
     if only and name not in only:
         continue
     cfg = load_model_config(os.path.join(root, f"{name}.yaml"))
@@ -49,4 +51,4 @@ for name, (objective, batch) in CASES.items():
         engine.step()
         losses.append(out["loss"].item())
     assert all(torch.isfinite(torch.tensor(losses))) and losses[1] != losses[0], (name, losses)
-    print(name, "ok", losses)
+    print(name, objective if isinstance(objective, str) else objective["name"], "ok", losses)

@@ -67,7 +67,7 @@ def test_objective_config_errors_are_one_line_naming_the_key():
         ({"name": "simclr", "temprature": 0.1}, "objective.temprature: unknown key"),
         ({"name": "mlm", "gather": True}, "objective.gather: unknown key"),
         ({"name": "clip", "gather": "maybe"}, "objective.gather: "),
-        ({"name": "byol"}, "objective.name: must be one of mlm, clm, simclr, clip, wav2vec2, got 'byol'"),
+        ({"name": "byol"}, "objective.name: must be one of mlm, clm, simclr, clip, wav2vec2, hubert, got 'byol'"),
         ({"name": "simclr", "temperature": -1}, "objective.temperature: "),
     ]:
         with pytest.raises(ConfigError) as info:

@@ -72,12 +72,15 @@ def toy():
 
 
 def test_builtin_specs_declare_arch_data_and_unit():
-    assert names()[:4] == ("mlm", "clm", "simclr", "clip")
+    builtin = ("mlm", "clm", "simclr", "clip", "wav2vec2", "hubert")
+    assert names()[:6] == builtin
     got = {n: (get_spec(n).arch, get_spec(n).data.kind, get_spec(n).data.tokenizer, get_spec(n).unit)
-           for n in ("mlm", "clm", "simclr", "clip")}
+           for n in builtin}
     assert got == {"mlm": ("encoder", "text", True, "tokens"), "clm": ("decoder", "text", True, "tokens"),
                    "simclr": ("vit", "image", False, "samples"),
-                   "clip": ("dual_encoder", "image_text", True, "samples")}
+                   "clip": ("dual_encoder", "image_text", True, "samples"),
+                   "wav2vec2": ("wav2vec2", "audio", False, "samples"),
+                   "hubert": ("wav2vec2", "audio", False, "samples")}
     assert get_spec("mlm").data.mlm_mask and not get_spec("clm").data.mlm_mask
     assert get_spec("simclr").data.image_views == 2 and get_spec("clip").data.image_views == 1
     assert all(get_spec(n).arch in ARCHS for n in names())
@@ -100,11 +103,11 @@ def test_config_errors_name_the_key_and_the_registered_names(toy):
     assert parse_objective_config("toy") == ToyConfig()
     assert parse_objective_config({"name": "toy", "scale": 2}).scale == 2.0
     for data, expect in [
-        ({"name": "byol"}, "objective.name: must be one of mlm, clm, simclr, clip, wav2vec2, toy, got 'byol'"),
-        ({"scale": 2}, "objective.name: missing; choose one of mlm, clm, simclr, clip, wav2vec2, toy"),
+        ({"name": "byol"}, "objective.name: must be one of mlm, clm, simclr, clip, wav2vec2, hubert, toy, got 'byol'"),
+        ({"scale": 2}, "objective.name: missing; choose one of mlm, clm, simclr, clip, wav2vec2, hubert, toy"),
         ({"name": "toy", "scael": 2}, "objective.scael: unknown key"),
         ({"name": "toy", "scale": 0}, "objective.scale: "),
-        (3, "objective: expected a mapping with name: one of mlm, clm, simclr, clip, wav2vec2, toy, got int"),
+        (3, "objective: expected a mapping with name: one of mlm, clm, simclr, clip, wav2vec2, hubert, toy, got int"),
     ]:
         with pytest.raises(ConfigError) as info:
             parse_objective_config(data)
@@ -112,7 +115,8 @@ def test_config_errors_name_the_key_and_the_registered_names(toy):
     cfg = load_run_config(None, ["objective.name=toy", "objective.scale=3"])
     assert cfg.objective == ToyConfig(scale=3) and cfg.model_dump()["objective"] == {"name": "toy", "scale": 3.0}
     unregister("toy")
-    with pytest.raises(ConfigError, match="objective.name: must be one of mlm, clm, simclr, clip, wav2vec2, got 'toy'"):
+    with pytest.raises(ConfigError,
+                       match="objective.name: must be one of mlm, clm, simclr, clip, wav2vec2, hubert, got 'toy'"):
         parse_objective_config({"name": "toy"})
     with pytest.raises(RunConfigError, match="objective"):
         load_run_config(None, ["objective.name=toy"])
@@ -123,7 +127,7 @@ def test_the_loader_reads_data_needs_from_the_spec(toy, tmp_path):
                        match="objective 'toy' needs data kind 'text', but the data config says kind 'image'"):
         build_loader(DataConfig(shards=[str(tmp_path)], kind="image"), objective="toy")
     with pytest.raises(DataError,
-                       match="unknown objective 'byol'; choose one of mlm, clm, simclr, clip, wav2vec2, toy"):
+                       match="unknown objective 'byol'; choose one of mlm, clm, simclr, clip, wav2vec2, hubert, toy"):
         build_loader(DataConfig(shards=[str(tmp_path)]), objective="byol")
 
 
