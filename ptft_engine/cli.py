@@ -123,6 +123,20 @@ def _from_worker(message: str) -> str:
 if __name__ == "__main__":
     # `python -m ptft_engine.cli` (the deepspeed launcher's way in) runs this file as __main__:
     # go through the imported module so commands raise the same UserError class it catches
+    import os
+
     from ptft_engine.cli import main as _main
 
-    sys.exit(_main())
+    code = _main()
+    if "RANK" in os.environ:
+        # A launched rank that finished leaves without interpreter teardown: that teardown
+        # destroys c10d's store client and gloo's threads in no fixed order and now and then
+        # aborts a rank whose work is all saved ("terminate called without an active
+        # exception", exit -6), which fails the launch. Python's exit handlers still run.
+        import atexit
+
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
