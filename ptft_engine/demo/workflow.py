@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ptft_engine.cli import UserError
 from ptft_engine.demo import compare, data, speech, text_compare, text_data
 from ptft_engine.demo.stages import REPO, Grid, Launch, Stages, ptft
 
@@ -35,7 +36,7 @@ class Plan:
     # text: docstring corpus, masked-LM and causal-LM pre-training, its own grid
     text_corpus_chars: int | None
     text_stdlib: bool
-    lm_steps: int
+    lm_steps: dict[str, int]    # pre-training steps of "mlm" and "clm"
     text_recipes: tuple[str, ...]
     text_full_label_recipes: tuple[str, ...]  # at 100 % labels only these: the goal is about few labels
     text_seeds: tuple[int, ...]
@@ -45,14 +46,16 @@ class Plan:
 
 TEXT_PER_CLASS = {"train": 400, "val": 50, "test": 150}  # docstrings per package (8 packages)
 QUICK = Plan(simclr_steps=150, log_every=5, recipes=("scratch", "probe"), fractions=(0.01, 0.1, 1.0), seeds=(0,),
-             epochs=4, finetune_max_steps=None, text_corpus_chars=2_000_000, text_stdlib=False, lm_steps=40,
+             epochs=4, finetune_max_steps=None, text_corpus_chars=2_000_000, text_stdlib=False,
+             lm_steps={"mlm": 40, "clm": 40},
              text_recipes=("scratch", "small_lr", "clm_small_lr"), text_full_label_recipes=("scratch", "small_lr",
              "clm_small_lr"), text_seeds=(0,), text_steps_scale=0.3,
              speech=speech.QUICK)
 FULL = Plan(simclr_steps=800, log_every=10, recipes=("scratch", "probe", "full", "lora"),
             fractions=(0.01, 0.1, 1.0), seeds=(0, 1), epochs=10, finetune_max_steps=None,
-            text_corpus_chars=12_000_000, text_stdlib=True, lm_steps=600, text_recipes=tuple(text_compare.RECIPES),
-            text_full_label_recipes=("scratch", "small_lr", "large_lr", "clm_scratch", "clm_small_lr"),
+            text_corpus_chars=12_000_000, text_stdlib=True,
+            lm_steps={"mlm": 1500, "clm": 750}, text_recipes=tuple(text_compare.RECIPES),
+            text_full_label_recipes=("scratch", "small_lr", "large_lr", "clm_scratch", "clm_small_lr", "clm_large_lr"),
             text_seeds=(0, 1, 2), text_steps_scale=1.0, speech=speech.FULL)
 
 
@@ -97,20 +100,21 @@ def run_demo(out: Path, plan: Plan, ranks: int) -> dict:
                  "--output", str(shards / "text" / name), "--shard-size", "2MB", "--no-progress")
 
     with st.stage("train a WordPiece tokenizer", "on the pre-training corpus"):
-        ptft("tokenizer", "train", str(text / "corpus.jsonl"), "--kind", "wordpiece", "--vocab-size", "4096",
+        ptft("tokenizer", "train", str(text / "corpus.jsonl"), "--kind", "wordpiece", "--vocab-size", str(text_vocab()),
              "--lowercase", "--output", str(out / "tokenizer"))
         tokens = text_data.count_tokens(text / "corpus.jsonl", out / "tokenizer/tokenizer.json")
         print(f"    pre-training corpus: {tokens:,} tokens")
 
     common = [f"run.output_dir={out / 'runs'}", f"run.log_every={plan.log_every}"]
-    lm = [*common, f"run.max_steps={plan.lm_steps}", f"run.eval_every={max(1, plan.lm_steps // 6)}",
-          f"data.shards=[{shards / 'text/corpus'}]", f"data.eval_shards=[{shards / 'text/corpus_val'}]",
+    lm = [*common, f"data.shards=[{shards / 'text/corpus'}]", f"data.eval_shards=[{shards / 'text/corpus_val'}]",
           f"data.tokenizer={out / 'tokenizer/tokenizer.json'}", "run.progress_bar=false"]
     with st.stage("pre-train", f"SimCLR (tiny ViT, digits, {plan.simclr_steps} steps), masked LM (small BERT) and "
-                               f"causal LM (small GPT) on docstrings ({plan.lm_steps} steps each), side by side, "
+                               f"causal LM (small GPT) on docstrings ({plan.lm_steps['mlm']} and "
+                               f"{plan.lm_steps['clm']} steps), side by side, "
                                f"DeepSpeed ZeRO-2 on {device} each"):
-        launches = [Launch(name, ranks, CONFIGS / f"{name}_docstrings.yaml", lm, out / f"logs/pretrain_{name}.log",
-                           env, quiet=True) for name in ("mlm", "clm")]
+        launches = [Launch(name, ranks, CONFIGS / f"{name}_docstrings.yaml",
+                           [*lm, f"run.max_steps={steps}", f"run.eval_every={max(1, steps // 6)}"],
+                           out / f"logs/pretrain_{name}.log", env, quiet=True) for name, steps in plan.lm_steps.items()]
         try:
             simclr = Launch("simclr", ranks, CONFIGS / "simclr_digits.yaml",
                             [*common, f"run.max_steps={plan.simclr_steps}", f"data.shards=[{shards / 'digits/train'}]",
@@ -160,7 +164,7 @@ def run_demo(out: Path, plan: Plan, ranks: int) -> dict:
         text_md = text_compare.table(text_result["rows"])
         (out / "text_comparison.json").write_text(json.dumps({
             **text_result, "title": "Docstrings: pre-trained (masked LM, causal LM) vs from scratch",
-            "goal": text_compare.goal_line(text_result["rows"]), "corpus_tokens": tokens, "lm_steps": plan.lm_steps,
+            "goal": text_compare.goal_lines(text_result["rows"]), "corpus_tokens": tokens, "lm_steps": plan.lm_steps,
             "task": task}, indent=1))
         (out / "text_comparison.md").write_text(text_md + "\n")
 
@@ -185,6 +189,18 @@ def run_demo(out: Path, plan: Plan, ranks: int) -> dict:
     print(f"\nEverything is in {out}/: shards, tokenizer, runs (checkpoints, metrics.jsonl), export, finetune, "
           f"finetune_text, finetune_speech, report/report.html. Took {timings['total_s']:.0f} s.")
     return {"rows": rows, "text_rows": text_result["rows"], "speech_rows": spoken["rows"], "timings": timings}
+
+
+def text_vocab() -> int:
+    """The demo's one tokenizer size: model.vocab_size of the masked-LM and causal-LM configs."""
+    import yaml
+
+    sizes = {yaml.safe_load((CONFIGS / f"{name}_docstrings.yaml").read_text())["model"]["vocab_size"]
+             for name in ("mlm", "clm")}
+    if len(sizes) != 1:
+        raise UserError(f"{CONFIGS}/{{mlm,clm}}_docstrings.yaml: model.vocab_size differs ({sorted(sizes)}); "
+                        "the demo trains one tokenizer for both")
+    return sizes.pop()
 
 
 def _validation_drop(metrics: Path, tag: str) -> str:

@@ -63,6 +63,8 @@ def task_head(model_cfg, task: dict[str, Any], hf_layout: bool, pad_token_id: in
         style = "GPT2" if model_cfg.style == "gpt2" else "Llama"
         if kind == "token_classification":
             return TaskHead(f"{style}ForTokenClassification", {"head": "classifier" if style == "GPT2" else "score"})
+        if pooling == "mean":  # "cls" asked of a decoder pools its last token (finetune.tasks)
+            return _native(f"pooling={pooling!r}: {style}ForSequenceClassification pools the last token only")
         if pad_token_id is None or pad_token_id == eos_token_id:
             return _native("the tokenizer has no pad token of its own: transformers would pool a different token")
         return TaskHead(f"{style}ForSequenceClassification", {"head": "score"})

@@ -39,7 +39,7 @@ class TaskSection(_Section):
     kind: TaskKind
     num_labels: int | None = Field(None, ge=1, description="default: from the labels in the data")
     labels: list[str] | None = None
-    pooling: Literal["cls", "mean", "last"] = Field("cls", description="sequence pooling; decoders use last")
+    pooling: Literal["cls", "mean", "last"] = Field("cls", description="sequence pooling; a decoder takes cls as last")
     head_dropout: float = Field(0.1, ge=0.0, lt=1.0)
     reinit_head: bool = Field(True, description="False keeps a saved head when its shape fits")
     label_all_subtokens: bool = Field(False, description="token tasks: label every sub-word, not just the first")

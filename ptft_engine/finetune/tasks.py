@@ -6,14 +6,16 @@
   image_classification     ViT features (CLS or mean) -> num_labels logits, cross-entropy
 
 Pooling: `cls` (first token), `mean` (over real tokens), `last` (last real token: what
-a causal decoder has seen everything at; used for decoders whatever is asked).
+a causal decoder has seen everything at). A decoder asked for `cls` (the default) pools
+`last` instead: its first token has seen only itself; `mean` is honoured for both.
 
 The heads are transformers' own, so a saved model is served by its task class
 (export/task_heads.py): an encoder pooled at [CLS] goes through BERT's pooler,
 tanh(dense(h[CLS])), before the output layer (BertForSequenceClassification); a decoder's
 sequence head has no bias and reads the rightmost kept token (GPT2/Llama
-ForSequenceClassification's `score`); token heads and ViT's [CLS] head are plain Linear
-layers on the final hidden states (BertForTokenClassification, ViTForImageClassification).
+ForSequenceClassification's `score`; a mean-pooled one has no transformers class);
+token heads and ViT's [CLS] head are plain Linear layers on the final hidden states
+(BertForTokenClassification, ViTForImageClassification).
 """
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ class TaskModel(nn.Module):
             raise ValueError(f"task.kind image_classification needs a ViT backbone, got {self.arch}")
         if kind in TEXT_TASKS and self.arch not in ("encoder", "decoder"):
             raise ValueError(f"task.kind {kind} needs a text backbone (encoder or decoder), got {self.arch}")
-        self.pooling = "last" if self.arch == "decoder" else pooling
+        self.pooling = "last" if self.arch == "decoder" and pooling == "cls" else pooling
         self.num_outputs = num_outputs
         self.dropout = nn.Dropout(dropout)
         sequence = kind in SEQUENCE_TASKS

@@ -77,8 +77,9 @@ def _comparison(root: Path, name: str, comparison: dict, out: Path) -> list[Bloc
     blocks.append(("table", header, table))
     if md_table.is_file():
         blocks.append(("p", f"(also in {md_table.name}, with gains over scratch)"))
-    if comparison.get("goal"):
-        blocks.append(("p", comparison["goal"]))
+    for goal in (comparison.get("goal") or "").split("\n\n"):  # one paragraph per goal
+        if goal:
+            blocks.append(("p", goal))
     blocks.append(("img", png, "test accuracy per label budget"))
     return blocks
 

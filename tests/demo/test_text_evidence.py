@@ -57,7 +57,7 @@ def grid(task):
                        ("clm", {"arch": "decoder", "style": "gpt2"})):
         exports[name] = root / f"export-{name}"
         export_model(build_model({**size, **arch}), exports[name], tokenizer=root / "tokenizer/tokenizer.json")
-    recipes = "scratch,small_lr,reinit_top,clm_scratch,clm_small_lr"
+    recipes = "scratch,small_lr,reinit_top,clm_scratch,clm_last"
     assert text_compare.main(["--data", str(root / "data"), "--mlm", str(exports["mlm"]), "--clm", str(exports["clm"]),
                               "--out", str(root / "grid"), "--recipes", recipes, "--fractions", "0.1,1",
                               "--seeds", "0,1", "--steps-scale", "0.03", "--jobs", "2"]) == 0
@@ -67,7 +67,7 @@ def grid(task):
 def test_grid_rows_and_table(grid):
     _, _, rows = grid
     keys = {(r["key"], r["labels_fraction"]) for r in rows}
-    expected = {"bow", "scratch", "small_lr", "reinit_top", "clm_scratch", "clm_small_lr"}
+    expected = {"bow", "scratch", "small_lr", "reinit_top", "clm_scratch", "clm_last"}
     assert keys == {(k, f) for k in expected for f in (0.1, 1.0)}
     for r in rows:
         assert len(r["per_seed"]) == 2 and all(0.0 <= a <= 1.0 for a in r["per_seed"])
@@ -78,6 +78,14 @@ def test_grid_rows_and_table(grid):
     for name in {r["recipe"] for r in rows}:
         assert f"| {name} |" in md
     assert "±" in md and "Goal (MLM beats scratch by >= 5 points at 1 % and 10 % labels)" in md
+
+
+def test_each_recipe_pools_as_its_name_says(grid):
+    root, _, _ = grid
+    for key, pooling in (("small_lr", "mean"), ("clm_scratch", "mean"), ("clm_last", "last")):
+        assert text_compare.RECIPES[key].pooling == pooling
+        task = json.loads((root / f"grid/{key}-0.1-seed0/best/task.json").read_text())
+        assert task["pooling"] == pooling, key
 
 
 def test_bag_of_words_baseline_is_computed(grid):
@@ -108,3 +116,10 @@ def test_goal_line_reports_a_miss():
     assert "MISSED" in line and "+8.0 points" in line and "+3.0 points" in line
     rows[-1]["test_accuracy"] = 0.56
     assert "met" in text_compare.goal_line(rows)
+    assert text_compare.goal_lines(rows) == text_compare.goal_line(rows)  # no CLM rows: no CLM goal
+    rows += [{"key": key, "recipe": text_compare.RECIPES[key].name, "labels_fraction": f, "test_accuracy": acc}
+             for key, acc in (("clm_scratch", 0.4), ("clm_small_lr", 0.46)) for f in (0.01, 0.1)]
+    mlm, clm = text_compare.goal_lines(rows).split("\n\n")
+    assert mlm.startswith("Goal (MLM beats scratch") and " met " in mlm
+    assert clm.startswith("Goal (CLM beats the scratch decoder by >= 5 points") and " met " in clm
+    assert clm.count("+6.0 points") == 2

@@ -152,6 +152,28 @@ def test_mean_pooling_has_no_transformers_class_and_says_so(backbones, tmp_path)
         assert torch.equal(again(batch), model(batch))
 
 
+def test_decoder_pools_mean_when_asked_and_last_by_default(backbones, tmp_path):
+    torch.manual_seed(2)
+    kind = "sequence_classification"
+    models = {p: TaskModel(select_backbone(load_export(backbones["gpt2"]).model, kind), kind, 3, pooling=p,
+                           dropout=0.0).eval() for p in ("cls", "mean", "last")}
+    assert {p: m.pooling for p, m in models.items()} == {"cls": "last", "mean": "mean", "last": "last"}
+    batch, _ = our_batch(models["mean"], backbones["tokenizer"], kind)
+    with torch.no_grad():
+        h = models["mean"].backbone.encode(batch["input_ids"], attention_mask=batch["attention_mask"])
+        pooled = {p: models[p]._pool(h, batch) for p in ("mean", "last")}
+    m = batch["attention_mask"].float()[..., None]
+    assert torch.allclose(pooled["mean"], (h * m).sum(1) / m.sum(1))
+    assert not torch.allclose(pooled["mean"], pooled["last"])
+    out = save(models["mean"], tmp_path / "best", kind, backbones["tokenizer"])
+    task = json.loads((out / "task.json").read_text())
+    assert task["transformers_class"] is None and "pooling='mean'" in task["transformers_class_why_none"]
+    again, _ = load_task_model(out)
+    assert again.pooling == "mean"
+    with torch.no_grad():
+        assert torch.equal(again(batch), models["mean"](batch))
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_reexport_keeps_task_head_and_metadata(backbones, tmp_path, dtype):
     kind = "sequence_classification"
