@@ -7,8 +7,8 @@ the standard library and of installed packages (WordPiece tokenizer, masked LM a
 LM, then: which package does a docstring come from), and speech made offline by eSpeak NG
 (HuBERT on k-means targets, then: which digit is spoken, by voices never heard). Pre-training runs
 through the deepspeed launcher (launch/local.sh): on CPU 2 ranks with gloo, on a GPU
-machine one rank per GPU. On 2 idle CPU cores --quick took 2 min 5 s, the full run
-10 min 34 s. Everything goes under --out; `ptft report DIR` redraws the plots.
+machine one rank per GPU. On 2 idle CPU cores --quick took 1 min 32 s, the full run
+8 min 54 s. Everything goes under --out; `ptft report DIR` redraws the plots.
 """
 from __future__ import annotations
 

@@ -38,7 +38,9 @@ class Plan:
     text_stdlib: bool
     lm_steps: dict[str, int]    # pre-training steps of "mlm" and "clm"
     text_recipes: tuple[str, ...]
-    text_full_label_recipes: tuple[str, ...]  # at 100 % labels only these: the goal is about few labels
+    # at 100 % labels only these (the goal is about few labels; each 100 % run costs what 2-3 at 10 % do,
+    # and the full demo has to stay within 10 minutes on 2 cores)
+    text_full_label_recipes: tuple[str, ...]
     text_seeds: tuple[int, ...]
     text_steps_scale: float     # times text_compare.STEPS
     speech: speech.SpeechPlan   # the speech table's own stage (demo/speech.py)
@@ -54,8 +56,10 @@ QUICK = Plan(simclr_steps=150, log_every=5, recipes=("scratch", "probe"), fracti
 FULL = Plan(simclr_steps=800, log_every=10, recipes=("scratch", "probe", "full", "lora"),
             fractions=(0.01, 0.1, 1.0), seeds=(0, 1), epochs=10, finetune_max_steps=None,
             text_corpus_chars=12_000_000, text_stdlib=True,
-            lm_steps={"mlm": 1500, "clm": 750}, text_recipes=tuple(text_compare.RECIPES),
-            text_full_label_recipes=("scratch", "small_lr", "large_lr", "clm_scratch", "clm_small_lr", "clm_large_lr"),
+            lm_steps={"mlm": 1500, "clm": 750},
+            # all but two CLM rows (small LR; last-token pooling, which lost to the mean: README), for time
+            text_recipes=tuple(k for k in text_compare.RECIPES if k not in ("clm_small_lr", "clm_last")),
+            text_full_label_recipes=("scratch", "large_lr", "clm_scratch", "clm_large_lr"),
             text_seeds=(0, 1, 2), text_steps_scale=1.0, speech=speech.FULL)
 
 
