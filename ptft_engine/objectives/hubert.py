@@ -31,7 +31,7 @@ from ptft_engine.labels import IGNORE_INDEX
 from ptft_engine.objectives import speech_targets
 from ptft_engine.objectives.base import Objective, need
 from ptft_engine.objectives.spec import ObjectiveConfigBase, ObjectiveSpec, register
-from ptft_engine.objectives.wav2vec2 import FRAME_EXTRA, compute_span_mask, forward_flops, synthetic_chirps
+from ptft_engine.objectives.wav2vec2 import FRAME_EXTRA, forward_flops, frames_and_span_mask, synthetic_chirps
 
 RANDOM_CLUSTERS = 100  # targets without a k-means file: as many ids as HuBERT's MFCC iteration has clusters
 
@@ -106,14 +106,7 @@ class HubertObjective(Objective):
         (audio,) = need(batch, "input_values", objective="hubert")
         attention_mask = batch.get("attention_mask")
         c = self.cfg
-        num_frames = self.model.config.num_frames(audio.shape[1])
-        if attention_mask is None:
-            lengths = torch.full((audio.shape[0],), num_frames, device=audio.device)
-        else:
-            lengths = self.model.frame_lengths(attention_mask.long().sum(-1))
-        mask = batch.get("mask_time_indices")
-        if mask is None:
-            mask = compute_span_mask(lengths, num_frames, c.mask_prob, c.mask_length, c.min_masks)
+        num_frames, lengths, mask = frames_and_span_mask(self.model, batch, audio, c)
         ids = batch.get("cluster_ids")
         if ids is None:
             ids = self.cluster_ids(audio, attention_mask, num_frames)

@@ -96,6 +96,21 @@ def compute_span_mask(frame_lengths: torch.Tensor, num_frames: int, mask_prob: f
     return mask.to(device)
 
 
+def frames_and_span_mask(model, batch: dict, audio: torch.Tensor, cfg) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """A batch's frame count, (B,) real frames per clip and (B, T) frames to mask (the batch's
+    `mask_time_indices`, else spans drawn with cfg's mask_prob / mask_length / min_masks)."""
+    attention_mask = batch.get("attention_mask")
+    num_frames = model.config.num_frames(audio.shape[1])
+    if attention_mask is None:
+        lengths = torch.full((audio.shape[0],), num_frames, device=audio.device)
+    else:
+        lengths = model.frame_lengths(attention_mask.long().sum(-1))
+    mask = batch.get("mask_time_indices")
+    if mask is None:
+        mask = compute_span_mask(lengths, num_frames, cfg.mask_prob, cfg.mask_length, cfg.min_masks)
+    return num_frames, lengths, mask
+
+
 def sample_negatives(mask: torch.Tensor, num_negatives: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Distractor indices into the masked frames (row-major order of `mask`, (N,) of them):
     (N, K), each drawn uniformly from the other masked frames of the same utterance. An
@@ -206,14 +221,7 @@ class Wav2Vec2Objective(Objective):
         (audio,) = need(batch, "input_values", objective="wav2vec2")
         attention_mask = batch.get("attention_mask")
         c = self.cfg
-        num_frames = self.model.config.num_frames(audio.shape[1])
-        if attention_mask is None:
-            lengths = torch.full((audio.shape[0],), num_frames, device=audio.device)
-        else:
-            lengths = self.model.frame_lengths(attention_mask.long().sum(-1))
-        mask = batch.get("mask_time_indices")
-        if mask is None:
-            mask = compute_span_mask(lengths, num_frames, c.mask_prob, c.mask_length, c.min_masks)
+        num_frames, lengths, mask = frames_and_span_mask(self.model, batch, audio, c)
         out = self.model.encode(audio, attention_mask, mask_time_indices=mask)
         temperature = self.gumbel_temperature
         quantized, perplexity = self.quantizer(out.features, temperature, out.frame_mask)

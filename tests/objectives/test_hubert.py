@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from speech_toys import tones, train_on_tones
 
 from ptft_engine import cli
 from ptft_engine.config.schema import RunConfig
@@ -23,15 +23,13 @@ from ptft_engine.objectives.hubert import HubertObjective, HubertObjectiveConfig
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "models" / "wav2vec2-tiny.yaml"
-sys.path.insert(0, str(Path(__file__).parent))
-from test_wav2vec2 import _tones  # noqa: E402  the wav2vec2 test's rising tones: one toy corpus for both
 
 
 @pytest.fixture(scope="module")
 def km_path(tmp_path_factory) -> Path:
     """k-means targets (16 clusters) fitted on 24 tones that the training batch does not hold."""
     path = tmp_path_factory.mktemp("km") / "km.json"
-    st.fit_kmeans([a.numpy() for a in _tones(48)[24:]], 16, seed=0).save(path)
+    st.fit_kmeans([a.numpy() for a in tones(48)[24:]], 16, seed=0).save(path)
     return path
 
 
@@ -73,7 +71,7 @@ def test_mfcc_parts_dct_filterbank_deltas_and_padding():
     d = st.deltas(ramp, torch.tensor([10]))[0, :, 0]
     assert torch.allclose(d[2:8], torch.full((6,), 3.0)) and math.isclose(float(d[0]), 1.5)  # edge repeated
     # a clip padded with zeros: its real frames' features are the unpadded clip's, deltas included
-    clip = _tones(1)[0, :6000]
+    clip = tones(1)[0, :6000]
     padded = torch.cat([clip, torch.zeros(3000)])[None]
     real = st.num_frames(6000)
     torch.testing.assert_close(st.mfcc(padded, torch.tensor([6000]))[0, :real], st.mfcc(clip[None])[0])
@@ -87,7 +85,7 @@ def test_kmeans_targets_json_round_trip_and_nearest_centroid(km_path):
     for a, b in ((km.mean, again.mean), (km.std, again.std), (km.centroids, again.centroids)):
         assert torch.equal(a, b)
     assert (again.frames, again.inertia) == (km.frames, km.inertia)
-    audio = _tones(4)
+    audio = tones(4)
     mask = torch.ones_like(audio, dtype=torch.bool)
     mask[1, 3000:] = False
     ids = km.cluster_ids(audio * mask, mask)
@@ -127,7 +125,7 @@ def test_bad_kmeans_file_is_a_one_line_error_naming_it(tmp_path, content, proble
 
 def test_loss_is_cross_entropy_of_cosine_logits_on_masked_and_weighted_unmasked_frames(km_path):
     obj = _objective(km_path, unmasked_weight=0.5).eval()
-    audio = _tones(3)
+    audio = tones(3)
     am = torch.ones_like(audio, dtype=torch.bool)
     am[2, 4000:] = False
     audio = audio * am
@@ -160,18 +158,18 @@ def test_loss_is_cross_entropy_of_cosine_logits_on_masked_and_weighted_unmasked_
 
 
 def test_masks_are_the_wav2vec2_span_masks_at_hubert_base_settings(km_path, monkeypatch):
-    assert hubert.compute_span_mask is wav2vec2.compute_span_mask  # one masking function, reused
+    assert hubert.frames_and_span_mask is wav2vec2.frames_and_span_mask  # one masking path, reused
     cfg = HubertObjectiveConfig()
     assert (cfg.mask_prob, cfg.mask_length, cfg.min_masks, cfg.final_dim, cfg.logit_temperature) == \
         (0.8, 10, 2, 256, 0.1)
-    seen = []
+    seen, original = [], wav2vec2.compute_span_mask
 
     def spy(lengths, num_frames, mask_prob, mask_length, min_masks=0, generator=None):
-        mask = wav2vec2.compute_span_mask(lengths, num_frames, mask_prob, mask_length, min_masks, generator)
+        mask = original(lengths, num_frames, mask_prob, mask_length, min_masks, generator)
         seen.append((lengths.tolist(), mask_prob, mask_length, min_masks, mask))
         return mask
 
-    monkeypatch.setattr(hubert, "compute_span_mask", spy)
+    monkeypatch.setattr(wav2vec2, "compute_span_mask", spy)
     obj = _objective(km_path)
     audio = torch.randn(16, 500 * 320 + 80)
     am = torch.ones_like(audio, dtype=torch.bool)
@@ -186,31 +184,7 @@ def test_masks_are_the_wav2vec2_span_masks_at_hubert_base_settings(km_path, monk
 
 
 def test_loss_decreases_on_toy_tones(km_path):
-    obj = _objective(km_path, unmasked_weight=1.0).train()
-    audio = _tones(24)
-    am = torch.ones_like(audio, dtype=torch.bool)
-    am[::3, 4800:] = False  # a third of the batch is padded
-    audio = audio * am
-    batch = {"input_values": audio, "attention_mask": am}
-
-    @torch.no_grad()
-    def held_out() -> dict:  # the same masks each time
-        obj.eval()
-        torch.manual_seed(123)
-        out = obj(batch)
-        obj.train()
-        return out
-
-    before = held_out()
-    opt = torch.optim.AdamW(obj.parameters(), lr=3e-3)
-    for step in range(40):
-        idx = torch.arange(8) + 8 * (step % 3)
-        out = obj({"input_values": audio[idx], "attention_mask": am[idx]})
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        assert math.isfinite(out["loss"].item())
-    after = held_out()
+    before, after = train_on_tones(_objective(km_path, unmasked_weight=1.0), 40)
     # from about ln 16 = 2.77 (a guess among the 16 clusters)
     assert before["masked_loss"] > 2.5 and after["masked_loss"] < before["masked_loss"] - 0.5, (before, after)
     assert after["masked_accuracy"] > before["masked_accuracy"] + 0.1, (before, after)
@@ -248,7 +222,7 @@ def test_speech_targets_command_fits_audio_shards(tmp_path, capsys):
 
     clips = tmp_path / "clips"
     clips.mkdir()
-    for i, wave in enumerate(_tones(6, seconds=1.0)):
+    for i, wave in enumerate(tones(6, seconds=1.0)):
         sf.write(clips / f"c{i}.wav", (0.3 * wave / wave.abs().max()).numpy(), 16_000, subtype="PCM_16")
     shards = tmp_path / "shards"
     assert cli.main(["shard", str(clips), "--format", "audio", "--output", str(shards), "--workers", "1",

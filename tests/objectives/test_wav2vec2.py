@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from speech_toys import tones, train_on_tones
 
 from ptft_engine.models import build_model, load_model_config
 from ptft_engine.objectives.wav2vec2 import (
@@ -119,51 +120,13 @@ def test_gumbel_temperature_anneals_from_2_to_half():
     assert obj.gumbel_temperature == 0.5
 
 
-def _tones(n: int, seconds: float = 0.4, sr: int = 16000) -> torch.Tensor:
-    """n rising tones (chirps): each starts at 150-600 Hz and rises 1-3 octaves per second, plus a
-    little noise, so a masked frame's pitch follows from its neighbours and differs from the others'."""
-    g = torch.Generator().manual_seed(7)
-    t = torch.arange(int(seconds * sr)) / sr
-    rows = []
-    for _ in range(n):
-        f0 = 150 * 2 ** (2 * torch.rand((), generator=g))
-        rate = 1 + 2 * torch.rand((), generator=g)
-        f = f0 * 2 ** (rate * t)
-        wave = torch.sin(2 * math.pi * torch.cumsum(f, 0) / sr) + 0.05 * torch.randn(t.shape[0], generator=g)
-        rows.append((wave - wave.mean()) / wave.std())
-    return torch.stack(rows)
-
-
 def test_pretraining_loss_decreases_on_toy_tones():
     torch.manual_seed(0)
     model = build_model(load_model_config(TINY))
     cfg = Wav2Vec2ObjectiveConfig(num_codevectors_per_group=32, codevector_dim=32, proj_codevector_dim=32,
                                   num_negatives=20, gumbel_temperature_decay=0.99)
-    obj = Wav2Vec2Objective(model, cfg).train()
-    audio = _tones(24)
-    attention_mask = torch.ones_like(audio, dtype=torch.bool)
-    attention_mask[::3, 4800:] = False  # a third of the batch is padded
-    audio = audio * attention_mask
-    batch = {"input_values": audio, "attention_mask": attention_mask}
-
-    @torch.no_grad()
-    def held_out() -> dict:  # the same masks and distractors each time; argmax codes in eval mode
-        obj.eval()
-        torch.manual_seed(123)
-        out = obj(batch)
-        obj.train()
-        return out
-
-    before = held_out()
-    opt = torch.optim.AdamW(obj.parameters(), lr=3e-3)
-    for step in range(80):
-        idx = torch.arange(8) + 8 * (step % 3)
-        out = obj({"input_values": audio[idx], "attention_mask": attention_mask[idx]})
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        assert math.isfinite(out["loss"].item())
-    after = held_out()
+    obj = Wav2Vec2Objective(model, cfg)
+    before, after = train_on_tones(obj, 80)
     # from about ln(21) = 3.04, the loss of a guess among the target and 20 distractors
     assert after["contrastive_loss"] < before["contrastive_loss"] - 0.3, (before, after)
     assert after["accuracy"] > before["accuracy"] + 0.1, (before, after)
@@ -195,7 +158,7 @@ def test_contrastive_loss_equals_transformers_wav2vec2_for_pretraining():
     state.update({k: v for k, v in obj.state_dict().items() if k.startswith(("quantizer.", "project_"))})
     missing, unexpected = hf.load_state_dict(state, strict=False)
     assert not missing and not unexpected
-    audio = _tones(3)
+    audio = tones(3)
     attention_mask = torch.ones_like(audio, dtype=torch.bool)
     attention_mask[1, 4000:] = False
     audio = audio * attention_mask
