@@ -128,15 +128,8 @@ if __name__ == "__main__":
     from ptft_engine.cli import main as _main
 
     code = _main()
-    if "RANK" in os.environ:
-        # A launched rank that finished leaves without interpreter teardown: that teardown
-        # destroys c10d's store client and gloo's threads in no fixed order and now and then
-        # aborts a rank whose work is all saved ("terminate called without an active
-        # exception", exit -6), which fails the launch. Python's exit handlers still run.
-        import atexit
+    if "RANK" in os.environ:  # a launched rank: see engine/rank_exit.py
+        from ptft_engine.engine.rank_exit import exit_rank
 
-        atexit._run_exitfuncs()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        exit_rank(code)
     sys.exit(code)

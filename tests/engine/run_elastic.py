@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ptft_engine.config import load_run_config
 from ptft_engine.engine import Trainer, async_save
+from ptft_engine.engine.rank_exit import exit_rank
 
 
 def main(argv: list[str]) -> int:
@@ -62,4 +63,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    exit_rank(main(sys.argv[1:]))  # as `python -m ptft_engine.cli` ends a launched rank

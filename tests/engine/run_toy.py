@@ -16,6 +16,7 @@ from toy import ToyCausalLM  # noqa: E402
 
 from ptft_engine.config import load_run_config  # noqa: E402
 from ptft_engine.engine import Trainer, TrainingStopped  # noqa: E402
+from ptft_engine.engine.rank_exit import exit_rank  # noqa: E402
 
 
 def run_job(overrides: list[str]) -> int:
@@ -58,4 +59,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    exit_rank(main(sys.argv[1:]))  # as `python -m ptft_engine.cli` ends a launched rank

@@ -10,6 +10,8 @@ import sys
 
 import torch
 
+from ptft_engine.engine.rank_exit import exit_rank
+
 
 def main(run_dir: str, stage: int, precision: str = "fp32") -> int:
     torch.set_num_threads(1)
@@ -45,4 +47,4 @@ def main(run_dir: str, stage: int, precision: str = "fp32") -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], int(sys.argv[2]), *sys.argv[3:]))
+    exit_rank(main(sys.argv[1], int(sys.argv[2]), *sys.argv[3:]))  # as a launched rank ends
