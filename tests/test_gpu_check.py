@@ -51,7 +51,10 @@ def assert_steps_keep_the_later_shares(steps, budget):
     """No step's time limit reaches into the shares kept for the steps after it (10 s stay for the summary);
     the shares shrink step by step to none for the last."""
     for s in steps:
-        assert s["start"] + s.get("limit", 0) + s["kept"] <= budget - 10, s
+        if "limit" not in s:  # skipped: a step before it may overrun its limit by timeout's 5 s kill grace
+            assert s["skipped"] == "deadline", s
+            continue
+        assert s["start"] + s["limit"] + s["kept"] <= budget - 10, s
     kept = [s["kept"] for s in steps]
     assert kept == sorted(kept, reverse=True) and kept[-1] == 0 and kept[0] > 0, kept
 
