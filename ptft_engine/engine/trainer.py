@@ -221,49 +221,54 @@ class Trainer(CheckpointHooks):
     # ---------------------------------------------------------------- loop
     def fit(self) -> TrainState:
         """Train to run.max_steps, or until a signal (then `self.stopped_by` names it)."""
-        cfg = self.cfg
         self.stop.install()
         try:
-            t_last, units_last = time.perf_counter(), 0.0
-            while self.state.step < cfg.run.max_steps:
-                out = self._guarded(self._train_step)
-                self.state.step += 1
-                self.heartbeat.step_done(self.state.step)
-                self.state.tokens_seen += int(out["units"])
-                units_last += out["units"]
-                self.logger.advance()
-                self._count_bad_step(out["bad"])
-                if self.state.step % cfg.run.log_every == 0 or self.state.step == cfg.run.max_steps or out["stop"]:
-                    now = time.perf_counter()
-                    self._log_train(out, units_last / max(now - t_last, 1e-9))
-                    t_last, units_last = now, 0.0
-                if self.state.consecutive_bad >= cfg.bad_steps.max_consecutive:
-                    self._too_many_bad_steps()
-                if cfg.run.eval_every and self.state.step % cfg.run.eval_every == 0:
-                    self._guarded(self.evaluate)
-                if out["stop"]:
-                    self._guarded(self.save)
-                    self._guarded(self.settle_saves)  # the checkpoint is complete before we exit
-                    self.stopped_by = self.stop.name or "on another rank"  # the flag came in the all-reduce
-                    self._summary(f"stopped by a signal ({self.stopped_by}) at step {self.state.step}; checkpoint "
-                                  f"saved in {self.ckpt_dir}, continue with --resume auto")
-                    return self.state
-                if cfg.checkpoint.every and self.state.step % cfg.checkpoint.every == 0:
-                    self._guarded(self.save)
-            if cfg.checkpoint.save_at_end:
-                self._guarded(lambda: self.save(final=True))
-            self._guarded(self.settle_saves)
-            self._summary(f"finished at step {self.state.step}")
-            return self.state
+            return self._guarded(self._loop)  # every collective of the loop: steps, logging, eval, saves
         finally:
             self.stop.restore()
             self.logger.close()
+
+    def _loop(self) -> TrainState:
+        cfg = self.cfg
+        t_last, units_last = time.perf_counter(), 0.0
+        while self.state.step < cfg.run.max_steps:
+            out = self._train_step()
+            self.state.step += 1
+            self.heartbeat.step_done(self.state.step)
+            self.state.tokens_seen += int(out["units"])
+            units_last += out["units"]
+            self.logger.advance()
+            self._count_bad_step(out["bad"])
+            if self.state.step % cfg.run.log_every == 0 or self.state.step == cfg.run.max_steps or out["stop"]:
+                now = time.perf_counter()
+                self._log_train(out, units_last / max(now - t_last, 1e-9))
+                t_last, units_last = now, 0.0
+            if self.state.consecutive_bad >= cfg.bad_steps.max_consecutive:
+                self._too_many_bad_steps()
+            if cfg.run.eval_every and self.state.step % cfg.run.eval_every == 0:
+                self.evaluate()
+            if out["stop"]:
+                self.save()
+                self.settle_saves()  # the checkpoint is complete before we exit
+                self.stopped_by = self.stop.name or "on another rank"  # the flag came in the all-reduce
+                self._summary(f"stopped by a signal ({self.stopped_by}) at step {self.state.step}; checkpoint "
+                              f"saved in {self.ckpt_dir}, continue with --resume auto")
+                return self.state
+            if cfg.checkpoint.every and self.state.step % cfg.checkpoint.every == 0:
+                self.save()
+        if cfg.checkpoint.save_at_end:
+            self.save(final=True)
+        self.settle_saves()
+        self._summary(f"finished at step {self.state.step}")
+        return self.state
 
     def _guarded(self, fn: Callable[[], Any]) -> Any:
         """A collective that fails (timed out, or a peer gone) becomes one line naming the rank
         that did not answer, instead of a wait past run.dist_timeout_s or a gloo traceback."""
         try:
             return fn()
+        except TrainingStopped:
+            raise  # already one line (bad steps), and its text may name a timeout itself
         except RuntimeError as exc:
             text = str(exc)
             if self.world_size < 2 or not any(w in text.lower() for w in ("timed out", "timeout", "connection",
@@ -274,7 +279,7 @@ class Trainer(CheckpointHooks):
             first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
             first = first.split("] ", 1)[-1]  # drop gloo's source location
             raise TrainingStopped(
-                f"rank {self.rank}: a collective failed at step {self.state.step + 1} "
+                f"rank {self.rank}: a collective failed after step {self.state.step} "
                 f"(run.dist_timeout_s={self.cfg.run.dist_timeout_s:g}): {first}; "
                 f"{'not answering: ' + who if who else 'a peer rank failed or stopped answering'}; "
                 f"newest checkpoint: {latest or 'none'}") from None
