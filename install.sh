@@ -10,10 +10,15 @@ PY=${PYTHON:-python3}
 . "$VENV/bin/activate"
 python -m pip install -q --upgrade pip setuptools wheel
 
-# Torch first and pinned: an unpinned torch (or a package that depends on it) would
-# fetch a multi-GB CUDA build. A torch already in the venv (e.g. CUDA on a GPU box) is kept.
+# Torch first, pinned, and the CPU build: PyPI's Linux torch (and an unpinned one that another
+# package pulls in) is a multi-GB CUDA build. The CPU build is `+cpu`: from a wheel directory
+# pip is configured with, else from PyTorch's CPU index; macOS has no `+cpu` wheels, and there
+# PyPI's build is the CPU one. A torch already in the venv (e.g. CUDA on a GPU box) is kept.
 if ! python -c "import torch" 2>/dev/null; then
-  python -m pip install -q "torch==${PTFT_TORCH_VERSION:-2.13.0}"
+  TORCH="torch==${PTFT_TORCH_VERSION:-2.13.0}"
+  python -m pip install -q "$TORCH+cpu" 2>/dev/null \
+    || python -m pip install -q "$TORCH+cpu" --extra-index-url https://download.pytorch.org/whl/cpu \
+    || python -m pip install -q "$TORCH"
 fi
 python -m pip install -q pybind11 ninja
 # No build isolation: the extension (and DeepSpeed) must build against the torch above.

@@ -6,7 +6,7 @@ Data: scikit-learn's 8x8 digits (SimCLR, then digit classification) and the docs
 the standard library and of installed packages (WordPiece tokenizer, masked LM and causal
 LM, then: which package does a docstring come from), and speech made offline by eSpeak NG
 (HuBERT on k-means targets, then: which digit is spoken, by voices never heard). Pre-training runs
-through the deepspeed launcher (launch/local.sh): on CPU 2 ranks with gloo, on a GPU
+through the engine's launcher (launch/local.sh): on CPU 2 ranks with gloo, on a GPU
 machine one rank per GPU. On 2 idle CPU cores --quick took 1 min 32 s, the full run
 8 min 54 s. Everything goes under --out; `ptft report DIR` redraws the plots.
 """
@@ -16,7 +16,7 @@ from ptft_engine.cli import UserError
 
 EXAMPLE = """Examples:
   ptft demo --quick                 # about 2 minutes on 2 CPU cores (all three tables)
-  ptft demo --out demo_out          # the full run (about 11 minutes on 2 CPU cores)
+  ptft demo --out demo_out          # the full run (about 9 minutes on 2 CPU cores)
   ptft demo --ranks 4 --out /tmp/d  # more ranks (GPUs when present)
 Then: open demo_out/report/report.html; ptft export/finetune/report --help for the parts."""
 

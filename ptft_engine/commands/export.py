@@ -5,7 +5,8 @@ directory (any ZeRO stage, any world size: consolidated tensor by tensor from th
 master partitions), or an existing export / transformers directory (re-exported, e.g.
 to bf16 or another layout; a fine-tuned model keeps its task head, task.json and
 metrics.json). --format hf writes the transformers layout (BERT for the
-encoder, GPT-2 or Llama for the decoder); native keeps engine names (any model).
+encoder, GPT-2 or Llama for the decoder, Wav2Vec2 for speech, ViT for images); native keeps
+engine names (any model). auto: hf for text and speech models, native for the others.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def add_arguments(p) -> None:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--max-shard-size", default="2GB", help="shard above this size, with an index (default 2GB)")
     p.add_argument("--format", default="auto", choices=["auto", "hf", "native"],
-                   help="auto: hf for text models, native otherwise")
+                   help="auto: hf for text and speech models, native otherwise")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json to include (default: the run's)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     p.add_argument("--require-manifest", action="store_true",

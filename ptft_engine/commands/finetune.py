@@ -1,7 +1,8 @@
 """Fine-tune an exported (or transformers) model on a labelled task, on one device.
 
-Tasks: sequence_classification, token_classification, regression, image_classification.
-Strategies: full, partial (freeze embeddings / lower N blocks), linear_probe, lora; with
+Tasks: sequence_classification, token_classification, regression, image_classification,
+audio_classification. Strategies: full, partial (freeze embeddings / lower N blocks),
+linear_probe, lora, freeze_feature_encoder (audio: wav2vec 2.0's conv stack frozen); with
 warmup + decay, layer-wise lr decay (optim.layer_decay) and early stopping on a
 validation metric. Data (data.format): jsonl, csv, image folders, or shards written by
 `ptft shard --format images` (image classification) or `ptft shard --format jsonl

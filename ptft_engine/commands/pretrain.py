@@ -1,4 +1,4 @@
-"""Pre-train a model with DeepSpeed: masked LM, causal LM, SimCLR or CLIP.
+"""Pre-train a model with DeepSpeed: masked LM, causal LM, SimCLR, CLIP, wav2vec 2.0 or HuBERT.
 
 The run is described by a YAML recipe (configs/*.yaml); any key can be overridden on the
 command line as dotted.key=value. The resolved config, the generated DeepSpeed config,

@@ -120,6 +120,17 @@ class RunConfig(Section):
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     bad_steps: BadStepSection = Field(default_factory=BadStepSection)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _shards_replace_synthetic_data(cls, tree: Any) -> Any:
+        """`data.shards=...` on a recipe with synthetic data (the configs/*_tiny.yaml ones) runs on
+        those shards: the keys only synthetic data has (synthetic, vocab_size, num_samples, ...)
+        are dropped, the shared ones (batch_size, seq_len) stay."""
+        data = tree.get("data") if isinstance(tree, dict) else None
+        if isinstance(data, dict) and "synthetic" in data and "shards" in data:
+            tree = {**tree, "data": {k: v for k, v in data.items() if k in DataConfig.model_fields}}
+        return tree
+
     @model_validator(mode="after")
     def _objective_takes_data(self):
         if self.objective is not None:
