@@ -262,9 +262,14 @@ class Loader:
             stream = PlannedStream(order, self.builder, self._plan(), rows=self.docs, carry=carry, **common)
         else:
             stream = ShardStream(order, self.builder, docs=self.docs, **common)
-        kw = {}
+        # A generator of its own: every iter(DataLoader) draws its workers' base seed from it, else
+        # from torch's global RNG, which objectives draw their masks from in the step. A resume
+        # restores that RNG and then opens an iterator: one draw there and the masks would differ
+        # from the uninterrupted run's (our samples are pure of seed/epoch/position, not of it).
+        kw = {"generator": torch.Generator().manual_seed(int(np.random.SeedSequence(
+            [cfg.seed, self.epoch, self.rank]).generate_state(1)[0]))}
         if cfg.num_workers > 0:
-            kw = dict(num_workers=cfg.num_workers, prefetch_factor=cfg.prefetch_factor, worker_init_fn=_worker_init)
+            kw.update(num_workers=cfg.num_workers, prefetch_factor=cfg.prefetch_factor, worker_init_fn=_worker_init)
         for batch in DataLoader(stream, batch_size=None, **kw):
             self._add_stats(batch.pop("_stats"))
             self.stats["batches"] = self.stats.get("batches", 0) + 1
