@@ -177,7 +177,7 @@ def test_saved_audio_model_is_a_task_model_like_the_others(saved, caplog):
     assert theirs.abs().max() > 0.1  # a head that matters
 
 
-def test_reexport_keeps_the_audio_head(saved, tmp_path):
+def test_reexport_keeps_the_audio_head(saved, tmp_path, capsys):
     """`ptft export best/ OUT --dtype bf16` keeps Wav2Vec2ForSequenceClassification, task.json
     and metrics.json, as for the text tasks."""
     import json
@@ -199,6 +199,14 @@ def test_reexport_keeps_the_audio_head(saved, tmp_path):
     batch = _padded_batch()
     with torch.no_grad():
         assert torch.equal(served.eval()(**batch).logits.argmax(-1), first(batch).argmax(-1))
+    # a task class without task.json (a best/ saved before task.json existed): refused, not cut to the backbone
+    (out.parent / "old").mkdir()
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        (out.parent / "old" / name).write_bytes((out / name).read_bytes())
+    capsys.readouterr()
+    assert cli.main(["export", str(out.parent / "old"), str(tmp_path / "old")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "names Wav2Vec2ForSequenceClassification but there is no task.json" in err
 
 
 def test_unknown_strategy_is_refused(export_dir):
