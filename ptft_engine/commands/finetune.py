@@ -5,9 +5,10 @@ audio_classification. Strategies: full, partial (freeze embeddings / lower N blo
 linear_probe, lora, freeze_feature_encoder (audio: wav2vec 2.0's conv stack frozen); with
 warmup + decay, layer-wise lr decay (optim.layer_decay) and early stopping on a
 validation metric. Data (data.format): jsonl, csv, image folders, or shards written by
-`ptft shard --format images` (image classification) or `ptft shard --format jsonl
---label-field F` (sequence classification, regression). Writes OUTPUT_DIR/best (export format + head + metrics),
-OUTPUT_DIR/report.json and OUTPUT_DIR/curves.png.
+`ptft shard --format images` (image classification), `ptft shard --format jsonl
+--label-field F` (sequence classification, regression) or `ptft shard --format audio
+--manifest labels.jsonl` (audio classification). Writes OUTPUT_DIR/best (export format + head
++ task.json + metrics.json), OUTPUT_DIR/report.json and OUTPUT_DIR/curves.png.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ EXAMPLE = """Examples:
   ptft finetune --config configs/finetune/sentiment.yaml
   ptft finetune --config configs/finetune/sentiment.yaml strategy.kind=lora optim.lr=1e-3
   ptft finetune --config configs/finetune/digits_probe.yaml data.train_fraction=0.1 output_dir=out/digits10
+  ptft finetune --config configs/finetune/spoken_digits.yaml model.pretrained=exports/hubert strategy.kind=lora
 """
 
 

@@ -124,7 +124,8 @@ def finetune_one(model_dir: Path, recipe: Recipe, records: dict, fraction: float
     counts = apply_audio_strategy(model, recipe.strategy["kind"])
     result = finetune_audio(model, extractor, clips(train), labels(train), clips(records["val"]),
                             labels(records["val"]), batch_size=8, max_steps=steps, warmup_ratio=0.1,
-                            weight_decay=0.01, seed=seed, out_dir=run_dir, **recipe.optim)
+                            weight_decay=0.01, seed=seed, out_dir=run_dir, strategy=recipe.strategy["kind"],
+                            source={"pretrained": str(model_dir)}, **recipe.optim)
     best = AutoModelForAudioClassification.from_pretrained(run_dir / "best")
     test = evaluate_audio(best, AutoFeatureExtractor.from_pretrained(run_dir / "best"), clips(records["test"]),
                           labels(records["test"]))

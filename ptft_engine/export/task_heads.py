@@ -3,6 +3,8 @@
 A fine-tuned model is an engine backbone plus the head of finetune.TaskModel:
   pooler.{weight,bias}  encoder sequence tasks pooled at [CLS]: tanh(dense(h[CLS])), BERT's pooler
   head.{weight,bias}    the output projection (decoder sequence tasks: no bias, as transformers' `score`)
+  projector.{weight,bias}  audio classification: frames mean-pooled, then projected (no activation)
+                        to classifier_proj_size before `head`: Wav2Vec2ForSequenceClassification's projector
 Where a transformers class computes exactly what TaskModel does, the head is written under
 that class's names into the model's safetensors, and config.json names the class with
 id2label / label2id, so `AutoModelFor*.from_pretrained` serves it. Where none does (mean
@@ -21,7 +23,7 @@ from typing import Any
 TASK_FILE = "task.json"
 HEAD_FILE = "head.safetensors"
 METRICS_FILE = "metrics.json"
-SEQUENCE_TASKS = ("sequence_classification", "regression")
+SEQUENCE_TASKS = ("sequence_classification", "regression", "audio_classification")  # one label per input
 
 
 @dataclass
@@ -72,6 +74,9 @@ def task_head(model_cfg, task: dict[str, Any], hf_layout: bool, pad_token_id: in
         if pooling != "cls":
             return _native(f"pooling={pooling!r}: ViTForImageClassification classifies the [CLS] token only")
         return TaskHead("ViTForImageClassification", {"head": "classifier"}, backbone_prefix="vit.")
+    if arch == "wav2vec2" and kind == "audio_classification":
+        return TaskHead("Wav2Vec2ForSequenceClassification", {"projector": "projector", "head": "classifier"},
+                        backbone_prefix="wav2vec2.")
     return _native(f"no transformers task class for a {arch} backbone")
 
 
@@ -87,4 +92,6 @@ def task_config(head: TaskHead, task: dict[str, Any], pad_token_id: int | None) 
         out["problem_type"] = "regression" if task["kind"] == "regression" else "single_label_classification"
     if pad_token_id is not None:
         out["pad_token_id"] = pad_token_id
+    if task.get("classifier_proj_size"):  # the projector's width (transformers' default is 256)
+        out["classifier_proj_size"] = task["classifier_proj_size"]
     return out

@@ -265,6 +265,9 @@ def model_tensors(ckpt: Path) -> tuple[Iterator[tuple[str, torch.Tensor]], dict[
     return only_model(), info
 
 
+# transformers task classes: their heads are kept only through task.json (a ptft finetune save)
+TASK_CLASS_SUFFIXES = ("ForSequenceClassification", "ForTokenClassification", "ForImageClassification",
+                       "ForAudioClassification")
 RUN_CONFIGS = ("config.yaml", "config.json")  # the engine's resolved run config (yaml now, json before)
 
 
@@ -339,10 +342,14 @@ def export_any(source: Path, out_dir: Path, *, tokenizer=None, require_manifest:
     is_export = (source / "config.json").is_file() and any(
         (source / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"))
     if is_export:
-        from ptft_engine.export.loader import load_export
-        from ptft_engine.export.task_heads import METRICS_FILE
+        from ptft_engine.export.loader import load_export, read_config
+        from ptft_engine.export.task_heads import METRICS_FILE, TASK_FILE
         from ptft_engine.export.writer import export_tensors, unique_state
 
+        heads = [a for a in read_config(source).get("architectures") or [] if a.endswith(TASK_CLASS_SUFFIXES)]
+        if heads and not (source / TASK_FILE).is_file():  # else only the backbone would be written
+            raise ExportError(f"{source}: config.json names {heads[0]} but there is no {TASK_FILE}, so its head "
+                              "would be dropped; re-export a `ptft finetune` best/ (it has task.json)")
         loaded = load_export(source, require_manifest=require_manifest)
         tok = tokenizer or ((source / "tokenizer.json") if (source / "tokenizer.json").is_file() else None)
         extra = {}

@@ -1,8 +1,11 @@
 """Audio classification from a wav2vec 2.0 export: the task model is transformers'
 Wav2Vec2ForSequenceClassification (projector to classifier_proj_size, mean over the real
-frames, linear classifier), so the saved model is served by AutoModelForAudioClassification
-with the export's feature extractor (16 kHz, each clip normalised to zero mean and unit
-variance), the same one that prepares the training batches here.
+frames, linear classifier) around the engine model's weights (read by load_export: sha256
+checked, safetensors only, never the network). It is saved as every fine-tuned model is
+(saved.save_task_model: the task class + task.json + metrics.json + manifest.json), so it is
+served by AutoModelForAudioClassification with the export's feature extractor (16 kHz, each
+clip normalised to zero mean and unit variance, the one that prepares the training batches
+here) and read back by load_task_model.
 
     model, extractor = load_audio_classifier("exports/w2v", labels=["no", "yes"])
     counts = apply_audio_strategy(model, "freeze_feature_encoder")
@@ -24,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptft_engine.finetune.lora import apply_lora, merge_lora
+from ptft_engine.finetune.lora import apply_lora, merged_state_dict
 from ptft_engine.finetune.metrics import classification_metrics
 
 AUDIO_STRATEGIES = ("full", "freeze_feature_encoder", "linear_probe", "lora")
@@ -33,21 +36,37 @@ SAMPLING_RATE = 16000
 
 def load_audio_classifier(pretrained: str | Path, labels: Sequence[str], **config_overrides):
     """(Wav2Vec2ForSequenceClassification with a fresh head, its feature extractor) from a
-    wav2vec2 export (or any transformers wav2vec2 directory). config_overrides go to the
-    transformers config, e.g. mask_time_prob=0.0 (no SpecAugment) or classifier_proj_size."""
-    from transformers import AutoFeatureExtractor, Wav2Vec2ForSequenceClassification
-    from transformers.utils import logging as hf_logging
+    wav2vec2 export (or any transformers wav2vec2 directory); see audio_classifier."""
+    from ptft_engine.export import load_pretrained
 
+    return audio_classifier(load_pretrained(pretrained), labels, **config_overrides)
+
+
+def audio_classifier(backbone, labels: Sequence[str], **config_overrides):
+    """The engine wav2vec 2.0 model `backbone` as transformers' task class with a fresh head,
+    and the feature extractor its export has. config_overrides go to the transformers config,
+    e.g. mask_time_prob=0.0 (no SpecAugment) or classifier_proj_size."""
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
+
+    from ptft_engine.export.formats import layout_for
+    from ptft_engine.export.hf_state import to_hf_state_dict
+
+    cfg = backbone.config
+    if cfg.arch != "wav2vec2":
+        raise ValueError(f"task.kind audio_classification needs a wav2vec 2.0 / HuBERT model, got a {cfg.arch} model")
+    layout = layout_for(cfg, "hf")
     labels = [str(x) for x in labels]
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # "newly initialized: projector, classifier" is the point here
-    try:
-        model = Wav2Vec2ForSequenceClassification.from_pretrained(
-            pretrained, num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={name: i for i, name in enumerate(labels)}, **config_overrides)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    extractor = AutoFeatureExtractor.from_pretrained(pretrained)
+    hf = {k: v for k, v in layout.target_config(cfg).items() if k != "model_type"}
+    model = Wav2Vec2ForSequenceClassification(Wav2Vec2Config(**{
+        **hf, "num_labels": len(labels), "id2label": dict(enumerate(labels)),
+        "label2id": {name: i for i, name in enumerate(labels)}, **config_overrides}))
+    if getattr(model.wav2vec2, "masked_spec_embed", None) is None:
+        # without SpecAugment transformers builds no mask embedding; keep the pre-trained one
+        # (unused, so untouched), so a save holds every weight an export has
+        model.wav2vec2.masked_spec_embed = torch.nn.Parameter(torch.empty(cfg.hidden_size))
+    model.wav2vec2.load_state_dict(to_hf_state_dict(backbone))  # strict: every weight has its place
+    prep = layout.extra_json(cfg)["preprocessor_config.json"]
+    extractor = Wav2Vec2FeatureExtractor(**{k: v for k, v in prep.items() if k != "feature_extractor_type"})
     return model, extractor
 
 
@@ -97,9 +116,10 @@ def evaluate_audio(model, extractor, clips, labels, batch_size: int = 32) -> dic
 def finetune_audio(model, extractor, train_clips, train_labels, val_clips, val_labels, *, lr: float = 1e-4,
                    head_lr: float | None = None, batch_size: int = 8, epochs: int = 10, max_steps: int | None = None,
                    warmup_ratio: float = 0.1, weight_decay: float = 0.0, clip_grad: float = 1.0, seed: int = 0,
-                   out_dir: str | Path | None = None) -> dict[str, Any]:
+                   out_dir: str | Path | None = None, strategy: str | None = None,
+                   source: dict[str, Any] | None = None) -> dict[str, Any]:
     """AdamW with linear warmup and decay; evaluates once per epoch and keeps the best model
-    (by validation accuracy) in out_dir/best (LoRA merged), served by transformers."""
+    (by validation accuracy) in out_dir/best (LoRA merged; see save_audio_classifier)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     head = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith(("projector.", "classifier."))]
@@ -137,40 +157,66 @@ def finetune_audio(model, extractor, train_clips, train_labels, val_clips, val_l
         if metrics["accuracy"] > best["accuracy"]:
             best = {"step": step, **metrics}
             if out_dir is not None:
-                save_audio_classifier(model, extractor, Path(out_dir) / "best")
+                save_audio_classifier(model, Path(out_dir) / "best", metrics={"step": step, **metrics},
+                                      strategy=strategy, source=source)
     return {"best": best, "initial": history["val"][0], "history": history, "steps": step,
             "seconds": time.time() - t0}
 
 
-def save_audio_classifier(model, extractor, out_dir: str | Path) -> Path:
-    """save_pretrained of the task model (LoRA folded into the weights; the live model keeps
-    its adapters) and of the feature extractor, written beside and renamed into place."""
-    import copy
+def task_model_of(model):
+    """The engine TaskModel that computes what the transformers model does (LoRA folded into
+    the weights; the live model keeps its adapters): the export's renaming, backwards."""
+    from ptft_engine.export.hf_wav2vec2 import Wav2Vec2Layout
+    from ptft_engine.export.task_heads import task_head
+    from ptft_engine.finetune.tasks import TaskModel
+    from ptft_engine.models import build_model
 
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    to_save = copy.deepcopy(model)
-    merge_lora(to_save)
-    to_save.save_pretrained(tmp)
-    extractor.save_pretrained(tmp)
-    if out_dir.exists():
-        import shutil
+    layout = Wav2Vec2Layout()
+    cfg = layout.engine_config(model.config.to_dict())
+    th = task_head(cfg, {"kind": "audio_classification"}, hf_layout=True)
+    backbone, head = build_model(cfg), {}
+    state = {}
+    for name, tensor in merged_state_dict(model).items():
+        ours = th.from_target(name)
+        if ours is not None:
+            head[ours] = tensor
+        else:
+            state.update(layout.from_target(name, tensor))  # drops the "wav2vec2." prefix
+    backbone.load_state_dict(state)  # strict: the renaming covers every weight
+    out = TaskModel(backbone, "audio_classification", model.config.num_labels,
+                    projector_size=model.config.classifier_proj_size)
+    out.load_head(head)
+    return out.eval()
 
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-    return out_dir
+
+def save_audio_classifier(model, out_dir: str | Path, *, metrics: dict[str, Any] | None = None,
+                          strategy: str | None = None, source: dict[str, Any] | None = None) -> Path:
+    """Save as every fine-tuned model is saved (saved.save_task_model, atomic): the
+    transformers task class with id2label, preprocessor_config.json, task.json, metrics.json
+    and manifest.json."""
+    from ptft_engine.finetune.saved import save_task_model
+
+    c = model.config
+    task_info = {"kind": "audio_classification", "num_outputs": c.num_labels,
+                 "labels": [c.id2label[i] for i in range(c.num_labels)], "pooling": "mean",
+                 "strategy": strategy, "metric": "accuracy", "classifier_proj_size": c.classifier_proj_size}
+    return save_task_model(task_model_of(model), out_dir, task_info=task_info, metrics=metrics or {},
+                           source=source)
 
 
 def finetune_audio_from_config(cfg, device: torch.device) -> dict[str, Any]:
     """`ptft finetune` with task.kind audio_classification: labelled audio shards (`ptft shard
-    --format audio`) -> the best model in output_dir/best, report.json and curves.png.
+    --format audio --manifest`) -> the best model in output_dir/best, report.json and curves.png.
     Evaluates once per epoch; eval.every and eval.patience do not apply here."""
+    from ptft_engine.finetune.backbone import load_backbone
     from ptft_engine.finetune.data import FinetuneDataError, read_records, split_records, subsample
     from ptft_engine.finetune.report import write_report
 
     d, o = cfg.data, cfg.optim
-    if cfg.model.pretrained is None:
-        raise FinetuneDataError("task.kind audio_classification fine-tunes a wav2vec 2.0 export: set model.pretrained")
+    backbone, _, source = load_backbone(cfg)  # first, as for every task: a wrong model.pretrained stops here
+    if backbone.config.arch != "wav2vec2":
+        raise FinetuneDataError(f"model: task.kind audio_classification needs a wav2vec 2.0 / HuBERT model, "
+                                f"got a {backbone.config.arch} model")
     label_of = lambda r: str(r["label"])  # noqa: E731
     train = read_records(d.train, "shards")
     if d.validation:
@@ -186,7 +232,8 @@ def finetune_audio_from_config(cfg, device: torch.device) -> dict[str, Any]:
     unknown = sorted({label_of(r) for r in train + val} - set(index))
     if unknown:
         raise FinetuneDataError(f"{d.train}: labels {unknown} are not in task.labels {names}")
-    model, extractor = load_audio_classifier(cfg.model.pretrained, names)
+    model, extractor = audio_classifier(backbone, names)
+    del backbone  # its weights are in the transformers model now
     other = {r.get("sample_rate") for r in train + val} - {None, extractor.sampling_rate}
     if other:
         raise FinetuneDataError(f"{d.train}: audio at {', '.join(map(str, sorted(other)))} Hz, but the model takes "
@@ -200,8 +247,8 @@ def finetune_audio_from_config(cfg, device: torch.device) -> dict[str, Any]:
         [r["audio"] for r in val], [index[label_of(r)] for r in val], lr=o.lr, head_lr=o.head_lr,
         batch_size=o.batch_size, epochs=o.epochs, max_steps=o.max_steps, warmup_ratio=o.warmup_ratio,
         weight_decay=o.weight_decay, clip_grad=o.clip_grad, seed=cfg.seed,
-        out_dir=cfg.output_dir if cfg.save_best else None)
-    report = {"config": cfg.model_dump(), "source": {"pretrained": cfg.model.pretrained}, "params": counts,
+        out_dir=cfg.output_dir if cfg.save_best else None, strategy=cfg.strategy.kind, source=source)
+    report = {"config": cfg.model_dump(), "source": source, "params": counts,
               "labels": names, "metric": "accuracy", "best_step": result["best"]["step"], "stopped_early": False,
               **result,
               "best_model": str(Path(cfg.output_dir) / "best") if cfg.save_best else None}

@@ -47,9 +47,9 @@ class TaskSection(_Section):
 
 class DataSection(_Section):
     format: Literal["jsonl", "csv", "image_folder", "shards"] = Field(
-        "jsonl", description="shards: `ptft shard --format images` output, or `--format jsonl --label-field F` "
-                             "output for text tasks (directory, index.json, tar, glob, brace range, "
-                             "http(s)/s3/gs URL or pipe:)")
+        "jsonl", description="shards: `ptft shard --format images` output, `--format jsonl --label-field F` "
+                             "output for text tasks, or `--format audio --manifest M` output for audio "
+                             "(directory, index.json, tar, glob, brace range, http(s)/s3/gs URL or pipe:)")
     train: str
     validation: str | None = None
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="held out of train when no validation file")

@@ -19,6 +19,7 @@ import torch
 
 from ptft_engine.engine.runtime import move_batch, pick_device, seed_everything
 from ptft_engine.engine.schedules import lr_at
+from ptft_engine.finetune.backbone import load_backbone
 from ptft_engine.finetune.config import MINIMISED, FinetuneConfig
 from ptft_engine.finetune.datasets import build_task_data
 from ptft_engine.finetune.freezing import apply_strategy
@@ -30,22 +31,6 @@ from ptft_engine.finetune.tasks import TaskModel, select_backbone
 from ptft_engine.labels import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
-
-
-def load_backbone(cfg: FinetuneConfig) -> tuple[torch.nn.Module, str | None, dict[str, Any]]:
-    """(engine model, tokenizer path or None, source info)."""
-    if cfg.model.pretrained is not None:
-        from ptft_engine.export import load_export
-
-        loaded = load_export(cfg.model.pretrained)
-        tok = cfg.data.tokenizer or (str(loaded.path / "tokenizer.json")
-                                     if (loaded.path / "tokenizer.json").is_file() else None)
-        manifest = loaded.manifest or {}
-        return loaded.model, tok, {"pretrained": str(loaded.path), "layout": loaded.layout,
-                                   "config_sha256": manifest.get("config_sha256")}
-    from ptft_engine.models import build_model
-
-    return build_model(cfg.model.config), cfg.data.tokenizer, {"pretrained": None, "from_scratch": True}
 
 
 @torch.no_grad()

@@ -37,8 +37,10 @@ def save_task_model(model: TaskModel, out_dir: str | Path, *, task_info: dict[st
 
 def _task_model(backbone, info: dict[str, Any], head: dict[str, torch.Tensor], dropout: float = 0.0) -> TaskModel:
     # the head's own tensors say whether it has a pooler / a bias (saves before both were transformers')
+    projector = head.get("projector.weight")
     model = TaskModel(backbone, info["kind"], info["num_outputs"], info.get("pooling", "cls"), dropout,
-                      pooler="pooler.weight" in head, head_bias="head.bias" in head)
+                      pooler="pooler.weight" in head, head_bias="head.bias" in head,
+                      **({} if projector is None else {"projector_size": projector.shape[0]}))
     model.load_head(head)
     return model
 

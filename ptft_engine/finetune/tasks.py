@@ -4,6 +4,7 @@
   regression               pooled features -> 1 value, MSE
   token_classification     per-token features -> num_labels logits, cross-entropy (-100 ignored)
   image_classification     ViT features (CLS or mean) -> num_labels logits, cross-entropy
+  audio_classification     wav2vec 2.0 frames, mean over the real ones -> projector -> num_labels logits
 
 Pooling: `cls` (first token), `mean` (over real tokens), `last` (last real token: what
 a causal decoder has seen everything at). A decoder asked for `cls` (the default) pools
@@ -15,7 +16,9 @@ tanh(dense(h[CLS])), before the output layer (BertForSequenceClassification); a 
 sequence head has no bias and reads the rightmost kept token (GPT2/Llama
 ForSequenceClassification's `score`; a mean-pooled one has no transformers class);
 token heads and ViT's [CLS] head are plain Linear layers on the final hidden states
-(BertForTokenClassification, ViTForImageClassification).
+(BertForTokenClassification, ViTForImageClassification); an audio head is
+Wav2Vec2ForSequenceClassification's: the mean over the real frames, a linear projector to
+classifier_proj_size (no activation, no dropout), a linear classifier.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from ptft_engine.labels import IGNORE_INDEX
 
 TEXT_TASKS = ("sequence_classification", "token_classification", "regression")
 SEQUENCE_TASKS = ("sequence_classification", "regression")
-HEAD_MODULES = ("head", "pooler")  # what a task adds to the backbone (trained as the head, saved with it)
+HEAD_MODULES = ("head", "pooler", "projector")  # what a task adds to the backbone (trained as the head, saved with it)
 
 
 def select_backbone(model: nn.Module, kind: str) -> nn.Module:
@@ -49,9 +52,10 @@ def _init_head(head: nn.Linear, std: float) -> None:
 
 class TaskModel(nn.Module):
     def __init__(self, backbone: nn.Module, kind: str, num_outputs: int, pooling: str = "cls", dropout: float = 0.1,
-                 *, pooler: bool | None = None, head_bias: bool | None = None):
+                 *, pooler: bool | None = None, head_bias: bool | None = None, projector_size: int = 256):
         """pooler / head_bias: None = transformers' choice for this backbone and task (see
-        the module notes); given explicitly only to load a head saved before that rule."""
+        the module notes); given explicitly only to load a head saved before that rule.
+        projector_size: audio only, Wav2Vec2Config.classifier_proj_size (256 by default there)."""
         super().__init__()
         self.backbone = backbone
         self.kind = kind
@@ -61,6 +65,12 @@ class TaskModel(nn.Module):
             raise ValueError(f"task.kind image_classification needs a ViT backbone, got {self.arch}")
         if kind in TEXT_TASKS and self.arch not in ("encoder", "decoder"):
             raise ValueError(f"task.kind {kind} needs a text backbone (encoder or decoder), got {self.arch}")
+        audio = kind == "audio_classification"
+        if audio != (self.arch == "wav2vec2"):
+            raise ValueError(f"task.kind {kind} on a {self.arch} backbone: audio_classification and a wav2vec 2.0 "
+                             "backbone go together")
+        if audio:  # transformers' head: mean over real frames, no dropout
+            pooling, dropout = "mean", 0.0
         self.pooling = "last" if self.arch == "decoder" and pooling == "cls" else pooling
         self.num_outputs = num_outputs
         self.dropout = nn.Dropout(dropout)
@@ -72,12 +82,15 @@ class TaskModel(nn.Module):
         self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size) if pooler else None
         if self.pooler is not None:
             _init_head(self.pooler, cfg.initializer_range)
-        self.head = nn.Linear(cfg.hidden_size, num_outputs, bias=head_bias)
+        self.projector = nn.Linear(cfg.hidden_size, projector_size) if audio else None
+        if self.projector is not None:
+            _init_head(self.projector, cfg.initializer_range)
+        self.head = nn.Linear(projector_size if audio else cfg.hidden_size, num_outputs, bias=head_bias)
         _init_head(self.head, cfg.initializer_range)
 
     # ------------------------------------------------------------------ head state
     def head_parameters(self) -> list[nn.Parameter]:
-        return [p for m in (self.head, self.pooler) if m is not None for p in m.parameters()]
+        return [p for m in (self.head, self.pooler, self.projector) if m is not None for p in m.parameters()]
 
     def head_state(self) -> dict[str, torch.Tensor]:
         """{"head.weight": ..., "pooler.weight": ...}: what a save adds to the backbone."""
@@ -90,16 +103,19 @@ class TaskModel(nn.Module):
         self.load_state_dict(state, strict=False)
 
     # ------------------------------------------------------------------ features
-    def _hidden(self, batch: dict) -> torch.Tensor:
+    def _hidden(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, S, D) hidden states and their mask (True/1 = real; None = all real)."""
         if self.arch == "vit":
-            return self.backbone.encode(batch["pixel_values"])  # (B, 1+N, D)
+            return self.backbone.encode(batch["pixel_values"]), None  # (B, 1+N, D)
+        if self.arch == "wav2vec2":  # the samples' mask becomes a frames' mask
+            out = self.backbone.encode(batch["input_values"], batch.get("attention_mask"))
+            return out.hidden, out.frame_mask
         kwargs = {"attention_mask": batch.get("attention_mask")}
         if self.arch == "encoder":
             kwargs["token_type_ids"] = batch.get("token_type_ids")
-        return self.backbone.encode(batch["input_ids"], **kwargs)  # (B, S, D)
+        return self.backbone.encode(batch["input_ids"], **kwargs), kwargs["attention_mask"]  # (B, S, D)
 
-    def _pool(self, h: torch.Tensor, batch: dict) -> torch.Tensor:
-        mask = batch.get("attention_mask")
+    def _pool(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if self.arch == "vit":
             return h[:, 0] if self.pooling == "cls" else h[:, 1:].mean(dim=1)
         if self.pooling == "cls":
@@ -115,12 +131,14 @@ class TaskModel(nn.Module):
         return h[torch.arange(h.shape[0], device=h.device), last]
 
     def forward(self, batch: dict) -> torch.Tensor:
-        h = self._hidden(batch)
+        h, mask = self._hidden(batch)
         if self.kind == "token_classification":
             return self.head(self.dropout(h))  # (B, S, C)
-        pooled = self._pool(h, batch)
+        pooled = self._pool(h, mask)
         if self.pooler is not None:
             pooled = torch.tanh(self.pooler(pooled))  # BERT's pooler
+        if self.projector is not None:
+            pooled = self.projector(pooled)  # linear: the same as transformers' projecting each frame first
         out = self.head(self.dropout(pooled))  # (B, C)
         return out.squeeze(-1) if self.kind == "regression" else out
 

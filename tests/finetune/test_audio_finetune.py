@@ -110,7 +110,7 @@ def test_lora_is_merged_into_the_saved_model(export_dir, tmp_path):
     model, extractor = _load(export_dir)
     apply_audio_strategy(model, "lora", lora_targets=("attn", "mlp"))
     _train_steps(model, extractor)
-    save_audio_classifier(model, extractor, tmp_path / "saved")
+    save_audio_classifier(model, tmp_path / "saved")
     served = transformers.AutoModelForAudioClassification.from_pretrained(tmp_path / "saved").eval()
     model.eval()
     clips, labels = _clips(4, 3)
@@ -121,6 +121,92 @@ def test_lora_is_merged_into_the_saved_model(export_dir, tmp_path):
     base, _ = _load(export_dir)
     q = "wav2vec2.encoder.layers.0.attention.q_proj.weight"
     assert not torch.equal(dict(served.named_parameters())[q], dict(base.named_parameters())[q])
+
+
+@pytest.fixture(scope="module")
+def saved(export_dir, tmp_path_factory):
+    """A LoRA-fine-tuned model saved as `ptft finetune` saves best/ (and the live model)."""
+    from ptft_engine.finetune.audio import save_audio_classifier
+
+    model, extractor = _load(export_dir, classifier_proj_size=24)  # not transformers' default: saved too
+    apply_audio_strategy(model, "lora")
+    _train_steps(model, extractor)
+    for p in model.classifier.parameters():  # a trained-looking head, not the near-zero init
+        torch.nn.init.normal_(p, std=0.5)
+    out = tmp_path_factory.mktemp("audio_saved") / "best"
+    save_audio_classifier(model, out, metrics={"step": 3, "accuracy": 0.75}, strategy="lora")
+    return out, model.eval(), extractor
+
+
+def _padded_batch():
+    clips, _ = _clips(3, 6)  # 0.3-0.5 s: padded to the longest, with a mask of the real samples
+    values = torch.zeros(3, max(len(c) for c in clips))
+    mask = torch.zeros(values.shape, dtype=torch.long)
+    for i, c in enumerate(clips):
+        values[i, :len(c)], mask[i, :len(c)] = torch.from_numpy(c), 1
+    return {"input_values": values, "attention_mask": mask}
+
+
+def test_saved_audio_model_is_a_task_model_like_the_others(saved, caplog):
+    """best/ has what every task's best/ has; load_task_model (no warning: the manifest is
+    checked) gives the logits transformers gives, with and without padding."""
+    import json
+    import logging
+
+    from ptft_engine.finetune import load_task_model
+
+    out, live, _ = saved
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "task.json", "metrics.json",
+            "manifest.json"} <= {p.name for p in out.iterdir()}
+    task = json.loads((out / "task.json").read_text())
+    assert task["kind"] == "audio_classification" and task["labels"] == ["low", "high"]
+    assert task["transformers_class"] == "Wav2Vec2ForSequenceClassification" and task["strategy"] == "lora"
+    assert json.loads((out / "metrics.json").read_text()) == {"step": 3, "accuracy": 0.75}
+    assert "metrics.json" in json.loads((out / "manifest.json").read_text())["files"]
+    with caplog.at_level(logging.WARNING):
+        model, info = load_task_model(out)
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    assert info["labels"] == ["low", "high"] and model.projector.out_features == 24
+    served = transformers.AutoModelForAudioClassification.from_pretrained(out).eval()
+    batch = _padded_batch()
+    with torch.no_grad():
+        for inputs in (batch, {"input_values": batch["input_values"][:1, :4800]}):
+            theirs = served(**inputs).logits
+            torch.testing.assert_close(model(inputs), theirs, atol=1e-5, rtol=0)
+            torch.testing.assert_close(live(**inputs).logits, theirs, atol=1e-5, rtol=0)
+    assert theirs.abs().max() > 0.1  # a head that matters
+
+
+def test_reexport_keeps_the_audio_head(saved, tmp_path, capsys):
+    """`ptft export best/ OUT --dtype bf16` keeps Wav2Vec2ForSequenceClassification, task.json
+    and metrics.json, as for the text tasks."""
+    import json
+
+    from ptft_engine import cli
+    from ptft_engine.finetune import load_task_model
+
+    out, _, _ = saved
+    assert cli.main(["export", str(out), str(tmp_path / "bf16"), "--dtype", "bf16"]) == 0
+    config = json.loads((tmp_path / "bf16" / "config.json").read_text())
+    assert config["architectures"] == ["Wav2Vec2ForSequenceClassification"]
+    assert config["id2label"] == {"0": "low", "1": "high"} and config["torch_dtype"] == "bfloat16"
+    assert config["classifier_proj_size"] == 24
+    assert json.loads((tmp_path / "bf16" / "metrics.json").read_text())["accuracy"] == 0.75
+    assert json.loads((tmp_path / "bf16" / "task.json").read_text())["labels"] == ["low", "high"]
+    served = transformers.AutoModelForAudioClassification.from_pretrained(tmp_path / "bf16", dtype=torch.float32)
+    first, _ = load_task_model(out)
+    torch.testing.assert_close(served.classifier.weight, first.head.weight.bfloat16().float())
+    batch = _padded_batch()
+    with torch.no_grad():
+        assert torch.equal(served.eval()(**batch).logits.argmax(-1), first(batch).argmax(-1))
+    # a task class without task.json (a best/ saved before task.json existed): refused, not cut to the backbone
+    (out.parent / "old").mkdir()
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        (out.parent / "old" / name).write_bytes((out / name).read_bytes())
+    capsys.readouterr()
+    assert cli.main(["export", str(out.parent / "old"), str(tmp_path / "old")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "names Wav2Vec2ForSequenceClassification but there is no task.json" in err
 
 
 def test_unknown_strategy_is_refused(export_dir):
@@ -208,3 +294,24 @@ def _write_config(root, export_dir, shards, out) -> str:
         "strategy": {"kind": "freeze_feature_encoder"}, "progress_bar": False,
         "optim": {"lr": 3e-3, "batch_size": 6, "epochs": 2}, "output_dir": str(out), "device": "cpu"}))
     return str(path)
+
+
+def test_a_missing_or_wrong_model_is_one_line_at_start(export_dir, tmp_path, monkeypatch, capsys):
+    """model.pretrained that is not a directory: the text tasks' one line, before any data is
+    read and without the network; a model that is not wav2vec 2.0: one line naming it."""
+    import ptft_engine.finetune.data as data
+    from ptft_engine import cli
+    from ptft_engine.models import EncoderConfig
+
+    def no_data(*a):
+        raise AssertionError("data read before the model was checked")
+
+    monkeypatch.setattr(data, "read_records", no_data)
+    path = _write_config(tmp_path, tmp_path / "nope", tmp_path / "shards", tmp_path / "ft")
+    assert cli.main(["finetune", "--config", path]) != 0
+    assert capsys.readouterr().err.strip() == f"ptft finetune: error: {tmp_path / 'nope'}: not a directory"
+    export_model(build_model(EncoderConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                           intermediate_size=32)), tmp_path / "bert")
+    assert cli.main(["finetune", "--config", path, f"model.pretrained={tmp_path / 'bert'}"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "needs a wav2vec 2.0 / HuBERT model, got a encoder model" in err
