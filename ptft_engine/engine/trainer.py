@@ -34,6 +34,15 @@ log = logging.getLogger(__name__)
 CLOSE_WAIT_S = 30.0  # how long close() waits for a background save an error left in flight
 
 
+def objective_scalars(out: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """What an objective reports beside its loss (accuracy, masked loss, perplexity, ...): its
+    float scalars, logged as the step's mean over micro-batches and ranks. Counts (num_*) and
+    the loss itself are handled apart."""
+    return {k: v.detach() for k, v in out.items()
+            if k != "loss" and not k.startswith("num_") and isinstance(v, torch.Tensor) and v.dim() == 0
+            and v.is_floating_point()}
+
+
 class TrainingStopped(RuntimeError):
     """The run stopped early for a reason the user must look at (e.g. repeated bad steps)."""
 
@@ -199,6 +208,7 @@ class Trainer(CheckpointHooks):
         self.optimizer.last_step_bad = False  # DeepSpeed may skip a step without calling our optimizer
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         units = 0.0
+        extras: dict[str, torch.Tensor] = {}
         for _ in range(gas):
             batch = self._next_batch()
             out = self.engine(batch)
@@ -206,16 +216,20 @@ class Trainer(CheckpointHooks):
             self.engine.step()  # DeepSpeed reduces, clips and updates only at the last micro-batch
             loss_sum += out["loss"].detach().double()  # stays on the device: one sync per step
             units += float(out[f"num_{self.unit}"])  # the count the spec's unit names
+            for key, value in objective_scalars(out).items():
+                extras[key] = extras.get(key, 0) + value.to(self.device, torch.float64)
         bad = self.optimizer.last_step_bad or not self.engine.was_step_applied()
-        # one collective per step: mean loss over ranks, units processed, stop request from any rank
+        # one collective per step: mean loss over ranks, units processed, stop request from any
+        # rank, and the objective's own scalars (accuracy, masked loss, ...), same keys on every rank
+        names = sorted(extras)
         stats = torch.stack([loss_sum / gas, loss_sum.new_tensor(units),
-                             loss_sum.new_tensor(float(self.stop.requested))])
+                             loss_sum.new_tensor(float(self.stop.requested)), *(extras[k] / gas for k in names)])
         if self.world_size > 1:
             dist.all_reduce(stats)
         stats = stats.cpu()
         norm = self.engine.get_global_grad_norm()
         return {"loss": stats[0].item() / self.world_size, "units": stats[1].item(), "stop": stats[2].item() > 0,
-                "lr": lr, "bad": bad,
+                "lr": lr, "bad": bad, "extras": {k: stats[3 + i].item() / self.world_size for i, k in enumerate(names)},
                 "grad_norm": float(norm) if norm is not None else self.optimizer.last_grad_norm}
 
     # ---------------------------------------------------------------- loop
@@ -323,7 +337,7 @@ class Trainer(CheckpointHooks):
         data = {f"data_{k}": v for k, v in self.faults.take(self.world_size).items()}  # all ranks, this interval
         metrics = {"loss": out["loss"], "lr": out["lr"], "grad_norm": out["grad_norm"],
                    "skipped_steps": self.state.skipped, "epoch": self.state.epoch,
-                   f"{self.unit}_per_s": units_per_s,
+                   f"{self.unit}_per_s": units_per_s, **out["extras"],
                    **memory_stats(self.device), **data}
         if self.peak and self.flops_per_unit:
             metrics["mfu"] = self.flops_per_unit * units_per_s / (self.peak * 1e12 * self.world_size)
