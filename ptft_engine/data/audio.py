@@ -21,6 +21,7 @@ import torch
 from ptft_engine.data.audio_sources import PCM_DTYPE
 from ptft_engine.data.config import DataConfig
 from ptft_engine.data.errors import BadSamples, DataError
+from ptft_engine.data.needs import DataNeeds
 
 NORM_EPS = 1e-7  # added to the variance, as transformers' Wav2Vec2FeatureExtractor does
 
@@ -123,9 +124,14 @@ def iter_clips(spec: str, sample_rate: int) -> Iterator[np.ndarray]:
 class AudioBuilder:
     """Audio batches of the clips of `sources` (their sample rate and labels checked here)."""
 
-    def __init__(self, cfg: DataConfig, sources):
+    def __init__(self, cfg: DataConfig, sources, needs: DataNeeds | None = None):
         self.cfg = cfg
         self.sample_rate, self.labelled = check_sources(sources, cfg)
+        wanted = needs.sample_rate if needs is not None else None
+        if wanted and self.sample_rate and self.sample_rate != wanted:
+            where = sources[0].shards[0].path if sources and len(sources[0].shards) else "the shards"
+            raise DataError(f"audio shards {where} are at {self.sample_rate} Hz, but the objective's features "
+                            f"assume {wanted} Hz; reshard with `ptft shard --format audio --sample-rate {wanted}`")
 
     def build(self, records, *, epoch: int, first_pos: int, bad: BadSamples) -> tuple[dict, dict, list[int]]:
         cfg, crop = self.cfg, self.cfg.audio_crop_samples

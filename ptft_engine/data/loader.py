@@ -330,7 +330,7 @@ def _image_builder(cfg: DataConfig, needs: DataNeeds, tok, sources: list[ShardIn
 def _audio_builder(cfg: DataConfig, needs: DataNeeds, tok, sources: list[ShardIndex]):
     from ptft_engine.data.audio import AudioBuilder
 
-    return AudioBuilder(cfg, sources)
+    return AudioBuilder(cfg, sources, needs)
 
 
 # data kind -> its batch builder(cfg, needs, tokenizer or None, sources)

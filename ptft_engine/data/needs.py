@@ -21,13 +21,15 @@ class DataNeeds:
     [<bos>] doc <eos> ... cut every seq_len tokens; "segments": pieces [CLS] doc [SEP].
     mlm_mask: text rows are masked for masked-LM (input_ids masked, labels added).
     image_views: augmented views drawn per image — 1: `pixel_values`, n > 1: view1..viewN
-    (contrastive views, colour-jittered)."""
+    (contrastive views, colour-jittered).
+    sample_rate: audio: the rate (Hz) the objective's own features assume (None: any)."""
 
     kind: str
     tokenizer: bool = False
     text_layout: TextLayout | None = None
     mlm_mask: bool = False
     image_views: int = 0
+    sample_rate: int | None = None
 
     def __post_init__(self):
         if self.kind == "text" and self.text_layout is None:

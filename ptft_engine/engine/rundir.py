@@ -125,6 +125,18 @@ def claim(run_dir: Path, ckpt_dir: Path, *, overwrite: bool) -> tuple[RunLock, l
     return RunLock(run_dir).acquire(), moved
 
 
+def discard_if_unused(run_dir: Path) -> None:
+    """Remove a run directory that a failed start made and left with nothing but its lock file
+    (a start refused on a bad objective or k-means file must not leave a half-made run behind)."""
+    try:
+        if any(p.name != LOCK_NAME for p in run_dir.iterdir()):
+            return
+        (run_dir / LOCK_NAME).unlink(missing_ok=True)
+        run_dir.rmdir()
+    except OSError:  # gone already, or something appeared meanwhile: leave it
+        pass
+
+
 def trim_metrics(run_dir: Path, step: int) -> int:
     """Keep the records of steps <= `step` (the resumed one); the rest (and earlier runs'
     end-of-run summaries) move to metrics.superseded.jsonl. Returns how many moved."""

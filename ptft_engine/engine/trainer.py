@@ -65,10 +65,13 @@ class Trainer(CheckpointHooks):
         self.stop = StopRequest().install()  # from the start: a signal during start-up is not lost
         self.lock: rundir.RunLock | None = None
         self.heartbeat: Heartbeat | None = None
+        self.made_run_dir = False
         try:
             self._start(objective_factory, run_dir, overwrite)
         except BaseException:
             self.close()  # handlers, process group and lock back as they were
+            if self.made_run_dir:  # a failed start leaves no trace: not even an empty run directory
+                rundir.discard_if_unused(self.run_dir)
             raise
 
     def _start(self, objective_factory, run_dir, overwrite: bool) -> None:
@@ -89,6 +92,7 @@ class Trainer(CheckpointHooks):
             self._agree(self._check_eval)
         # The run directory is this run's: lock it (moving an old run aside with --overwrite)
         if self.rank == 0:
+            self.made_run_dir = not self.run_dir.exists()
             self.lock, moved = self._agree(lambda: rundir.claim(self.run_dir, self.ckpt_dir, overwrite=overwrite))
             for path in moved:
                 log.warning("--overwrite: the previous run was moved to %s", path)

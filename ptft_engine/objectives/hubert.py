@@ -128,7 +128,7 @@ class HubertObjective(Objective):
 
 SPEC = register(ObjectiveSpec(
     name="hubert", config=HubertObjectiveConfig, arch="wav2vec2",
-    data=DataNeeds(kind="audio"),
+    data=DataNeeds(kind="audio", sample_rate=speech_targets.SAMPLE_RATE),  # its MFCC targets are at 16 kHz
     # synthetic: wav2vec2's rising tones; without a k-means file the targets are random ids
     synthetic_batch=synthetic_chirps, unit="samples",
     flops_per_unit=lambda objective, seq_len: objective.flops_per_sample(

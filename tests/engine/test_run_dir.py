@@ -186,3 +186,24 @@ def test_a_forked_child_does_not_keep_the_run_locked(tmp_path):
         RunLock(tmp_path / "t").acquire().release()  # free while the child still lives
     finally:
         os.waitpid(pid, 0)
+
+
+def test_a_start_that_fails_after_the_lock_leaves_no_run_directory(tmp_path):
+    """The objective is built after the run directory is locked: a bad objective (here: its
+    factory raises, as a missing k-means file does) leaves no half-made run behind, and a
+    failure in an existing run's directory changes nothing there."""
+    cfg = load_run_config(None, [*BASE, f"run.output_dir={tmp_path}", "run.name=t", "run.max_steps=2"])
+
+    def broken():
+        raise ValueError("objective.kmeans_path: not found")
+    with pytest.raises(ValueError, match="kmeans_path"):
+        Trainer(cfg, objective_factory=broken)
+    assert not (tmp_path / "t").exists()
+
+    run(make(tmp_path, "run.max_steps=2"))
+    before = {k: v for k, v in snapshot(tmp_path / "t").items() if k != ".lock"}  # holds the last pid
+    resumed = load_run_config(None, [*BASE, f"run.output_dir={tmp_path}", "run.name=t", "run.max_steps=4",
+                                     "checkpoint.resume=auto"])
+    with pytest.raises(ValueError, match="kmeans_path"):
+        Trainer(resumed, objective_factory=broken)
+    assert {k: v for k, v in snapshot(tmp_path / "t").items() if k != ".lock"} == before
