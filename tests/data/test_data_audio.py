@@ -286,6 +286,9 @@ def test_corrupt_clip_is_refilled_and_source_checks(tmp_path, audio_shards, clip
     with pytest.raises(DataError, match="different sample rates"):
         build_loader(_cfg(audio_shards).model_copy(update={"shards": [audio_shards, str(tmp_path / "s8")]}),
                      objective=AUDIO)
+    # an objective whose features assume a rate (HuBERT's 16 kHz MFCC targets) refuses shards at another
+    with pytest.raises(DataError, match="s8/shard-000000.tar are at 8000 Hz, but the objective's features assume"):
+        build_loader(_cfg(str(tmp_path / "s8")), objective="hubert")
     with pytest.raises(DataError, match=f"shards {text_shards}.* hold 'text' data, not audio"):
         build_loader(_cfg(text_shards), objective=AUDIO)
     manifest = tmp_path / "other.jsonl"
