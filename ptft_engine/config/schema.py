@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_val
 
 from ptft_engine.data.config import DataConfig
 from ptft_engine.models.config import ModelConfig
-from ptft_engine.objectives.spec import ObjectiveConfig
+from ptft_engine.objectives.spec import ObjectiveConfig, get_spec
+from ptft_engine.objectives.spec import names as spec_names
 
 
 class Section(BaseModel):
@@ -125,10 +126,16 @@ class RunConfig(Section):
     def _shards_replace_synthetic_data(cls, tree: Any) -> Any:
         """`data.shards=...` on a recipe with synthetic data (the configs/*_tiny.yaml ones) runs on
         those shards: the keys only synthetic data has (synthetic, vocab_size, num_samples, ...)
-        are dropped, the shared ones (batch_size, seq_len) stay."""
+        are dropped, the shared ones (batch_size, seq_len) stay. Shards without a `kind` hold
+        what the objective reads."""
         data = tree.get("data") if isinstance(tree, dict) else None
         if isinstance(data, dict) and "synthetic" in data and "shards" in data:
-            tree = {**tree, "data": {k: v for k, v in data.items() if k in DataConfig.model_fields}}
+            data = {k: v for k, v in data.items() if k in DataConfig.model_fields}
+            tree = {**tree, "data": data}
+        objective = tree.get("objective") if isinstance(tree, dict) else None
+        if isinstance(data, dict) and "shards" in data and "kind" not in data and isinstance(objective, dict):
+            if objective.get("name") in spec_names():  # the kind the objective reads (audio for wav2vec2)
+                tree = {**tree, "data": {**data, "kind": get_spec(objective["name"]).data.kind}}
         return tree
 
     @model_validator(mode="after")

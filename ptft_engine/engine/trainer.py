@@ -122,8 +122,8 @@ class Trainer(CheckpointHooks):
         if self.rank == 0 and resume:
             moved = rundir.trim_metrics(self.run_dir, self.state.step)  # each step once in metrics.jsonl
             if moved:
-                log.info("metrics.jsonl: %d records past step %d moved to %s", moved, self.state.step,
-                         rundir.SUPERSEDED)
+                log.info("metrics.jsonl: %d record(s) of steps after %d or of an earlier end-of-run summary "
+                         "moved to %s", moved, self.state.step, rundir.SUPERSEDED)
         self.logger = MetricsLogger(self.run_dir, enabled=self.rank == 0, total_steps=cfg.run.max_steps,
                                     start_step=self.state.step, tensorboard=cfg.run.tensorboard,
                                     progress_bar=cfg.run.progress_bar)

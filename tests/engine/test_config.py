@@ -60,6 +60,10 @@ def test_shards_given_on_a_synthetic_recipe_switch_it_to_the_shards(recipe, tmp_
     shipped = Path(__file__).resolve().parents[2] / "configs" / "mlm_tiny.yaml"
     cfg = load_run_config(shipped, ["data.shards=[data/text]", "data.tokenizer=tok/tokenizer.json"])
     assert cfg.data.shards == ["data/text"] and cfg.data.mask_prob == 0.15
+    # shards without a kind hold what the objective reads; a kind given stays
+    speech = shipped.parent / "wav2vec2_tiny.yaml"
+    assert load_run_config(speech, ["data.shards=[data/speech]"]).data.kind == "audio"
+    assert load_run_config(speech, ["data.shards=[data/speech]", "data.kind=image"]).data.kind == "image"
     # without shards a synthetic-only key on real data stays an error
     with pytest.raises(ConfigError, match="data.vocab_size: unknown key"):
         load_run_config(recipe, ["data.synthetic=false", "data.vocab_size=64"])
