@@ -15,7 +15,8 @@ EXAMPLE = """Examples:
   ptft export runs/gpt/checkpoints/step-00010000 exports/gpt-10k --dtype bf16 --max-shard-size 5GB
   ptft export runs/simclr exports/simclr-vit --format native
 Load it:  transformers.AutoModelForMaskedLM.from_pretrained("exports/bert-base")
-          ptft_engine.export.load_pretrained("exports/bert-base")
+          transformers.Wav2Vec2Model.from_pretrained("exports/hubert")      # speech
+          ptft_engine.export.load_pretrained("exports/bert-base")          # any layout
 """
 
 

@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from ptft_engine.data.errors import DataError
+from ptft_engine.data.errors import DataError, log
 from ptft_engine.data.inputs import expand_inputs
 
 AUDIO_EXTS = (".wav", ".flac", ".ogg")
@@ -87,6 +87,10 @@ def plan_audio(inputs: list[str], manifest: str | None) -> tuple[list[tuple], di
             continue
         cls = classes.index(str(entry["label"])) if "label" in entry else -1
         clips.append((path, cls, entry.get("text")))
+    missing = sorted(p for p in entries or () if not os.path.exists(p))
+    if missing:  # a typo in a path, or a clip lost on the way: its label would go unseen
+        log.warning("manifest %s lists %d clip(s) that do not exist, e.g. %s", manifest, len(missing),
+                    ", ".join(missing[:3]))
     groups = [tuple(clips[i:i + CLIPS_PER_ITEM]) for i in range(0, len(clips), CLIPS_PER_ITEM)]
     return groups, meta
 

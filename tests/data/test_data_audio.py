@@ -123,7 +123,7 @@ def test_manifest_labels_and_transcripts(audio_shards):
         assert len(m["pcm"]) == 2 * _length(i)
 
 
-def test_bad_clips_are_counted_and_named_and_the_rest_written(tmp_path, clip_dir, capsys):
+def test_bad_clips_are_counted_and_named_and_the_rest_written(tmp_path, clip_dir, capsys, caplog):
     good = [clip_dir / "c00.wav", clip_dir / "c01.wav"]
     sf.write(tmp_path / "stereo.wav", np.zeros((500, 2), np.float32), 16_000)
     sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), 16_000)
@@ -138,9 +138,11 @@ def test_bad_clips_are_counted_and_named_and_the_rest_written(tmp_path, clip_dir
     assert "stereo.wav" in capsys.readouterr().err
     # with a manifest, a clip it does not list is a bad input too
     manifest = tmp_path / "m.jsonl"
-    manifest.write_text(json.dumps({"path": str(good[0]), "label": 1}) + "\n")
+    manifest.write_text(json.dumps({"path": str(good[0]), "label": 1}) + "\n"
+                        + json.dumps({"path": "missing.wav", "label": 2}) + "\n")
     assert _shard(good, tmp_path / "m", "--manifest", str(manifest)) == 0
     assert "c01.wav: not listed in the manifest" in capsys.readouterr().out
+    assert "lists 1 clip(s) that do not exist" in caplog.text and "missing.wav" in caplog.text
     manifest.write_text('{"path": "a.wav"}\nnot json\n')
     assert _shard(good, tmp_path / "m2", "--manifest", str(manifest)) == 1
     assert "m.jsonl:2 is not valid JSON" in capsys.readouterr().err
