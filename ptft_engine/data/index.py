@@ -130,7 +130,7 @@ def index_from_doc(doc, where: str, locate, *, check_files: bool) -> ShardIndex:
         shards.append(ShardInfo(path=p, samples=int(entry["samples"]), offsets=offsets, offsets_path=offsets_path,
                                 bytes=int(entry.get("bytes", 0)), sha256=entry.get("sha256"),
                                 lengths_path=lengths_path, ids_dtype=entry.get("ids_dtype"),
-                                seconds=entry.get("seconds")))
+                                seconds=entry.get("seconds"), damaged=entry.get("damaged")))
     return ShardIndex(shards=shards, kind=doc.get("kind"), extra=extra)
 
 

@@ -73,6 +73,11 @@ class Loader:
         # a missing local shard fails here; remote sources fetch only their index.json
         self.sources: list[ShardIndex] = [resolve_source(s, timeout=cfg.fetch_timeout_s, retries=cfg.fetch_retries,
                                                          cache_dir=self.cache.root) for s in specs]
+        if rank == 0:  # what `ptft shard --index-only` found damaged is said again where it costs data
+            listed = (src.shards for src in self.sources if isinstance(src.shards, list))  # not column indexes
+            for shard in (sh for shards in listed for sh in shards if sh.damaged):
+                log.warning("shard %s was damaged when indexed (%s): the rest of it is not read",
+                            redact(shard.path), shard.damaged)
         self.builder = self._builder()
         self.planned = cfg.kind == "text" and cfg.packing == "plan"
         self.stats: dict[str, int] = {}

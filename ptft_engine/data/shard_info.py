@@ -46,6 +46,7 @@ class ShardInfo:
     lengths_path: str | None = None  # pre-tokenised: n little-endian uint32 token counts
     ids_dtype: str | None = None  # pre-tokenised: dtype of the .ids members
     seconds: float | None = None  # audio: the shard's total duration (lengths_path: frames per clip)
+    damaged: str | None = None  # indexed from a damaged tar: why (its complete samples before it are kept)
 
     def token_lengths(self, timeout: float = 60.0, retries: int = 3) -> np.ndarray:
         """Each sample's token count (pre-tokenised shards only; a remote sidecar is fetched)."""
@@ -81,6 +82,8 @@ class ShardInfo:
             out["ids_dtype"] = self.ids_dtype
         if self.seconds is not None:
             out["seconds"] = self.seconds
+        if self.damaged:
+            out["damaged"] = self.damaged
         return out
 
 
@@ -101,6 +104,7 @@ def scan_tar(path: str, *, with_sha: bool = False) -> ShardInfo:
     offsets: list[int] = []
     last_key = None
     end = 0
+    damaged = None
     try:
         with tarfile.open(path, mode="r:") as tar:
             for info, key, _ in sample_members(tar):
@@ -109,10 +113,12 @@ def scan_tar(path: str, *, with_sha: bool = False) -> ShardInfo:
                     last_key = key
                 end = info.offset_data + -(-info.size // 512) * 512
     except (tarfile.TarError, OSError, EOFError) as exc:
-        log.warning("shard %s is damaged after %d samples (%s); keeping those", path, len(offsets), exc)
         # the last sample begun may be incomplete: it ends the kept ones instead
         end = offsets.pop() if offsets else 0
+        damaged = f"{type(exc).__name__}: {exc} after {len(offsets)} complete samples"
+        log.warning("shard %s is damaged (%s); its %d complete samples are kept, the rest is not read",
+                    path, exc, len(offsets))
     size = os.path.getsize(path)
     end = min(end, size)
     return ShardInfo(path=os.path.abspath(path), samples=len(offsets), offsets=offsets + [end], bytes=size,
-                     sha256=sha256_file(path) if with_sha else None)
+                     sha256=sha256_file(path) if with_sha else None, damaged=damaged)

@@ -11,6 +11,7 @@ import pytest
 import webdataset as wds
 from data_helpers import write_text_shards
 
+from ptft_engine.cli import main
 from ptft_engine.data import CorruptSampleError, DataConfig, DataError, build_loader
 from ptft_engine.data.index import load_index, scan_tar
 
@@ -99,7 +100,7 @@ def test_garbled_header_and_undecodable_member(shards, tok_path, tmp_path, caplo
         _positions(build_loader(cfg.model_copy(update={"strict": True, "shards": [str(extra)]}), objective="clm"))
 
 
-def test_unindexed_damaged_tar_keeps_the_samples_before_the_damage(shards, tmp_path):
+def test_unindexed_damaged_tar_keeps_the_samples_before_the_damage(shards, tok_path, tmp_path, caplog):
     index = load_index(os.path.join(shards, "index.json"))
     copy = tmp_path / "copy.tar"
     shutil.copy(index.shards[0].path, copy)
@@ -107,6 +108,13 @@ def test_unindexed_damaged_tar_keeps_the_samples_before_the_damage(shards, tmp_p
         f.truncate(index.shards[0].offset_table()[5] + 512 + 10)  # sample 5: header whole, data cut
     info = scan_tar(str(copy))
     assert info.samples == 5 and info.offsets == index.shards[0].offset_table()[:6].tolist()
+    assert info.damaged.endswith("after 5 complete samples")
+    # `ptft shard --index-only` records the damage; a run on that index says it again at start
+    assert main(["shard", "--index-only", str(copy), "--output", str(tmp_path / "idx")]) == 0
+    assert load_index(str(tmp_path / "idx" / "index.json")).shards[0].damaged == info.damaged
+    with caplog.at_level("WARNING"):
+        build_loader(_cfg(str(tmp_path / "idx"), tok_path), objective="clm")
+    assert "copy.tar was damaged when indexed (ReadError" in caplog.text
 
 
 def test_missing_shard_fails_at_start_not_later(shards, tok_path):
