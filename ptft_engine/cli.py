@@ -82,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = _command_parser(name).parse_args(argv)
         return int(args._run(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (which saves and exits 75 itself)
+        if debug:
+            raise
+        print(f"ptft {name}: interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:
         message = _user_message(exc)
         if debug or message is None:

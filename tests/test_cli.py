@@ -38,3 +38,12 @@ def test_help_lists_every_command(capsys):
     out = capsys.readouterr().out
     for name in cli.COMMANDS:
         assert name in out
+
+
+def test_ctrl_c_outside_training_is_one_line_and_exit_130(capsys, monkeypatch):
+    """A Ctrl-C while a command starts (imports, sharding) ends it without a traceback."""
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(env, "run", interrupted)
+    assert cli.main(["env"]) == 130
+    assert capsys.readouterr().err.strip() == "ptft env: interrupted"
