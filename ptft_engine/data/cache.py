@@ -13,7 +13,8 @@ ask for the same shard at once; they share it safely:
 Local shards are read in place; their sha256 is checked on first open, and a marker in
 CACHE/verified (keyed by path, size, mtime and inode) spares the other processes and later
 runs of the node the re-hash. A shard that fails (download or sha256) is reported as
-`ShardFailed`; the stream then skips its samples, or raises in strict mode.
+`ShardFailed` (`unreachable` when its source did not answer); the stream then skips its
+samples, flagging the batch for the trainer (stream.py), or raises in strict mode.
 """
 from __future__ import annotations
 
