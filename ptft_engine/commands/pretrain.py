@@ -8,7 +8,9 @@ A run directory belongs to one run: an existing run name needs --resume auto (co
 it) or --overwrite (move the old run aside to <name>.old-<time>); a lock keeps a second
 live job out. SIGTERM/SIGINT (to a rank, the launcher or the process group) make every rank
 finish its step, save one checkpoint together and exit with code 75 (EXIT_STOPPED); exit
-code 3: stopped by repeated bad steps or a collective that timed out; 1: an error.
+code 3: stopped by repeated bad steps, a collective that timed out, or data it must not
+train on (a remote source unreachable; with data.strict=true a bad sample): a checkpoint of
+the last complete step is saved, and `--resume auto` trains the untrained batches first; 1: an error.
 
 One process runs one rank. For several ranks or nodes start it under a launcher:
 launch/local.sh (one node), launch/multinode.sh or launch/slurm.sbatch (several).

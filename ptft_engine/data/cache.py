@@ -13,7 +13,8 @@ ask for the same shard at once; they share it safely:
 Local shards are read in place; their sha256 is checked on first open, and a marker in
 CACHE/verified (keyed by path, size, mtime and inode) spares the other processes and later
 runs of the node the re-hash. A shard that fails (download or sha256) is reported as
-`ShardFailed`; the stream then skips its samples, or raises in strict mode.
+`ShardFailed` (`unreachable` when its source did not answer); the stream then skips its
+samples, flagging the batch for the trainer (stream.py), or raises in strict mode.
 """
 from __future__ import annotations
 
@@ -41,13 +42,20 @@ def default_cache_dir() -> str:
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ptft", "shards")
 
 
+# This process's start (DataLoader workers inherit the rank's): an "unreachable" verdict left
+# by an earlier run is not this run's, the source may be back (a resume after an outage).
+STARTED = time.time()
+_UNREACHABLE = "unreachable\n"  # first line of a .failed marker for a source that did not answer
+
+
 class ShardFailed(Exception):
     """A whole shard is unusable (download failed after retries, or sha256 mismatch).
-    `counted`: this process found it (False: it read another process's recent verdict)."""
+    `counted`: this process found it (False: it read another process's recent verdict).
+    `unreachable`: its source did not answer (the data may be fine; remote.FetchError)."""
 
-    def __init__(self, reason: str, counted: bool = True):
+    def __init__(self, reason: str, counted: bool = True, unreachable: bool = False):
         super().__init__(reason)
-        self.counted = counted
+        self.counted, self.unreachable = counted, unreachable
 
 
 @dataclasses.dataclass
@@ -185,19 +193,24 @@ class ShardCache:
     def _download_once(self, shard: ShardInfo, tar: str, idx: str, failed: str):
         """Download under the shard's lock. A process that gives up leaves its reason for a
         while, so the processes that waited on the lock skip the shard too instead of each
-        retrying it again; a later run (after the window) tries afresh."""
+        retrying it again; a later run (after the window) tries afresh, and a run started
+        after an "unreachable" verdict at once."""
         window = max(60.0, self.timeout * (self.retries + 1))
         try:
-            if time.time() - os.path.getmtime(failed) < window:
+            mtime = os.path.getmtime(failed)
+            if time.time() - mtime < window:
                 with open(failed) as f:
-                    raise ShardFailed(f.read(), counted=False)
+                    reason = f.read()
+                down = reason.startswith(_UNREACHABLE)
+                if not down or mtime >= STARTED:
+                    raise ShardFailed(reason.removeprefix(_UNREACHABLE), counted=False, unreachable=down)
         except FileNotFoundError:
             pass
         try:
             fh = self._download(shard, tar, idx)
         except ShardFailed as exc:
             with open(failed, "w") as f:
-                f.write(str(exc))
+                f.write((_UNREACHABLE if exc.unreachable else "") + str(exc))
             raise
         if os.path.exists(failed):
             os.remove(failed)
@@ -221,7 +234,7 @@ class ShardCache:
             for part in (tar + ".part", idx + ".part"):
                 if os.path.exists(part):
                     os.remove(part)
-            raise ShardFailed(str(exc)) from None
+            raise ShardFailed(str(exc), unreachable=exc.unreachable) from None
         self.count("downloads")
         self.count("download_bytes", n)
         return fh

@@ -19,11 +19,18 @@ class CorruptSampleError(DataError):
         return cls(f"corrupt data in shard {shard!r}, key {key!r}: {reason} (strict mode)")
 
 
+class SourceUnreachable(DataError):
+    """A shard whose source did not answer (connection refused, timed out, 5xx) after the
+    retries: the data is not known to be bad, it could not be read now."""
+
+
 class BadSamples:
     """Counts skipped samples and logs the first few by name; in strict mode raises instead.
 
     Every skip is logged up to `log_limit` times so a badly broken shard cannot flood
-    the log; the count keeps going.
+    the log; the count keeps going. Samples of a shard whose source is unreachable are
+    counted apart (`unread`, never raised here: the trainer stops on them, see the stream)
+    and not logged one by one: the stream logs the shard once.
     """
 
     def __init__(self, strict: bool, log_limit: int = 20):
@@ -31,6 +38,13 @@ class BadSamples:
         self.log_limit = log_limit
         self.count = 0
         self.names: list[str] = []
+        self.unread = 0  # samples skipped because their source is unreachable
+        self.source = ""  # the last unreachable shard and why
+
+    def unreachable(self, shard: str, reason: str) -> None:
+        self.count += 1
+        self.unread += 1
+        self.source = reason if reason.startswith(shard) else f"{shard}: {reason}"  # fetch errors name it
 
     def skip(self, shard: str, key: str, reason: str) -> None:
         if self.strict:

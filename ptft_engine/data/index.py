@@ -159,10 +159,16 @@ def _resolve_remote(spec: str, *, timeout: float, retries: int, cache_dir: str |
     for where, locations in groups.items():
         try:
             doc = json.loads(remote.fetch_bytes(where, timeout=timeout, retries=retries))
-        except (remote.FetchError, ValueError) as exc:
-            raise DataError(f"cannot read the shard index {remote.redact(where)} ({exc}); make one with "
-                            f"`ptft shard --index-only {remote.redact(spec)} --output DIR` and put DIR's files "
-                            "beside the shards") from None
+        except remote.FetchError as exc:
+            if exc.missing:  # the source answered: there is no index
+                raise DataError(f"cannot read the shard index {remote.redact(where)} ({exc}); make one with "
+                                f"`ptft shard --index-only {remote.redact(spec)} --output DIR` and put DIR's files "
+                                "beside the shards") from None
+            why = "the source is unreachable; check that it is up and reachable from here" if exc.unreachable else ""
+            raise DataError(f"cannot read the shard index {remote.redact(where)} ({exc})"
+                            + (f"; {why}" if why else "")) from None
+        except ValueError as exc:
+            raise DataError(f"the shard index {remote.redact(where)} is not valid JSON ({exc})") from None
         if isinstance(doc, dict) and "columns" in doc:
             index = _remote_columns(doc, where, cache_dir=cache_dir, timeout=timeout, retries=retries)
         else:

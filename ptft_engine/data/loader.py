@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from ptft_engine.data.cache import ShardCache
 from ptft_engine.data.config import DataConfig
-from ptft_engine.data.errors import BadSamples, DataError, log
+from ptft_engine.data.errors import BadSamples, CorruptSampleError, DataError, SourceUnreachable, log
 from ptft_engine.data.index import ShardIndex, resolve_source, sha256_file
 from ptft_engine.data.index_columns import shard_counts
 from ptft_engine.data.needs import DataNeeds
@@ -81,6 +81,12 @@ class Loader:
         self.builder = self._builder()
         self.planned = cfg.kind == "text" and cfg.packing == "plan"
         self.stats: dict[str, int] = {}
+        # The batch just handed out must not be trained: (kind, one line), kind "unreachable" or
+        # "corrupt" (stream.py). With defer_problems (the trainer: it stops every rank together,
+        # saving the last complete step) such batches are handed out flagged; else a strict
+        # loader raises SourceUnreachable / CorruptSampleError, a lenient one goes on (skipped, counted).
+        self.problem: tuple[str, str] | None = None
+        self.defer_problems = False
         self._plans: OrderedDict[int, object] = OrderedDict()
         self._rows: dict[int, int] = {}  # rows of each epoch's own plan
         if self.planned:
@@ -277,6 +283,11 @@ class Loader:
             kw.update(num_workers=cfg.num_workers, prefetch_factor=cfg.prefetch_factor, worker_init_fn=_worker_init)
         for batch in DataLoader(stream, batch_size=None, **kw):
             self._add_stats(batch.pop("_stats"))
+            self.problem = None
+            if "_problem" in batch:
+                self.problem = (batch.pop("_problem_kind"), batch.pop("_problem"))
+                if not self.defer_problems and (cfg.strict or self.problem[0] == "corrupt"):
+                    raise (CorruptSampleError if self.problem[0] == "corrupt" else SourceUnreachable)(self.problem[1])
             self.stats["batches"] = self.stats.get("batches", 0) + 1
             self.position += step_samples  # counted as consumed once handed out
             yield batch

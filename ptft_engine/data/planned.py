@@ -14,7 +14,7 @@ import torch
 from ptft_engine.data.errors import BadSamples
 from ptft_engine.data.order import EpochOrder
 from ptft_engine.data.plan import PackingPlan
-from ptft_engine.data.stream import ShardStream, steps_left
+from ptft_engine.data.stream import ShardStream, flag_unread, steps_left
 
 
 class PlannedStream(ShardStream):
@@ -57,7 +57,7 @@ class PlannedStream(ShardStream):
     def batch(self, step: int, bad: BadSamples) -> dict:
         lo = self._first(step)
         hi = lo + self.docs
-        skipped = bad.count
+        skipped, unread = bad.count, bad.unread
         pieces, stats = [], {}
         for reader, plan, plo, phi, d0, d1 in self._spans(lo, hi):
             records = reader.read(d0, bad, stop=d1, want=plan.lengths[d0:d1] > 0)
@@ -78,7 +78,7 @@ class PlannedStream(ShardStream):
         batch["_stats"] = stats
         if self.emit_sample_index:
             batch["sample_index"] = rows  # row indices in the epoch's list
-        return batch
+        return flag_unread(batch, bad, unread)
 
     def close(self) -> None:
         for reader, *_ in self.parts:

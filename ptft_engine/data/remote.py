@@ -34,8 +34,44 @@ _URL_QUERY = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#'\"]*)[?#][^\s'\"]*
 _SHARD_TOKEN = re.compile(r"\S+\.(?:tar|json)(?=$|[\s'\";|])")
 
 
+# curl exit statuses of a source that did not answer: resolve (6), connect (7), timeout (28),
+# SSL connect (35), empty reply (52), send/receive failure (55, 56); a proxy's 5 too
+_CURL_UNREACHABLE = {5, 6, 7, 28, 35, 52, 55, 56}
+_HTTP_STATUS = re.compile(r"\b(?:error|status)[: ]+([1-5]\d\d)\b", re.IGNORECASE)
+_TOOL_UNREACHABLE = re.compile(r"could not connect|connection refused|timed out|temporary failure in name|"
+                               r"name or service not known|serviceunavailable|slowdown|internalerror", re.IGNORECASE)
+_TOOL_MISSING = re.compile(r"nosuchkey|not found|no urls matched|no such file|does not exist", re.IGNORECASE)
+
+
 class FetchError(OSError):
-    """A remote read that failed (exit status, stall, size or sha256 mismatch); message redacted."""
+    """A remote read that failed (exit status, stall, size or sha256 mismatch); message redacted.
+
+    `unreachable`: the source did not answer (connection refused or timed out, a 5xx): the
+    data is fine, the source is down. `missing`: it answered that the file is not there (404)."""
+
+    def __init__(self, message: str, *, unreachable: bool = False, missing: bool = False):
+        super().__init__(message)
+        self.unreachable, self.missing = unreachable, missing
+
+    def __reduce__(self):
+        return _fetch_error, (str(self), self.unreachable, self.missing)
+
+
+def _fetch_error(message: str, unreachable: bool, missing: bool) -> FetchError:
+    return FetchError(message, unreachable=unreachable, missing=missing)
+
+
+def _classify(tool: str, status: int | None, stderr: str) -> dict[str, bool]:
+    """Whether a failed transfer means an unreachable source or a missing file (else: neither)."""
+    code = _HTTP_STATUS.search(stderr)
+    http = int(code.group(1)) if code else None
+    if tool == "curl":
+        if status in _CURL_UNREACHABLE or (status == 22 and http is not None and http >= 500):
+            return {"unreachable": True}
+        return {"missing": status == 22 and http in (404, 410)}
+    if (http is not None and http >= 500) or _TOOL_UNREACHABLE.search(stderr):
+        return {"unreachable": True}
+    return {"missing": http in (404, 410) or bool(_TOOL_MISSING.search(stderr))}
 
 
 def is_remote(spec: str) -> bool:
@@ -139,7 +175,7 @@ def _stream(location: str, out: BinaryIO, *, timeout: float, max_bytes: int | No
             while True:
                 ready, _, _ = select.select([fd], [], [], timeout)
                 if not ready:
-                    raise FetchError(f"{redact(location)}: no data for {timeout:g} s (timed out)")
+                    raise FetchError(f"{redact(location)}: no data for {timeout:g} s (timed out)", unreachable=True)
                 chunk = os.read(fd, _CHUNK)
                 if not chunk:
                     break
@@ -152,10 +188,11 @@ def _stream(location: str, out: BinaryIO, *, timeout: float, max_bytes: int | No
                 pipe.close()  # waits for the command and raises on a failing exit status
             except (OSError, subprocess.TimeoutExpired):
                 err.seek(0)
-                lines = err.read().decode(errors="replace").strip().splitlines()
+                text = err.read().decode(errors="replace")
+                lines = text.strip().splitlines()
                 why = redact(lines[-1]) if lines else "no message"
-                raise FetchError(f"{redact(location)}: `{argv[0]}` failed "
-                                 f"(exit {pipe.proc.returncode}: {why})") from None
+                raise FetchError(f"{redact(location)}: `{argv[0]}` failed (exit {pipe.proc.returncode}: {why})",
+                                 **_classify(argv[0], pipe.proc.returncode, text)) from None
         finally:
             if pipe.proc.poll() is None:
                 pipe.proc.kill()
@@ -170,7 +207,8 @@ def _retrying(attempt: Callable[[], object], retries: int, on_retry: Callable[[]
             return attempt()
         except FetchError as exc:
             if k == retries:
-                raise FetchError(f"{exc} (gave up after {retries + 1} attempts)") from None
+                raise FetchError(f"{exc} (gave up after {retries + 1} attempts)", unreachable=exc.unreachable,
+                                 missing=exc.missing) from None
             if on_retry is not None:
                 on_retry()
             time.sleep(delay)

@@ -10,6 +10,12 @@ number of batches and none waits alone in a collective.
 Shards are opened through the ShardCache (remote ones downloaded into the node-local
 cache, local ones sha256-checked on first open); a Prefetcher thread opens the shards
 of this worker's next steps ahead of them. A shard that fails is skipped whole.
+
+A batch the trainer must not train on carries `_problem` (one line) and `_problem_kind`:
+"unreachable" when samples were skipped because their source did not answer (an outage:
+the data comes back, so the run stops and a resume trains them), "corrupt" when strict mode
+met a bad sample. The batch itself is then still one of the step's shape (read without
+strict), so every rank can run the step's collectives before they all stop.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ptft_engine.data.cache import Opened, Prefetcher, ShardCache, ShardFailed
-from ptft_engine.data.errors import BadSamples, log
+from ptft_engine.data.errors import BadSamples, CorruptSampleError, log
 from ptft_engine.data.index import ShardInfo, read_members
 from ptft_engine.data.order import EpochOrder
 from ptft_engine.data.remote import is_remote, redact
@@ -53,6 +59,8 @@ class ShardStream(IterableDataset):
         self._order_lock = threading.Lock()  # the order caches blocks; the prefetch thread reads it too
         self._reported = dict(self.cache.counts)
         self.corrupt_shards = 0
+        self.unreachable_shards = 0
+        self._unreachable: set[int] = set()  # failed shards whose source did not answer
 
     def _slice(self, first: int, stop: int | None = None):
         with self._order_lock:
@@ -117,12 +125,22 @@ class ShardStream(IterableDataset):
                     opened = self._open(s)  # a wrong offset file raises DataError: the index is broken
                 except ShardFailed as exc:
                     self._failed[s] = str(exc)
-                    self.corrupt_shards += exc.counted  # a node-wide verdict is counted where it was reached
-                    if not bad.strict:  # strict: the skip below raises, naming the shard
-                        log.warning("skipping shard %s: %s", name, exc)
+                    if exc.unreachable:  # not corrupt: said once per shard, not per sample
+                        self._unreachable.add(s)
+                        self.unreachable_shards += exc.counted
+                        if exc.counted:  # by the process that reached the verdict, once for the node
+                            log.error("data source unreachable: shard %s, its %d samples are skipped (%s)",
+                                      name, shard.samples, str(exc).removeprefix(f"{name}: "))
+                    else:
+                        self.corrupt_shards += exc.counted  # a node-wide verdict is counted where it was reached
+                        if not bad.strict:  # strict: the skip below raises, naming the shard
+                            log.warning("skipping shard %s: %s", name, exc)
                 except OSError as exc:
                     bad.skip(name, f"sample #{i}", f"cannot open ({exc})")
                     continue
+            if s in self._unreachable:
+                bad.unreachable(name, self._failed[s])
+                continue
             if s in self._failed:
                 bad.skip(name, f"sample #{i}", self._failed[s])
                 continue
@@ -136,14 +154,15 @@ class ShardStream(IterableDataset):
 
     def counters(self) -> dict[str, int]:
         """Shard and cache counters since the last call (this process only)."""
-        now = {**self.cache.counts, "corrupt_shards": self.corrupt_shards}
+        now = {**self.cache.counts, "corrupt_shards": self.corrupt_shards,
+               "unreachable_shards": self.unreachable_shards}
         delta = {k: v - self._reported.get(k, 0) for k, v in now.items()}
         self._reported = now
         return delta
 
     def batch(self, step: int, bad: BadSamples) -> dict:
         first = self._first(step)
-        skipped = bad.count
+        skipped, unread = bad.count, bad.unread
         records = self.read(first, bad)
         self._unpin(self._step_shards)
         batch, stats, kept = self.builder.build(records, epoch=self.order.epoch, first_pos=first, bad=bad)
@@ -153,7 +172,20 @@ class ShardStream(IterableDataset):
         batch["_stats"] = stats
         if self.emit_sample_index:
             batch["sample_index"] = torch.tensor(kept, dtype=torch.int64)
-        return batch
+        return flag_unread(batch, bad, unread)
+
+    def _checked(self, step: int, bad: BadSamples) -> dict:
+        """batch(step), or in strict mode on a bad sample the same step read without strict,
+        flagged "corrupt" (a plain Loader raises it; the trainer stops on it)."""
+        try:
+            return self.batch(step, bad)
+        except CorruptSampleError as exc:
+            try:
+                batch = self.batch(step, BadSamples(strict=False, log_limit=0))
+            except ValueError:  # nothing decodable in it (images): the trainer uses its last batch
+                batch = {"_stats": {}}
+            batch["_problem"], batch["_problem_kind"] = str(exc), "corrupt"
+            return batch
 
     def close(self) -> None:
         if self._prefetcher is not None:
@@ -168,12 +200,22 @@ class ShardStream(IterableDataset):
         wid, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         bad = BadSamples(self.strict)
         steps = range(wid, self.steps, n_workers)
-        self._reported = {**self.cache.counts, "corrupt_shards": self.corrupt_shards}
+        self._reported = {**self.cache.counts, "corrupt_shards": self.corrupt_shards,
+                          "unreachable_shards": self.unreachable_shards}
         if self.prefetch_shards > 0:
             self._taken.clear()
             self._prefetcher = Prefetcher(self.cache, self.order.shards, self._upcoming(steps), self.prefetch_shards)
         try:
             for step in steps:
-                yield self.batch(step, bad)
+                yield self._checked(step, bad)
         finally:
             self.close()
+
+
+def flag_unread(batch: dict, bad: BadSamples, unread_before: int) -> dict:
+    """Count the batch's samples whose source was unreachable; flag the batch if there are any."""
+    unread = bad.unread - unread_before
+    batch["_stats"]["unreachable"] = unread
+    if unread:
+        batch["_problem"], batch["_problem_kind"] = f"data source unreachable: {bad.source}", "unreachable"
+    return batch

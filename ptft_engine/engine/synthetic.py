@@ -16,6 +16,11 @@ from ptft_engine.config.schema import SyntheticDataConfig
 
 
 class SyntheticLoader:
+    # the loader protocol's flags (data/loader.py): synthetic batches are never flagged
+    problem = None
+    defer_problems = False
+    carry = None
+
     def __init__(self, cfg: SyntheticDataConfig, *, objective: str | None = None, rank: int = 0,
                  world_size: int = 1, epoch: int = 0, split: str = "train"):
         from ptft_engine.objectives import get_spec
@@ -34,15 +39,18 @@ class SyntheticLoader:
         return {"epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("epoch", self.epoch) != self.epoch:
-            raise ValueError(f"data state is for epoch {state['epoch']}, loader is at epoch {self.epoch}")
-        self.position = int(state["position"])
+        self.epoch, self.position = int(state.get("epoch", self.epoch)), int(state["position"])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.position = epoch, 0
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        """This epoch's batches from the position on; then the loader is at the next epoch (as data.Loader)."""
         while self.position < self.batches_per_epoch:
             global_batch = self.position * self.world_size + self.rank
             self.position += 1
             yield self.make_batch(global_batch)
+        self.epoch, self.position = self.epoch + 1, 0
 
     def on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The loader protocol's last step, on the step's device: synthetic batches are complete."""

@@ -3,9 +3,16 @@
     trainer = Trainer(cfg)           # process group, objective, DeepSpeed, data, resume
     result = trainer.fit()           # train → periodic eval/checkpoints → final checkpoint
 
-The step itself (`_train_step`) reads top to bottom: micro-batches through forward,
-backward and DeepSpeed's step (which applies the update at the accumulation boundary),
-then one all-reduce that carries the loss, the token count and any stop request.
+The step itself (`_train_step`) reads top to bottom: micro-batches through forward and
+backward, then one all-reduce that carries the loss, the token count, any stop request and
+whether a rank's data must not be trained (its source unreachable, or strict mode met a bad
+sample), then DeepSpeed's step (which applies the update at the accumulation boundary) unless
+that data flag is up or the global batch holds no real data: then every rank stops without
+the update, saving the last complete step (`_stop_on_data`).
+
+The data indexes are read once, when the loaders are made at start: the train loader moves
+itself from epoch to epoch and the eval loader is kept, so an outage of a remote source
+after start never meets an index fetch.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ import torch.distributed as dist
 import yaml
 
 from ptft_engine.config.schema import RunConfig
+from ptft_engine.data.errors import DataError
 from ptft_engine.engine import checkpoint, checks, elastic, rundir, runtime, setup
 from ptft_engine.engine.async_save import AsyncSaver
 from ptft_engine.engine.heartbeat import Heartbeat
@@ -86,6 +94,8 @@ class Trainer(CheckpointHooks):
                                                                   overwrite=overwrite))
         resume_path = self._agree(lambda: self._resume_path(cfg.checkpoint.resume))
         self.loader = self._agree(lambda: self._make_loader(epoch=0))
+        self.loader.defer_problems = True  # a batch not to train on is flagged, and _train_step stops on it
+        self.eval_loader = None
         tok = getattr(getattr(self.loader, "builder", None), "tok", None)
         self._agree(lambda: self._fail(checks.model_fits_data(cfg, getattr(tok, "vocab_size", None))))
         if cfg.run.eval_every:  # an eval set too small would fail only at the first eval
@@ -115,6 +125,8 @@ class Trainer(CheckpointHooks):
             (self.run_dir / "deepspeed_config.json").write_text(json.dumps(self.ds_config, indent=1))
             checkpoint.remove_partial(self.ckpt_dir)
         self.data_iter = None  # created lazily so a resume can set the loader state first
+        self._spare = None  # this rank's last batch: stands in for a flagged batch without tensors
+        self._mark = None  # data position, epoch and RNG at the start of the step under way
         if resume_path is not None:
             self.load(resume_path)
         elif resume:
@@ -141,11 +153,12 @@ class Trainer(CheckpointHooks):
 
     def _check_eval(self) -> None:
         try:
-            loader = setup.make_loader(self.cfg, rank=self.rank, world_size=self.world_size, epoch=0, split="eval")
+            self.eval_loader = setup.make_loader(self.cfg, rank=self.rank, world_size=self.world_size, epoch=0,
+                                                 split="eval")
         except ValueError as exc:
             raise checks.StartCheckError(f"eval set (data.eval_shards): {exc}; add eval data, lower "
                                          "data.batch_size, or set run.eval_every=0") from None
-        self._fail(checks.eval_fits(self.cfg, loader))
+        self._fail(checks.eval_fits(self.cfg, self.eval_loader))
 
     @staticmethod
     def _fail(message: str | None) -> None:
@@ -176,20 +189,20 @@ class Trainer(CheckpointHooks):
     def _make_loader(self, epoch: int):
         return setup.make_loader(self.cfg, rank=self.rank, world_size=self.world_size, epoch=epoch)
 
-    def _next_batch(self) -> dict[str, Any]:
+    def _next_batch(self) -> dict[str, Any] | None:
+        """The next batch on the device; None for a flagged one without tensors (self.loader.problem)."""
         if self.data_iter is None:
             self.data_iter = iter(self.loader)
         try:
             batch = next(self.data_iter)
         except StopIteration:  # epoch over: every rank ends together (equal batch counts)
-            self.state.epoch += 1
-            self.faults.collect(self.loader)  # its last counts, before it is replaced
-            ended = self.loader.state_dict()
-            self.loader = self._make_loader(self.state.epoch)
-            if ended.get("carry") is not None:  # packed text: the ended epoch's tail opens this one
-                self.loader.load_state_dict(ended)
+            # the loader has moved itself to the next epoch (packed text: with the ended one's
+            # tail); the same loader goes on, so the shard index is not fetched again
+            self.state.epoch = self.loader.epoch
             self.data_iter = iter(self.loader)
             batch = next(self.data_iter)
+        if not any(isinstance(v, torch.Tensor) for v in batch.values()):
+            return None
         return self.loader.on_device(self._to_device(batch))
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -205,35 +218,53 @@ class Trainer(CheckpointHooks):
             group["lr"] = lr
         return lr
 
-    def _train_step(self) -> dict[str, float]:
+    def _train_step(self) -> dict[str, Any]:
         self.engine.train()
+        # where a stop before this step's update puts the data position and RNG back to (_stop_on_data)
+        self._mark = (self.state.epoch, self.loader.epoch, self.loader.position, self.loader.carry,
+                      checkpoint.rng_state())
         lr = self._set_lr()
         gas = self.cfg.train.grad_accum_steps
         self.optimizer.last_step_bad = False  # DeepSpeed may skip a step without calling our optimizer
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        units = 0.0
+        units, problem, batch = 0.0, None, None
         extras: dict[str, torch.Tensor] = {}
-        for _ in range(gas):
-            batch = self._next_batch()
-            out = self.engine(batch)
-            self.engine.backward(out["loss"])
-            self.engine.step()  # DeepSpeed reduces, clips and updates only at the last micro-batch
-            loss_sum += out["loss"].detach().double()  # stays on the device: one sync per step
-            units += float(out[f"num_{self.unit}"])  # the count the spec's unit names
-            for key, value in objective_scalars(out).items():
-                extras[key] = extras.get(key, 0) + value.to(self.device, torch.float64)
-        bad = self.optimizer.last_step_bad or not self.engine.was_step_applied()
-        # one collective per step: mean loss over ranks, units processed, stop request from any
-        # rank, and the objective's own scalars (accuracy, masked loss, ...), same keys on every rank
+        for i in range(gas):
+            if problem is None:  # after a flagged batch no more data is taken: the step will not count
+                batch = self._next_batch()
+                problem = self.loader.problem
+                self._spare = batch if batch is not None else self._spare
+            # the step's collectives run on every rank, a flagged one too (on a stand-in batch)
+            run_batch = batch if batch is not None else self._spare
+            if run_batch is None and self.world_size > 1:  # nothing to stand in yet (the first step)
+                raise DataError(problem[1])
+            if run_batch is not None:
+                out = self.engine(run_batch)
+                self.engine.backward(out["loss"])
+                loss_sum += out["loss"].detach().double()  # stays on the device: one sync per step
+                units += float(out[f"num_{self.unit}"]) if problem is None else 0.0  # the spec's unit
+                for key, value in objective_scalars(out).items():
+                    extras[key] = extras.get(key, 0) + value.to(self.device, torch.float64)
+            if i < gas - 1:
+                self.engine.step()  # not the boundary: DeepSpeed only counts the micro-batch
+        # one collective per step: mean loss over ranks, units processed, stop request and data flag
+        # from any rank, and the objective's own scalars (accuracy, masked loss, ...), same keys on every rank
         names = sorted(extras)
-        stats = torch.stack([loss_sum / gas, loss_sum.new_tensor(units),
-                             loss_sum.new_tensor(float(self.stop.requested)), *(extras[k] / gas for k in names)])
+        flags = [units, float(self.stop.requested), float(problem is not None)]
+        stats = torch.cat([(loss_sum / gas).view(1), loss_sum.new_tensor(flags),
+                           *((extras[k] / gas).view(1) for k in names)])
         if self.world_size > 1:
             dist.all_reduce(stats)
         stats = stats.cpu()
+        halt = stats[3].item() > 0 or stats[1].item() == 0  # a rank's data flagged, or no real data at all
+        out = {"loss": stats[0].item() / self.world_size, "units": stats[1].item(), "stop": stats[2].item() > 0,
+               "lr": lr, "halt": halt, "problem": problem,
+               "extras": {k: stats[4 + i].item() / self.world_size for i, k in enumerate(names)}}
+        if halt:  # no update: the run stops at the last complete step
+            return out
+        self.engine.step()  # DeepSpeed reduces, clips and updates at the accumulation boundary
         norm = self.engine.get_global_grad_norm()
-        return {"loss": stats[0].item() / self.world_size, "units": stats[1].item(), "stop": stats[2].item() > 0,
-                "lr": lr, "bad": bad, "extras": {k: stats[3 + i].item() / self.world_size for i, k in enumerate(names)},
+        return {**out, "bad": self.optimizer.last_step_bad or not self.engine.was_step_applied(),
                 "grad_norm": float(norm) if norm is not None else self.optimizer.last_grad_norm}
 
     # ---------------------------------------------------------------- loop
@@ -251,6 +282,8 @@ class Trainer(CheckpointHooks):
         t_last, units_last = time.perf_counter(), 0.0
         while self.state.step < cfg.run.max_steps:
             out = self._train_step()
+            if out["halt"]:
+                self._stop_on_data(out["problem"])
             self.state.step += 1
             self.heartbeat.step_done(self.state.step)
             self.state.tokens_seen += int(out["units"])
@@ -302,6 +335,33 @@ class Trainer(CheckpointHooks):
                 f"{'not answering: ' + who if who else 'a peer rank failed or stopped answering'}; "
                 f"newest checkpoint: {latest or 'none'}") from None
 
+    def _stop_on_data(self, problem: tuple[str, str] | None) -> None:
+        """Every rank, together: the step under way is not trained (no update, no LR advance);
+        the data position goes back to its start, so a resume trains its batches, and the last
+        complete step is saved. Raises TrainingStopped with one line naming the cause."""
+        self.state.epoch, self.loader.epoch, self.loader.position, self.loader.carry, rng = self._mark
+        checkpoint.set_rng_state(rng)  # the dropped forward drew from it: a resume repeats the step as it was
+        self.data_iter = None
+        reports = [problem]
+        if self.world_size > 1:  # only on this path: which rank saw what
+            reports = [None] * self.world_size
+            dist.all_gather_object(reports, problem)
+        self.save()
+        self.settle_saves()
+        step = self.state.step
+        saved = f"no update was made; checkpoint of step {step} in {self.ckpt_dir}"
+        seen = [(r, p) for r, p in enumerate(reports) if p]
+        if not seen:
+            raise TrainingStopped(f"stopped before step {step + 1}: its global batch holds no real {self.unit} "
+                                  f"(every sample skipped: see the data warnings above); {saved}")
+        rank, (kind, line) = seen[0]
+        who = f"rank {rank}" + (f" and {len(seen) - 1} other rank(s)" if len(seen) > 1 else "")
+        if kind == "unreachable":
+            raise TrainingStopped(f"stopped before step {step + 1}: {line} ({who}); {saved}; continue with "
+                                  "--resume auto once it is back (the batches not trained come first)")
+        raise TrainingStopped(f"stopped before step {step + 1}: {line} ({who}); {saved}; replace or remove that "
+                              "shard (or set data.strict=false to skip bad samples), then --resume auto")
+
     def _summary(self, how: str) -> None:
         """End of run (every rank): data counters of the whole lineage into metrics.jsonl and one line."""
         self.faults.collect(self.loader)
@@ -349,9 +409,13 @@ class Trainer(CheckpointHooks):
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
-        loader = setup.make_loader(self.cfg, rank=self.rank, world_size=self.world_size, epoch=0, split="eval")
+        if self.eval_loader is None:  # made once (at start when run.eval_every is set): its index is kept
+            self.eval_loader = setup.make_loader(self.cfg, rank=self.rank, world_size=self.world_size, epoch=0,
+                                                 split="eval")
+        loader = self.eval_loader
         if loader is None:
             return None
+        loader.set_epoch(0)  # from its start again (the last eval stopped after eval_steps)
         self.engine.eval()
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
         for i, batch in enumerate(loader):

@@ -84,7 +84,6 @@ class CheckpointHooks:
             self.faults = DataCounters()
             self.faults.totals = dict(rank_state.get("data_totals", {}))
             self.state.epoch = t["epoch"]
-            self.loader = self._make_loader(self.state.epoch)
-            self.loader.load_state_dict(rank_state["data"])
+            self.loader.load_state_dict(rank_state["data"])  # the loader of the start: its index is kept
             self.data_iter = None
         self.last_saved_step = self.state.step

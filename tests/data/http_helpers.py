@@ -47,16 +47,17 @@ class _Handler(SimpleHTTPRequestHandler):
 
 class ShardServer:
     """`with ShardServer(folder) as srv:` → srv.url; srv.faults["shard-000001.tar"] = ["500", "cut"]
-    makes the next two requests of that file fail in those ways; srv.requests counts requests."""
+    makes the next two requests of that file fail in those ways; srv.requests counts requests.
+    `port`: 0 picks a free one; a server started again on an old one brings its URL back."""
 
-    def __init__(self, root: str, stall_s: float = 5.0):
-        self.root, self.stall_s = root, stall_s
+    def __init__(self, root: str, stall_s: float = 5.0, port: int = 0):
+        self.root, self.stall_s, self.port = root, stall_s, port
         self.faults: dict[str, list[str]] = {}
         self.requests: Counter = Counter()
         self.lock = threading.Lock()
 
     def __enter__(self) -> ShardServer:
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, directory=self.root))
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), partial(_Handler, directory=self.root))
         self.httpd.daemon_threads = True
         self.httpd.owner = self
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

@@ -17,6 +17,7 @@ from data_helpers import doc_text, write_text_shards
 from http_helpers import ShardServer
 
 from ptft_engine.data import CorruptSampleError, DataConfig, DataError, build_loader
+from ptft_engine.data.errors import SourceUnreachable
 from ptft_engine.data.index import load_index
 
 N_SHARDS = 9  # 61 docs in shards of 7
@@ -131,13 +132,41 @@ def test_faults_are_retried_then_skipped_and_counted(corpus, tok_path, tmp_path,
         assert kept == {p for b in ref for p in b["sample_index"].tolist()} - set(range(35, 42))
         assert "SECRET" not in caplog.text
 
-        # strict: one line naming the shard's URL (without its token)
+        # strict: one line naming the shard's URL (without its token); a 5xx is an unreachable source
         srv.faults = {"shard-000000.tar": ["500"] * 3}
-        with pytest.raises(CorruptSampleError) as err:
+        with pytest.raises(SourceUnreachable) as err:
             _batches(build_loader(_cfg(url, tok_path, tmp_path / "c2", shuffle=False, strict=True), objective="clm"))
         msg = str(err.value)
         assert "\n" not in msg and f"{srv.url}/shards/shard-000000.tar" in msg and "SECRET" not in msg
-        assert "gave up after 3 attempts" in msg
+        assert msg.startswith("data source unreachable:") and "gave up after 3 attempts" in msg
+        # corrupt (every attempt flipped) stays corrupt in strict mode
+        srv.faults = {"shard-000000.tar": ["flip"] * 3}
+        with pytest.raises(CorruptSampleError, match="corrupt data in shard .*shard-000000.tar"):
+            _batches(build_loader(_cfg(url, tok_path, tmp_path / "c3", shuffle=False, strict=True), objective="clm"))
+
+
+def test_a_source_gone_after_start_is_unreachable_once_per_shard_not_corrupt(corpus, tok_path, tmp_path, caplog):
+    """The server goes away after the index was read: each shard not yet cached is one ERROR
+    line naming its URL and sample count, the batch is flagged for the trainer, nothing says corrupt."""
+    with ShardServer(str(tmp_path / "www")) as srv:
+        url = f"{srv.url}/shards/"
+        loader = build_loader(_cfg(url, tok_path, tmp_path / "c", shuffle=False, fetch_retries=1), objective="clm")
+    with caplog.at_level("WARNING", logger="ptft_engine.data"):
+        flags = []
+        for _ in loader:
+            flags.append(loader.problem)
+    assert "corrupt" not in caplog.text
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == N_SHARDS and len(caplog.records) == N_SHARDS  # once per shard, nothing per sample
+    assert "shard http://127.0.0.1:" in errors[0].getMessage() and "its 7 samples are skipped" in errors[0].getMessage()
+    assert "Failed to connect" in errors[0].getMessage() or "Couldn't connect" in errors[0].getMessage()
+    assert all(f is not None and f[0] == "unreachable" and "data source unreachable: http" in f[1] for f in flags)
+    assert loader.stats["unreachable"] == loader.stats["skipped"] == 60  # the epoch's cut tail: 1 not read
+    assert loader.stats["unreachable_shards"] == N_SHARDS and loader.stats.get("corrupt_shards", 0) == 0
+    # an index behind an unreachable server: said so, without the advice to make one (it may well exist)
+    with pytest.raises(DataError, match="cannot read the shard index .*the source is unreachable") as err:
+        build_loader(_cfg(url, tok_path, tmp_path / "c", fetch_retries=0), objective="clm")
+    assert "--index-only" not in str(err.value)
 
 
 def test_credentials_in_a_url_are_refused_and_missing_index_says_how_to_make_it(corpus, tok_path, tmp_path):

@@ -8,7 +8,8 @@ known step without changing max_steps (the LR schedule depends on it). samples: 
 rank appends {"step", "rank", "index"} per batch (needs data.emit_sample_index=true).
 resave_to: right after the resume, save the loaded state into DIR (a checkpoints dir),
 to compare it with the checkpoint it came from. slow_write: sleep before each file of
-an async save (a kill lands mid-write).
+an async save (a kill lands mid-write). A run stopped by TrainingStopped exits 3 with
+its line, as `ptft pretrain` does.
 """
 import json
 import signal
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 from ptft_engine.config import load_run_config
-from ptft_engine.engine import Trainer, async_save
+from ptft_engine.engine import Trainer, TrainingStopped, async_save
 from ptft_engine.engine.rank_exit import exit_rank
 
 
@@ -57,6 +58,9 @@ def main(argv: list[str]) -> int:
                 return real_step()
             trainer._train_step = step
         trainer.fit()
+    except TrainingStopped as exc:  # as `ptft pretrain` ends it
+        print(f"ptft pretrain: {exc}", flush=True)
+        return 3
     finally:
         trainer.close()
     return 0

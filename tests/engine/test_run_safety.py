@@ -269,7 +269,7 @@ def test_slurm_requeues_on_the_time_limit_signal_and_resumes(tmp_path):
     print(f"slurm: signal + requeue {first:.1f} s, requeued job to the end {time.monotonic() - t:.1f} s")
 
 
-def test_strict_data_error_in_a_worker_is_one_line(recipe, tmp_path):
+def test_strict_data_error_in_a_worker_is_one_line_and_saves_the_last_step(recipe, tmp_path):
     tree = yaml.safe_load(recipe.read_text())
     shards = Path(tree["data"]["shards"][0])
     bad = tmp_path / "shards"
@@ -285,7 +285,10 @@ def test_strict_data_error_in_a_worker_is_one_line(recipe, tmp_path):
     out = subprocess.run([sys.executable, "-m", "ptft_engine.cli", "pretrain", "--config", str(path),
                           f"run.output_dir={tmp_path}", "run.max_steps=3", *QUIET],
                          env=base_env(), capture_output=True, text=True, timeout=200)
-    assert out.returncode == 1
-    lines = [line for line in out.stderr.splitlines() if line.startswith("ptft pretrain: error:")]
-    assert len(lines) == 1 and victim.name in lines[0] and "DataLoader worker" in lines[0], out.stderr[-3000:]
-    assert "Traceback" not in out.stderr
+    # strict: the step that met it is not trained; the last complete one is saved (exit 3, as bad steps)
+    assert out.returncode == 3, out.stderr[-3000:]
+    lines = [line for line in out.stdout.splitlines() if line.startswith("ptft pretrain: ")]
+    assert len(lines) == 1 and victim.name in lines[0] and "corrupt data in shard" in lines[0], out.stdout[-3000:]
+    assert "no update was made; checkpoint of step" in lines[0] and "Traceback" not in out.stderr
+    step = int(lines[0].split("checkpoint of step ")[1].split()[0])
+    assert (tmp_path / tree["run"]["name"] / "checkpoints" / f"step-{step:08d}").is_dir()
