@@ -32,6 +32,11 @@ def _gloo_rank(rank: int, fn, world: int, port: int, args: tuple) -> None:
         fn(rank, *args)
     finally:
         dist.destroy_process_group()
+    from ptft_engine.engine.rank_exit import exit_rank
+
+    # as a launched rank ends: interpreter teardown now and then aborted a finished gloo rank
+    # ("terminate called without an active exception", SIGABRT) even after the group was destroyed
+    exit_rank(0)
 
 
 def spawn_gloo(fn, world: int, *args) -> None:
