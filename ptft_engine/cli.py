@@ -125,16 +125,28 @@ def _from_worker(message: str) -> str:
     return f"{original} (in {lines[0].removeprefix('Caught ').split(' in ', 1)[-1].rstrip('.')})"
 
 
-if __name__ == "__main__":
-    # `python -m ptft_engine.cli` (the deepspeed launcher's way in) runs this file as __main__:
-    # go through the imported module so commands raise the same UserError class it catches
+def finish(code: int) -> None:
+    """Exit with `code`. A process that was a rank (launched, or a plain `ptft pretrain` with
+    its own one-rank group) ends through engine/rank_exit: its teardown could abort it."""
     import os
 
-    from ptft_engine.cli import main as _main
-
-    code = _main()
-    if "RANK" in os.environ:  # a launched rank: see engine/rank_exit.py
+    setup = sys.modules.get("ptft_engine.engine.setup")
+    if "RANK" in os.environ or getattr(setup, "GROUP_MADE", False):
         from ptft_engine.engine.rank_exit import exit_rank
 
         exit_rank(code)
     sys.exit(code)
+
+
+def entry() -> None:
+    """The `ptft` console script."""
+    finish(main())
+
+
+if __name__ == "__main__":
+    # `python -m ptft_engine.cli` (the deepspeed launcher's way in) runs this file as __main__:
+    # go through the imported module so commands raise the same UserError class it catches
+    from ptft_engine.cli import finish as _finish
+    from ptft_engine.cli import main as _main
+
+    _finish(_main())

@@ -30,8 +30,13 @@ def free_port() -> int:
 OWN_ENV: list[str] = []
 
 
+GROUP_MADE = False  # this process joined a process group (its end goes through engine/rank_exit)
+
+
 def init_distributed(device: torch.device, timeout_s: float) -> tuple[int, int]:
     """Join (or, run without a launcher, create) the process group; returns (rank, world)."""
+    global GROUP_MADE
+    GROUP_MADE = True
     if "RANK" not in os.environ and not dist.is_initialized():  # plain `ptft pretrain`: one rank
         own = dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
         OWN_ENV[:] = [k for k in own if k not in os.environ]
