@@ -152,10 +152,13 @@ class ShardStream(IterableDataset):
             records.append((first + j, name, members.pop("__key__"), members))
         return records
 
+    def _totals(self) -> dict[str, int]:
+        return {**self.cache.counts, "corrupt_shards": self.corrupt_shards,
+                "unreachable_shards": self.unreachable_shards}
+
     def counters(self) -> dict[str, int]:
         """Shard and cache counters since the last call (this process only)."""
-        now = {**self.cache.counts, "corrupt_shards": self.corrupt_shards,
-               "unreachable_shards": self.unreachable_shards}
+        now = self._totals()
         delta = {k: v - self._reported.get(k, 0) for k, v in now.items()}
         self._reported = now
         return delta
@@ -200,8 +203,7 @@ class ShardStream(IterableDataset):
         wid, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         bad = BadSamples(self.strict)
         steps = range(wid, self.steps, n_workers)
-        self._reported = {**self.cache.counts, "corrupt_shards": self.corrupt_shards,
-                          "unreachable_shards": self.unreachable_shards}
+        self._reported = self._totals()
         if self.prefetch_shards > 0:
             self._taken.clear()
             self._prefetcher = Prefetcher(self.cache, self.order.shards, self._upcoming(steps), self.prefetch_shards)
